@@ -1,0 +1,141 @@
+//! Wiring: configuration → clients, policies and routes → listeners, admin,
+//! reload and shutdown. `start` is used by `main` and by the tests alike.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::{AuthMode, Config};
+use crate::exchange::client::{tls_config, AsClient};
+use crate::exchange::{Exchanger, Policy};
+use crate::metrics::Metrics;
+use crate::proxy::forward::{Forwarder, Upstream};
+use crate::proxy::handler::{Gateway, Runtime};
+use crate::proxy::server::{serve, Limits};
+use crate::routes::{Route, RouteTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Builds the routes of `config`: exchange clients, policies (actor tokens
+/// and secret files are read here), upstreams and metric handles. No I/O
+/// beyond reading local files, so `tokex check` runs it too.
+pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, StartError> {
+    let mut clients = BTreeMap::new();
+    for (name, server) in &config.servers {
+        clients.insert(name.clone(), Arc::new(AsClient::new(server).map_err(StartError::Setup)?));
+    }
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let policy = match (&r.auth, &r.exchange) {
+            (AuthMode::Exchange, Some(x)) => {
+                let client = clients
+                    .get(&x.authorization_server)
+                    .ok_or_else(|| StartError::Setup(format!("route {}: unknown authorization server", r.name)))?;
+                Some(Arc::new(Policy::new(&r.name, x.clone(), client.clone()).map_err(StartError::Setup)?))
+            }
+            (AuthMode::Exchange, None) => {
+                return Err(StartError::Setup(format!("route {}: no exchange policy", r.name)))
+            }
+            (AuthMode::None, _) => None,
+        };
+        routes.push(Arc::new(Route {
+            name: r.name.clone(),
+            matcher: r.matcher.clone(),
+            auth: r.auth,
+            policy,
+            upstream: Upstream::from_url(&r.upstream).map_err(StartError::Setup)?,
+            forward_header: r.forward_header.clone(),
+            timeout: r.timeout,
+            metrics: metrics.route(&r.name),
+        }));
+    }
+    Ok(Runtime { routes: RouteTable::new(routes) })
+}
+
+/// A running gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds the listeners and starts serving `config`.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let runtime = build_runtime(&config, &metrics)?;
+    let exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
+    let forwarder = Forwarder::new(tls_config(None).map_err(StartError::Setup)?);
+    let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    };
+    let listener = bind(config.listen.address).await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen.address, source })?;
+    let admin_listener = match config.admin {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let (shutdown, rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let limits = Limits {
+        header_read_timeout: config.listen.header_read_timeout,
+        max_header_bytes: config.listen.max_header_bytes,
+    };
+    let mut tasks = vec![tokio::spawn(serve(listener, limits, gateway.clone(), rx.clone(), config.shutdown_grace))];
+    if let Some(l) = admin_listener {
+        let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, ready: ready.clone() });
+        let admin_limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
+        tasks.push(tokio::spawn(serve(l, admin_limits, admin, rx, Duration::from_secs(1))));
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "tokex listening");
+    Ok(Running { addr, admin_addr, gateway, metrics, ready, shutdown, tasks })
+}
+
+impl Running {
+    /// Swaps in the routes and servers of `config`. Listener addresses,
+    /// cache settings and worker count need a restart.
+    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
+        match build_runtime(config, &self.metrics) {
+            Ok(runtime) => {
+                self.gateway.replace(runtime);
+                self.metrics.reload(true);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops accepting, marks not ready, drains in-flight requests (bounded
+    /// by `runtime.shutdown_grace`) and returns.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `Authorization: Bearer <b64token>` extraction (RFC 6750 §2.1). Only the
+//! header is used: tokens in the query string or body never are.
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::error::GatewayError;
+
+/// Largest bearer token accepted.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The bearer token of a request: exactly one `Authorization` header with the
+/// `Bearer` scheme (any case) and a b64token.
+pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(GatewayError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::InvalidRequest("more than one Authorization header"));
+    }
+    let bytes = value.as_bytes();
+    let Some(space) = bytes.iter().position(|&b| b == b' ') else {
+        return if bytes.eq_ignore_ascii_case(b"bearer") {
+            Err(GatewayError::InvalidRequest("empty bearer token"))
+        } else {
+            Err(GatewayError::MissingToken)
+        };
+    };
+    if !bytes[..space].eq_ignore_ascii_case(b"bearer") {
+        // Another scheme (Basic, DPoP, ...): no bearer token was presented.
+        return Err(GatewayError::MissingToken);
+    }
+    let token = trim_spaces(&bytes[space..]);
+    if token.is_empty() {
+        return Err(GatewayError::InvalidRequest("empty bearer token"));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(GatewayError::InvalidRequest("bearer token too large"));
+    }
+    if !is_b64token(token) {
+        return Err(GatewayError::InvalidRequest("bearer token has characters outside b64token"));
+    }
+    // b64token is ASCII, so this cannot fail.
+    std::str::from_utf8(token).map_err(|_| GatewayError::InvalidRequest("bearer token is not ASCII"))
+}
+
+fn trim_spaces(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&c| c != b' ').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b' ').map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+fn is_b64token(t: &[u8]) -> bool {
+    let body_end = t.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
+    body_end > 0
+        && t[..body_end]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// True when the query string carries an `access_token` parameter: such a
+/// request is refused rather than forwarded, so the broad token cannot reach
+/// the backend through the URL.
+pub fn query_has_token(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.contains("access_token") && form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(values: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for v in values {
+            m.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn extracts_bearer_any_case() {
+        assert_eq!(extract(&h(&["Bearer abc.def-_~+/=="])).unwrap(), "abc.def-_~+/==");
+        assert_eq!(extract(&h(&["bEaReR   tok"])).unwrap(), "tok");
+    }
+
+    #[test]
+    fn missing_or_other_scheme_is_401() {
+        assert!(matches!(extract(&h(&[])), Err(GatewayError::MissingToken)));
+        assert!(matches!(extract(&h(&["Basic dXNlcjpwYXNz"])), Err(GatewayError::MissingToken)));
+    }
+
+    #[test]
+    fn malformed_is_400() {
+        for bad in [
+            &["Bearer"][..],
+            &["Bearer "],
+            &["Bearer a b"],
+            &["Bearer a,b"],
+            &["Bearer ==="],
+            &["Bearer a", "Bearer b"],
+        ] {
+            assert!(matches!(extract(&h(bad)), Err(GatewayError::InvalidRequest(_))), "{bad:?}");
+        }
+        let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert!(matches!(extract(&h(&[&huge])), Err(GatewayError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn query_tokens_are_detected() {
+        assert!(query_has_token(Some("a=1&access_token=x")));
+        assert!(!query_has_token(Some("my_access_token_count=1")));
+        assert!(!query_has_token(None));
+    }
+}

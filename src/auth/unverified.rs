@@ -1,0 +1,46 @@
+//! Reads JWT claims WITHOUT verifying the signature. Used only to bound a
+//! cache entry's lifetime by the subject token's `exp` and to name the
+//! subject in audit events; never to make an access decision.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PeekedClaims {
+    #[serde(default)]
+    pub sub: Option<String>,
+    #[serde(default)]
+    pub exp: Option<f64>,
+}
+
+/// Claims of a compact JWS, or `None` when the token is not one.
+pub fn peek(token: &str) -> Option<PeekedClaims> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sub_and_exp() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","exp":1700000000}"#);
+        let c = peek(&format!("e30.{payload}.sig")).unwrap();
+        assert_eq!(c.sub.as_deref(), Some("alice"));
+        assert_eq!(c.exp, Some(1_700_000_000.0));
+    }
+
+    #[test]
+    fn opaque_tokens_are_none() {
+        assert!(peek("opaque-token").is_none());
+        assert!(peek("a.b.c.d").is_none());
+        assert!(peek("a.!!!.c").is_none());
+    }
+}

@@ -1,0 +1,133 @@
+//! `${VAR}` / `${VAR:-default}` interpolation and the string-like config types
+//! that apply it while deserializing, so an error keeps its YAML path and line.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Replaces `${VAR}` and `${VAR:-default}` in `input` using `lookup`.
+/// `$$` is a literal `$`. An unset variable without a default is an error.
+pub fn interpolate(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !input.contains('$') {
+        return Ok(input.to_owned());
+    }
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| format!("unterminated `${{` in {input:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name {name:?}"));
+            }
+            match (lookup(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A config string after interpolation. Also records whether the YAML text
+/// held the value literally (no `${..}`), for `TOKEX_STRICT` secret checks.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Text {
+    pub value: String,
+    pub literal: bool,
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.value, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let literal = !raw.contains("${");
+        let value = interpolate(&raw, env_lookup).map_err(serde::de::Error::custom)?;
+        Ok(Text { value, literal })
+    }
+}
+
+/// A duration written as a string (`250ms`, `30s`, `5m`), interpolated first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Text::deserialize(d)?;
+        humantime::parse_duration(text.as_str().trim())
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {:?}: {e}", text.value)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SET" => Some("value".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn replaces_variables_and_defaults() {
+        assert_eq!(interpolate("a ${SET} b", env).unwrap(), "a value b");
+        assert_eq!(interpolate("${UNSET:-dflt}", env).unwrap(), "dflt");
+        assert_eq!(interpolate("${EMPTY:-dflt}", env).unwrap(), "dflt");
+        assert_eq!(interpolate("${SET:-dflt}", env).unwrap(), "value");
+        assert_eq!(interpolate("${UNSET:-}", env).unwrap(), "");
+        assert_eq!(interpolate("cost $$5 $x", env).unwrap(), "cost $5 $x");
+        assert_eq!(interpolate("plain", env).unwrap(), "plain");
+    }
+
+    #[test]
+    fn rejects_unset_and_malformed() {
+        assert!(interpolate("${UNSET}", env).unwrap_err().contains("UNSET"));
+        assert!(interpolate("${SET", env).is_err());
+        assert!(interpolate("${BAD NAME}", env).is_err());
+        assert!(interpolate("${}", env).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        let d: Dur = serde_yaml::from_str("250ms").unwrap();
+        assert_eq!(d.0, Duration::from_millis(250));
+        let d: Dur = serde_yaml::from_str("5m").unwrap();
+        assert_eq!(d.0, Duration::from_secs(300));
+        assert!(serde_yaml::from_str::<Dur>("soon").is_err());
+    }
+}

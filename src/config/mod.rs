@@ -1,0 +1,202 @@
+//! Configuration: the YAML schema (`raw`), interpolation (`interp`), and
+//! validation into the runtime types below (`validate`). `load` is the only
+//! entry point that reads YAML.
+
+mod interp;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use url::Url;
+
+use crate::routes::Matcher;
+
+pub use interp::interpolate;
+
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: Option<SocketAddr>,
+    pub workers: Option<usize>,
+    pub shutdown_grace: Duration,
+    pub servers: BTreeMap<String, AuthServerConfig>,
+    pub cache: CacheConfig,
+    pub routes: Vec<RouteConfig>,
+    /// Problems that do not stop the gateway (e.g. a shadowed route).
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthServerConfig {
+    pub name: String,
+    pub token_endpoint: Url,
+    pub client_auth: ClientAuthConfig,
+    pub ca_file: Option<PathBuf>,
+    /// Total budget for one exchange, retries included.
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClientAuthConfig {
+    /// RFC 6749 §2.3.1: id and secret form-encoded, then HTTP Basic.
+    SecretBasic {
+        client_id: String,
+        secret: SecretSource,
+    },
+    SecretPost {
+        client_id: String,
+        secret: SecretSource,
+    },
+    /// Public client: `client_id` in the form when given.
+    None {
+        client_id: Option<String>,
+    },
+}
+
+/// Where a secret comes from. A file is re-read when it changes.
+#[derive(Clone)]
+pub enum SecretSource {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("Inline([redacted])"),
+            SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub expiry_skew: Duration,
+    pub refresh_ahead: Duration,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Exchange,
+    None,
+}
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: Matcher,
+    pub upstream: Url,
+    pub auth: AuthMode,
+    pub exchange: Option<ExchangeConfig>,
+    pub forward_header: HeaderName,
+    /// Time allowed for the upstream to answer with headers.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    pub authorization_server: String,
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: Vec<String>,
+    pub subject_token_type: String,
+    pub requested_token_type: Option<String>,
+    pub actor: Option<ActorConfig>,
+    pub max_ttl: Duration,
+    pub default_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    pub source: SecretSource,
+    pub token_type: String,
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// YAML path, e.g. `routes[1].exchange.authorization_server`.
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() { "<root>" } else { &self.path };
+        match self.line {
+            Some(line) => write!(f, "{path} (line {line}): {}", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+/// Every error found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(path: &str, message: impl Into<String>) -> Self {
+        ConfigError { errors: vec![Diagnostic { path: path.into(), line: None, message: message.into() }] }
+    }
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        ConfigError {
+            errors: vec![Diagnostic {
+                path: if path == "." { String::new() } else { path },
+                line,
+                message: inner.to_string(),
+            }],
+        }
+    })?;
+    validate::validate(raw).map_err(|errors| ConfigError { errors })
+}

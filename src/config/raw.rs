@@ -1,0 +1,182 @@
+//! The YAML schema of SPEC §2, as written by users. Every struct refuses
+//! unknown keys; strings are interpolated while they are read (`Text`).
+//! Nothing here is validated beyond shape: see `validate.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::interp::{Dur, Text};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub runtime: Option<RawRuntime>,
+    #[serde(default)]
+    pub authorization_servers: BTreeMap<String, RawAuthServer>,
+    #[serde(default)]
+    pub inbound: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub address: Text,
+    #[serde(default)]
+    pub tls: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub header_read_timeout: Option<Dur>,
+    #[serde(default)]
+    pub max_header_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    #[serde(default)]
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub shutdown_grace: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthServer {
+    #[serde(default)]
+    pub token_endpoint: Option<Text>,
+    #[serde(default)]
+    pub issuer: Option<Text>,
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub method: Text,
+    #[serde(default)]
+    pub client_id: Option<Text>,
+    #[serde(default)]
+    pub client_secret: Option<Text>,
+    #[serde(default)]
+    pub client_secret_file: Option<Text>,
+    #[serde(default)]
+    pub private_key_file: Option<Text>,
+    #[serde(default)]
+    pub key_id: Option<Text>,
+    #[serde(default)]
+    pub algorithm: Option<Text>,
+    #[serde(default)]
+    pub cert_file: Option<Text>,
+    #[serde(default)]
+    pub key_file: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+    #[serde(default)]
+    pub expiry_skew: Option<Dur>,
+    #[serde(default)]
+    pub refresh_ahead: Option<Dur>,
+    #[serde(default)]
+    pub negative_ttl: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Text,
+    #[serde(default, rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub upstream: Text,
+    #[serde(default)]
+    pub auth: Option<Text>,
+    #[serde(default)]
+    pub require_scopes: Option<Vec<Text>>,
+    #[serde(default)]
+    pub exchange: Option<RawExchange>,
+    #[serde(default)]
+    pub forward: Option<RawForward>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub host: Option<Text>,
+    #[serde(default)]
+    pub path: Option<Text>,
+    #[serde(default)]
+    pub path_prefix: Option<Text>,
+    #[serde(default)]
+    pub methods: Option<Vec<Text>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchange {
+    pub authorization_server: Text,
+    #[serde(default)]
+    pub audience: Vec<Text>,
+    #[serde(default)]
+    pub resource: Vec<Text>,
+    #[serde(default)]
+    pub scope: Vec<Text>,
+    #[serde(default)]
+    pub subject_token_type: Option<Text>,
+    #[serde(default)]
+    pub requested_token_type: Option<Text>,
+    #[serde(default)]
+    pub actor: Option<RawActor>,
+    #[serde(default)]
+    pub max_ttl: Option<Dur>,
+    #[serde(default)]
+    pub default_ttl: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActor {
+    #[serde(default)]
+    pub token_file: Option<Text>,
+    #[serde(default)]
+    pub token: Option<Text>,
+    #[serde(default)]
+    pub token_type: Option<Text>,
+    #[serde(default)]
+    pub client_credentials: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    #[serde(default)]
+    pub header: Option<Text>,
+}

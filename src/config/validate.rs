@@ -1,0 +1,601 @@
+//! Validation of the raw schema into runtime types. Every problem is
+//! collected with its YAML path; nothing stops at the first one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use url::Url;
+
+use super::interp::Text;
+use super::raw::*;
+use super::*;
+use crate::routes::{HostMatch, Matcher, PathMatch};
+
+#[derive(Default)]
+struct Ctx {
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(Diagnostic { path: path.into(), line: None, message: message.into() });
+    }
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Diagnostic { path: path.into(), line: None, message: message.into() });
+    }
+    fn not_yet(&mut self, path: impl Into<String>, what: &str) {
+        self.err(path, format!("{what} is not supported yet in this version of tokex"));
+    }
+}
+
+fn strict() -> bool {
+    matches!(std::env::var("TOKEX_STRICT").as_deref(), Ok("1") | Ok("true"))
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
+    let mut cx = Ctx::default();
+
+    let listen = listen(&mut cx, raw.listen);
+    let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
+    let (workers, shutdown_grace) = match raw.runtime {
+        Some(rt) => {
+            if rt.workers == Some(0) {
+                cx.err("runtime.workers", "must be at least 1 (omit it to use one worker per core)");
+            }
+            (rt.workers, rt.shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0))
+        }
+        None => (None, DEFAULT_GRACE),
+    };
+    if raw.inbound.is_some() {
+        cx.not_yet("inbound", "inbound token validation");
+    }
+
+    let mut servers = BTreeMap::new();
+    for (name, s) in raw.authorization_servers {
+        if let Some(server) = auth_server(&mut cx, &name, s) {
+            servers.insert(name, server);
+        }
+    }
+
+    let cache = cache(&mut cx, raw.cache);
+
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut used_servers = BTreeSet::new();
+    if raw.routes.is_empty() {
+        cx.err("routes", "at least one route is required");
+    }
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !names.insert(r.name.value.clone()) {
+            cx.err(format!("{path}.name"), format!("duplicate route name {:?}", r.name.value));
+        }
+        if let Some(route) = route(&mut cx, &path, r, &servers) {
+            if let Some(x) = &route.exchange {
+                used_servers.insert(x.authorization_server.clone());
+            }
+            if let Some((j, earlier)) = routes.iter().enumerate().find(|(_, e)| e.matcher.shadows(&route.matcher)) {
+                cx.warn(
+                    format!("{path}.match"),
+                    format!(
+                        "route {:?} can never match: routes[{j}] ({:?}) matches every request it would",
+                        route.name, earlier.name
+                    ),
+                );
+            }
+            routes.push(route);
+        }
+    }
+    for name in servers.keys() {
+        if !used_servers.contains(name) {
+            cx.warn(format!("authorization_servers.{name}"), "not used by any route");
+        }
+    }
+
+    if !cx.errors.is_empty() {
+        return Err(cx.errors);
+    }
+    // `listen` is only None when an error was recorded above.
+    let Some(listen) = listen else { return Err(cx.errors) };
+    Ok(Config { listen, admin, workers, shutdown_grace, servers, cache, routes, warnings: cx.warnings })
+}
+
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+fn socket_addr(cx: &mut Ctx, path: &str, t: &Text) -> Option<SocketAddr> {
+    match t.as_str().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(path, format!("invalid address {:?}: expected IP:PORT, e.g. 0.0.0.0:8080", t.value));
+            None
+        }
+    }
+}
+
+fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
+    if l.tls.is_some() {
+        cx.not_yet("listen.tls", "TLS on the listener");
+    }
+    let max_header_bytes = l.max_header_bytes.unwrap_or(64 * 1024);
+    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+        cx.err("listen.max_header_bytes", "must be between 8192 and 1048576");
+    }
+    let address = socket_addr(cx, "listen.address", &l.address)?;
+    Some(ListenConfig {
+        address,
+        header_read_timeout: l.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        max_header_bytes,
+    })
+}
+
+fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
+    match Url::parse(t.as_str()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            if u.fragment().is_some() {
+                cx.err(path, format!("URL {:?} must not have a fragment", t.value));
+            }
+            Some(u)
+        }
+        Ok(_) => {
+            cx.err(path, format!("invalid URL {:?}: expected an http:// or https:// URL with a host", t.value));
+            None
+        }
+        Err(e) => {
+            cx.err(path, format!("invalid URL {:?}: {e}", t.value));
+            None
+        }
+    }
+}
+
+fn existing_file(cx: &mut Ctx, path: &str, t: &Text) -> PathBuf {
+    let p = PathBuf::from(t.as_str());
+    if let Err(e) = std::fs::metadata(&p) {
+        cx.err(path, format!("cannot read {}: {e}", p.display()));
+    }
+    p
+}
+
+fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerConfig> {
+    let base = format!("authorization_servers.{name}");
+    let token_endpoint = match (&s.token_endpoint, &s.issuer) {
+        (Some(t), None) => http_url(cx, &format!("{base}.token_endpoint"), t),
+        (None, Some(_)) => {
+            cx.not_yet(format!("{base}.issuer"), "RFC 8414 discovery (issuer:)");
+            None
+        }
+        (Some(_), Some(_)) => {
+            cx.err(&base, "set either token_endpoint or issuer, not both");
+            None
+        }
+        (None, None) => {
+            cx.err(&base, "token_endpoint is required");
+            None
+        }
+    };
+    let client_auth = match s.client_auth {
+        Some(ca) => client_auth(cx, &format!("{base}.client_auth"), ca),
+        None => Some(ClientAuthConfig::None { client_id: None }),
+    };
+    let ca_file = s.ca_file.as_ref().map(|f| existing_file(cx, &format!("{base}.ca_file"), f));
+    let retries = s.retries.unwrap_or(2);
+    if retries > 10 {
+        cx.err(format!("{base}.retries"), "at most 10");
+    }
+    let timeout = s.timeout.map_or(Duration::from_secs(2), |d| d.0);
+    if timeout.is_zero() {
+        cx.err(format!("{base}.timeout"), "must be greater than zero");
+    }
+    Some(AuthServerConfig {
+        name: name.to_owned(),
+        token_endpoint: token_endpoint?,
+        client_auth: client_auth?,
+        ca_file,
+        timeout,
+        retries,
+    })
+}
+
+fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option<ClientAuthConfig> {
+    let method = ca.method.as_str();
+    let id = ca.client_id.map(|t| t.value);
+    for (key, present) in [
+        ("private_key_file", ca.private_key_file.is_some()),
+        ("key_id", ca.key_id.is_some()),
+        ("algorithm", ca.algorithm.is_some()),
+        ("cert_file", ca.cert_file.is_some()),
+        ("key_file", ca.key_file.is_some()),
+    ] {
+        if present && !matches!(method, "private_key_jwt" | "tls_client_auth") {
+            cx.err(format!("{base}.{key}"), format!("not used by method {method}"));
+        }
+    }
+    let secret = |cx: &mut Ctx| -> Option<SecretSource> {
+        match (&ca.client_secret, &ca.client_secret_file) {
+            (Some(s), None) => {
+                if s.literal && strict() {
+                    cx.err(
+                        format!("{base}.client_secret"),
+                        "client_secret is written in clear in the file (TOKEX_STRICT=1): use ${VAR} or client_secret_file",
+                    );
+                }
+                if s.value.is_empty() {
+                    cx.err(format!("{base}.client_secret"), "must not be empty");
+                }
+                Some(SecretSource::Inline(s.value.clone()))
+            }
+            (None, Some(f)) => Some(SecretSource::File(existing_file(cx, &format!("{base}.client_secret_file"), f))),
+            (Some(_), Some(_)) => {
+                cx.err(base, "set either client_secret or client_secret_file, not both");
+                None
+            }
+            (None, None) => {
+                cx.err(base, format!("method {method} needs client_secret or client_secret_file"));
+                None
+            }
+        }
+    };
+    let need_id = |cx: &mut Ctx, id: Option<String>| -> Option<String> {
+        match id {
+            Some(id) if !id.is_empty() => Some(id),
+            _ => {
+                cx.err(format!("{base}.client_id"), format!("method {method} needs client_id"));
+                None
+            }
+        }
+    };
+    match method {
+        "client_secret_basic" => {
+            let client_id = need_id(cx, id);
+            let secret = secret(cx);
+            Some(ClientAuthConfig::SecretBasic { client_id: client_id?, secret: secret? })
+        }
+        "client_secret_post" => {
+            let client_id = need_id(cx, id);
+            let secret = secret(cx);
+            Some(ClientAuthConfig::SecretPost { client_id: client_id?, secret: secret? })
+        }
+        "none" => {
+            if ca.client_secret.is_some() || ca.client_secret_file.is_some() {
+                cx.err(base, "method none sends no secret: remove client_secret / client_secret_file");
+            }
+            Some(ClientAuthConfig::None { client_id: id })
+        }
+        "private_key_jwt" | "tls_client_auth" => {
+            cx.not_yet(format!("{base}.method"), &format!("client authentication {method}"));
+            None
+        }
+        other => {
+            cx.err(
+                format!("{base}.method"),
+                format!("unknown method {other:?}: expected client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth or none"),
+            );
+            None
+        }
+    }
+}
+
+fn cache(cx: &mut Ctx, c: Option<RawCache>) -> CacheConfig {
+    let c = c.unwrap_or(RawCache { max_entries: None, expiry_skew: None, refresh_ahead: None, negative_ttl: None });
+    let max_entries = c.max_entries.unwrap_or(100_000);
+    if max_entries == 0 {
+        cx.err("cache.max_entries", "must be at least 1");
+    }
+    CacheConfig {
+        max_entries,
+        expiry_skew: c.expiry_skew.map_or(Duration::from_secs(5), |d| d.0),
+        refresh_ahead: c.refresh_ahead.map_or(Duration::ZERO, |d| d.0),
+        negative_ttl: c.negative_ttl.map_or(Duration::from_secs(5), |d| d.0),
+    }
+}
+
+fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthServerConfig>) -> Option<RouteConfig> {
+    let name = r.name.value;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        cx.err(format!("{base}.name"), "route names use letters, digits, '-', '_' and '.' (they appear in metrics)");
+    }
+    let matcher = matcher(cx, &format!("{base}.match"), r.matcher.unwrap_or_default());
+    let upstream = http_url(cx, &format!("{base}.upstream"), &r.upstream);
+    if let Some(u) = &upstream {
+        if u.query().is_some() {
+            cx.err(format!("{base}.upstream"), "upstream URL must not have a query");
+        }
+    }
+    let auth = match r.auth.as_ref().map(|t| t.as_str()) {
+        None | Some("exchange") => Some(AuthMode::Exchange),
+        Some("none") => Some(AuthMode::None),
+        Some("client_credentials") => {
+            cx.not_yet(format!("{base}.auth"), "auth: client_credentials (egress)");
+            None
+        }
+        Some(other) => {
+            cx.err(
+                format!("{base}.auth"),
+                format!("unknown auth mode {other:?}: expected exchange, none or client_credentials"),
+            );
+            None
+        }
+    };
+    if r.require_scopes.is_some() {
+        cx.not_yet(format!("{base}.require_scopes"), "require_scopes (needs inbound validation)");
+    }
+    let exchange = match (auth, r.exchange) {
+        (Some(AuthMode::Exchange), Some(x)) => exchange(cx, &format!("{base}.exchange"), x, servers),
+        (Some(AuthMode::Exchange), None) => {
+            cx.err(base, "auth: exchange needs an exchange: section");
+            None
+        }
+        (Some(AuthMode::None), Some(_)) => {
+            cx.err(format!("{base}.exchange"), "exchange: is only used with auth: exchange");
+            None
+        }
+        _ => None,
+    };
+    let forward_header = match r.forward.and_then(|f| f.header) {
+        None => Some(http::header::AUTHORIZATION),
+        Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
+            Ok(n) if crate::proxy::headers::is_hop_by_hop(&n) => {
+                cx.err(format!("{base}.forward.header"), format!("{n} is a hop-by-hop header"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                cx.err(format!("{base}.forward.header"), format!("invalid header name {:?}", h.value));
+                None
+            }
+        },
+    };
+    let timeout = r.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    let auth = auth?;
+    Some(RouteConfig {
+        name,
+        matcher: matcher?,
+        upstream: upstream?,
+        auth,
+        exchange: if auth == AuthMode::Exchange { Some(exchange?) } else { None },
+        forward_header: forward_header?,
+        timeout,
+    })
+}
+
+fn matcher(cx: &mut Ctx, base: &str, m: RawMatch) -> Option<Matcher> {
+    let mut ok = true;
+    let host = match &m.host {
+        None => HostMatch::Any,
+        Some(h) => HostMatch::parse(h.as_str()).unwrap_or_else(|e| {
+            cx.err(format!("{base}.host"), e);
+            ok = false;
+            HostMatch::Any
+        }),
+    };
+    let mut check_path = |cx: &mut Ctx, key: &str, p: &Text| {
+        if !p.as_str().starts_with('/') || p.as_str().contains('?') || p.as_str().contains('#') {
+            cx.err(format!("{base}.{key}"), format!("{:?} must start with '/' and hold no query or fragment", p.value));
+            ok = false;
+        }
+    };
+    let path = match (&m.path, &m.path_prefix) {
+        (Some(p), None) => {
+            check_path(cx, "path", p);
+            PathMatch::Exact(p.value.clone())
+        }
+        (None, Some(p)) => {
+            check_path(cx, "path_prefix", p);
+            PathMatch::Prefix(p.value.clone())
+        }
+        (None, None) => PathMatch::Any,
+        (Some(_), Some(_)) => {
+            cx.err(base, "set either path or path_prefix, not both");
+            ok = false;
+            PathMatch::Any
+        }
+    };
+    let mut methods = Vec::new();
+    for (i, t) in m.methods.unwrap_or_default().iter().enumerate() {
+        match Method::from_bytes(t.as_str().to_ascii_uppercase().as_bytes()) {
+            Ok(mth) => methods.push(mth),
+            Err(_) => {
+                cx.err(format!("{base}.methods[{i}]"), format!("invalid method {:?}", t.value));
+                ok = false;
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value.as_str())) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => {
+                cx.err(format!("{base}.headers.{name}"), "invalid header name or value");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Matcher { host, path, methods, headers })
+}
+
+fn exchange(
+    cx: &mut Ctx,
+    base: &str,
+    x: RawExchange,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<ExchangeConfig> {
+    let server = x.authorization_server.value;
+    let mut ok = true;
+    if !servers.contains_key(&server) {
+        cx.err(format!("{base}.authorization_server"), format!("unknown authorization server {server:?}"));
+        ok = false;
+    }
+    let list = |cx: &mut Ctx, key: &str, items: Vec<Text>, ok: &mut bool| -> Vec<String> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, t) in items.into_iter().enumerate() {
+            if t.value.is_empty() || t.value.contains(char::is_whitespace) {
+                cx.err(format!("{base}.{key}[{i}]"), "must be non-empty and hold no spaces");
+                *ok = false;
+            }
+            out.push(t.value);
+        }
+        out
+    };
+    let audience = list(cx, "audience", x.audience, &mut ok);
+    let resource = list(cx, "resource", x.resource, &mut ok);
+    for (i, r) in resource.iter().enumerate() {
+        if Url::parse(r).is_err() {
+            cx.err(format!("{base}.resource[{i}]"), "must be an absolute URI (RFC 8707)");
+            ok = false;
+        }
+    }
+    let scope = list(cx, "scope", x.scope, &mut ok);
+    let actor = match x.actor {
+        None => None,
+        Some(a) => {
+            let path = format!("{base}.actor");
+            let token_type = a.token_type.map_or_else(|| JWT_TOKEN_TYPE.to_owned(), |t| t.value);
+            match (a.token_file, a.token, a.client_credentials) {
+                (Some(f), None, None) => Some(ActorConfig {
+                    source: SecretSource::File(existing_file(cx, &format!("{path}.token_file"), &f)),
+                    token_type,
+                }),
+                (None, Some(t), None) => {
+                    if t.value.is_empty() {
+                        cx.err(format!("{path}.token"), "must not be empty");
+                        ok = false;
+                    }
+                    Some(ActorConfig { source: SecretSource::Inline(t.value), token_type })
+                }
+                (None, None, Some(_)) => {
+                    cx.not_yet(format!("{path}.client_credentials"), "actor.client_credentials (tokex's own identity)");
+                    ok = false;
+                    None
+                }
+                _ => {
+                    cx.err(&path, "set exactly one of token_file, token or client_credentials");
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    let max_ttl = x.max_ttl.map_or(Duration::from_secs(300), |d| d.0);
+    let default_ttl = x.default_ttl.map_or(Duration::from_secs(60), |d| d.0);
+    if max_ttl.is_zero() {
+        cx.err(format!("{base}.max_ttl"), "must be greater than zero");
+        ok = false;
+    }
+    ok.then(|| ExchangeConfig {
+        authorization_server: server,
+        audience,
+        resource,
+        scope,
+        subject_token_type: x.subject_token_type.map_or_else(|| ACCESS_TOKEN_TYPE.to_owned(), |t| t.value),
+        requested_token_type: x.requested_token_type.map(|t| t.value),
+        actor,
+        max_ttl,
+        default_ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    const BASE: &str = r#"
+listen: { address: "127.0.0.1:8080" }
+authorization_servers:
+  corp:
+    token_endpoint: https://as.example.com/token
+    client_auth: { method: client_secret_basic, client_id: tokex, client_secret: "${TOKEX_TEST_SECRET_FOR_UNIT:-s3cret}" }
+routes:
+  - name: orders
+    match: { path_prefix: /orders, methods: [GET] }
+    upstream: http://127.0.0.1:8081
+    exchange: { authorization_server: corp, audience: [orders-api], scope: [orders:read] }
+"#;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse(yaml) {
+            Ok(_) => vec![],
+            Err(e) => e.errors.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_config_with_defaults() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        let x = c.routes[0].exchange.as_ref().unwrap();
+        assert_eq!(x.subject_token_type, super::ACCESS_TOKEN_TYPE);
+        assert_eq!(c.cache.max_entries, 100_000);
+        assert_eq!(c.servers["corp"].retries, 2);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_path_and_line() {
+        let yaml = BASE.replace("upstream: http://127.0.0.1:8081", "upstream: http://127.0.0.1:8081\n    upstreem: x");
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("routes[0]") && errs[0].contains("upstreem") && errs[0].contains("line"), "{errs:?}");
+    }
+
+    #[test]
+    fn collects_every_semantic_error() {
+        let yaml = r#"
+listen: { address: "nope" }
+authorization_servers:
+  corp: { token_endpoint: "ftp://x" }
+routes:
+  - name: a
+    upstream: "not a url"
+    exchange: { authorization_server: missing }
+  - name: a
+    upstream: http://127.0.0.1:1
+  - name: b
+    auth: none
+    match: { path: relative }
+    upstream: http://127.0.0.1:1
+"#;
+        let errs = errors(yaml).join("\n");
+        for needle in [
+            "listen.address",
+            "authorization_servers.corp.token_endpoint",
+            "routes[0].upstream",
+            "routes[0].exchange.authorization_server: unknown authorization server \"missing\"",
+            "routes[1].name: duplicate route name",
+            "routes[1]: auth: exchange needs an exchange: section",
+            "routes[2].match.path",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn later_sections_are_refused_not_ignored() {
+        let yaml = BASE.replace(
+            "listen: { address: \"127.0.0.1:8080\" }",
+            "listen: { address: \"127.0.0.1:8080\", tls: { cert_file: x } }\ninbound: { jwt: {} }",
+        );
+        let errs = errors(&yaml).join("\n");
+        assert!(errs.contains("listen.tls: TLS on the listener is not supported yet"), "{errs}");
+        assert!(errs.contains("inbound: inbound token validation is not supported yet"), "{errs}");
+    }
+
+    #[test]
+    fn warns_about_shadowed_routes() {
+        let yaml = format!(
+            "{BASE}  - name: never\n    match: {{ path: /orders/1, methods: [GET] }}\n    upstream: http://127.0.0.1:8081\n    auth: none\n"
+        );
+        let c = parse(&yaml).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].message.contains("can never match"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn bad_durations_name_their_path() {
+        let yaml = BASE.replace("client_auth:", "timeout: fast\n    client_auth:");
+        let errs = errors(&yaml).join("\n");
+        assert!(errs.contains("authorization_servers.corp.timeout") && errs.contains("invalid duration"), "{errs}");
+    }
+}

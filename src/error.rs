@@ -1,0 +1,125 @@
+//! The one error type of the request path and its HTTP answer (RFC 6750
+//! `WWW-Authenticate` where it applies). The mapping is an exhaustive match:
+//! a new variant cannot be added without deciding its status.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::exchange::ExchangeError;
+use crate::proxy::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches the request")]
+    NoRoute,
+    #[error("request path has dot segments")]
+    BadPath,
+    #[error("no bearer token presented")]
+    MissingToken,
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("token exchange failed: {0}")]
+    Exchange(#[from] ExchangeError),
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+}
+
+const REALM: &str = "Bearer realm=\"tokex\"";
+
+impl GatewayError {
+    /// Short, stable reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no_route",
+            GatewayError::BadPath => "bad_path",
+            GatewayError::MissingToken => "missing_token",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::Exchange(e) => e.reason(),
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The answer sent to the caller. `scope` is the route's exchange scope,
+    /// named in `insufficient_scope` challenges.
+    pub fn to_response(&self, scope: &str) -> Response<Body> {
+        use ExchangeError as X;
+        let (status, code, challenge, retry_after): (StatusCode, &str, Option<String>, bool) = match self {
+            GatewayError::NoRoute => (StatusCode::NOT_FOUND, "no_route", None, false),
+            GatewayError::BadPath => (StatusCode::BAD_REQUEST, "invalid_request", None, false),
+            GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized", Some(REALM.to_owned()), false),
+            GatewayError::InvalidRequest(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", Some(format!("{REALM}, error=\"invalid_request\"")), false)
+            }
+            GatewayError::Exchange(e) => match e {
+                X::InvalidGrant => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    Some(format!("{REALM}, error=\"invalid_token\"")),
+                    false,
+                ),
+                X::InsufficientScope(_) => (
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    Some(format!("{REALM}, error=\"insufficient_scope\", scope=\"{}\"", scope_attr(scope))),
+                    false,
+                ),
+                X::ClientRejected(_) | X::BadAnswer(_) | X::Config(_) => {
+                    (StatusCode::BAD_GATEWAY, "bad_gateway", None, false)
+                }
+                X::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, true),
+            },
+            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, false),
+            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None, false),
+        };
+        let body = format!("{{\"error\":\"{code}\",\"error_description\":\"{}\"}}", self.public_description());
+        let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.insert(WWW_AUTHENTICATE, c);
+        }
+        if retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+
+    /// What the caller is told: fixed text, never an upstream's or the AS's
+    /// words (so it needs no JSON escaping).
+    fn public_description(&self) -> &'static str {
+        use ExchangeError as X;
+        match self {
+            GatewayError::NoRoute => "no route matches this request",
+            GatewayError::BadPath => "paths with '.' or '..' segments are refused",
+            GatewayError::MissingToken => "a bearer token is required",
+            GatewayError::InvalidRequest(why) => why,
+            GatewayError::Exchange(e) => match e {
+                X::InvalidGrant => "the token was rejected",
+                X::InsufficientScope(_) => "the token does not allow this request",
+                X::ClientRejected(_) | X::BadAnswer(_) | X::Config(_) => "the gateway could not obtain a token",
+                X::Unavailable(_) => "the authorization server is unavailable",
+            },
+            GatewayError::UpstreamUnavailable(_) => "the upstream is unavailable",
+            GatewayError::UpstreamTimeout => "the upstream did not answer in time",
+        }
+    }
+}
+
+/// Scope tokens are config-validated (no spaces); drop anything that could
+/// break the quoted-string of the challenge anyway.
+fn scope_attr(s: &str) -> String {
+    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+}
+
+/// A small JSON answer for paths that are not errors of the request pipeline.
+pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,117 @@
+//! The token cache: moka, keyed by SHA-256 (never by a raw token), with a
+//! lifetime per entry. Entries hold either an issued token or a short-lived
+//! record that the AS refused the subject token (`invalid_grant`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use moka::Expiry;
+
+pub type Key = [u8; 32];
+
+/// An issued token ready to forward. Its header values are marked sensitive
+/// and nothing here implements `Display`.
+pub struct CachedToken {
+    /// `Bearer <token>`, for the `authorization` header.
+    pub bearer: HeaderValue,
+    /// The bare token, for any other configured header.
+    pub raw: HeaderValue,
+}
+
+pub enum EntryKind {
+    Token(CachedToken),
+    /// The AS answered `invalid_grant` for this subject token.
+    Rejected,
+}
+
+pub struct Entry {
+    pub kind: EntryKind,
+    ttl: Duration,
+    pub expires_at: Instant,
+    refreshing: AtomicBool,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            EntryKind::Token(_) => "token",
+            EntryKind::Rejected => "rejected",
+        };
+        f.debug_struct("Entry").field("kind", &kind).field("ttl", &self.ttl).finish()
+    }
+}
+
+impl Entry {
+    pub fn new(kind: EntryKind, ttl: Duration) -> Arc<Self> {
+        Arc::new(Entry { kind, ttl, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false) })
+    }
+
+    /// True once per entry: the caller that gets `true` starts the refresh.
+    pub fn claim_refresh(&self) -> bool {
+        self.refreshing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+}
+
+struct PerEntry;
+
+impl Expiry<Key, Arc<Entry>> for PerEntry {
+    fn expire_after_create(&self, _: &Key, v: &Arc<Entry>, _: std::time::Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        v: &Arc<Entry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: moka::future::Cache<Key, Arc<Entry>>,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: u64) -> Self {
+        TokenCache { inner: moka::future::Cache::builder().max_capacity(max_entries).expire_after(PerEntry).build() }
+    }
+
+    pub async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        self.inner.get(key).await
+    }
+
+    /// The entry for `key`, computing it with `init` when absent. Concurrent
+    /// callers for one key wait for a single `init`. Returns whether this call
+    /// found the entry already present.
+    pub async fn get_or_try_insert<E, F>(&self, key: Key, init: F) -> Result<(Arc<Entry>, bool), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: std::future::Future<Output = Result<Arc<Entry>, E>>,
+    {
+        let e = self.inner.entry(key).or_try_insert_with(init).await?;
+        let fresh = e.is_fresh();
+        Ok((e.into_value(), !fresh))
+    }
+
+    pub async fn insert(&self, key: Key, entry: Arc<Entry>) {
+        self.inner.insert(key, entry).await;
+    }
+
+    pub async fn invalidate(&self, key: &Key) {
+        self.inner.invalidate(key).await;
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    /// Applies pending evictions and counts (tests and metrics use this).
+    pub async fn sync(&self) {
+        self.inner.run_pending_tasks().await;
+    }
+}

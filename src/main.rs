@@ -1,0 +1,154 @@
+//! The `tokex` binary: CLI, logging set-up, exit codes. Everything else is
+//! in the library.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use tokex::config::{self, Config};
+use tokex::telemetry::{self, LogFormat};
+
+/// Exit code for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "tokex", version, about = "Token exchange gateway (RFC 8693)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file.
+    #[arg(short, long, env = "TOKEX_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log filter (EnvFilter syntax), e.g. `info` or `debug,hyper=info`.
+    #[arg(long, env = "TOKEX_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "TOKEX_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a configuration: exit 0, or print every error and exit 1.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config.clone() else {
+        eprintln!("error: no configuration file: pass -c FILE or set TOKEX_CONFIG");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&path),
+        Command::Run => run(&path, &cli.log, cli.log_format),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e}");
+            println!("{}: {} error(s)", path.display(), e.errors.len());
+            return ExitCode::from(1);
+        }
+    };
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    // Build what `run` would build (clients, secret and actor files), without binding.
+    if let Err(e) = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new()) {
+        println!("error: {e}");
+        return ExitCode::from(1);
+    }
+    println!(
+        "{}: ok ({} routes, {} authorization servers, {} warnings)",
+        path.display(),
+        config.routes.len(),
+        config.servers.len(),
+        config.warnings.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(path: &Path, log: &str, format: LogFormat) -> ExitCode {
+    if let Err(e) = telemetry::init(log, format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(path.to_owned(), config))
+}
+
+async fn serve(path: PathBuf, config: Config) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let running = match tokex::app::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let mut stamp = file_stamp(&path);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let reason = tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = file_stamp(&path);
+                if now == stamp { continue; }
+                stamp = now;
+                "file change"
+            }
+        };
+        match config::load(&path) {
+            Ok(c) => match running.reload(&c) {
+                Ok(()) => tracing::info!(reason, routes = c.routes.len(), "configuration reloaded"),
+                Err(e) => tracing::error!(reason, "new configuration rejected, keeping the old one: {e}"),
+            },
+            Err(e) => tracing::error!(reason, "new configuration rejected, keeping the old one:\n{e}"),
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        _ = running.shutdown() => {}
+        _ = term.recv() => { tracing::warn!("second signal: exiting now"); return ExitCode::FAILURE; }
+        _ = int.recv() => { tracing::warn!("second signal: exiting now"); return ExitCode::FAILURE; }
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics, one registry passed down explicitly. Per-route
+//! handles are created when routes are built, so the request path never
+//! allocates label sets.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    route: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExchangeLabels {
+    server: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100µs .. ~6.5s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    exchanges: Family<ExchangeLabels, Counter>,
+    exchange_duration: HistogramFamily<ServerLabels>,
+    cache_entries: Gauge,
+    config_reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tokex");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        let exchanges = Family::<ExchangeLabels, Counter>::default();
+        let exchange_duration: HistogramFamily<ServerLabels> = Family::new_with_constructor(latency_histogram);
+        let cache_entries = Gauge::default();
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by route and status", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request (headers), by route",
+            request_duration.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Token cache lookups, by route and result (hit or miss)",
+            cache_lookups.clone(),
+        );
+        registry.register("exchanges", "Token exchanges, by authorization server and outcome", exchanges.clone());
+        registry.register(
+            "exchange_duration_seconds",
+            "Token exchange latency, by authorization server",
+            exchange_duration.clone(),
+        );
+        registry.register("cache_entries", "Entries in the token cache", cache_entries.clone());
+        registry.register("config_reloads", "Configuration reloads, by result", config_reloads.clone());
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            cache_lookups,
+            exchanges,
+            exchange_duration,
+            cache_entries,
+            config_reloads,
+        }
+    }
+
+    /// Handles for one route (or `-` for requests that matched none).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let label = |result| CacheLabels { route: route.to_owned(), result };
+        RouteMetrics {
+            route: route.to_owned(),
+            requests: self.requests.clone(),
+            by_status: (0..500).map(|_| OnceLock::new()).collect(),
+            duration: self.request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone(),
+            hits: self.cache_lookups.get_or_create(&label("hit")).clone(),
+            misses: self.cache_lookups.get_or_create(&label("miss")).clone(),
+        }
+    }
+
+    pub fn exchange(&self, server: &str, outcome: &'static str, elapsed: Duration) {
+        self.exchanges.get_or_create(&ExchangeLabels { server: server.to_owned(), outcome }).inc();
+        self.exchange_duration
+            .get_or_create(&ServerLabels { server: server.to_owned() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads.get_or_create(&ReloadLabels { result: if ok { "ok" } else { "rejected" } }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self, cache_entries: u64) -> String {
+        self.cache_entries.set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub struct RouteMetrics {
+    route: String,
+    requests: Family<RequestLabels, Counter>,
+    /// Counters by status code (100..=599), created on first use.
+    by_status: Box<[OnceLock<Counter>]>,
+    duration: Histogram,
+    hits: Counter,
+    misses: Counter,
+}
+
+impl RouteMetrics {
+    pub fn request(&self, status: u16, elapsed: Duration) {
+        let idx = usize::from(status.clamp(100, 599) - 100);
+        self.by_status[idx]
+            .get_or_init(|| self.requests.get_or_create(&RequestLabels { route: self.route.clone(), status }).clone())
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn cache(&self, hit: bool) {
+        if hit { &self.hits } else { &self.misses }.inc();
+    }
+}

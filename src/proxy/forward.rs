@@ -1,0 +1,166 @@
+//! The upstream side: a pooled hyper-util client for http and https
+//! upstreams, request rewriting, streaming both ways, and upgrades.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use url::Url;
+
+use super::headers;
+use super::Body;
+use crate::error::GatewayError;
+
+/// Where a route sends requests: scheme, authority and an optional base path.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Prepended to the request path; empty or `/x` (no trailing slash).
+    base: String,
+}
+
+impl Upstream {
+    pub fn from_url(url: &Url) -> Result<Self, String> {
+        let scheme = if url.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP };
+        let host = url.host_str().ok_or("upstream URL has no host")?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let authority = Authority::try_from(authority.as_str()).map_err(|e| format!("upstream {url}: {e}"))?;
+        Ok(Upstream { scheme, authority, base: url.path().trim_end_matches('/').to_owned() })
+    }
+
+    fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, GatewayError> {
+        let pq = pq.map_or("/", |p| p.as_str());
+        let path_and_query = if self.base.is_empty() {
+            PathAndQuery::try_from(pq)
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.base))
+        }
+        .map_err(|_| GatewayError::InvalidRequest("request target cannot be forwarded"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::InvalidRequest("request target cannot be forwarded"))
+    }
+}
+
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+}
+
+impl Forwarder {
+    pub fn new(tls: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Forwarder { client }
+    }
+
+    /// Rewrites `req` for the upstream and sends it. `credential` is the
+    /// header to add (the exchanged token); every inbound `Authorization` is
+    /// removed first.
+    pub async fn forward(
+        &self,
+        upstream: &Upstream,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        credential: Option<(&HeaderName, HeaderValue)>,
+        timeout: Duration,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upgrade = match req.version() {
+            Version::HTTP_11 => headers::upgrade_request(req.headers()),
+            _ => None,
+        };
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let host = headers::original_host(req.headers(), req.uri());
+        *req.uri_mut() = upstream.uri(req.uri().path_and_query())?;
+        *req.version_mut() = Version::HTTP_11;
+        let h = req.headers_mut();
+        headers::strip_hop_by_hop(h, upgrade);
+        h.remove(http::header::AUTHORIZATION);
+        if let Some((name, value)) = credential {
+            h.insert(name.clone(), value);
+        }
+        if let Some(host) = &host {
+            if !h.contains_key(HOST) {
+                h.insert(HOST, host.clone());
+            }
+        }
+        headers::set_forwarded(h, peer.ip(), "http", host);
+
+        let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(&e))),
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((down, up)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+                return Ok(resp.map(Body::Left));
+            }
+            return Err(GatewayError::UpstreamUnavailable(
+                "upstream switched protocols without an upgrade request".into(),
+            ));
+        }
+        headers::strip_hop_by_hop(resp.headers_mut(), None);
+        Ok(resp.map(Body::Left))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query() {
+        let u = Upstream::from_url(&Url::parse("http://127.0.0.1:8081").unwrap()).unwrap();
+        let pq = PathAndQuery::from_static("/orders/1?x=1");
+        assert_eq!(u.uri(Some(&pq)).unwrap().to_string(), "http://127.0.0.1:8081/orders/1?x=1");
+        let b = Upstream::from_url(&Url::parse("https://api.example.com/base/").unwrap()).unwrap();
+        assert_eq!(b.uri(Some(&pq)).unwrap().to_string(), "https://api.example.com/base/orders/1?x=1");
+    }
+}

@@ -1,0 +1,159 @@
+//! The request path, top to bottom: match → extract → exchange (cache) →
+//! rewrite and forward → evict on a backend `invalid_token` → log.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+
+use super::forward::Forwarder;
+use super::headers;
+use super::Body;
+use crate::auth::bearer;
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::exchange::cache::EntryKind;
+use crate::exchange::{hex8, Exchanger};
+use crate::metrics::RouteMetrics;
+use crate::routes::{Route, RouteTable};
+
+/// Everything that changes with a configuration reload.
+pub struct Runtime {
+    pub routes: RouteTable,
+}
+
+/// The gateway: shared by every connection.
+pub struct Gateway {
+    runtime: RwLock<Arc<Runtime>>,
+    pub exchanger: Exchanger,
+    forwarder: Forwarder,
+    unmatched: RouteMetrics,
+}
+
+/// What the access line reports about one request.
+#[derive(Default)]
+struct Trace {
+    route: Option<Arc<Route>>,
+    fingerprint: Option<String>,
+    cache: Option<bool>,
+    exchange_time: Option<Duration>,
+    evicted: bool,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, exchanger: Exchanger, forwarder: Forwarder, unmatched: RouteMetrics) -> Self {
+        Gateway { runtime: RwLock::new(Arc::new(runtime)), exchanger, forwarder, unmatched }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes a new configuration; requests in flight keep the old one.
+    pub fn replace(&self, runtime: Runtime) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+    }
+
+    async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone(); // cheap: shares the request's bytes
+        let mut trace = Trace::default();
+        let runtime = self.runtime();
+        let result = self.process(&runtime, req, peer, &mut trace).await;
+        let (resp, error) = match result {
+            Ok(resp) => (resp, None),
+            Err(e) => {
+                let scope = trace.route.as_ref().and_then(|r| r.policy.as_ref()).map_or("", |p| p.scope.as_str());
+                (e.to_response(scope), Some(e))
+            }
+        };
+        let elapsed = started.elapsed();
+        let status = resp.status().as_u16();
+        let metrics = trace.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
+        metrics.request(status, elapsed);
+        if let Some(hit) = trace.cache {
+            metrics.cache(hit);
+        }
+        tracing::info!(
+            target: "tokex::access",
+            method = %method,
+            path = %uri.path(),
+            route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            cache = match trace.cache { Some(true) => "hit", Some(false) => "miss", None => "-" },
+            exchange_ms = trace.exchange_time.map(|d| d.as_secs_f64() * 1000.0),
+            token = trace.fingerprint.as_deref().unwrap_or("-"),
+            evicted = trace.evicted,
+            error = error.as_ref().map(|e| e.reason()),
+            "request"
+        );
+        resp
+    }
+
+    async fn process(
+        &self,
+        runtime: &Runtime,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        trace: &mut Trace,
+    ) -> Result<Response<Body>, GatewayError> {
+        // 1. Match.
+        let route = runtime.routes.find(req.method(), req.uri(), req.headers()).ok_or(GatewayError::NoRoute)?;
+        trace.route = Some(route.clone());
+        if headers::has_dot_segments(req.uri().path()) {
+            return Err(GatewayError::BadPath);
+        }
+
+        // 2. Extract the caller's token and 3. exchange it (cache first).
+        let token = match (route.auth, &route.policy) {
+            (AuthMode::None, _) | (AuthMode::Exchange, None) => None,
+            (AuthMode::Exchange, Some(policy)) => {
+                if bearer::query_has_token(req.uri().query()) {
+                    return Err(GatewayError::InvalidRequest("access_token in the query string is refused"));
+                }
+                let subject = bearer::extract(req.headers())?;
+                let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+                trace.fingerprint = Some(hex8(&subject_hash));
+                let key = policy.key(&subject_hash);
+                let lookup = self.exchanger.token(policy, subject, key).await?;
+                trace.cache = Some(lookup.hit);
+                trace.exchange_time = lookup.exchange_time;
+                Some((lookup.entry, key))
+            }
+        };
+
+        // 4. Rewrite and forward with the exchanged token.
+        let credential = token.as_ref().and_then(|(entry, _)| match &entry.kind {
+            EntryKind::Token(t) if route.forward_header == http::header::AUTHORIZATION => {
+                Some((&route.forward_header, t.bearer.clone()))
+            }
+            EntryKind::Token(t) => Some((&route.forward_header, t.raw.clone())),
+            EntryKind::Rejected => None,
+        });
+        let resp = self.forwarder.forward(&route.upstream, req, peer, credential, route.timeout).await?;
+
+        // 5. A backend that calls the token invalid gets a fresh one next time.
+        if let Some((_, key)) = &token {
+            if resp.status() == http::StatusCode::UNAUTHORIZED && headers::says_invalid_token(resp.headers()) {
+                self.exchanger.evict(key).await;
+                trace.evicted = true;
+            }
+        }
+        Ok(resp)
+    }
+}
+
+impl super::server::Handler for Gateway {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        self.serve(req, peer)
+    }
+}

@@ -1,0 +1,10 @@
+//! The proxy: accept loop (`server`), the request phases (`handler`), the
+//! upstream client (`forward`) and header rules (`headers`).
+
+pub mod forward;
+pub mod handler;
+pub mod headers;
+pub mod server;
+
+/// Response body: a streamed upstream body or a small local answer.
+pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;

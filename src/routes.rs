@@ -1,0 +1,266 @@
+//! Route matching (SPEC §3.1): host exact or `*.suffix`, exact path or
+//! segment-aware prefix, methods, headers. First match wins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::config::AuthMode;
+use crate::exchange::Policy;
+use crate::metrics::RouteMetrics;
+use crate::proxy::forward::Upstream;
+
+/// A route ready to serve: its matcher and everything the request path needs.
+pub struct Route {
+    pub name: String,
+    pub matcher: Matcher,
+    pub auth: AuthMode,
+    /// Present exactly when `auth` is `Exchange`.
+    pub policy: Option<Arc<Policy>>,
+    pub upstream: Upstream,
+    pub forward_header: HeaderName,
+    pub timeout: Duration,
+    pub metrics: RouteMetrics,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-case host without port.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: any subdomain, not the apex.
+    Suffix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    /// Segment-aware: `/orders` matches `/orders` and `/orders/1`, not `/ordersx`.
+    Prefix(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HostMatch {
+    pub fn parse(pattern: &str) -> Result<HostMatch, String> {
+        let p = pattern.trim().to_ascii_lowercase();
+        if p.is_empty() {
+            return Err("host must not be empty".into());
+        }
+        let (suffix, name) = match p.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, p.clone()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !valid {
+            return Err(format!(
+                "invalid host {pattern:?}: expected a host name or *.suffix (no port, no other wildcards)"
+            ));
+        }
+        Ok(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(name) })
+    }
+
+    pub fn matches(&self, host: Option<&str>) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => host.is_some_and(|x| x.eq_ignore_ascii_case(h)),
+            HostMatch::Suffix(s) => host.is_some_and(|x| {
+                x.len() > s.len()
+                    && x.is_char_boundary(x.len() - s.len())
+                    && x[x.len() - s.len()..].eq_ignore_ascii_case(s)
+            }),
+        }
+    }
+
+    /// True when every host `other` accepts is accepted by `self`.
+    fn covers(&self, other: &HostMatch) -> bool {
+        match (self, other) {
+            (HostMatch::Any, _) => true,
+            (_, HostMatch::Any) => false,
+            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+            (HostMatch::Suffix(s), HostMatch::Exact(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
+            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b.ends_with(a.as_str()),
+        }
+    }
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+        }
+    }
+
+    fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Any, _) => true,
+            (_, PathMatch::Any) => false,
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+            (PathMatch::Prefix(a), PathMatch::Exact(b)) => prefix_matches(a, b),
+            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => prefix_matches(a, b),
+        }
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// The request host without port: `Host` header first (HTTP/1.1), else the
+/// URI authority (HTTP/2 `:authority`).
+pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match headers.get(HOST).and_then(|v| v.to_str().ok()) {
+        Some(h) => h,
+        None => uri.authority()?.as_str(),
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+impl Matcher {
+    pub fn matches(&self, method: &Method, path: &str, host: Option<&str>, headers: &HeaderMap) -> bool {
+        self.path.matches(path)
+            && self.host.matches(host)
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self.headers.iter().all(|(name, want)| headers.get_all(name).iter().any(|v| v == want))
+    }
+
+    /// True when `self` matches every request `other` matches: a route after
+    /// `self` with matcher `other` can never be reached.
+    pub fn shadows(&self, other: &Matcher) -> bool {
+        self.host.covers(&other.host)
+            && self.path.covers(&other.path)
+            && (self.methods.is_empty()
+                || (!other.methods.is_empty() && other.methods.iter().all(|m| self.methods.contains(m))))
+            && self.headers.iter().all(|h| other.headers.contains(h))
+    }
+}
+
+/// The routes of one configuration, in order.
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+        RouteTable { routes }
+    }
+
+    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Arc<Route>> {
+        let host = request_host(uri, headers);
+        let path = uri.path();
+        self.routes.iter().find(|r| r.matcher.matches(method, path, host, headers))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(host: HostMatch, path: PathMatch, methods: &[Method]) -> Matcher {
+        Matcher { host, path, methods: methods.to_vec(), headers: vec![] }
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        let p = PathMatch::Prefix("/orders".into());
+        assert!(p.matches("/orders"));
+        assert!(p.matches("/orders/"));
+        assert!(p.matches("/orders/1"));
+        assert!(!p.matches("/ordersx"));
+        assert!(!p.matches("/order"));
+        let root = PathMatch::Prefix("/".into());
+        assert!(root.matches("/anything"));
+        let slash = PathMatch::Prefix("/api/".into());
+        assert!(slash.matches("/api/x"));
+        assert!(!slash.matches("/api"));
+    }
+
+    #[test]
+    fn hosts_exact_and_suffix() {
+        let e = HostMatch::parse("API.example.com").unwrap();
+        assert!(e.matches(Some("api.example.com")));
+        assert!(e.matches(Some("Api.Example.Com")));
+        assert!(!e.matches(Some("x.api.example.com")));
+        assert!(!e.matches(None));
+        let s = HostMatch::parse("*.example.com").unwrap();
+        assert!(s.matches(Some("a.example.com")));
+        assert!(s.matches(Some("a.b.example.com")));
+        assert!(!s.matches(Some("example.com")));
+        assert!(!s.matches(Some("badexample.com")));
+        assert!(HostMatch::parse("a.*.com").is_err());
+        assert!(HostMatch::parse("host:80").is_err());
+        assert!(HostMatch::parse("").is_err());
+    }
+
+    #[test]
+    fn host_comes_from_header_or_authority() {
+        let mut h = HeaderMap::new();
+        let uri: Uri = "/x".parse().unwrap();
+        assert_eq!(request_host(&uri, &h), None);
+        h.insert(HOST, HeaderValue::from_static("api.example.com:8080"));
+        assert_eq!(request_host(&uri, &h), Some("api.example.com"));
+        let uri: Uri = "http://h2.example.com/x".parse().unwrap();
+        assert_eq!(request_host(&uri, &HeaderMap::new()), Some("h2.example.com"));
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("[::1]:8080"));
+        assert_eq!(request_host(&"/".parse().unwrap(), &h), Some("::1"));
+    }
+
+    #[test]
+    fn methods_and_headers() {
+        let mut matcher = m(HostMatch::Any, PathMatch::Any, &[Method::GET]);
+        matcher.headers.push((HeaderName::from_static("x-tenant"), HeaderValue::from_static("acme")));
+        let mut h = HeaderMap::new();
+        assert!(!matcher.matches(&Method::GET, "/", None, &h));
+        h.insert("x-tenant", HeaderValue::from_static("acme"));
+        assert!(matcher.matches(&Method::GET, "/", None, &h));
+        assert!(!matcher.matches(&Method::POST, "/", None, &h));
+    }
+
+    #[test]
+    fn shadowing() {
+        let all = m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]);
+        let orders = m(HostMatch::Any, PathMatch::Prefix("/orders".into()), &[Method::GET]);
+        assert!(all.shadows(&orders));
+        assert!(!orders.shadows(&all));
+        let exact = m(HostMatch::Any, PathMatch::Exact("/orders/1".into()), &[Method::GET]);
+        assert!(orders.shadows(&exact));
+        let post = m(HostMatch::Any, PathMatch::Exact("/orders/1".into()), &[Method::POST]);
+        assert!(!orders.shadows(&post));
+        let wild = m(HostMatch::parse("*.example.com").unwrap(), PathMatch::Any, &[]);
+        let api = m(HostMatch::parse("api.example.com").unwrap(), PathMatch::Any, &[]);
+        assert!(wild.shadows(&api));
+        assert!(!api.shadows(&wild));
+    }
+}
