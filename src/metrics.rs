@@ -112,14 +112,18 @@ impl Metrics {
 
     /// Handles for one route (or `-` for requests that matched none).
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let label = |result| CacheLabels { route: route.to_owned(), result };
+        // Each handle in its own statement: `get_or_create` returns a read
+        // guard, and a second insert while one is alive would deadlock.
+        let duration = self.request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone();
+        let hits = self.cache_lookups.get_or_create(&CacheLabels { route: route.to_owned(), result: "hit" }).clone();
+        let misses = self.cache_lookups.get_or_create(&CacheLabels { route: route.to_owned(), result: "miss" }).clone();
         RouteMetrics {
             route: route.to_owned(),
             requests: self.requests.clone(),
             by_status: (0..500).map(|_| OnceLock::new()).collect(),
-            duration: self.request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone(),
-            hits: self.cache_lookups.get_or_create(&label("hit")).clone(),
-            misses: self.cache_lookups.get_or_create(&label("miss")).clone(),
+            duration,
+            hits,
+            misses,
         }
     }
 

@@ -119,8 +119,9 @@ impl AsClient {
 
     /// Adds client authentication to a form-encoded token request.
     fn authenticate(&self, form: String) -> Result<(String, Option<HeaderValue>), ExchangeError> {
-        let start = form.len();
-        let mut form = form_urlencoded::Serializer::for_suffix(form, start);
+        // Start position 0: the existing parameters are part of this form,
+        // so appended pairs get their `&` separator.
+        let mut form = form_urlencoded::Serializer::for_suffix(form, 0);
         let mut basic = None;
         match &self.auth {
             ClientAuth::Basic { client_id, secret } => {
