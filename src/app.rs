@@ -113,18 +113,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
-    /// Swaps in the routes and servers of `config`. Listener addresses,
-    /// cache settings and worker count need a restart.
-    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
-        match build_runtime(config, &self.metrics) {
-            Ok(runtime) => {
+    /// Re-reads `path` and swaps in its routes and servers. A config that
+    /// does not load or build is rejected and the running one kept.
+    /// Listener addresses, cache settings and worker count need a restart.
+    pub fn reload(&self, path: &std::path::Path, reason: &str) -> bool {
+        let result = crate::config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| build_runtime(&c, &self.metrics).map(|rt| (c, rt)).map_err(|e| e.to_string()));
+        match result {
+            Ok((config, runtime)) => {
                 self.gateway.replace(runtime);
                 self.metrics.reload(true);
-                Ok(())
+                tracing::info!(reason, routes = config.routes.len(), "configuration reloaded");
+                true
             }
             Err(e) => {
                 self.metrics.reload(false);
-                Err(e)
+                tracing::error!(reason, "new configuration rejected, keeping the old one:\n{e}");
+                false
             }
         }
     }

@@ -131,13 +131,7 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
                 "file change"
             }
         };
-        match config::load(&path) {
-            Ok(c) => match running.reload(&c) {
-                Ok(()) => tracing::info!(reason, routes = c.routes.len(), "configuration reloaded"),
-                Err(e) => tracing::error!(reason, "new configuration rejected, keeping the old one: {e}"),
-            },
-            Err(e) => tracing::error!(reason, "new configuration rejected, keeping the old one:\n{e}"),
-        }
+        running.reload(&path, reason);
     }
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {

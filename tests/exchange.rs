@@ -44,7 +44,8 @@ async fn client_secret_basic_form_encodes_before_base64() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
     let auth = "{ method: client_secret_basic, client_id: \"my client\", client_secret: \"p@ss:w rd\" }";
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), auth, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), auth, &exchange_route("a", "/", backend, ""))).await;
     assert_eq!(get(&gw.url, Some("t")).await.0, 200);
     let header = auth_server.last().headers.get("authorization").unwrap().to_str().unwrap().to_owned();
     use base64::Engine;
@@ -57,14 +58,16 @@ async fn client_secret_post_and_none() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
     let post = "{ method: client_secret_post, client_id: tokex, client_secret: s3cret }";
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), post, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), post, &exchange_route("a", "/", backend, ""))).await;
     assert_eq!(get(&gw.url, Some("t1")).await.0, 200);
     let r = auth_server.last();
     assert_eq!((r.param("client_id"), r.param("client_secret")), (Some("tokex"), Some("s3cret")));
     assert!(r.headers.get("authorization").is_none());
 
     let none = "{ method: none, client_id: public-tokex }";
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), none, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), none, &exchange_route("a", "/", backend, ""))).await;
     assert_eq!(get(&gw.url, Some("t2")).await.0, 200);
     let r = auth_server.last();
     assert_eq!((r.param("client_id"), r.param("client_secret")), (Some("public-tokex"), None));
@@ -75,7 +78,9 @@ async fn client_secret_post_and_none() {
 async fn cache_hits_skip_the_authorization_server() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")))
+            .await;
     for _ in 0..5 {
         let (status, _, body) = get(&format!("{}/x", gw.url), Some("same-subject")).await;
         assert_eq!(status, 200);
@@ -96,7 +101,9 @@ async fn forty_concurrent_misses_make_one_exchange() {
     let auth_server = RecordingAs::start().await;
     auth_server.set(|_, n| Reply::Delay(Duration::from_millis(300), Box::new(issue(n))));
     let backend = echo_backend().await;
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")))
+            .await;
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let url = gw.url.clone();
@@ -122,7 +129,8 @@ async fn routes_do_not_share_tokens() {
     assert_eq!(seen(&echoed(&a), "authorization"), vec!["Bearer exchanged-1"]);
     assert_eq!(seen(&echoed(&b), "authorization"), vec!["Bearer exchanged-2"]);
     assert_eq!(seen(&echoed(&a2), "authorization"), vec!["Bearer exchanged-1"]);
-    let audiences: Vec<String> = auth_server.requests().iter().map(|r| r.param("audience").unwrap().to_owned()).collect();
+    let audiences: Vec<String> =
+        auth_server.requests().iter().map(|r| r.param("audience").unwrap().to_owned()).collect();
     assert_eq!(audiences, vec!["orders-api", "billing-api"]);
 }
 
@@ -130,7 +138,11 @@ async fn routes_do_not_share_tokens() {
 #[tokio::test]
 async fn authorization_server_errors_map_to_the_caller() {
     let cases: Vec<(Reply, u16, Option<&str>)> = vec![
-        (Reply::Json(400, json!({"error": "invalid_grant"})), 401, Some("Bearer realm=\"tokex\", error=\"invalid_token\"")),
+        (
+            Reply::Json(400, json!({"error": "invalid_grant"})),
+            401,
+            Some("Bearer realm=\"tokex\", error=\"invalid_token\""),
+        ),
         (
             Reply::Json(400, json!({"error": "invalid_scope"})),
             403,
@@ -154,7 +166,12 @@ async fn authorization_server_errors_map_to_the_caller() {
         let auth_server = RecordingAs::start().await;
         let r = reply.clone();
         auth_server.set(move |_, _| r.clone());
-        let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+        let gw = TestGateway::start(&config_with(
+            &auth_server.token_url(),
+            BASIC_AUTH,
+            &exchange_route("a", "/", backend, ""),
+        ))
+        .await;
         let (status, headers, body) = get(&gw.url, Some("subject")).await;
         assert_eq!(status.as_u16(), want, "{reply:?} -> {body}");
         assert_eq!(headers.get("www-authenticate").map(|v| v.to_str().unwrap()), challenge, "{reply:?}");
@@ -168,7 +185,9 @@ async fn server_errors_are_retried_then_503_with_retry_after() {
     let auth_server = RecordingAs::start().await;
     auth_server.set(|_, _| Reply::Json(503, json!({"error": "temporarily_unavailable"})));
     let backend = echo_backend().await;
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")))
+            .await;
     let (status, headers, _) = get(&gw.url, Some("subject")).await;
     assert_eq!(status, 503);
     assert_eq!(headers.get("retry-after").unwrap(), "1");
@@ -184,7 +203,12 @@ async fn server_errors_are_retried_then_503_with_retry_after() {
 async fn unreachable_authorization_server_is_503() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let backend = echo_backend().await;
-    let gw = TestGateway::start(&config_with(&format!("http://{dead}/token"), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+    let gw = TestGateway::start(&config_with(
+        &format!("http://{dead}/token"),
+        BASIC_AUTH,
+        &exchange_route("a", "/", backend, ""),
+    ))
+    .await;
     let (status, headers, _) = get(&gw.url, Some("subject")).await;
     assert_eq!(status, 503);
     assert!(headers.contains_key("retry-after"));
@@ -195,7 +219,8 @@ async fn a_hanging_authorization_server_is_bounded_by_the_timeout() {
     let auth_server = RecordingAs::start().await;
     auth_server.set(|_, n| Reply::Delay(Duration::from_secs(10), Box::new(issue(n))));
     let backend = echo_backend().await;
-    let cfg = config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")).replace("timeout: 2s", "timeout: 300ms");
+    let cfg = config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))
+        .replace("timeout: 2s", "timeout: 300ms");
     let gw = TestGateway::start(&cfg).await;
     let started = Instant::now();
     let (status, _, _) = get(&gw.url, Some("subject")).await;
@@ -226,8 +251,12 @@ async fn lifetime_is_bounded_by_expires_in_max_ttl_and_subject_exp() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
     // expires_in 1 s: the second call after 1.2 s exchanges again.
-    auth_server.set(|_, n| Reply::Json(200, json!({"access_token": format!("t{n}"), "token_type": "Bearer", "expires_in": 1})));
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+    auth_server.set(|_, n| {
+        Reply::Json(200, json!({"access_token": format!("t{n}"), "token_type": "Bearer", "expires_in": 1}))
+    });
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")))
+            .await;
     get(&gw.url, Some("s1")).await;
     get(&gw.url, Some("s1")).await;
     assert_eq!(auth_server.count(), 1);
@@ -237,14 +266,21 @@ async fn lifetime_is_bounded_by_expires_in_max_ttl_and_subject_exp() {
 
     // max_ttl 1s caps a 60 s answer.
     auth_server.set(|_, n| issue(n));
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("b", "/", backend, "      max_ttl: 1s\n"))).await;
+    let gw = TestGateway::start(&config_with(
+        &auth_server.token_url(),
+        BASIC_AUTH,
+        &exchange_route("b", "/", backend, "      max_ttl: 1s\n"),
+    ))
+    .await;
     get(&gw.url, Some("s2")).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     get(&gw.url, Some("s2")).await;
     assert_eq!(auth_server.count(), 4);
 
     // A subject JWT expiring in 2 s caps it too (exp has 1 s granularity).
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("c", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("c", "/", backend, "")))
+            .await;
     let jwt = fake_jwt(json!({"sub": "alice", "exp": now() + 2}));
     get(&gw.url, Some(&jwt)).await;
     get(&gw.url, Some(&jwt)).await;
@@ -272,7 +308,9 @@ async fn expiry_skew_and_default_ttl() {
 async fn backend_invalid_token_evicts_the_cache_entry() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")))
+            .await;
     assert_eq!(get(&format!("{}/x", gw.url), Some("s")).await.0, 200);
     // A 401 without invalid_token keeps the entry.
     let resp = client().get(format!("{}/status/401", gw.url)).bearer_auth("s").send().await.unwrap();
@@ -297,7 +335,9 @@ async fn backend_invalid_token_evicts_the_cache_entry() {
 async fn refresh_ahead_renews_in_the_background() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
-    auth_server.set(|_, n| Reply::Json(200, json!({"access_token": format!("t{n}"), "token_type": "Bearer", "expires_in": 2})));
+    auth_server.set(|_, n| {
+        Reply::Json(200, json!({"access_token": format!("t{n}"), "token_type": "Bearer", "expires_in": 2}))
+    });
     let cfg = config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, ""))
         .replace("cache: { expiry_skew: 0s }", "cache: { expiry_skew: 0s, refresh_ahead: 1500ms }");
     let gw = TestGateway::start(&cfg).await;
@@ -321,7 +361,12 @@ async fn actor_token_file_is_sent_and_reread_on_rotation() {
     let file = dir.join("token");
     std::fs::write(&file, "actor-one\n").unwrap();
     let extra = format!("      actor:\n        token_file: {}\n", file.display());
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, &extra))).await;
+    let gw = TestGateway::start(&config_with(
+        &auth_server.token_url(),
+        BASIC_AUTH,
+        &exchange_route("a", "/", backend, &extra),
+    ))
+    .await;
     get(&gw.url, Some("s1")).await;
     let r = auth_server.last();
     assert_eq!(r.param("actor_token"), Some("actor-one"));
@@ -343,7 +388,12 @@ async fn inline_actor_token() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
     let extra = "      actor:\n        token: inline-actor\n        token_type: urn:ietf:params:oauth:token-type:access_token\n";
-    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, extra))).await;
+    let gw = TestGateway::start(&config_with(
+        &auth_server.token_url(),
+        BASIC_AUTH,
+        &exchange_route("a", "/", backend, extra),
+    ))
+    .await;
     get(&gw.url, Some("s1")).await;
     let r = auth_server.last();
     assert_eq!(r.param("actor_token"), Some("inline-actor"));

@@ -176,6 +176,16 @@ impl ConfigError {
     }
 }
 
+/// serde_yaml's text without the path and location we already report.
+fn plain_message(text: &str) -> String {
+    let text = text.split(" at line ").next().unwrap_or(text);
+    // "a.b.c: message" → "message" when the prefix is a path.
+    match text.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') => rest.to_owned(),
+        _ => text.to_owned(),
+    }
+}
+
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -194,7 +204,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             errors: vec![Diagnostic {
                 path: if path == "." { String::new() } else { path },
                 line,
-                message: inner.to_string(),
+                message: plain_message(&inner.to_string()),
             }],
         }
     })?;

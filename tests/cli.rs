@@ -1,0 +1,320 @@
+//! The `tokex` binary as operators run it: `check`, logs, signals, reload.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokex");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tokex-{tag}-{}-{}", std::process::id(), now()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn check(path: &Path, envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["check", "-c"]).arg(path).env_remove("TOKEX_STRICT");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn example_config_passes_check() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let (code, out) = check(&example, &[("TOKEX_CLIENT_SECRET", "from-env")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (3 routes"), "{out}");
+}
+
+#[test]
+fn check_prints_every_error_with_path_and_exits_1() {
+    let dir = temp_dir("check");
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        r#"listen: { address: "0.0.0.0:8080" }
+authorization_servers:
+  corp: { token_endpoint: "not a url" }
+routes:
+  - name: a
+    match: { path_prefix: / }
+    upstream: http://127.0.0.1:1
+    exchange: { authorization_server: nowhere }
+  - name: a
+    upstream: http://127.0.0.1:1
+  - name: b
+    match: { path: /x }
+    auth: none
+    upstream: http://127.0.0.1:1
+"#,
+    )
+    .unwrap();
+    let (code, out) = check(&file, &[]);
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        "authorization_servers.corp.token_endpoint",
+        "routes[0].exchange.authorization_server: unknown authorization server \"nowhere\"",
+        "routes[1].name: duplicate route name \"a\"",
+        "routes[1]: auth: exchange needs an exchange: section",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+
+    // Shadowed routes are warnings: check still passes.
+    std::fs::write(
+        &file,
+        "listen: { address: \"0.0.0.0:8080\" }\nroutes:\n  - name: all\n    auth: none\n    upstream: http://127.0.0.1:1\n  - name: never\n    match: { path: /x }\n    auth: none\n    upstream: http://127.0.0.1:1\n",
+    )
+    .unwrap();
+    let (code, out) = check(&file, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: routes[1].match") && out.contains("can never match"), "{out}");
+
+    // Syntax errors carry a line.
+    std::fs::write(&file, "listen: { address: \"0.0.0.0:8080\" }\nroutes:\n  - name: a\n    upstreem: http://x\n")
+        .unwrap();
+    let (code, out) = check(&file, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("routes[0].upstreem (line 4): unknown field `upstreem`"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn strict_mode_refuses_clear_text_secrets() {
+    let dir = temp_dir("strict");
+    let file = dir.join("c.yaml");
+    let yaml = |secret: &str| {
+        format!(
+            "listen: {{ address: \"0.0.0.0:8080\" }}\nauthorization_servers:\n  corp:\n    token_endpoint: https://as.example.com/token\n    client_auth: {{ method: client_secret_post, client_id: x, client_secret: \"{secret}\" }}\nroutes:\n  - name: a\n    upstream: http://127.0.0.1:1\n    exchange: {{ authorization_server: corp }}\n"
+        )
+    };
+    std::fs::write(&file, yaml("in-the-clear")).unwrap();
+    assert_eq!(check(&file, &[]).0, 0);
+    let (code, out) = check(&file, &[("TOKEX_STRICT", "1")]);
+    assert_eq!(code, 1);
+    assert!(out.contains("client_secret is written in clear"), "{out}");
+    assert!(!out.contains("in-the-clear"), "the secret itself must not be printed: {out}");
+    std::fs::write(&file, yaml("${MY_SECRET}")).unwrap();
+    assert_eq!(check(&file, &[("TOKEX_STRICT", "1"), ("MY_SECRET", "v")]).0, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A gateway process whose JSON log lines are collected.
+struct Proc {
+    child: Child,
+    addr: String,
+    admin: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    async fn start(config: &Path, log: &str) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("TOKEX_LOG", log)
+            .env("TOKEX_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let (lines, tx) = (lines.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        let _ = tx.send(v);
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(v) = rx.recv().await {
+                if v["message"] == "tokex listening" {
+                    return v;
+                }
+            }
+            panic!("tokex exited before listening");
+        })
+        .await
+        .expect("tokex starts within 10 s");
+        let addr = started["addr"].as_str().unwrap().to_owned();
+        let admin = started["admin"].as_str().unwrap().trim_start_matches("Some(").trim_end_matches(')').to_owned();
+        Proc { child, addr: format!("http://{addr}"), admin: format!("http://{admin}"), lines }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let file = dir.join("tokex.yaml");
+    std::fs::write(
+        &file,
+        format!("listen: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n{body}"),
+    )
+    .unwrap();
+    file
+}
+
+#[tokio::test]
+async fn logs_never_carry_tokens_or_secrets() {
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|r, n| match r.param("subject_token") {
+        Some(s) if s.contains("REVOKED") => {
+            Reply::Json(400, json!({"error": "invalid_grant", "error_description": "bad token SUBJECT-REVOKED-SECRET"}))
+        }
+        _ => Reply::Json(
+            200,
+            json!({"access_token": format!("ISSUED-SECRET-{n}"), "token_type": "Bearer", "expires_in": 60}),
+        ),
+    });
+    let backend = echo_backend().await;
+    let dir = temp_dir("logs");
+    let actor = dir.join("actor");
+    std::fs::write(&actor, "ACTOR-SECRET-TOKEN").unwrap();
+    let auth = "{ method: client_secret_basic, client_id: tokex, client_secret: CLIENT-SECRET-VALUE }";
+    let extra = format!("      actor: {{ token_file: {} }}\n", actor.display());
+    let file =
+        write_config(&dir, &config_with(&auth_server.token_url(), auth, &exchange_route("a", "/", backend, &extra)));
+    let gw = Proc::start(&file, "debug").await;
+
+    let subject = fake_jwt(json!({"sub": "alice", "exp": now() + 600, "nonce": "SUBJECT-SECRET"}));
+    let (status, _, body) = get(&format!("{}/orders?q=1", gw.addr), Some(&subject)).await;
+    assert_eq!(status, 200, "{body}");
+    get(&format!("{}/orders", gw.addr), Some(&subject)).await;
+    assert_eq!(get(&format!("{}/x", gw.addr), Some("SUBJECT-REVOKED-SECRET")).await.0, 401);
+    assert_eq!(get(&format!("{}/x", gw.addr), None).await.0, 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let log = gw.log();
+    for secret in ["SUBJECT-SECRET", "ISSUED-SECRET", "ACTOR-SECRET", "CLIENT-SECRET", "REVOKED-SECRET", &subject[..40]]
+    {
+        assert!(!log.contains(secret), "{secret} leaked into the log:\n{log}");
+    }
+    // One access line per request, with a fingerprint; an audit event per exchange.
+    let access: Vec<Value> = gw
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "tokex::access")
+        .collect();
+    assert_eq!(access.len(), 4, "{log}");
+    assert_eq!(access[0]["route"], "a");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[0]["cache"], "miss");
+    assert_eq!(access[1]["cache"], "hit");
+    assert_eq!(access[0]["token"].as_str().unwrap().len(), 8);
+    assert_eq!(access[0]["token"], access[1]["token"]);
+    assert_eq!(access[0]["path"], "/orders", "the query string is not logged");
+    assert!(log.contains("\"target\":\"tokex::audit\"") && log.contains("\"sub\":\"alice\""), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let slow = serve(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Response::new(full("slow done"))
+    })
+    .await;
+    let dir = temp_dir("drain");
+    let file = write_config(
+        &dir,
+        &format!(
+            "runtime: {{ shutdown_grace: 5s }}\nroutes:\n  - name: slow\n    auth: none\n    upstream: http://{slow}\n"
+        ),
+    );
+    let mut gw = Proc::start(&file, "info").await;
+    let url = gw.addr.clone();
+    let in_flight = tokio::spawn(async move { get(&url, None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let readyz = format!("{}/readyz", gw.admin);
+    assert_eq!(get(&readyz, None).await.0, 200);
+    gw.signal("TERM");
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "slow done"));
+    let started = Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(5), gw.child.wait()).await.expect("exits").unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", gw.log());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Nothing listens any more.
+    assert!(client().get(&gw.addr).send().await.is_err());
+}
+
+#[tokio::test]
+async fn sighup_reloads_routes_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let backend = echo_backend().await;
+    let dir = temp_dir("reload");
+    let route = |path: &str| {
+        format!("routes:\n  - name: r\n    match: {{ path: {path} }}\n    auth: none\n    upstream: http://{backend}\n")
+    };
+    let file = write_config(&dir, &route("/one"));
+    let gw = Proc::start(&file, "info").await;
+    assert_eq!(get(&format!("{}/one", gw.addr), None).await.0, 200);
+    assert_eq!(get(&format!("{}/two", gw.addr), None).await.0, 404);
+
+    write_config(&dir, &route("/two"));
+    gw.signal("HUP");
+    let two = format!("{}/two", gw.addr);
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(&two, None).await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "reload did not take effect:\n{}", gw.log());
+    assert_eq!(get(&format!("{}/one", gw.addr), None).await.0, 404);
+
+    // A broken file is rejected; /two keeps working.
+    std::fs::write(&file, "listen: { address: \"127.0.0.1:0\" }\nroutes: [ { name: broken } ]\n").unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&two, None).await.0, 200);
+    assert!(gw.log().contains("new configuration rejected"), "{}", gw.log());
+    let metrics = get(&format!("{}/metrics", gw.admin), None).await.2;
+    assert!(metrics.contains("tokex_config_reloads_total{result=\"rejected\"}"), "{metrics}");
+}
+
+#[test]
+fn run_with_a_bad_config_exits_64() {
+    let dir = temp_dir("bad-run");
+    let file = dir.join("c.yaml");
+    std::fs::write(&file, "listen: { address: nope }\nroutes: []\n").unwrap();
+    let out = std::process::Command::new(BIN).args(["run", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen.address"));
+}
