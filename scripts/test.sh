@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; CI runs exactly this).
+# Installs what the tests need on a fresh machine, then runs formatting,
+# lints and every test. The authgent end-to-end test fails, never skips,
+# when authgent-server is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AUTHGENT_VERSION=0.3.4
+VENV=.venv
+if ! "$VENV/bin/authgent-server" --help >/dev/null 2>&1 \
+   || [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("authgent-server"))' 2>/dev/null)" != "$AUTHGENT_VERSION" ]; then
+  echo "==> installing authgent-server $AUTHGENT_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "authgent-server==$AUTHGENT_VERSION"
+fi
+export AUTHGENT_BIN="$PWD/$VENV/bin/authgent-server"
+
+echo "==> cargo fetch"
+cargo fetch --locked 2>/dev/null || cargo fetch
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --locked --all-targets
