@@ -123,3 +123,16 @@ pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
+
+/// An error and its sources, `: `-joined, for logs. Callers pass errors whose
+/// text names URLs and causes, never request bodies or tokens.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::ExchangeError;
+use crate::error::error_chain;
 use crate::config::{AuthServerConfig, ClientAuthConfig};
 use crate::secret::{Secret, SecretString};
 
@@ -181,7 +182,7 @@ impl AsClient {
         if let Some(b) = basic {
             req = req.header(AUTHORIZATION, b);
         }
-        let mut resp = req.send().await.map_err(|e| Attempt::Retryable(network_error(&e)))?;
+        let mut resp = req.send().await.map_err(|e| Attempt::Retryable(error_chain(&e)))?;
         let status = resp.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(Attempt::Retryable(format!("HTTP {}", status.as_u16())));
@@ -203,7 +204,7 @@ impl AsClient {
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(Attempt::Retryable(network_error(&e))),
+                Err(e) => return Err(Attempt::Retryable(error_chain(&e))),
             }
         }
         parse_answer(status.as_u16(), &buf).map_err(Attempt::Final)
@@ -213,18 +214,6 @@ impl AsClient {
 enum Attempt {
     Retryable(String),
     Final(ExchangeError),
-}
-
-fn network_error(e: &reqwest::Error) -> String {
-    // reqwest's Display names the URL, never the body, so no token leaks here.
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.

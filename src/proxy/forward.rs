@@ -16,7 +16,7 @@ use url::Url;
 
 use super::headers;
 use super::Body;
-use crate::error::GatewayError;
+use crate::error::{error_chain, GatewayError};
 
 /// Where a route sends requests: scheme, authority and an optional base path.
 #[derive(Debug, Clone)]
@@ -138,17 +138,6 @@ impl Forwarder {
         headers::strip_hop_by_hop(resp.headers_mut(), None);
         Ok(resp.map(Body::Left))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]
