@@ -78,13 +78,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
 /// Appends the peer to `X-Forwarded-For`; sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the caller asked for).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
-    let peer = peer.to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {peer}")),
-        _ => HeaderValue::from_str(&peer),
-    };
+    use std::fmt::Write;
+    // Repeated lines form one list (RFC 9110 §5.3): keep every hop, in order.
+    let mut chain = String::new();
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            if !s.trim().is_empty() {
+                chain.push_str(s.trim());
+                chain.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(chain, "{peer}");
     headers.remove(X_FORWARDED_FOR);
-    if let Ok(v) = xff {
+    if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -158,8 +165,9 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(HeaderValue::from_static("api.example.com")));
-        assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(h.get(X_FORWARDED_HOST).unwrap(), "api.example.com");
     }
