@@ -7,6 +7,8 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod demo;
+pub mod dev_sts;
 pub mod error;
 pub mod exchange;
 pub mod metrics;

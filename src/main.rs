@@ -21,9 +21,10 @@ struct Cli {
     /// Configuration file.
     #[arg(short, long, env = "TOKEX_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Log filter (EnvFilter syntax), e.g. `info` or `debug,hyper=info`.
-    #[arg(long, env = "TOKEX_LOG", default_value = "info", global = true)]
-    log: String,
+    /// Log filter (EnvFilter syntax), e.g. `info` or `debug,hyper=info`
+    /// [default: info; warn for `demo`].
+    #[arg(long, env = "TOKEX_LOG", global = true)]
+    log: Option<String>,
     /// Log format.
     #[arg(long, env = "TOKEX_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
@@ -35,18 +36,83 @@ enum Command {
     Run,
     /// Validate a configuration: exit 0, or print every error and exit 1.
     Check,
+    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, JWKS, discovery).
+    DevSts(tokex::dev_sts::cli::DevStsArgs),
+    /// Walk through a token exchange: dev authorization server, echo backend and gateway, all on 127.0.0.1.
+    Demo {
+        /// Keep everything running afterwards and print curl commands.
+        #[arg(long)]
+        serve: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(path) = cli.config.clone() else {
-        eprintln!("error: no configuration file: pass -c FILE or set TOKEX_CONFIG");
-        return ExitCode::from(EXIT_CONFIG);
+    let log = |default: &str| cli.log.clone().unwrap_or_else(|| default.to_owned());
+    let command = cli.command.unwrap_or(Command::Run);
+    let path = match command {
+        Command::DevSts(args) => return dev_sts(args, &log("info"), cli.log_format),
+        Command::Demo { serve } => return demo(serve, &log("warn"), cli.log_format),
+        Command::Run | Command::Check => match cli.config {
+            Some(p) => p,
+            None => {
+                eprintln!("error: no configuration file: pass -c FILE or set TOKEX_CONFIG");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Check => check(&path),
-        Command::Run => run(&path, &cli.log, cli.log_format),
+        _ => run(&path, &log("info"), cli.log_format),
     }
+}
+
+fn demo(serve: bool, log: &str, format: LogFormat) -> ExitCode {
+    if let Err(e) = telemetry::init(log, format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let demo = match tokex::demo::start().await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = tokex::demo::walkthrough(&demo).await;
+        let code = match result {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+        if serve && code == ExitCode::SUCCESS {
+            println!("\n{}", tokex::demo::curl_help(&demo));
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        demo.stop().await;
+        code
+    })
+}
+
+fn dev_sts(args: tokex::dev_sts::cli::DevStsArgs, log: &str, format: LogFormat) -> ExitCode {
+    if let Err(e) = telemetry::init(log, format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    tokex::dev_sts::cli::run(args)
 }
 
 fn check(path: &Path) -> ExitCode {

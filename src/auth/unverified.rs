@@ -16,13 +16,21 @@ pub struct PeekedClaims {
 
 /// Claims of a compact JWS, or `None` when the token is not one.
 pub fn peek(token: &str) -> Option<PeekedClaims> {
+    serde_json::from_slice(&payload(token)?).ok()
+}
+
+/// All claims of a compact JWS as JSON (unverified; for display only).
+pub fn claims_json(token: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&payload(token)?).ok()
+}
+
+fn payload(token: &str) -> Option<Vec<u8>> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || payload.len() > 16 * 1024 {
         return None;
     }
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()
 }
 
 #[cfg(test)]

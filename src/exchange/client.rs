@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::ExchangeError;
-use crate::error::error_chain;
 use crate::config::{AuthServerConfig, ClientAuthConfig};
+use crate::error::error_chain;
 use crate::secret::{Secret, SecretString};
 
 /// Largest answer read from an authorization server.

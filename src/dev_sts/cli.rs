@@ -1,0 +1,218 @@
+//! `tokex dev-sts`: runs the development authorization server alone, prints
+//! where it listens and a ready-to-paste `curl`, and stops on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::{start, ClientSpec, DevStsConfig};
+
+/// Exit code for unusable flags or files (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// Flags of `tokex dev-sts` (no `Debug`: `--client` values hold secrets).
+#[derive(clap::Args)]
+pub struct DevStsArgs {
+    /// Address to listen on. DEVELOPMENT ONLY: keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    pub listen: SocketAddr,
+    /// `iss` of issued tokens and base of the advertised endpoints [default: http://<listen address>].
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// A client, repeatable: `id=ID,secret=SECRET,audiences=A|B,scopes=S1|S2`
+    /// (or `public_key_file=PEM` for private_key_jwt; `*` allows any audience/scope).
+    #[arg(long = "client", value_name = "SPEC")]
+    pub clients: Vec<String>,
+    /// A YAML file of clients (`clients: [{id, secret, public_key_file, audiences, scopes}]`).
+    #[arg(long, value_name = "FILE")]
+    pub clients_file: Option<PathBuf>,
+    /// Lifetime of issued tokens.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub expires_in: Duration,
+    /// PKCS#8 PEM signing key (EC P-256/P-384 or RSA) [default: a fresh P-256 key per start].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Runs until SIGINT or SIGTERM. Logging must already be set up.
+pub fn run(args: DevStsArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run_async(args))
+}
+
+/// Where a client's secret came from, which decides whether the hint
+/// prints it: flags and generated secrets are already on the terminal.
+enum Origin {
+    Flag,
+    File,
+    Generated,
+}
+
+async fn run_async(args: DevStsArgs) -> ExitCode {
+    let mut clients: Vec<(ClientSpec, Origin)> = Vec::new();
+    for flag in &args.clients {
+        match ClientSpec::parse_flag(flag) {
+            Ok(c) => clients.push((c, Origin::Flag)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    if let Some(path) = &args.clients_file {
+        match ClientSpec::load_file(path) {
+            Ok(list) => clients.extend(list.into_iter().map(|c| (c, Origin::File))),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    if clients.is_empty() {
+        let secret: String = std::iter::repeat_with(fastrand::alphanumeric).take(24).collect();
+        let any = vec!["*".to_owned()];
+        let dev = ClientSpec {
+            id: "dev".into(),
+            secret: Some(secret),
+            audiences: any.clone(),
+            scopes: any,
+            ..Default::default()
+        };
+        clients.push((dev, Origin::Generated));
+        eprintln!("note: no --client given; created client `dev` (any audience, any scope) with a random secret");
+    }
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "\n!!! WARNING: the DEVELOPMENT authorization server is binding {}, a non-loopback address.",
+            args.listen
+        );
+        eprintln!("!!! Anyone who can reach it can obtain tokens. It is not meant for real use; prefer 127.0.0.1.\n");
+    }
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let hint = curl_hint(&clients);
+    let summary: Vec<String> = clients
+        .iter()
+        .map(|(c, _)| {
+            let methods = match (c.secret.is_some(), c.public_key_pem.is_some()) {
+                (true, true) => "client_secret, private_key_jwt",
+                (true, false) => "client_secret",
+                _ => "private_key_jwt",
+            };
+            format!("{} ({methods})", c.id)
+        })
+        .collect();
+    let cfg = DevStsConfig {
+        issuer: args.issuer,
+        clients: clients.into_iter().map(|(c, _)| c).collect(),
+        expires_in: args.expires_in,
+        key_file: args.key_file,
+    };
+    let sts = match start(cfg, listener).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let issuer = sts.issuer().to_owned();
+    println!("tokex dev-sts: DEVELOPMENT authorization server listening on {}", sts.addr());
+    println!("  issuer          {issuer}");
+    println!("  token endpoint  {}", sts.token_endpoint());
+    println!("  jwks            {}", sts.jwks_uri());
+    println!("  metadata        {issuer}/.well-known/oauth-authorization-server");
+    println!("  clients         {}", summary.join("; "));
+    println!("  token lifetime  {}", humantime::format_duration(args.expires_in));
+    if let Some(hint) = hint {
+        println!("try:\n  {hint} {}", sts.token_endpoint());
+    }
+
+    wait_for_signal().await;
+    tracing::info!("dev-sts: shutting down");
+    sts.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A `curl` for client_credentials with the first client that has a
+/// secret (without the URL).
+fn curl_hint(clients: &[(ClientSpec, Origin)]) -> Option<String> {
+    let (client, origin) = clients.iter().find(|(c, _)| c.secret.is_some())?;
+    let secret = match origin {
+        Origin::Flag | Origin::Generated => client.secret.clone().unwrap_or_default(),
+        Origin::File => "<secret from the clients file>".to_owned(),
+    };
+    let mut cmd = String::from("curl -s");
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if plain(&client.id) && plain(&secret) {
+        // client_secret_basic; curl does not form-encode, so only for plain values.
+        cmd.push_str(&format!(" -u {}", shell_quote(&format!("{}:{secret}", client.id))));
+    } else {
+        cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("client_id={}", client.id))));
+        cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("client_secret={secret}"))));
+    }
+    cmd.push_str(" -d grant_type=client_credentials");
+    let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).filter(|s| *s != "*").collect();
+    if !scopes.is_empty() {
+        cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("scope={}", scopes.join(" ")))));
+    }
+    Some(cmd)
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curl_hint_uses_basic_for_plain_credentials() {
+        let c = ClientSpec::parse_flag("id=demo,secret=demo-secret,scopes=orders:read|billing:read").unwrap();
+        let hint = curl_hint(&[(c, Origin::Flag)]).unwrap();
+        assert_eq!(
+            hint,
+            "curl -s -u 'demo:demo-secret' -d grant_type=client_credentials --data-urlencode 'scope=orders:read billing:read'"
+        );
+    }
+
+    #[test]
+    fn curl_hint_posts_odd_credentials_and_hides_file_secrets() {
+        let c = ClientSpec::parse_flag("id=demo,secret=it's:odd").unwrap();
+        let hint = curl_hint(&[(c.clone(), Origin::Flag)]).unwrap();
+        assert!(hint.contains(r"--data-urlencode 'client_secret=it'\''s:odd'"), "{hint}");
+        let hint = curl_hint(&[(c, Origin::File)]).unwrap();
+        assert!(!hint.contains("odd"), "{hint}");
+        assert!(curl_hint(&[]).is_none());
+    }
+}

@@ -1,0 +1,289 @@
+//! The HTTP side of the development authorization server: routing, the
+//! capped form body, OAuth answers and errors (RFC 6749 §5.1 / §5.2).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::clients::AssertionContext;
+use super::token::{self, CLIENT_CREDENTIALS, TOKEN_EXCHANGE};
+use super::{unix_now, State};
+use crate::proxy::server::Handler;
+use crate::proxy::Body;
+
+/// Largest token request body.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+/// Time allowed to receive a token request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An OAuth error answer (RFC 6749 §5.2, RFC 8693 §2.2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OAuthError {
+    InvalidRequest(String),
+    InvalidClient(&'static str),
+    InvalidGrant(&'static str),
+    InvalidScope(String),
+    InvalidTarget(String),
+    UnsupportedGrantType,
+    /// The body exceeds [`MAX_FORM_BYTES`] (413, `invalid_request`).
+    TooLarge,
+    ServerError,
+}
+
+impl OAuthError {
+    fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) | OAuthError::TooLarge => "invalid_request",
+            OAuthError::InvalidClient(_) => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::InvalidTarget(_) => "invalid_target",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::ServerError => "server_error",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            OAuthError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            OAuthError::InvalidRequest(_)
+            | OAuthError::InvalidGrant(_)
+            | OAuthError::InvalidScope(_)
+            | OAuthError::InvalidTarget(_)
+            | OAuthError::UnsupportedGrantType => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn description(&self) -> &str {
+        match self {
+            OAuthError::InvalidRequest(d) | OAuthError::InvalidScope(d) | OAuthError::InvalidTarget(d) => d,
+            OAuthError::InvalidClient(d) | OAuthError::InvalidGrant(d) => d,
+            OAuthError::UnsupportedGrantType => "supported: client_credentials, token exchange (RFC 8693)",
+            OAuthError::TooLarge => "request body too large",
+            OAuthError::ServerError => "internal error",
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = json!({"error": self.code(), "error_description": self.description()});
+        let mut resp = json_answer(self.status(), &body);
+        no_store(&mut resp);
+        if let OAuthError::InvalidClient(_) = self {
+            resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokex-dev-sts\""));
+        }
+        resp
+    }
+}
+
+/// Form parameters of a token request, in order. Empty values count as
+/// absent (RFC 6749 §3.1).
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn parse(body: &[u8]) -> Self {
+        Params(
+            form_urlencoded::parse(body)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// A parameter that may appear at most once (RFC 6749 §3.1).
+    pub fn one(&self, key: &str) -> Result<Option<&str>, OAuthError> {
+        let mut found = self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let first = found.next();
+        if found.next().is_some() {
+            return Err(OAuthError::InvalidRequest(format!("parameter {key} is repeated")));
+        }
+        Ok(first)
+    }
+
+    /// A parameter that may repeat (`audience`, `resource`).
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+enum Endpoint {
+    Token,
+    Jwks,
+    Metadata,
+}
+
+impl Handler for State {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        self.answer(req)
+    }
+}
+
+impl State {
+    /// Paths are served at the root and also under the issuer's path, and
+    /// the metadata also at the RFC 8414 §3.1 path-inserted location.
+    fn route(&self, path: &str) -> Option<Endpoint> {
+        const META: &str = "/.well-known/oauth-authorization-server";
+        if !self.issuer_path.is_empty() && path.strip_prefix(META) == Some(self.issuer_path.as_str()) {
+            return Some(Endpoint::Metadata);
+        }
+        let rel = match path.strip_prefix(self.issuer_path.as_str()) {
+            Some(rest) if !self.issuer_path.is_empty() && rest.starts_with('/') => rest,
+            _ => path,
+        };
+        match rel {
+            "/token" => Some(Endpoint::Token),
+            "/jwks.json" | "/.well-known/jwks.json" => Some(Endpoint::Jwks),
+            META => Some(Endpoint::Metadata),
+            _ => None,
+        }
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let endpoint = self.route(req.uri().path());
+        let method = req.method().clone();
+        match endpoint {
+            None => json_answer(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+            Some(Endpoint::Token) if method != Method::POST => method_not_allowed("POST"),
+            Some(Endpoint::Token) => match self.token(req).await {
+                Ok(body) => {
+                    let mut resp = json_answer(StatusCode::OK, &body);
+                    no_store(&mut resp);
+                    resp
+                }
+                Err(e) => {
+                    tracing::info!(error = e.code(), reason = e.description(), "dev-sts: token request refused");
+                    e.into_response()
+                }
+            },
+            Some(_) if method != Method::GET && method != Method::HEAD => method_not_allowed("GET, HEAD"),
+            Some(Endpoint::Jwks) => document(&self.jwks),
+            Some(Endpoint::Metadata) => document(&self.metadata),
+        }
+    }
+
+    async fn token(&self, req: Request<Incoming>) -> Result<Value, OAuthError> {
+        let (parts, body) = req.into_parts();
+        let form_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !form_type {
+            return Err(OAuthError::InvalidRequest("Content-Type must be application/x-www-form-urlencoded".into()));
+        }
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
+            return Err(OAuthError::TooLarge);
+        }
+        let mut authorizations = parts.headers.get_all(AUTHORIZATION).iter();
+        let authorization = authorizations.next().map(|v| v.as_bytes().to_vec());
+        if authorizations.next().is_some() {
+            return Err(OAuthError::InvalidRequest("several Authorization headers".into()));
+        }
+        let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_FORM_BYTES).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(OAuthError::TooLarge),
+            Ok(Err(_)) => return Err(OAuthError::InvalidRequest("could not read the request body".into())),
+            Err(_) => return Err(OAuthError::InvalidRequest("request body not received in time".into())),
+        };
+        let params = Params::parse(&body);
+        let now = unix_now();
+        let ctx = AssertionContext { issuer: &self.issuer, token_endpoint: &self.token_endpoint, now };
+        let client = self.clients.authenticate(authorization.as_deref(), &params, &ctx)?;
+        let grant =
+            params.one("grant_type")?.ok_or_else(|| OAuthError::InvalidRequest("grant_type is required".into()))?;
+        let issued = match grant {
+            CLIENT_CREDENTIALS => token::client_credentials(self, client, &params, now)?,
+            TOKEN_EXCHANGE => token::token_exchange(self, client, &params, now)?,
+            _ => return Err(OAuthError::UnsupportedGrantType),
+        };
+        tracing::info!(
+            client_id = %client.id,
+            grant = if grant == TOKEN_EXCHANGE { "token_exchange" } else { "client_credentials" },
+            sub = %issued.sub,
+            aud = ?issued.aud,
+            scope = %issued.scope.join(" "),
+            expires_in = issued.expires_in,
+            "dev-sts: token issued"
+        );
+        let mut answer = json!({
+            "access_token": issued.access_token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+        });
+        if let Some(m) = answer.as_object_mut() {
+            if let Some(t) = issued.issued_token_type {
+                m.insert("issued_token_type".into(), Value::String(t.to_owned()));
+            }
+            if !issued.scope.is_empty() {
+                m.insert("scope".into(), Value::String(issued.scope.join(" ")));
+            }
+        }
+        Ok(answer)
+    }
+}
+
+fn json_answer(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut resp = Response::new(Body::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Discovery and JWKS: the key changes on every start, so caches revalidate.
+fn document(text: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::Right(Full::new(Bytes::from(text.to_owned()))));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// RFC 6749 §5.1: token answers are never cached.
+fn no_store(resp: &mut Response<Body>) {
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = json_answer(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}));
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_refuse_repeats_except_for_lists() {
+        let p = Params::parse(b"grant_type=a&audience=x&audience=y&scope=&scope=s&client_id=c&client_id=c");
+        assert_eq!(p.one("grant_type"), Ok(Some("a")));
+        assert_eq!(p.all("audience"), ["x", "y"]);
+        assert_eq!(p.one("scope"), Ok(Some("s")), "empty values count as absent");
+        assert!(p.one("client_id").is_err());
+        assert_eq!(p.one("missing"), Ok(None));
+    }
+
+    #[test]
+    fn error_status_and_codes() {
+        assert_eq!(OAuthError::InvalidClient("x").status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(OAuthError::InvalidTarget("x".into()).code(), "invalid_target");
+        assert_eq!(OAuthError::TooLarge.code(), "invalid_request");
+        let resp = OAuthError::InvalidClient("x").into_response();
+        assert!(resp.headers().get(WWW_AUTHENTICATE).is_some());
+        assert_eq!(resp.headers().get(CACHE_CONTROL).unwrap(), "no-store");
+    }
+}

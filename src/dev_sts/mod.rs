@@ -1,0 +1,300 @@
+//! **Development only.** A small OAuth 2.0 authorization server for local
+//! work, the `tokex demo` walkthrough and tests: never put it in front of
+//! real users. It keeps no state across restarts (a fresh signing key per
+//! start unless a key file is given), knows its clients from flags or a
+//! small YAML file, and trusts only tokens it issued itself.
+//!
+//! Endpoints:
+//! - `POST /token`: `client_credentials` (RFC 6749 §4.4) and token exchange
+//!   (RFC 8693), with `client_secret_basic`, `client_secret_post` and
+//!   `private_key_jwt` (RFC 7523) client authentication. Issues JWT access
+//!   tokens (RFC 9068: `typ: at+jwt`, `kid`; claims `iss sub aud scope
+//!   client_id iat exp jti`, and `act` for delegation).
+//! - `GET /jwks.json` (also `/.well-known/jwks.json`): the public key.
+//! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
+//!
+//! Token exchange only narrows: the subject token must be one of this
+//! server's unexpired tokens; the new token's scopes are a subset of the
+//! subject's (and allowed for the client), its audiences are allowed for the
+//! client, and it expires no later than the subject token. With an
+//! `actor_token` the new token carries `act: {sub: <actor>}`, nesting the
+//! subject's own `act` (RFC 8693 §4.1); without one, the subject's `act` is
+//! kept. A subject `may_act` claim restricts who may be the actor (§4.4).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tokex::dev_sts::DevStsError> {
+//! use tokex::dev_sts::{self, ClientSpec, DevStsConfig};
+//! let cfg = DevStsConfig {
+//!     clients: vec![ClientSpec::parse_flag("id=gw,secret=s3cret,audiences=orders-api,scopes=orders:read")?],
+//!     ..DevStsConfig::default()
+//! };
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(dev_sts::DevStsError::Bind)?;
+//! let sts = dev_sts::start(cfg, listener).await?;
+//! let user = sts.mint("alice", &["orders:read", "orders:write"], &["edge"], std::time::Duration::from_secs(300));
+//! # drop(user);
+//! sts.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+mod clients;
+mod endpoint;
+mod keys;
+mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use clients::{ClientSpec, JWT_BEARER};
+pub use endpoint::MAX_FORM_BYTES;
+pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
+
+use crate::proxy::server::{serve, Limits};
+use clients::Registry;
+use keys::SigningKey;
+
+/// Settings of the development authorization server.
+#[derive(Clone, Debug)]
+pub struct DevStsConfig {
+    /// `iss` of issued tokens and base of the advertised endpoints;
+    /// default `http://<bound address>`.
+    pub issuer: Option<String>,
+    pub clients: Vec<ClientSpec>,
+    /// Lifetime of issued tokens (exchanged tokens also end with their subject).
+    pub expires_in: Duration,
+    /// A PKCS#8 PEM signing key (EC P-256 → ES256, EC P-384 → ES384,
+    /// RSA → RS256); default a fresh P-256 key per start.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for DevStsConfig {
+    fn default() -> Self {
+        DevStsConfig { issuer: None, clients: Vec::new(), expires_in: Duration::from_secs(60), key_file: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevStsError {
+    #[error("cannot read key file {path}: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("client: {0}")]
+    ClientSpec(String),
+    #[error("invalid issuer: {0}")]
+    Issuer(String),
+    #[error("expires_in must be between 1 s and 1 day")]
+    ExpiresIn,
+    #[error("cannot listen: {0}")]
+    Bind(std::io::Error),
+    #[error("cannot sign a token: {0}")]
+    Sign(String),
+}
+
+/// Shared state of a running server (the request handler).
+pub(crate) struct State {
+    issuer: String,
+    /// The issuer URL's path without a trailing `/` (often empty).
+    issuer_path: String,
+    token_endpoint: String,
+    key: SigningKey,
+    clients: Registry,
+    expires_in: Duration,
+    exchanges: AtomicU64,
+    jwks: String,
+    metadata: String,
+}
+
+/// A running development authorization server. Dropping it stops the
+/// accept loop too; [`DevSts::shutdown`] also waits for it.
+pub struct DevSts {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Starts serving on `listener`. Warns when it is not a loopback address.
+pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, DevStsError> {
+    let addr = listener.local_addr().map_err(DevStsError::Bind)?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "DEVELOPMENT authorization server listening on a non-loopback address: anyone who can reach it can obtain tokens; do not expose it");
+    }
+    if cfg.expires_in < Duration::from_secs(1) || cfg.expires_in > Duration::from_secs(86_400) {
+        return Err(DevStsError::ExpiresIn);
+    }
+    let issuer = match &cfg.issuer {
+        Some(i) => check_issuer(i)?,
+        None => {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(%addr, "no issuer given for a wildcard address: tokens will name http://{addr}; set the issuer to the URL clients use");
+            }
+            format!("http://{addr}")
+        }
+    };
+    let issuer_path = url::Url::parse(&issuer)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .map_err(|e| DevStsError::Issuer(e.to_string()))?;
+    let key = match &cfg.key_file {
+        Some(path) => SigningKey::from_pem_file(path)?,
+        None => SigningKey::generate()?,
+    };
+    let clients = Registry::new(cfg.clients)?;
+    let token_endpoint = format!("{issuer}/token");
+    let jwks_uri = format!("{issuer}/jwks.json");
+    let jwks = json!({"keys": [key.jwk.clone()]}).to_string();
+    let mut scopes: Vec<&str> = clients.iter().flat_map(|c| c.listed_scopes()).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let metadata = json!({
+        "issuer": issuer,
+        "token_endpoint": token_endpoint,
+        "jwks_uri": jwks_uri,
+        "grant_types_supported": [TOKEN_EXCHANGE, token::CLIENT_CREDENTIALS],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
+        "response_types_supported": [],
+        "scopes_supported": scopes,
+        "tokex_development_only": true,
+    })
+    .to_string();
+    let state = Arc::new(State {
+        issuer,
+        issuer_path,
+        token_endpoint,
+        key,
+        clients,
+        expires_in: cfg.expires_in,
+        exchanges: AtomicU64::new(0),
+        jwks,
+        metadata,
+    });
+    let (shutdown, rx) = watch::channel(false);
+    let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
+    let task = tokio::spawn(serve(listener, limits, state.clone(), rx, Duration::from_secs(1)));
+    tracing::info!(%addr, issuer = %state.issuer, kid = %state.key.kid, "dev-sts (development only) listening");
+    Ok(DevSts { addr, state, shutdown, task: Some(task) })
+}
+
+/// An absolute http(s) URL without query or fragment (RFC 8414 §2),
+/// returned without a trailing `/`.
+fn check_issuer(issuer: &str) -> Result<String, DevStsError> {
+    let u = url::Url::parse(issuer).map_err(|e| DevStsError::Issuer(format!("{issuer}: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.query().is_some() || u.fragment().is_some() {
+        return Err(DevStsError::Issuer(format!("{issuer}: must be an http(s) URL without query or fragment")));
+    }
+    Ok(issuer.trim_end_matches('/').to_owned())
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl DevSts {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `iss` of its tokens, without a trailing `/`.
+    pub fn issuer(&self) -> &str {
+        &self.state.issuer
+    }
+
+    /// `<issuer>/token`.
+    pub fn token_endpoint(&self) -> String {
+        self.state.token_endpoint.clone()
+    }
+
+    /// `<issuer>/jwks.json`.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks.json", self.state.issuer)
+    }
+
+    /// `kid` of the signing key.
+    pub fn kid(&self) -> &str {
+        &self.state.key.kid
+    }
+
+    /// Signs a token for `sub` directly, without a client (no `client_id`
+    /// claim): the demo's broad user token, or a subject token in tests.
+    /// `ttl` zero gives a token that is already expired.
+    pub fn mint(&self, sub: &str, scope: &[&str], audience: &[&str], ttl: Duration) -> String {
+        // The key passed a sign-and-verify self-test at start; signing can
+        // only fail if the system RNG does.
+        self.mint_with(sub, scope, audience, ttl, serde_json::Map::new())
+            .expect("signing with the self-tested dev-sts key")
+    }
+
+    /// Like [`DevSts::mint`], with extra claims merged in (e.g. `act` or
+    /// `may_act`, for tests of delegation chains), and the error returned.
+    pub fn mint_with(
+        &self,
+        sub: &str,
+        scope: &[&str],
+        audience: &[&str],
+        ttl: Duration,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, DevStsError> {
+        let now = unix_now();
+        let aud: Vec<String> = audience.iter().map(|s| s.to_string()).collect();
+        let scope: Vec<String> = scope.iter().map(|s| s.to_string()).collect();
+        let exp = now.saturating_add(ttl.as_secs());
+        let mut claims = token::build_claims(&self.state.issuer, sub, &aud, &scope, None, now, exp, None);
+        if let Some(m) = claims.as_object_mut() {
+            m.extend(extra);
+        }
+        self.state.key.sign(&claims)
+    }
+
+    /// Successful token exchanges so far (client_credentials not counted).
+    pub fn exchange_count(&self) -> u64 {
+        self.state.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// The JWK Set served at `/jwks.json`.
+    pub fn jwks_json(&self) -> String {
+        self.state.jwks.clone()
+    }
+
+    /// Stops accepting and waits (at most ~1 s) for open connections.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DevSts {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl std::fmt::Debug for DevSts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevSts").field("addr", &self.addr).field("issuer", &self.state.issuer).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers_are_checked() {
+        assert_eq!(check_issuer("https://sts.example/dev/").unwrap(), "https://sts.example/dev");
+        assert!(check_issuer("ftp://x").is_err());
+        assert!(check_issuer("https://x/?a=b").is_err());
+        assert!(check_issuer("not a url").is_err());
+    }
+}

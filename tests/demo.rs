@@ -1,0 +1,83 @@
+//! `tokex demo` prints the walkthrough: narrowed tokens, the cache hit and
+//! the error answers.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokex");
+
+/// The value columns of a claim row: (caller sent, backend received).
+fn row<'a>(section: &'a str, claim: &str) -> (&'a str, &'a str) {
+    let line = section
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{claim} ")))
+        .unwrap_or_else(|| panic!("no {claim} row in:\n{section}"));
+    let rest = line.trim_start()[claim.len()..].trim_start();
+    // Columns are padded to 46 characters.
+    let (sent, received) = rest.split_at(rest.char_indices().nth(46).map_or(rest.len(), |(i, _)| i));
+    (sent.trim(), received.trim())
+}
+
+#[test]
+fn demo_walkthrough() {
+    let started = Instant::now();
+    let out = Command::new(BIN).arg("demo").env_remove("TOKEX_LOG").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    let orders = text.split("2. GET /orders/42").nth(1).expect("orders step").split("\n3. ").next().unwrap();
+    assert!(orders.contains("-> 200"), "{orders}");
+    assert_eq!(row(orders, "sub"), ("alice", "alice"));
+    assert_eq!(row(orders, "aud"), ("tokex", "orders-api"));
+    assert_eq!(row(orders, "scope"), ("orders:read orders:write billing:read profile", "orders:read"));
+    assert_eq!(row(orders, "act"), ("-", "-"));
+    assert!(orders.contains("verified the signature against dev-sts JWKS: yes; broad token reached the backend: no"));
+
+    let billing = text.split("3. GET /billing/7").nth(1).expect("billing step").split("\n4. ").next().unwrap();
+    assert_eq!(row(billing, "aud"), ("tokex", "billing-api"));
+    assert_eq!(row(billing, "scope").1, "billing:read");
+    assert_eq!(row(billing, "act"), ("-", "{\"sub\":\"agent-7\"}"));
+
+    assert!(
+        text.contains("exchanges at the authorization server: 2 before this call, 2 after -> served from the cache (two calls, one exchange)"),
+        "{text}"
+    );
+    assert!(text.contains("without a token -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\"\n"), "{text}");
+    assert!(text.contains("forged token (payload edited, signature kept) -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\", error=\"invalid_token\""), "{text}");
+}
+
+#[test]
+fn demo_serve_prints_curl_commands_and_keeps_running() {
+    let mut child =
+        Command::new(BIN).args(["demo", "--serve"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut gateway = None;
+    let mut saw_curl = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("tokex gateway") {
+            gateway = Some(url.trim().to_owned());
+        }
+        if line.contains("grant_type=client_credentials") {
+            saw_curl = true;
+        }
+        if line.contains("dev-sts discovery") {
+            break;
+        }
+    }
+    assert!(saw_curl);
+    let gateway = gateway.expect("gateway address printed");
+    // Still serving: a request without a token gets the gateway's 401.
+    let addr = gateway.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /orders/1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
