@@ -72,6 +72,7 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    shutdown_delay: Duration,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -109,7 +110,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     ready.store(true, Ordering::Release);
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "tokex listening");
-    Ok(Running { addr, admin_addr, gateway, metrics, ready, shutdown, tasks })
+    Ok(Running { addr, admin_addr, gateway, metrics, ready, shutdown_delay: config.shutdown_delay, shutdown, tasks })
 }
 
 impl Running {
@@ -135,10 +136,15 @@ impl Running {
         }
     }
 
-    /// Stops accepting, marks not ready, drains in-flight requests (bounded
-    /// by `runtime.shutdown_grace`) and returns.
+    /// Marks not ready, keeps accepting for `runtime.shutdown_delay`, then
+    /// stops accepting and drains in-flight requests (bounded by
+    /// `runtime.shutdown_grace`) and returns.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "not ready; still accepting until the shutdown delay ends");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

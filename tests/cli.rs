@@ -253,7 +253,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let file = write_config(
         &dir,
         &format!(
-            "runtime: {{ shutdown_grace: 5s }}\nroutes:\n  - name: slow\n    auth: none\n    upstream: http://{slow}\n"
+            "runtime: {{ shutdown_grace: 5s, shutdown_delay: 300ms }}\nroutes:\n  - name: slow\n    auth: none\n    upstream: http://{slow}\n"
         ),
     );
     let mut gw = Proc::start(&file, "info").await;
@@ -263,6 +263,11 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let readyz = format!("{}/readyz", gw.admin);
     assert_eq!(get(&readyz, None).await.0, 200);
     gw.signal("TERM");
+    // During the shutdown delay: not ready, but new requests are still served.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(&readyz, None).await.0, 503);
+    let (status, _, _) = get(&gw.addr, None).await;
+    assert_eq!(status, 200, "new requests are accepted during the shutdown delay");
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "slow done"));
     let started = Instant::now();

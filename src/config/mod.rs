@@ -30,6 +30,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub workers: Option<usize>,
     pub shutdown_grace: Duration,
+    /// After SIGTERM: not ready, still accepting, for this long (lets load
+    /// balancers and endpoints drop the pod first).
+    pub shutdown_delay: Duration,
     pub servers: BTreeMap<String, AuthServerConfig>,
     pub cache: CacheConfig,
     pub routes: Vec<RouteConfig>,

@@ -51,6 +51,8 @@ pub struct RawRuntime {
     pub workers: Option<usize>,
     #[serde(default)]
     pub shutdown_grace: Option<Dur>,
+    #[serde(default)]
+    pub shutdown_delay: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

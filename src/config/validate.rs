@@ -41,14 +41,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
 
     let listen = listen(&mut cx, raw.listen);
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
-    let (workers, shutdown_grace) = match raw.runtime {
+    let (workers, shutdown_grace, shutdown_delay) = match raw.runtime {
         Some(rt) => {
             if rt.workers == Some(0) {
                 cx.err("runtime.workers", "must be at least 1 (omit it to use one worker per core)");
             }
-            (rt.workers, rt.shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0))
+            (
+                rt.workers,
+                rt.shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0),
+                rt.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
+            )
         }
-        None => (None, DEFAULT_GRACE),
+        None => (None, DEFAULT_GRACE, Duration::ZERO),
     };
     if raw.inbound.is_some() {
         cx.not_yet("inbound", "inbound token validation");
@@ -101,7 +105,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
     }
     // `listen` is only None when an error was recorded above.
     let Some(listen) = listen else { return Err(cx.errors) };
-    Ok(Config { listen, admin, workers, shutdown_grace, servers, cache, routes, warnings: cx.warnings })
+    Ok(Config { listen, admin, workers, shutdown_grace, shutdown_delay, servers, cache, routes, warnings: cx.warnings })
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
