@@ -2,7 +2,6 @@
 //! loaded, listeners bound, not draining), `/metrics` (Prometheus text).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,11 +14,12 @@ use crate::exchange::Exchanger;
 use crate::metrics::Metrics;
 use crate::proxy::server::Handler;
 use crate::proxy::Body;
+use crate::readiness::Readiness;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub exchanger: Exchanger,
-    pub ready: Arc<AtomicBool>,
+    pub readiness: Arc<Readiness>,
 }
 
 impl Admin {
@@ -29,7 +29,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
-            "/readyz" if self.ready.load(Ordering::Acquire) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
+            "/readyz" if self.readiness.is_ready() => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
             "/readyz" => json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
             "/metrics" => {
                 self.exchanger.cache().sync().await;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::proxy::forward::{Forwarder, Upstream};
 use crate::proxy::handler::{Gateway, Runtime};
 use crate::proxy::server::{serve, Limits};
+use crate::readiness::Readiness;
 use crate::routes::{Route, RouteTable};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    pub readiness: Arc<Readiness>,
     shutdown_delay: Duration,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -97,20 +97,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (shutdown, rx) = watch::channel(false);
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::new();
     let limits = Limits {
         header_read_timeout: config.listen.header_read_timeout,
         max_header_bytes: config.listen.max_header_bytes,
     };
     let mut tasks = vec![tokio::spawn(serve(listener, limits, gateway.clone(), rx.clone(), config.shutdown_grace))];
     if let Some(l) = admin_listener {
-        let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, ready: ready.clone() });
+        let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
         let admin_limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
         tasks.push(tokio::spawn(serve(l, admin_limits, admin, rx, Duration::from_secs(1))));
     }
-    ready.store(true, Ordering::Release);
+    readiness.set_serving();
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "tokex listening");
-    Ok(Running { addr, admin_addr, gateway, metrics, ready, shutdown_delay: config.shutdown_delay, shutdown, tasks })
+    Ok(Running {
+        addr,
+        admin_addr,
+        gateway,
+        metrics,
+        readiness,
+        shutdown_delay: config.shutdown_delay,
+        shutdown,
+        tasks,
+    })
 }
 
 impl Running {
@@ -140,7 +149,7 @@ impl Running {
     /// stops accepting and drains in-flight requests (bounded by
     /// `runtime.shutdown_grace`) and returns.
     pub async fn shutdown(self) {
-        self.ready.store(false, Ordering::Release);
+        self.readiness.set_draining();
         if !self.shutdown_delay.is_zero() {
             tracing::info!(delay = ?self.shutdown_delay, "not ready; still accepting until the shutdown delay ends");
             tokio::time::sleep(self.shutdown_delay).await;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod exchange;
 pub mod metrics;
 pub mod proxy;
+pub mod readiness;
 pub mod routes;
 pub mod secret;
 pub mod telemetry;
