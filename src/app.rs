@@ -11,15 +11,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, MachineConfig};
 use crate::exchange::client::{tls_config, AsClient};
-use crate::exchange::{Exchanger, Policy};
+use crate::exchange::{Exchanger, MachinePolicy, Policy};
 use crate::metrics::Metrics;
 use crate::proxy::forward::{Forwarder, Upstream};
 use crate::proxy::handler::{Gateway, Runtime};
 use crate::proxy::server::{serve, Limits};
 use crate::readiness::Readiness;
-use crate::routes::{Route, RouteTable};
+use crate::routes::{Route, RouteAuth, RouteTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,25 +37,32 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
     for (name, server) in &config.servers {
         clients.insert(name.clone(), Arc::new(AsClient::new(server).map_err(StartError::Setup)?));
     }
+    let client = |route: &str, server: &str| {
+        clients.get(server).cloned().ok_or_else(|| format!("route {route}: unknown authorization server {server}"))
+    };
+    let machine = |route: &str, m: &MachineConfig| -> Result<Arc<MachinePolicy>, String> {
+        Ok(Arc::new(MachinePolicy::new(m.clone(), client(route, &m.authorization_server)?)))
+    };
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        let policy = match (&r.auth, &r.exchange) {
-            (AuthMode::Exchange, Some(x)) => {
-                let client = clients
-                    .get(&x.authorization_server)
-                    .ok_or_else(|| StartError::Setup(format!("route {}: unknown authorization server", r.name)))?;
-                Some(Arc::new(Policy::new(&r.name, x.clone(), client.clone()).map_err(StartError::Setup)?))
+        let missing = || StartError::Setup(format!("route {}: no exchange section", r.name));
+        let auth = match r.auth {
+            AuthMode::None => RouteAuth::None,
+            AuthMode::Exchange => {
+                let x = r.exchange.as_ref().ok_or_else(missing)?;
+                let as_client = client(&r.name, &x.authorization_server).map_err(StartError::Setup)?;
+                let policy = Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m));
+                RouteAuth::Exchange(Arc::new(policy.map_err(StartError::Setup)?))
             }
-            (AuthMode::Exchange, None) => {
-                return Err(StartError::Setup(format!("route {}: no exchange policy", r.name)))
+            AuthMode::ClientCredentials => {
+                let m = r.machine.as_ref().ok_or_else(missing)?;
+                RouteAuth::ClientCredentials(machine(&r.name, m).map_err(StartError::Setup)?)
             }
-            (AuthMode::None, _) => None,
         };
         routes.push(Arc::new(Route {
             name: r.name.clone(),
             matcher: r.matcher.clone(),
-            auth: r.auth,
-            policy,
+            auth,
             upstream: Upstream::from_url(&r.upstream).map_err(StartError::Setup)?,
             forward_header: r.forward_header.clone(),
             timeout: r.timeout,

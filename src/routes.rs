@@ -7,18 +7,36 @@ use std::time::Duration;
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
-use crate::config::AuthMode;
-use crate::exchange::Policy;
+use crate::exchange::{MachinePolicy, Policy};
 use crate::metrics::RouteMetrics;
 use crate::proxy::forward::Upstream;
+
+/// What a route does with credentials.
+pub enum RouteAuth {
+    /// Strip `Authorization`, forward.
+    None,
+    /// Exchange the caller's bearer token under this policy.
+    Exchange(Arc<Policy>),
+    /// Egress: attach tokex's own token, whatever the caller sent.
+    ClientCredentials(Arc<MachinePolicy>),
+}
+
+impl RouteAuth {
+    /// The scope this route asks for (named in `insufficient_scope` answers).
+    pub fn scope(&self) -> &str {
+        match self {
+            RouteAuth::None => "",
+            RouteAuth::Exchange(p) => &p.scope,
+            RouteAuth::ClientCredentials(m) => &m.scope,
+        }
+    }
+}
 
 /// A route ready to serve: its matcher and everything the request path needs.
 pub struct Route {
     pub name: String,
     pub matcher: Matcher,
-    pub auth: AuthMode,
-    /// Present exactly when `auth` is `Exchange`.
-    pub policy: Option<Arc<Policy>>,
+    pub auth: RouteAuth,
     pub upstream: Upstream,
     pub forward_header: HeaderName,
     pub timeout: Duration,

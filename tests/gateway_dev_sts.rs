@@ -41,7 +41,8 @@ async fn delegation_nests_act_when_the_subject_already_has_one() {
     // alice → agent-1 already (a delegated token), now agent-2 acts on it.
     let mut extra = serde_json::Map::new();
     extra.insert("act".into(), json!({"sub": "agent-1"}));
-    let subject = sts.mint_with("alice", &["orders:read", "orders:write"], &["tokex"], Duration::from_secs(600), extra).unwrap();
+    let subject =
+        sts.mint_with("alice", &["orders:read", "orders:write"], &["tokex"], Duration::from_secs(600), extra).unwrap();
     let (status, _, body) = get(&format!("{}/orders/1", gw.url), Some(&subject)).await;
     assert_eq!(status, 200, "{body}");
     let c = claims(&body);
@@ -60,7 +61,9 @@ async fn real_authorization_server_errors_map_to_the_caller() {
     let route = |name: &str, aud: &str, scope: &str| {
         format!("  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    upstream: http://{backend}\n    exchange: {{ authorization_server: corp, audience: [{aud}], scope: [{scope}] }}\n")
     };
-    let routes = route("ok", "orders-api", "orders:read") + &route("scope", "orders-api", "orders:write") + &route("target", "billing-api", "orders:read");
+    let routes = route("ok", "orders-api", "orders:read")
+        + &route("scope", "orders-api", "orders:write")
+        + &route("target", "billing-api", "orders:read");
     let gw = TestGateway::start(&config_with(&sts.token_endpoint(), auth, &routes)).await;
     let subject = sts.mint("alice", &["orders:read"], &["tokex"], Duration::from_secs(600));
 
@@ -68,7 +71,10 @@ async fn real_authorization_server_errors_map_to_the_caller() {
     // The subject does not hold orders:write → invalid_scope → 403.
     let (status, headers, _) = get(&format!("{}/scope", gw.url), Some(&subject)).await;
     assert_eq!(status, 403);
-    assert_eq!(headers["www-authenticate"], "Bearer realm=\"tokex\", error=\"insufficient_scope\", scope=\"orders:write\"");
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer realm=\"tokex\", error=\"insufficient_scope\", scope=\"orders:write\""
+    );
     // billing-api is not allowed for this client → invalid_target → 403.
     assert_eq!(get(&format!("{}/target", gw.url), Some(&subject)).await.0, 403);
     // Not a token of this AS → invalid_grant → 401 invalid_token.
@@ -77,6 +83,7 @@ async fn real_authorization_server_errors_map_to_the_caller() {
     assert!(headers["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
     // Wrong client secret → invalid_client → 502.
     let bad = "{ method: client_secret_basic, client_id: gw, client_secret: wrong }";
-    let gw2 = TestGateway::start(&config_with(&sts.token_endpoint(), bad, &route("ok", "orders-api", "orders:read"))).await;
+    let gw2 =
+        TestGateway::start(&config_with(&sts.token_endpoint(), bad, &route("ok", "orders-api", "orders:read"))).await;
     assert_eq!(get(&format!("{}/ok", gw2.url), Some(&subject)).await.0, 502);
 }

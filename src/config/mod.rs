@@ -103,6 +103,8 @@ pub struct CacheConfig {
 pub enum AuthMode {
     Exchange,
     None,
+    /// Egress for a local workload: tokex's own client_credentials token.
+    ClientCredentials,
 }
 
 #[derive(Debug)]
@@ -111,7 +113,10 @@ pub struct RouteConfig {
     pub matcher: Matcher,
     pub upstream: Url,
     pub auth: AuthMode,
+    /// Present exactly when `auth` is `exchange`.
     pub exchange: Option<ExchangeConfig>,
+    /// Present exactly when `auth` is `client_credentials`.
+    pub machine: Option<MachineConfig>,
     pub forward_header: HeaderName,
     /// Time allowed for the upstream to answer with headers.
     pub timeout: Duration,
@@ -132,8 +137,27 @@ pub struct ExchangeConfig {
 
 #[derive(Debug, Clone)]
 pub struct ActorConfig {
-    pub source: SecretSource,
+    pub source: ActorSource,
     pub token_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum ActorSource {
+    /// A token from a file or the config (e.g. a projected service-account token).
+    Token(SecretSource),
+    /// tokex's own token from the client_credentials grant.
+    ClientCredentials(MachineConfig),
+}
+
+/// A client_credentials token request for tokex's own identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    pub authorization_server: String,
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: Vec<String>,
+    pub max_ttl: Duration,
+    pub default_ttl: Duration,
 }
 
 /// One problem found in a configuration.

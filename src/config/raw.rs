@@ -173,7 +173,20 @@ pub struct RawActor {
     #[serde(default)]
     pub token_type: Option<Text>,
     #[serde(default)]
-    pub client_credentials: Option<serde_yaml::Value>,
+    pub client_credentials: Option<RawMachine>,
+}
+
+/// tokex's own token, obtained with the client_credentials grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMachine {
+    pub authorization_server: Text,
+    #[serde(default)]
+    pub audience: Vec<Text>,
+    #[serde(default)]
+    pub resource: Vec<Text>,
+    #[serde(default)]
+    pub scope: Vec<Text>,
 }
 
 #[derive(Debug, Deserialize)]

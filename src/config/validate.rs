@@ -311,10 +311,7 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
     let auth = match r.auth.as_ref().map(|t| t.as_str()) {
         None | Some("exchange") => Some(AuthMode::Exchange),
         Some("none") => Some(AuthMode::None),
-        Some("client_credentials") => {
-            cx.not_yet(format!("{base}.auth"), "auth: client_credentials (egress)");
-            None
-        }
+        Some("client_credentials") => Some(AuthMode::ClientCredentials),
         Some(other) => {
             cx.err(
                 format!("{base}.auth"),
@@ -326,17 +323,22 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
     if r.require_scopes.is_some() {
         cx.not_yet(format!("{base}.require_scopes"), "require_scopes (needs inbound validation)");
     }
-    let exchange = match (auth, r.exchange) {
-        (Some(AuthMode::Exchange), Some(x)) => exchange(cx, &format!("{base}.exchange"), x, servers),
+    let (exchange, machine) = match (auth, r.exchange) {
+        (Some(AuthMode::Exchange), Some(x)) => (exchange(cx, &format!("{base}.exchange"), x, servers), None),
         (Some(AuthMode::Exchange), None) => {
             cx.err(base, "auth: exchange needs an exchange: section");
-            None
+            (None, None)
+        }
+        (Some(AuthMode::ClientCredentials), Some(x)) => (None, egress(cx, &format!("{base}.exchange"), x, servers)),
+        (Some(AuthMode::ClientCredentials), None) => {
+            cx.err(base, "auth: client_credentials needs an exchange: section (authorization_server, audience, scope)");
+            (None, None)
         }
         (Some(AuthMode::None), Some(_)) => {
-            cx.err(format!("{base}.exchange"), "exchange: is only used with auth: exchange");
-            None
+            cx.err(format!("{base}.exchange"), "exchange: is not used with auth: none");
+            (None, None)
         }
-        _ => None,
+        (Some(AuthMode::None), None) | (None, _) => (None, None),
     };
     let forward_header = match r.forward.and_then(|f| f.header) {
         None => Some(http::header::AUTHORIZATION),
@@ -360,6 +362,7 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
         upstream: upstream?,
         auth,
         exchange: if auth == AuthMode::Exchange { Some(exchange?) } else { None },
+        machine: if auth == AuthMode::ClientCredentials { Some(machine?) } else { None },
         forward_header: forward_header?,
         timeout,
     })
@@ -456,10 +459,15 @@ fn exchange(
         None => None,
         Some(a) => {
             let path = format!("{base}.actor");
-            let token_type = a.token_type.map_or_else(|| JWT_TOKEN_TYPE.to_owned(), |t| t.value);
+            let default_type = if a.client_credentials.is_some() { ACCESS_TOKEN_TYPE } else { JWT_TOKEN_TYPE };
+            let token_type = a.token_type.map_or_else(|| default_type.to_owned(), |t| t.value);
             match (a.token_file, a.token, a.client_credentials) {
                 (Some(f), None, None) => Some(ActorConfig {
-                    source: SecretSource::File(existing_file(cx, &format!("{path}.token_file"), &f)),
+                    source: ActorSource::Token(SecretSource::File(existing_file(
+                        cx,
+                        &format!("{path}.token_file"),
+                        &f,
+                    ))),
                     token_type,
                 }),
                 (None, Some(t), None) => {
@@ -467,12 +475,28 @@ fn exchange(
                         cx.err(format!("{path}.token"), "must not be empty");
                         ok = false;
                     }
-                    Some(ActorConfig { source: SecretSource::Inline(t.value), token_type })
+                    Some(ActorConfig { source: ActorSource::Token(SecretSource::Inline(t.value)), token_type })
                 }
-                (None, None, Some(_)) => {
-                    cx.not_yet(format!("{path}.client_credentials"), "actor.client_credentials (tokex's own identity)");
-                    ok = false;
-                    None
+                (None, None, Some(m)) => {
+                    let RawMachine { authorization_server, audience, resource, scope } = m;
+                    let raw = RawExchange {
+                        authorization_server,
+                        audience,
+                        resource,
+                        scope,
+                        subject_token_type: None,
+                        requested_token_type: None,
+                        actor: None,
+                        max_ttl: None,
+                        default_ttl: None,
+                    };
+                    match egress(cx, &format!("{path}.client_credentials"), raw, servers) {
+                        Some(m) => Some(ActorConfig { source: ActorSource::ClientCredentials(m), token_type }),
+                        None => {
+                            ok = false;
+                            None
+                        }
+                    }
                 }
                 _ => {
                     cx.err(&path, "set exactly one of token_file, token or client_credentials");
@@ -498,6 +522,46 @@ fn exchange(
         actor,
         max_ttl,
         default_ttl,
+    })
+}
+
+/// A client_credentials request for tokex's own token, written as an
+/// `exchange:`-shaped section (server, audience, resource, scope, TTLs).
+fn egress(
+    cx: &mut Ctx,
+    base: &str,
+    x: RawExchange,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<MachineConfig> {
+    for (key, present) in [
+        ("subject_token_type", x.subject_token_type.is_some()),
+        ("requested_token_type", x.requested_token_type.is_some()),
+        ("actor", x.actor.is_some()),
+    ] {
+        if present {
+            cx.err(format!("{base}.{key}"), "not used for a client_credentials token");
+        }
+    }
+    let RawExchange { authorization_server, audience, resource, scope, max_ttl, default_ttl, .. } = x;
+    let raw = RawExchange {
+        authorization_server,
+        audience,
+        resource,
+        scope,
+        subject_token_type: None,
+        requested_token_type: None,
+        actor: None,
+        max_ttl,
+        default_ttl,
+    };
+    let x = exchange(cx, base, raw, servers)?;
+    Some(MachineConfig {
+        authorization_server: x.authorization_server,
+        audience: x.audience,
+        resource: x.resource,
+        scope: x.scope,
+        max_ttl: x.max_ttl,
+        default_ttl: x.default_ttl,
     })
 }
 

@@ -12,9 +12,9 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::auth::unverified;
-use crate::config::{CacheConfig, ExchangeConfig, SecretSource, TOKEN_EXCHANGE_GRANT};
+use crate::config::{ActorSource, CacheConfig, ExchangeConfig, MachineConfig, SecretSource, TOKEN_EXCHANGE_GRANT};
 use crate::metrics::Metrics;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretString};
 use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
 use client::{AsClient, Issued};
 
@@ -57,48 +57,119 @@ pub struct Policy {
     pub scope: String,
     /// SHA-256 over everything that shapes the issued token.
     digest: [u8; 32],
-    actor: Option<Secret>,
+    actor: Option<Actor>,
+}
+
+/// Where a policy's actor token comes from.
+enum Actor {
+    Token(Secret),
+    Machine(Arc<MachinePolicy>),
+}
+
+/// Writes length-prefixed fields into a hash, so no two inputs hash alike.
+struct Fields(Sha256);
+
+impl Fields {
+    fn new() -> Self {
+        Fields(Sha256::new())
+    }
+    fn field(&mut self, tag: &str, v: &str) {
+        self.0.update((tag.len() as u32).to_be_bytes());
+        self.0.update(tag.as_bytes());
+        self.0.update((v.len() as u32).to_be_bytes());
+        self.0.update(v.as_bytes());
+    }
+    fn list(&mut self, tag: &str, vs: &[String]) {
+        for v in vs {
+            self.field(tag, v);
+        }
+    }
+    fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+/// tokex's own client_credentials token for one audience/scope: the actor
+/// of a delegation, or the credential of an egress route.
+pub struct MachinePolicy {
+    pub client: Arc<AsClient>,
+    pub cfg: MachineConfig,
+    pub scope: String,
+    /// The cache key of this token.
+    key: Key,
+}
+
+impl MachinePolicy {
+    pub fn new(cfg: MachineConfig, client: Arc<AsClient>) -> Self {
+        let mut f = Fields::new();
+        f.field("grant", "client_credentials");
+        f.field("server", &cfg.authorization_server);
+        f.field("endpoint", client.endpoint().as_str());
+        f.list("audience", &cfg.audience);
+        f.list("resource", &cfg.resource);
+        f.list("scope", &cfg.scope);
+        MachinePolicy { scope: cfg.scope.join(" "), key: f.finish(), client, cfg }
+    }
+
+    fn form(&self) -> String {
+        let mut f = form_urlencoded::Serializer::new(String::with_capacity(256));
+        f.append_pair("grant_type", "client_credentials");
+        for a in &self.cfg.audience {
+            f.append_pair("audience", a);
+        }
+        for r in &self.cfg.resource {
+            f.append_pair("resource", r);
+        }
+        if !self.scope.is_empty() {
+            f.append_pair("scope", &self.scope);
+        }
+        f.finish()
+    }
 }
 
 impl Policy {
-    pub fn new(route: &str, cfg: ExchangeConfig, client: Arc<AsClient>) -> Result<Self, String> {
-        let actor = cfg.actor.as_ref().map(|a| Secret::from_source(&a.source));
-        if let Some(a) = &actor {
-            a.preload().map_err(|e| format!("route {route}: actor token: {e}"))?;
-        }
-        let mut h = Sha256::new();
-        // Length-prefixed fields so no two policies hash alike.
-        let mut field = |tag: &str, v: &str| {
-            h.update((tag.len() as u32).to_be_bytes());
-            h.update(tag.as_bytes());
-            h.update((v.len() as u32).to_be_bytes());
-            h.update(v.as_bytes());
+    /// `machine` resolves an `actor.client_credentials` section to its policy.
+    pub fn new(
+        route: &str,
+        cfg: ExchangeConfig,
+        client: Arc<AsClient>,
+        machine: impl FnOnce(&MachineConfig) -> Result<Arc<MachinePolicy>, String>,
+    ) -> Result<Self, String> {
+        let actor = match cfg.actor.as_ref().map(|a| &a.source) {
+            None => None,
+            Some(ActorSource::Token(source)) => {
+                let secret = Secret::from_source(source);
+                secret.preload().map_err(|e| format!("route {route}: actor token: {e}"))?;
+                Some(Actor::Token(secret))
+            }
+            Some(ActorSource::ClientCredentials(m)) => Some(Actor::Machine(machine(m)?)),
         };
-        field("server", &cfg.authorization_server);
-        field("endpoint", client.endpoint().as_str());
-        for a in &cfg.audience {
-            field("audience", a);
-        }
-        for r in &cfg.resource {
-            field("resource", r);
-        }
-        for s in &cfg.scope {
-            field("scope", s);
-        }
-        field("subject_token_type", &cfg.subject_token_type);
-        field("requested_token_type", cfg.requested_token_type.as_deref().unwrap_or(""));
-        match cfg.actor.as_ref().map(|a| (&a.source, &a.token_type)) {
-            None => field("actor", "none"),
-            Some((SecretSource::File(p), t)) => {
-                field("actor_file", &p.to_string_lossy());
-                field("actor_type", t);
+        let mut f = Fields::new();
+        f.field("server", &cfg.authorization_server);
+        f.field("endpoint", client.endpoint().as_str());
+        f.list("audience", &cfg.audience);
+        f.list("resource", &cfg.resource);
+        f.list("scope", &cfg.scope);
+        f.field("subject_token_type", &cfg.subject_token_type);
+        f.field("requested_token_type", cfg.requested_token_type.as_deref().unwrap_or(""));
+        // The actor's identity, not its current value: a rotated actor token
+        // does not invalidate tokens exchanged with the previous one.
+        match (&actor, cfg.actor.as_ref().map(|a| (&a.source, &a.token_type))) {
+            (Some(Actor::Machine(m)), Some((_, t))) => {
+                f.field("actor_client_credentials", &hex8(&m.key));
+                f.field("actor_type", t);
             }
-            Some((SecretSource::Inline(tok), t)) => {
-                field("actor_inline", &hex8(&Sha256::digest(tok.as_bytes())));
-                field("actor_type", t);
+            (_, Some((ActorSource::Token(SecretSource::File(p)), t))) => {
+                f.field("actor_file", &p.to_string_lossy());
+                f.field("actor_type", t);
             }
+            (_, Some((ActorSource::Token(SecretSource::Inline(tok)), t))) => {
+                f.field("actor_inline", &hex8(&Sha256::digest(tok.as_bytes())));
+                f.field("actor_type", t);
+            }
+            (_, Some((ActorSource::ClientCredentials(_), _))) | (_, None) => f.field("actor", "none"),
         }
-        let digest = h.finalize().into();
+        let digest = f.finish();
         Ok(Policy { route: route.to_owned(), scope: cfg.scope.join(" "), client, cfg, digest, actor })
     }
 
@@ -110,9 +181,9 @@ impl Policy {
         h.finalize().into()
     }
 
-    /// The RFC 8693 §2.1 request parameters, form-encoded, and the actor's
-    /// `sub` (unverified, for the audit event).
-    fn form(&self, subject: &str) -> Result<(String, Option<String>), ExchangeError> {
+    /// The RFC 8693 §2.1 request parameters, form-encoded. `actor` is the
+    /// actor token, when the policy has one.
+    fn form(&self, subject: &str, actor: Option<&str>) -> String {
         let mut f = form_urlencoded::Serializer::new(String::with_capacity(subject.len() + 512));
         f.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)
             .append_pair("subject_token", subject)
@@ -129,19 +200,27 @@ impl Policy {
         if let Some(t) = &self.cfg.requested_token_type {
             f.append_pair("requested_token_type", t);
         }
-        let mut actor_sub = None;
-        if let (Some(secret), Some(actor)) = (&self.actor, &self.cfg.actor) {
-            let token = secret.get().map_err(|e| ExchangeError::Config(format!("actor token: {e}")))?;
-            actor_sub = unverified::peek(token.expose()).and_then(|c| c.sub);
-            f.append_pair("actor_token", token.expose()).append_pair("actor_token_type", &actor.token_type);
+        if let (Some(token), Some(actor)) = (actor, &self.cfg.actor) {
+            f.append_pair("actor_token", token).append_pair("actor_token_type", &actor.token_type);
         }
-        Ok((f.finish(), actor_sub))
+        f.finish()
     }
 }
 
 /// First 8 hex characters of a digest: the only form of a token that logs carry.
 pub fn hex8(digest: &[u8]) -> String {
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an audit event names (never a token).
+struct Audit<'a> {
+    grant: &'static str,
+    route: &'a str,
+    server: &'a str,
+    sub: Option<&'a str>,
+    actor: Option<&'a str>,
+    audience: &'a [String],
+    scope: &'a str,
 }
 
 /// How a request's token was obtained.
@@ -219,39 +298,102 @@ impl Exchanger {
     async fn exchange(&self, policy: &Policy, subject: &str) -> Result<Arc<Entry>, ExchangeError> {
         let started = Instant::now();
         let peeked = unverified::peek(subject);
-        let result = match policy.form(subject) {
-            Ok((form, actor_sub)) => (policy.client.request(form).await, actor_sub),
-            Err(e) => (Err(e), None),
+        let actor = match &policy.actor {
+            None => Ok(None),
+            Some(Actor::Token(secret)) => {
+                secret.get().map(Some).map_err(|e| ExchangeError::Config(format!("actor token: {e}")))
+            }
+            Some(Actor::Machine(m)) => self.machine_token(m).await.and_then(|l| match &l.entry.kind {
+                EntryKind::Token(t) => t
+                    .raw
+                    .to_str()
+                    .map(|s| Some(SecretString::new(s)))
+                    .map_err(|_| ExchangeError::BadAnswer("actor token is not text".into())),
+                EntryKind::Rejected => Err(ExchangeError::Config("tokex's own token was refused".into())),
+            }),
         };
-        let (result, actor_sub) = result;
+        let actor_sub = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose())?.sub);
+        let result = match actor {
+            Ok(actor) => policy.client.request(policy.form(subject, actor.as_ref().map(|a| a.expose()))).await,
+            Err(e) => Err(e),
+        };
+        let ttls = (policy.cfg.default_ttl, policy.cfg.max_ttl);
+        let subject_exp = peeked.as_ref().and_then(|c| c.exp);
+        let audit = Audit {
+            grant: "token-exchange",
+            route: &policy.route,
+            server: &policy.client.name,
+            sub: peeked.as_ref().and_then(|c| c.sub.as_deref()),
+            actor: actor_sub.as_deref(),
+            audience: &policy.cfg.audience,
+            scope: &policy.scope,
+        };
+        self.finish(audit, started, result, ttls, subject_exp)
+    }
+
+    /// tokex's own token for `m`, from the cache or one client_credentials request.
+    pub async fn machine_token(&self, m: &Arc<MachinePolicy>) -> Result<Lookup, ExchangeError> {
+        if let Some(entry) = self.cache.get(&m.key).await {
+            return Self::hit(entry, true, None);
+        }
+        let started = Instant::now();
+        let fetch = async {
+            let result = m.client.request(m.form()).await;
+            let audit = Audit {
+                grant: "client_credentials",
+                route: "-",
+                server: &m.client.name,
+                sub: None,
+                actor: None,
+                audience: &m.cfg.audience,
+                scope: &m.scope,
+            };
+            self.finish(audit, started, result, (m.cfg.default_ttl, m.cfg.max_ttl), None)
+        };
+        let (entry, hit) = self.cache.get_or_try_insert(m.key, fetch).await.map_err(|e| (*e).clone())?;
+        Self::hit(entry, hit, (!hit).then(|| started.elapsed()))
+    }
+
+    /// Records an AS answer (metrics, audit event, error log) and turns it
+    /// into a cache entry. `invalid_grant` becomes a short negative entry;
+    /// other errors are not cached.
+    fn finish(
+        &self,
+        audit: Audit<'_>,
+        started: Instant,
+        result: Result<Issued, ExchangeError>,
+        (default_ttl, max_ttl): (Duration, Duration),
+        subject_exp: Option<f64>,
+    ) -> Result<Arc<Entry>, ExchangeError> {
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.reason(),
         };
-        self.metrics.exchange(&policy.client.name, outcome, elapsed);
+        self.metrics.exchange(audit.server, outcome, elapsed);
         tracing::info!(
             target: "tokex::audit",
-            route = %policy.route,
-            server = %policy.client.name,
-            sub = peeked.as_ref().and_then(|c| c.sub.as_deref()).unwrap_or("-"),
-            actor = actor_sub.as_deref().unwrap_or("-"),
-            audience = %policy.cfg.audience.join(" "),
-            scope = %policy.scope,
+            grant = audit.grant,
+            route = audit.route,
+            server = audit.server,
+            sub = audit.sub.unwrap_or("-"),
+            actor = audit.actor.unwrap_or("-"),
+            audience = %audit.audience.join(" "),
+            scope = audit.scope,
             outcome,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "token exchange"
+            "token request"
         );
         match result {
-            Ok(issued) => Ok(self.entry_for(policy, issued, peeked.and_then(|c| c.exp))),
+            Ok(issued) => Ok(self.entry_for(issued, default_ttl, max_ttl, subject_exp)),
             Err(ExchangeError::InvalidGrant) => Ok(Entry::new(EntryKind::Rejected, self.settings.negative_ttl)),
             Err(e) => {
                 match &e {
                     ExchangeError::ClientRejected(_) | ExchangeError::BadAnswer(_) | ExchangeError::Config(_) => {
-                        tracing::error!(route = %policy.route, server = %policy.client.name, error = %e, "token exchange failed: gateway misconfigured or AS misbehaving")
+                        tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: gateway misconfigured or AS misbehaving")
                     }
                     ExchangeError::Unavailable(_) => {
-                        tracing::warn!(route = %policy.route, server = %policy.client.name, error = %e, "token exchange failed")
+                        tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
                     }
                     ExchangeError::InvalidGrant | ExchangeError::InsufficientScope(_) => {}
                 }
@@ -261,8 +403,14 @@ impl Exchanger {
     }
 
     /// Lifetime = min(expires_in or default_ttl, max_ttl, subject exp) − skew.
-    fn entry_for(&self, policy: &Policy, issued: Issued, subject_exp: Option<f64>) -> Arc<Entry> {
-        let mut ttl = issued.expires_in.unwrap_or(policy.cfg.default_ttl).min(policy.cfg.max_ttl);
+    fn entry_for(
+        &self,
+        issued: Issued,
+        default_ttl: Duration,
+        max_ttl: Duration,
+        subject_exp: Option<f64>,
+    ) -> Arc<Entry> {
+        let mut ttl = issued.expires_in.unwrap_or(default_ttl).min(max_ttl);
         if let Some(exp) = subject_exp {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
             ttl = ttl.min(Duration::from_secs_f64((exp - now).clamp(0.0, 1e9)));

@@ -13,12 +13,11 @@ use super::forward::Forwarder;
 use super::headers;
 use super::Body;
 use crate::auth::bearer;
-use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::exchange::cache::EntryKind;
 use crate::exchange::{hex8, Exchanger};
 use crate::metrics::RouteMetrics;
-use crate::routes::{Route, RouteTable};
+use crate::routes::{Route, RouteAuth, RouteTable};
 
 /// Everything that changes with a configuration reload.
 pub struct Runtime {
@@ -67,7 +66,7 @@ impl Gateway {
         let (resp, error) = match result {
             Ok(resp) => (resp, None),
             Err(e) => {
-                let scope = trace.route.as_ref().and_then(|r| r.policy.as_ref()).map_or("", |p| p.scope.as_str());
+                let scope = trace.route.as_ref().map_or("", |r| r.auth.scope());
                 (e.to_response(scope), Some(e))
             }
         };
@@ -110,9 +109,9 @@ impl Gateway {
         }
 
         // 2. Extract the caller's token and 3. exchange it (cache first).
-        let token = match (route.auth, &route.policy) {
-            (AuthMode::None, _) | (AuthMode::Exchange, None) => None,
-            (AuthMode::Exchange, Some(policy)) => {
+        let token = match &route.auth {
+            RouteAuth::None => None,
+            RouteAuth::Exchange(policy) => {
                 if bearer::query_has_token(req.uri().query()) {
                     return Err(GatewayError::InvalidRequest("access_token in the query string is refused"));
                 }
@@ -123,7 +122,14 @@ impl Gateway {
                 let lookup = self.exchanger.token(policy, subject, key).await?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
-                Some((lookup.entry, key))
+                Some((lookup.entry, Some(key)))
+            }
+            // Egress: whatever the caller sent is dropped by the forwarder.
+            RouteAuth::ClientCredentials(machine) => {
+                let lookup = self.exchanger.machine_token(machine).await?;
+                trace.cache = Some(lookup.hit);
+                trace.exchange_time = lookup.exchange_time;
+                Some((lookup.entry, None))
             }
         };
 
@@ -138,7 +144,7 @@ impl Gateway {
         let resp = self.forwarder.forward(&route.upstream, req, peer, credential, route.timeout).await?;
 
         // 5. A backend that calls the token invalid gets a fresh one next time.
-        if let Some((_, key)) = &token {
+        if let Some((_, Some(key))) = &token {
             if resp.status() == http::StatusCode::UNAUTHORIZED && headers::says_invalid_token(resp.headers()) {
                 self.exchanger.evict(key).await;
                 trace.evicted = true;
