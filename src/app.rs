@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::auth::scopes::RequiredScopes;
+use crate::auth::Inbound;
 use crate::config::{AuthMode, Config, MachineConfig};
 use crate::exchange::client::{tls_config, AsClient};
 use crate::exchange::{Exchanger, MachinePolicy, Policy};
@@ -43,6 +45,10 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
     let machine = |route: &str, m: &MachineConfig| -> Result<Arc<MachinePolicy>, String> {
         Ok(Arc::new(MachinePolicy::new(m.clone(), client(route, &m.authorization_server)?)))
     };
+    let inbound = match &config.inbound {
+        Some(c) => Some(Arc::new(Inbound::new(c, metrics).map_err(StartError::Setup)?)),
+        None => None,
+    };
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
         let missing = || StartError::Setup(format!("route {}: no exchange section", r.name));
@@ -63,13 +69,14 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
             name: r.name.clone(),
             matcher: r.matcher.clone(),
             auth,
+            require_scopes: RequiredScopes::new(&r.require_scopes),
             upstream: Upstream::from_url(&r.upstream).map_err(StartError::Setup)?,
             forward_header: r.forward_header.clone(),
             timeout: r.timeout,
             metrics: metrics.route(&r.name),
         }));
     }
-    Ok(Runtime { routes: RouteTable::new(routes) })
+    Ok(Runtime { routes: RouteTable::new(routes), inbound, servers: clients })
 }
 
 /// A running gateway.
@@ -105,11 +112,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (shutdown, rx) = watch::channel(false);
     let readiness = Readiness::new();
+    // Not ready before every `issuer:` server's metadata has been discovered.
+    crate::exchange::discovery::start(&gateway.runtime().servers, None, Some(&readiness));
     let limits = Limits {
         header_read_timeout: config.listen.header_read_timeout,
         max_header_bytes: config.listen.max_header_bytes,
     };
     let mut tasks = vec![tokio::spawn(serve(listener, limits, gateway.clone(), rx.clone(), config.shutdown_grace))];
+    // Not ready before the inbound JWKS has been fetched once.
+    if let Some(inbound) = &gateway.runtime().inbound {
+        tasks.extend(inbound.start(&readiness, rx.clone()));
+    }
     if let Some(l) = admin_listener {
         let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
         let admin_limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
@@ -138,7 +151,11 @@ impl Running {
             .map_err(|e| e.to_string())
             .and_then(|c| build_runtime(&c, &self.metrics).map(|rt| (c, rt)).map_err(|e| e.to_string()));
         match result {
-            Ok((config, runtime)) => {
+            Ok((config, mut runtime)) => {
+                let old = self.gateway.runtime();
+                crate::exchange::discovery::start(&runtime.servers, Some(&old.servers), None);
+                runtime.inbound =
+                    Inbound::on_reload(old.inbound.as_ref(), runtime.inbound.take(), self.shutdown.subscribe());
                 self.gateway.replace(runtime);
                 self.metrics.reload(true);
                 tracing::info!(reason, routes = config.routes.len(), "configuration reloaded");

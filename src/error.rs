@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::auth::InboundError;
 use crate::exchange::ExchangeError;
 use crate::proxy::Body;
 
@@ -19,6 +20,8 @@ pub enum GatewayError {
     MissingToken,
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    #[error("inbound check failed: {0}")]
+    Inbound(#[from] InboundError),
     #[error("token exchange failed: {0}")]
     Exchange(#[from] ExchangeError),
     #[error("upstream unavailable: {0}")]
@@ -37,6 +40,7 @@ impl GatewayError {
             GatewayError::BadPath => "bad_path",
             GatewayError::MissingToken => "missing_token",
             GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::Inbound(e) => e.reason(),
             GatewayError::Exchange(e) => e.reason(),
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
@@ -47,6 +51,7 @@ impl GatewayError {
     /// named in `insufficient_scope` challenges.
     pub fn to_response(&self, scope: &str) -> Response<Body> {
         use ExchangeError as X;
+        use InboundError as I;
         let (status, code, challenge, retry_after): (StatusCode, &str, Option<String>, bool) = match self {
             GatewayError::NoRoute => (StatusCode::NOT_FOUND, "no_route", None, false),
             GatewayError::BadPath => (StatusCode::BAD_REQUEST, "invalid_request", None, false),
@@ -54,6 +59,22 @@ impl GatewayError {
             GatewayError::InvalidRequest(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request", Some(format!("{REALM}, error=\"invalid_request\"")), false)
             }
+            GatewayError::Inbound(e) => match e {
+                I::Invalid(_) => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    Some(format!("{REALM}, error=\"invalid_token\"")),
+                    false,
+                ),
+                I::InsufficientScope(required) => (
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    Some(format!("{REALM}, error=\"insufficient_scope\", scope=\"{}\"", scope_attr(required))),
+                    false,
+                ),
+                I::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, true),
+                I::Introspection(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None, false),
+            },
             GatewayError::Exchange(e) => match e {
                 X::InvalidGrant => (
                     StatusCode::UNAUTHORIZED,
@@ -93,11 +114,18 @@ impl GatewayError {
     /// words (so it needs no JSON escaping).
     fn public_description(&self) -> &'static str {
         use ExchangeError as X;
+        use InboundError as I;
         match self {
             GatewayError::NoRoute => "no route matches this request",
             GatewayError::BadPath => "paths with '.' or '..' segments are refused",
             GatewayError::MissingToken => "a bearer token is required",
             GatewayError::InvalidRequest(why) => why,
+            GatewayError::Inbound(e) => match e {
+                I::Invalid(_) => "the token was rejected",
+                I::InsufficientScope(_) => "the token does not allow this request",
+                I::Unavailable(_) => "the token cannot be checked right now",
+                I::Introspection(_) => "the gateway could not check the token",
+            },
             GatewayError::Exchange(e) => match e {
                 X::InvalidGrant => "the token was rejected",
                 X::InsufficientScope(_) => "the token does not allow this request",

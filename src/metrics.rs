@@ -56,6 +56,19 @@ pub struct Metrics {
     exchange_duration: HistogramFamily<ServerLabels>,
     cache_entries: Gauge,
     config_reloads: Family<ReloadLabels, Counter>,
+    inbound_rejections: Family<ReasonLabels, Counter>,
+    jwks_fetches: Family<OutcomeLabels, Counter>,
+    introspections: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +92,9 @@ impl Metrics {
         let exchange_duration: HistogramFamily<ServerLabels> = Family::new_with_constructor(latency_histogram);
         let cache_entries = Gauge::default();
         let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let inbound_rejections = Family::<ReasonLabels, Counter>::default();
+        let jwks_fetches = Family::<OutcomeLabels, Counter>::default();
+        let introspections = Family::<OutcomeLabels, Counter>::default();
         registry.register("requests", "Requests answered, by route and status", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -98,6 +114,13 @@ impl Metrics {
         );
         registry.register("cache_entries", "Entries in the token cache", cache_entries.clone());
         registry.register("config_reloads", "Configuration reloads, by result", config_reloads.clone());
+        registry.register(
+            "inbound_rejections",
+            "Caller tokens refused by the inbound check, by reason",
+            inbound_rejections.clone(),
+        );
+        registry.register("jwks_fetches", "JWKS fetches, by outcome", jwks_fetches.clone());
+        registry.register("introspections", "Token introspection requests, by outcome", introspections.clone());
         Metrics {
             registry,
             requests,
@@ -107,7 +130,40 @@ impl Metrics {
             exchange_duration,
             cache_entries,
             config_reloads,
+            inbound_rejections,
+            jwks_fetches,
+            introspections,
         }
+    }
+
+    /// Handles for `tokex_inbound_rejections_total`, one per reason.
+    pub fn inbound_rejections(&self, reasons: &[&'static str]) -> Counters {
+        Counters(
+            reasons
+                .iter()
+                .map(|&reason| (reason, self.inbound_rejections.get_or_create(&ReasonLabels { reason }).clone()))
+                .collect(),
+        )
+    }
+
+    /// Handles for `tokex_jwks_fetches_total`, one per outcome.
+    pub fn jwks_fetches(&self, outcomes: &[&'static str]) -> Counters {
+        Counters(
+            outcomes
+                .iter()
+                .map(|&outcome| (outcome, self.jwks_fetches.get_or_create(&OutcomeLabels { outcome }).clone()))
+                .collect(),
+        )
+    }
+
+    /// Handles for `tokex_introspections_total`, one per outcome.
+    pub fn introspections(&self, outcomes: &[&'static str]) -> Counters {
+        Counters(
+            outcomes
+                .iter()
+                .map(|&outcome| (outcome, self.introspections.get_or_create(&OutcomeLabels { outcome }).clone()))
+                .collect(),
+        )
     }
 
     /// Handles for one route (or `-` for requests that matched none).
@@ -169,5 +225,19 @@ impl RouteMetrics {
 
     pub fn cache(&self, hit: bool) {
         if hit { &self.hits } else { &self.misses }.inc();
+    }
+}
+
+/// Pre-created counters of one family, by a fixed label value: counting
+/// neither allocates nor locks.
+#[derive(Clone, Default)]
+pub struct Counters(std::sync::Arc<[(&'static str, Counter)]>);
+
+impl Counters {
+    /// Counts one `label`; labels not created up front are ignored.
+    pub fn inc(&self, label: &str) {
+        if let Some((_, c)) = self.0.iter().find(|(l, _)| *l == label) {
+            c.inc();
+        }
     }
 }

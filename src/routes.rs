@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
+use crate::auth::scopes::RequiredScopes;
 use crate::exchange::{MachinePolicy, Policy};
 use crate::metrics::RouteMetrics;
 use crate::proxy::forward::Upstream;
@@ -37,6 +38,8 @@ pub struct Route {
     pub name: String,
     pub matcher: Matcher,
     pub auth: RouteAuth,
+    /// Scopes the caller's token must hold (checked by the inbound phase).
+    pub require_scopes: RequiredScopes,
     pub upstream: Upstream,
     pub forward_header: HeaderName,
     pub timeout: Duration,

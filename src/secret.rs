@@ -46,19 +46,47 @@ pub struct Secret {
 
 enum Inner {
     Static(SecretString),
-    File { path: PathBuf, state: Mutex<Option<FileState>> },
+    File(WatchedFile<SecretString>),
 }
 
-struct FileState {
-    stamp: (i64, i64, u64, u64), // mtime s, mtime ns, inode, length
-    value: SecretString,
+/// A value derived from a file (a secret, a parsed private key), derived
+/// again only when the file changes: modification time, inode or length.
+pub struct WatchedFile<T> {
+    path: PathBuf,
+    state: Mutex<Option<(Stamp, T)>>,
+}
+
+type Stamp = (i64, i64, u64, u64); // mtime s, mtime ns, inode, length
+
+impl<T: Clone> WatchedFile<T> {
+    pub fn new(path: PathBuf) -> Self {
+        WatchedFile { path, state: Mutex::new(None) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current value. `load(path, length)` runs when the file changed
+    /// since the last successful load; a failed load is retried next time.
+    pub fn get<E: From<io::Error>>(&self, load: impl FnOnce(&Path, u64) -> Result<T, E>) -> Result<T, E> {
+        let meta = std::fs::metadata(&self.path)?;
+        let stamp = (meta.mtime(), meta.mtime_nsec(), meta.ino(), meta.len());
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, value)) = guard.as_ref().filter(|(s, _)| *s == stamp) {
+            return Ok(value.clone());
+        }
+        let value = load(&self.path, meta.len())?;
+        *guard = Some((stamp, value.clone()));
+        Ok(value)
+    }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Inner::Static(_) => f.write_str("Secret(inline)"),
-            Inner::File { path, .. } => write!(f, "Secret(file {})", path.display()),
+            Inner::File(file) => write!(f, "Secret(file {})", file.path().display()),
         }
     }
 }
@@ -67,7 +95,7 @@ impl Secret {
     pub fn from_source(source: &SecretSource) -> Self {
         let inner = match source {
             SecretSource::Inline(v) => Inner::Static(SecretString::new(v.as_str())),
-            SecretSource::File(p) => Inner::File { path: p.clone(), state: Mutex::new(None) },
+            SecretSource::File(p) => Inner::File(WatchedFile::new(p.clone())),
         };
         Secret { inner }
     }
@@ -81,22 +109,13 @@ impl Secret {
     pub fn get(&self) -> io::Result<SecretString> {
         match &self.inner {
             Inner::Static(v) => Ok(v.clone()),
-            Inner::File { path, state } => {
-                let meta = std::fs::metadata(path)?;
-                let stamp = (meta.mtime(), meta.mtime_nsec(), meta.ino(), meta.len());
-                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(s) = guard.as_ref().filter(|s| s.stamp == stamp) {
-                    return Ok(s.value.clone());
-                }
-                let value = read_secret_file(path, meta.len())?;
-                *guard = Some(FileState { stamp, value: value.clone() });
-                Ok(value)
-            }
+            Inner::File(file) => file.get(read_secret_file),
         }
     }
 }
 
-fn read_secret_file(path: &Path, len: u64) -> io::Result<SecretString> {
+/// Reads a secret file of at most 64 KiB, trimmed; empty is an error.
+pub fn read_secret_file(path: &Path, len: u64) -> io::Result<SecretString> {
     if len > MAX_SECRET_FILE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,

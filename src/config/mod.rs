@@ -34,6 +34,8 @@ pub struct Config {
     /// balancers and endpoints drop the pod first).
     pub shutdown_delay: Duration,
     pub servers: BTreeMap<String, AuthServerConfig>,
+    /// Local validation of the caller's token on `auth: exchange` routes.
+    pub inbound: Option<InboundConfig>,
     pub cache: CacheConfig,
     pub routes: Vec<RouteConfig>,
     /// Problems that do not stop the gateway (e.g. a shadowed route).
@@ -50,7 +52,7 @@ pub struct ListenConfig {
 #[derive(Debug, Clone)]
 pub struct AuthServerConfig {
     pub name: String,
-    pub token_endpoint: Url,
+    pub location: AsLocation,
     pub client_auth: ClientAuthConfig,
     pub ca_file: Option<PathBuf>,
     /// Total budget for one exchange, retries included.
@@ -69,10 +71,44 @@ pub enum ClientAuthConfig {
         client_id: String,
         secret: SecretSource,
     },
+    /// RFC 7523 §2.2: a JWT signed with the client's key (PKCS#8 PEM file,
+    /// re-read when it changes).
+    PrivateKeyJwt {
+        client_id: String,
+        private_key_file: PathBuf,
+        key_id: Option<String>,
+        /// Default: from the key type (RS256, ES256, ES384, EdDSA).
+        algorithm: Option<jsonwebtoken::Algorithm>,
+        assertion_audience: AssertionAudience,
+    },
+    /// RFC 8705 §2: a client certificate on the TLS connection to the AS.
+    TlsClientAuth {
+        client_id: String,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
     /// Public client: `client_id` in the form when given.
     None {
         client_id: Option<String>,
     },
+}
+
+/// Where an authorization server's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsLocation {
+    TokenEndpoint(Url),
+    /// RFC 8414 discovery from this issuer, exactly as written (§3.3
+    /// compares it verbatim with the metadata's `issuer`).
+    Issuer(String),
+}
+
+/// The `aud` of a `private_key_jwt` assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAudience {
+    /// The URL the request is sent to (RFC 7523 §3).
+    TokenEndpoint,
+    /// The issuer identifier (needs `issuer:`).
+    Issuer,
 }
 
 /// Where a secret comes from. A file is re-read when it changes.
@@ -117,6 +153,8 @@ pub struct RouteConfig {
     pub exchange: Option<ExchangeConfig>,
     /// Present exactly when `auth` is `client_credentials`.
     pub machine: Option<MachineConfig>,
+    /// Scopes the caller's token must hold (needs `inbound`); may be empty.
+    pub require_scopes: Vec<String>,
     pub forward_header: HeaderName,
     /// Time allowed for the upstream to answer with headers.
     pub timeout: Duration,
@@ -158,6 +196,51 @@ pub struct MachineConfig {
     pub scope: Vec<String>,
     pub max_ttl: Duration,
     pub default_ttl: Duration,
+}
+
+/// `inbound:`: how the caller's token is checked before any exchange.
+#[derive(Debug, Clone)]
+pub enum InboundConfig {
+    Jwt(JwtConfig),
+    Introspection(IntrospectionConfig),
+}
+
+/// Local JWT validation (RFC 9068 access tokens, RFC 8725 practices).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub jwks_uri: Url,
+    /// The token's `aud` must name at least one.
+    pub audiences: Vec<String>,
+    /// Asymmetric algorithms only: `none` and HMAC are refused by `check`.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    /// Required `typ` header (e.g. `at+jwt`), compared without `application/`.
+    pub require_typ: Option<String>,
+    pub max_token_bytes: usize,
+    /// Bounds of the periodic JWKS refresh (`Cache-Control: max-age` clamped).
+    pub jwks_refresh_min: Duration,
+    pub jwks_refresh_max: Duration,
+    /// At most one JWKS refetch per this long for tokens with an unknown `kid`.
+    pub unknown_kid_cooldown: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// Budget for one JWKS fetch.
+    pub timeout: Duration,
+}
+
+/// RFC 7662 token introspection.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    pub endpoint: Url,
+    pub client_auth: ClientAuthConfig,
+    /// Active answers are cached no longer than this nor the token's `exp`.
+    pub cache_ttl: Duration,
+    /// `active: false` answers are remembered this long (0 = not at all).
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+    pub ca_file: Option<PathBuf>,
+    /// Budget for one introspection request.
+    pub timeout: Duration,
 }
 
 /// One problem found in a configuration.

@@ -19,7 +19,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub authorization_servers: BTreeMap<String, RawAuthServer>,
     #[serde(default)]
-    pub inbound: Option<serde_yaml::Value>,
+    pub inbound: Option<RawInbound>,
     #[serde(default)]
     pub cache: Option<RawCache>,
     #[serde(default)]
@@ -88,6 +88,8 @@ pub struct RawClientAuth {
     pub key_id: Option<Text>,
     #[serde(default)]
     pub algorithm: Option<Text>,
+    #[serde(default)]
+    pub assertion_audience: Option<Text>,
     #[serde(default)]
     pub cert_file: Option<Text>,
     #[serde(default)]
@@ -194,4 +196,59 @@ pub struct RawMachine {
 pub struct RawForward {
     #[serde(default)]
     pub header: Option<Text>,
+}
+
+/// `inbound:`: local validation of the caller's token (exactly one of the two).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    #[serde(default)]
+    pub jwt: Option<RawJwt>,
+    #[serde(default)]
+    pub introspection: Option<RawIntrospection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: Text,
+    pub jwks_uri: Text,
+    #[serde(default)]
+    pub audiences: Vec<Text>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<Text>>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub require_typ: Option<Text>,
+    #[serde(default)]
+    pub max_token_bytes: Option<usize>,
+    #[serde(default)]
+    pub jwks_refresh_min: Option<Dur>,
+    #[serde(default)]
+    pub jwks_refresh_max: Option<Dur>,
+    #[serde(default)]
+    pub unknown_kid_cooldown: Option<Dur>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: Text,
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+    #[serde(default)]
+    pub cache_ttl: Option<Dur>,
+    #[serde(default)]
+    pub negative_ttl: Option<Dur>,
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
 }

@@ -14,6 +14,8 @@ use super::raw::*;
 use super::*;
 use crate::routes::{HostMatch, Matcher, PathMatch};
 
+mod inbound;
+
 #[derive(Default)]
 struct Ctx {
     errors: Vec<Diagnostic>,
@@ -54,9 +56,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
         }
         None => (None, DEFAULT_GRACE, Duration::ZERO),
     };
-    if raw.inbound.is_some() {
-        cx.not_yet("inbound", "inbound token validation");
-    }
+    let has_inbound = raw.inbound.is_some();
+    let inbound = raw.inbound.and_then(|i| inbound::inbound(&mut cx, i));
 
     let mut servers = BTreeMap::new();
     for (name, s) in raw.authorization_servers {
@@ -77,6 +78,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
         let path = format!("routes[{i}]");
         if !names.insert(r.name.value.clone()) {
             cx.err(format!("{path}.name"), format!("duplicate route name {:?}", r.name.value));
+        }
+        if r.require_scopes.is_some() && !has_inbound {
+            cx.err(
+                format!("{path}.require_scopes"),
+                "needs inbound: (jwt or introspection) to read the caller's scopes",
+            );
         }
         if let Some(route) = route(&mut cx, &path, r, &servers) {
             if let Some(x) = &route.exchange {
@@ -105,7 +112,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
     }
     // `listen` is only None when an error was recorded above.
     let Some(listen) = listen else { return Err(cx.errors) };
-    Ok(Config { listen, admin, workers, shutdown_grace, shutdown_delay, servers, cache, routes, warnings: cx.warnings })
+    Ok(Config {
+        listen,
+        admin,
+        workers,
+        shutdown_grace,
+        shutdown_delay,
+        servers,
+        inbound,
+        cache,
+        routes,
+        warnings: cx.warnings,
+    })
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -165,18 +183,15 @@ fn existing_file(cx: &mut Ctx, path: &str, t: &Text) -> PathBuf {
 
 fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerConfig> {
     let base = format!("authorization_servers.{name}");
-    let token_endpoint = match (&s.token_endpoint, &s.issuer) {
-        (Some(t), None) => http_url(cx, &format!("{base}.token_endpoint"), t),
-        (None, Some(_)) => {
-            cx.not_yet(format!("{base}.issuer"), "RFC 8414 discovery (issuer:)");
-            None
-        }
+    let location = match (&s.token_endpoint, &s.issuer) {
+        (Some(t), None) => http_url(cx, &format!("{base}.token_endpoint"), t).map(AsLocation::TokenEndpoint),
+        (None, Some(i)) => issuer(cx, &format!("{base}.issuer"), i).map(AsLocation::Issuer),
         (Some(_), Some(_)) => {
             cx.err(&base, "set either token_endpoint or issuer, not both");
             None
         }
         (None, None) => {
-            cx.err(&base, "token_endpoint is required");
+            cx.err(&base, "token_endpoint (or issuer, for RFC 8414 discovery) is required");
             None
         }
     };
@@ -184,6 +199,19 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         Some(ca) => client_auth(cx, &format!("{base}.client_auth"), ca),
         None => Some(ClientAuthConfig::None { client_id: None }),
     };
+    match (&client_auth, &location) {
+        (
+            Some(ClientAuthConfig::PrivateKeyJwt { assertion_audience: AssertionAudience::Issuer, .. }),
+            Some(AsLocation::TokenEndpoint(_)),
+        ) => cx.err(
+            format!("{base}.client_auth.assertion_audience"),
+            "issuer needs the server configured with issuer: (or use token_endpoint)",
+        ),
+        (Some(ClientAuthConfig::TlsClientAuth { .. }), Some(AsLocation::TokenEndpoint(u))) if u.scheme() != "https" => {
+            cx.err(format!("{base}.token_endpoint"), "tls_client_auth needs an https:// token endpoint")
+        }
+        _ => {}
+    }
     let ca_file = s.ca_file.as_ref().map(|f| existing_file(cx, &format!("{base}.ca_file"), f));
     let retries = s.retries.unwrap_or(2);
     if retries > 10 {
@@ -195,7 +223,7 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     }
     Some(AuthServerConfig {
         name: name.to_owned(),
-        token_endpoint: token_endpoint?,
+        location: location?,
         client_auth: client_auth?,
         ca_file,
         timeout,
@@ -203,19 +231,35 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     })
 }
 
+/// An RFC 8414 issuer: an http(s) URL without query or fragment, kept as written.
+fn issuer(cx: &mut Ctx, path: &str, t: &Text) -> Option<String> {
+    let url = http_url(cx, path, t)?;
+    if url.query().is_some() {
+        cx.err(path, "an issuer has no query (RFC 8414 §2)");
+        return None;
+    }
+    Some(t.value.clone())
+}
+
 fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option<ClientAuthConfig> {
     let method = ca.method.as_str();
     let id = ca.client_id.map(|t| t.value);
-    for (key, present) in [
-        ("private_key_file", ca.private_key_file.is_some()),
-        ("key_id", ca.key_id.is_some()),
-        ("algorithm", ca.algorithm.is_some()),
-        ("cert_file", ca.cert_file.is_some()),
-        ("key_file", ca.key_file.is_some()),
+    for (key, present, used_by) in [
+        ("private_key_file", ca.private_key_file.is_some(), "private_key_jwt"),
+        ("key_id", ca.key_id.is_some(), "private_key_jwt"),
+        ("algorithm", ca.algorithm.is_some(), "private_key_jwt"),
+        ("assertion_audience", ca.assertion_audience.is_some(), "private_key_jwt"),
+        ("cert_file", ca.cert_file.is_some(), "tls_client_auth"),
+        ("key_file", ca.key_file.is_some(), "tls_client_auth"),
     ] {
-        if present && !matches!(method, "private_key_jwt" | "tls_client_auth") {
-            cx.err(format!("{base}.{key}"), format!("not used by method {method}"));
+        if present && method != used_by {
+            cx.err(format!("{base}.{key}"), format!("not used by method {method} (only by {used_by})"));
         }
+    }
+    if matches!(method, "private_key_jwt" | "tls_client_auth")
+        && (ca.client_secret.is_some() || ca.client_secret_file.is_some())
+    {
+        cx.err(base, format!("method {method} sends no secret: remove client_secret / client_secret_file"));
     }
     let secret = |cx: &mut Ctx| -> Option<SecretSource> {
         match (&ca.client_secret, &ca.client_secret_file) {
@@ -268,9 +312,63 @@ fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option<ClientAuth
             }
             Some(ClientAuthConfig::None { client_id: id })
         }
-        "private_key_jwt" | "tls_client_auth" => {
-            cx.not_yet(format!("{base}.method"), &format!("client authentication {method}"));
-            None
+        "private_key_jwt" => {
+            let client_id = need_id(cx, id);
+            let private_key_file = match &ca.private_key_file {
+                Some(f) => Some(existing_file(cx, &format!("{base}.private_key_file"), f)),
+                None => {
+                    cx.err(base, "method private_key_jwt needs private_key_file (a PKCS#8 PEM key)");
+                    None
+                }
+            };
+            let algorithm = match ca.algorithm.as_ref().map(|t| t.as_str()) {
+                None => Some(None),
+                Some(a) => match a.parse::<jsonwebtoken::Algorithm>() {
+                    Ok(alg) if crate::exchange::client_auth::ASSERTION_ALGORITHMS.contains(&alg) => Some(Some(alg)),
+                    _ => {
+                        cx.err(
+                            format!("{base}.algorithm"),
+                            format!("unsupported algorithm {a:?}: expected RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
+                        );
+                        None
+                    }
+                },
+            };
+            let assertion_audience = match ca.assertion_audience.as_ref().map(|t| t.as_str()) {
+                None | Some("token_endpoint") => Some(AssertionAudience::TokenEndpoint),
+                Some("issuer") => Some(AssertionAudience::Issuer),
+                Some(other) => {
+                    cx.err(
+                        format!("{base}.assertion_audience"),
+                        format!("unknown value {other:?}: expected token_endpoint or issuer"),
+                    );
+                    None
+                }
+            };
+            let key_id = ca.key_id.map(|t| t.value);
+            if key_id.as_deref() == Some("") {
+                cx.err(format!("{base}.key_id"), "must not be empty (omit it to send no kid)");
+            }
+            Some(ClientAuthConfig::PrivateKeyJwt {
+                client_id: client_id?,
+                private_key_file: private_key_file?,
+                key_id,
+                algorithm: algorithm?,
+                assertion_audience: assertion_audience?,
+            })
+        }
+        "tls_client_auth" => {
+            let client_id = need_id(cx, id);
+            let file = |cx: &mut Ctx, key: &str, t: &Option<Text>| match t {
+                Some(f) => Some(existing_file(cx, &format!("{base}.{key}"), f)),
+                None => {
+                    cx.err(base, format!("method tls_client_auth needs {key} (PEM)"));
+                    None
+                }
+            };
+            let cert_file = file(cx, "cert_file", &ca.cert_file);
+            let key_file = file(cx, "key_file", &ca.key_file);
+            Some(ClientAuthConfig::TlsClientAuth { client_id: client_id?, cert_file: cert_file?, key_file: key_file? })
         }
         other => {
             cx.err(
@@ -320,9 +418,7 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
             None
         }
     };
-    if r.require_scopes.is_some() {
-        cx.not_yet(format!("{base}.require_scopes"), "require_scopes (needs inbound validation)");
-    }
+    let require_scopes = inbound::require_scopes(cx, base, r.require_scopes, auth);
     let (exchange, machine) = match (auth, r.exchange) {
         (Some(AuthMode::Exchange), Some(x)) => (exchange(cx, &format!("{base}.exchange"), x, servers), None),
         (Some(AuthMode::Exchange), None) => {
@@ -363,6 +459,7 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
         auth,
         exchange: if auth == AuthMode::Exchange { Some(exchange?) } else { None },
         machine: if auth == AuthMode::ClientCredentials { Some(machine?) } else { None },
+        require_scopes: require_scopes?,
         forward_header: forward_header?,
         timeout,
     })
@@ -643,11 +740,10 @@ routes:
     fn later_sections_are_refused_not_ignored() {
         let yaml = BASE.replace(
             "listen: { address: \"127.0.0.1:8080\" }",
-            "listen: { address: \"127.0.0.1:8080\", tls: { cert_file: x } }\ninbound: { jwt: {} }",
+            "listen: { address: \"127.0.0.1:8080\", tls: { cert_file: x } }",
         );
         let errs = errors(&yaml).join("\n");
         assert!(errs.contains("listen.tls: TLS on the listener is not supported yet"), "{errs}");
-        assert!(errs.contains("inbound: inbound token validation is not supported yet"), "{errs}");
     }
 
     #[test]

@@ -13,23 +13,34 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
+use super::client_auth::{client_certificate, AssertionSigner, JWT_BEARER_ASSERTION};
+use super::discovery::{EndpointSlot, Endpoints};
 use super::ExchangeError;
-use crate::config::{AuthServerConfig, ClientAuthConfig};
+use crate::config::{AsLocation, AuthServerConfig, ClientAuthConfig};
 use crate::error::error_chain;
 use crate::secret::{Secret, SecretString};
 
 /// Largest answer read from an authorization server.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-enum ClientAuth {
+/// Client authentication at an authorization server endpoint (token
+/// endpoint, introspection endpoint): one implementation for both.
+/// `PrivateKeyJwt` signs a fresh assertion per request (RFC 7523); with
+/// `Tls` the certificate is on the connection and `client_id` in the form
+/// (RFC 8705 §2).
+pub(crate) enum ClientAuth {
     Basic { client_id: String, secret: Secret },
     Post { client_id: String, secret: Secret },
+    PrivateKeyJwt(AssertionSigner),
+    Tls { client_id: String },
     None { client_id: Option<String> },
 }
 
 pub struct AsClient {
     pub name: String,
-    endpoint: Url,
+    /// The configured token endpoint, or the issuer when discovered.
+    location: Url,
+    endpoints: EndpointSlot,
     auth: ClientAuth,
     http: reqwest::Client,
     timeout: Duration,
@@ -58,6 +69,29 @@ impl std::fmt::Debug for Issued {
 /// rustls client settings shared by the exchange client and the forwarder:
 /// webpki roots plus an optional extra CA file.
 pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    Ok(tls_roots(ca_file)?.with_no_client_auth())
+}
+
+/// rustls client settings for requests authenticated with `client_auth`:
+/// with `tls_client_auth` the client certificate is presented on every
+/// connection (RFC 8705 §2).
+pub fn tls_config_for(
+    ca_file: Option<&std::path::Path>,
+    client_auth: &ClientAuthConfig,
+) -> Result<rustls::ClientConfig, String> {
+    match client_auth {
+        ClientAuthConfig::TlsClientAuth { cert_file, key_file, .. } => {
+            let (chain, key) =
+                client_certificate(cert_file, key_file).map_err(|e| format!("client certificate: {e}"))?;
+            tls_roots(ca_file)?.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))
+        }
+        _ => tls_config(ca_file),
+    }
+}
+
+fn tls_roots(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -76,13 +110,21 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots))
 }
 
 impl AsClient {
     pub fn new(cfg: &AuthServerConfig) -> Result<Self, String> {
-        let tls = tls_config(cfg.ca_file.as_deref())?;
+        let tls = tls_config_for(cfg.ca_file.as_deref(), &cfg.client_auth)
+            .map_err(|e| format!("authorization server {}: {e}", cfg.name))?;
+        let (location, endpoints) = match &cfg.location {
+            AsLocation::TokenEndpoint(u) => (u.clone(), EndpointSlot::fixed(u.clone())),
+            AsLocation::Issuer(i) => {
+                let url = Url::parse(i).map_err(|e| format!("authorization server {}: issuer: {e}", cfg.name))?;
+                let mtls = matches!(cfg.client_auth, ClientAuthConfig::TlsClientAuth { .. });
+                (url, EndpointSlot::discovered(i.clone(), mtls))
+            }
+        };
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(cfg.timeout)
@@ -92,21 +134,11 @@ impl AsClient {
             .user_agent(concat!("tokex/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("authorization server {}: {e}", cfg.name))?;
-        let auth = match &cfg.client_auth {
-            ClientAuthConfig::SecretBasic { client_id, secret } => {
-                ClientAuth::Basic { client_id: client_id.clone(), secret: Secret::from_source(secret) }
-            }
-            ClientAuthConfig::SecretPost { client_id, secret } => {
-                ClientAuth::Post { client_id: client_id.clone(), secret: Secret::from_source(secret) }
-            }
-            ClientAuthConfig::None { client_id } => ClientAuth::None { client_id: client_id.clone() },
-        };
-        if let ClientAuth::Basic { secret, .. } | ClientAuth::Post { secret, .. } = &auth {
-            secret.preload().map_err(|e| format!("authorization server {}: client secret: {e}", cfg.name))?;
-        }
+        let auth = ClientAuth::new(&cfg.client_auth).map_err(|e| format!("authorization server {}: {e}", cfg.name))?;
         Ok(AsClient {
             name: cfg.name.clone(),
-            endpoint: cfg.token_endpoint.clone(),
+            location,
+            endpoints,
             auth,
             http,
             timeout: cfg.timeout,
@@ -114,43 +146,65 @@ impl AsClient {
         })
     }
 
+    /// What identifies this server in cache keys: the configured token
+    /// endpoint, or the issuer when the endpoints are discovered.
     pub fn endpoint(&self) -> &Url {
-        &self.endpoint
+        &self.location
     }
 
-    /// Adds client authentication to a form-encoded token request.
-    fn authenticate(&self, form: String) -> Result<(String, Option<HeaderValue>), ExchangeError> {
-        // Start position 0: the existing parameters are part of this form,
-        // so appended pairs get their `&` separator.
-        let mut form = form_urlencoded::Serializer::for_suffix(form, 0);
-        let mut basic = None;
-        match &self.auth {
-            ClientAuth::Basic { client_id, secret } => {
-                let secret = secret.get().map_err(|e| ExchangeError::Config(format!("client secret: {e}")))?;
-                basic = Some(basic_header(client_id, secret.expose())?);
-            }
-            ClientAuth::Post { client_id, secret } => {
-                let secret = secret.get().map_err(|e| ExchangeError::Config(format!("client secret: {e}")))?;
-                form.append_pair("client_id", client_id).append_pair("client_secret", secret.expose());
-            }
-            ClientAuth::None { client_id } => {
-                if let Some(id) = client_id {
-                    form.append_pair("client_id", id);
-                }
-            }
-        }
-        Ok((form.finish(), basic))
+    /// The token endpoint, JWKS URI and introspection endpoint, once known
+    /// (at once for `token_endpoint:`, after discovery for `issuer:`).
+    pub fn endpoints(&self) -> Option<&Endpoints> {
+        self.endpoints.get()
+    }
+
+    /// `jwks_uri` from the discovered metadata.
+    pub fn jwks_uri(&self) -> Option<&Url> {
+        self.endpoints().and_then(|e| e.jwks_uri.as_ref())
+    }
+
+    /// `introspection_endpoint` from the discovered metadata (the RFC 8705
+    /// alias with `tls_client_auth`).
+    pub fn introspection_endpoint(&self) -> Option<&Url> {
+        self.endpoints().and_then(|e| e.introspection_endpoint.as_ref())
+    }
+
+    /// The configured issuer (`issuer:` servers only).
+    pub fn issuer(&self) -> Option<&str> {
+        self.endpoints.issuer()
+    }
+
+    pub(crate) fn endpoint_slot(&self) -> &EndpointSlot {
+        &self.endpoints
+    }
+
+    /// The pooled HTTP client for this server (its CA file and client certificate).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// POSTs a token request (`form`: the encoded grant parameters, without
     /// client credentials) and parses the answer. The whole call, retries
-    /// included, stays within `timeout`.
+    /// included, stays within `timeout`. Until discovery has found the token
+    /// endpoint, the server is unavailable.
     pub async fn request(&self, form: String) -> Result<Issued, ExchangeError> {
-        let (body, basic) = self.authenticate(form)?;
+        let Some(endpoints) = self.endpoints.get() else {
+            return Err(ExchangeError::Unavailable(format!(
+                "metadata of {} not discovered yet",
+                self.endpoints.issuer().unwrap_or_default()
+            )));
+        };
+        let endpoint = &endpoints.token_endpoint;
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0u32;
         loop {
-            let result = tokio::time::timeout_at(deadline, self.attempt(body.clone(), basic.clone())).await;
+            // Per attempt: a private_key_jwt assertion is never sent twice (`jti`).
+            let (body, basic) = self.auth.apply(form.clone(), endpoint.as_str(), endpoints.issuer.as_deref())?;
+            let result = tokio::time::timeout_at(deadline, self.attempt(endpoint, body, basic)).await;
             let err = match result {
                 Ok(Ok(issued)) => return Ok(issued),
                 Ok(Err(Attempt::Final(e))) => return Err(e),
@@ -172,10 +226,10 @@ impl AsClient {
         }
     }
 
-    async fn attempt(&self, body: String, basic: Option<HeaderValue>) -> Result<Issued, Attempt> {
+    async fn attempt(&self, endpoint: &Url, body: String, basic: Option<HeaderValue>) -> Result<Issued, Attempt> {
         let mut req = self
             .http
-            .post(self.endpoint.clone())
+            .post(endpoint.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(body);
@@ -214,6 +268,81 @@ impl AsClient {
 enum Attempt {
     Retryable(String),
     Final(ExchangeError),
+}
+
+impl ClientAuth {
+    /// Built from config; a secret file is read once here so a missing one
+    /// fails at start (and in `tokex check`).
+    pub(crate) fn new(cfg: &ClientAuthConfig) -> Result<Self, String> {
+        let auth = match cfg {
+            ClientAuthConfig::SecretBasic { client_id, secret } => {
+                ClientAuth::Basic { client_id: client_id.clone(), secret: Secret::from_source(secret) }
+            }
+            ClientAuthConfig::SecretPost { client_id, secret } => {
+                ClientAuth::Post { client_id: client_id.clone(), secret: Secret::from_source(secret) }
+            }
+            ClientAuthConfig::PrivateKeyJwt { client_id, private_key_file, key_id, algorithm, assertion_audience } => {
+                ClientAuth::PrivateKeyJwt(
+                    AssertionSigner::new(
+                        client_id,
+                        private_key_file,
+                        key_id.as_deref(),
+                        *algorithm,
+                        *assertion_audience,
+                    )
+                    .map_err(|e| format!("private key: {e}"))?,
+                )
+            }
+            ClientAuthConfig::TlsClientAuth { client_id, .. } => ClientAuth::Tls { client_id: client_id.clone() },
+            ClientAuthConfig::None { client_id } => ClientAuth::None { client_id: client_id.clone() },
+        };
+        if let ClientAuth::Basic { secret, .. } | ClientAuth::Post { secret, .. } = &auth {
+            secret.preload().map_err(|e| format!("client secret: {e}"))?;
+        }
+        Ok(auth)
+    }
+
+    /// Adds client authentication to a form-encoded request to `endpoint`
+    /// (of the AS `issuer`, when known: a `private_key_jwt` audience): the
+    /// new form, and the `Authorization` header to send with it (Basic).
+    pub(crate) fn apply(
+        &self,
+        form: String,
+        endpoint: &str,
+        issuer: Option<&str>,
+    ) -> Result<(String, Option<HeaderValue>), ExchangeError> {
+        // Start position 0: the existing parameters are part of this form,
+        // so appended pairs get their `&` separator.
+        let mut form = form_urlencoded::Serializer::for_suffix(form, 0);
+        let mut basic = None;
+        match self {
+            ClientAuth::Basic { client_id, secret } => {
+                let secret = secret.get().map_err(|e| ExchangeError::Config(format!("client secret: {e}")))?;
+                basic = Some(basic_header(client_id, secret.expose())?);
+            }
+            ClientAuth::Post { client_id, secret } => {
+                let secret = secret.get().map_err(|e| ExchangeError::Config(format!("client secret: {e}")))?;
+                form.append_pair("client_id", client_id).append_pair("client_secret", secret.expose());
+            }
+            ClientAuth::PrivateKeyJwt(signer) => {
+                let assertion = signer
+                    .assertion(endpoint, issuer)
+                    .map_err(|e| ExchangeError::Config(format!("client assertion: {e}")))?;
+                form.append_pair("client_id", signer.client_id())
+                    .append_pair("client_assertion_type", JWT_BEARER_ASSERTION)
+                    .append_pair("client_assertion", &assertion);
+            }
+            ClientAuth::Tls { client_id } => {
+                form.append_pair("client_id", client_id);
+            }
+            ClientAuth::None { client_id } => {
+                if let Some(id) = client_id {
+                    form.append_pair("client_id", id);
+                }
+            }
+        }
+        Ok((form.finish(), basic))
+    }
 }
 
 /// RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.

@@ -4,6 +4,8 @@
 
 pub mod cache;
 pub mod client;
+pub mod client_auth;
+pub mod discovery;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,6 +1,8 @@
-//! The request path, top to bottom: match → extract → exchange (cache) →
-//! rewrite and forward → evict on a backend `invalid_token` → log.
+//! The request path, top to bottom: match → extract → validate (inbound
+//! check, required scopes) → exchange (cache) → rewrite and forward → evict
+//! on a backend `invalid_token` → log.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -12,9 +14,10 @@ use sha2::{Digest, Sha256};
 use super::forward::Forwarder;
 use super::headers;
 use super::Body;
-use crate::auth::bearer;
+use crate::auth::{bearer, Inbound};
 use crate::error::GatewayError;
 use crate::exchange::cache::EntryKind;
+use crate::exchange::client::AsClient;
 use crate::exchange::{hex8, Exchanger};
 use crate::metrics::RouteMetrics;
 use crate::routes::{Route, RouteAuth, RouteTable};
@@ -22,6 +25,10 @@ use crate::routes::{Route, RouteAuth, RouteTable};
 /// Everything that changes with a configuration reload.
 pub struct Runtime {
     pub routes: RouteTable,
+    /// The inbound check of `auth: exchange` routes, when configured.
+    pub inbound: Option<Arc<Inbound>>,
+    /// The authorization servers by name (endpoints, once discovered).
+    pub servers: BTreeMap<String, Arc<AsClient>>,
 }
 
 /// The gateway: shared by every connection.
@@ -108,7 +115,9 @@ impl Gateway {
             return Err(GatewayError::BadPath);
         }
 
-        // 2. Extract the caller's token and 3. exchange it (cache first).
+        // 2. Extract the caller's token, 3. validate it (inbound check and
+        // required scopes: a refused token never reaches the AS) and
+        // 4. exchange it (cache first).
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
@@ -118,6 +127,9 @@ impl Gateway {
                 let subject = bearer::extract(req.headers())?;
                 let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
                 trace.fingerprint = Some(hex8(&subject_hash));
+                if let Some(inbound) = &runtime.inbound {
+                    inbound.check(subject, &subject_hash, &route.require_scopes).await?;
+                }
                 let key = policy.key(&subject_hash);
                 let lookup = self.exchanger.token(policy, subject, key).await?;
                 trace.cache = Some(lookup.hit);
@@ -133,7 +145,7 @@ impl Gateway {
             }
         };
 
-        // 4. Rewrite and forward with the exchanged token.
+        // 5. Rewrite and forward with the exchanged token.
         let credential = token.as_ref().and_then(|(entry, _)| match &entry.kind {
             EntryKind::Token(t) if route.forward_header == http::header::AUTHORIZATION => {
                 Some((&route.forward_header, t.bearer.clone()))
@@ -143,7 +155,7 @@ impl Gateway {
         });
         let resp = self.forwarder.forward(&route.upstream, req, peer, credential, route.timeout).await?;
 
-        // 5. A backend that calls the token invalid gets a fresh one next time.
+        // 6. A backend that calls the token invalid gets a fresh one next time.
         if let Some((_, Some(key))) = &token {
             if resp.status() == http::StatusCode::UNAUTHORIZED && headers::says_invalid_token(resp.headers()) {
                 self.exchanger.evict(key).await;

@@ -1,0 +1,226 @@
+//! The inbound phase: the caller's token checked locally (JWT against the
+//! issuer's JWKS) or at the authorization server (RFC 7662 introspection),
+//! then the route's `require_scopes`. It runs before any exchange, so a
+//! refused token never reaches the token endpoint.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::introspection::Introspector;
+use super::jwt::JwtValidator;
+use super::scopes::RequiredScopes;
+use crate::config::InboundConfig;
+use crate::metrics::{Counters, Metrics};
+use crate::readiness::Readiness;
+
+/// Why a token was refused as invalid (`401 invalid_token`). The reason
+/// goes to logs and metrics, never to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    TooLarge,
+    Malformed,
+    AlgNotAllowed,
+    CritHeader,
+    WrongTyp,
+    UnknownKid,
+    KeyMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim,
+    Inactive,
+}
+
+impl Invalid {
+    pub const ALL: [Invalid; 14] = [
+        Invalid::TooLarge,
+        Invalid::Malformed,
+        Invalid::AlgNotAllowed,
+        Invalid::CritHeader,
+        Invalid::WrongTyp,
+        Invalid::UnknownKid,
+        Invalid::KeyMismatch,
+        Invalid::BadSignature,
+        Invalid::Expired,
+        Invalid::NotYetValid,
+        Invalid::WrongIssuer,
+        Invalid::WrongAudience,
+        Invalid::MissingClaim,
+        Invalid::Inactive,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::TooLarge => "too_large",
+            Invalid::Malformed => "malformed",
+            Invalid::AlgNotAllowed => "alg_not_allowed",
+            Invalid::CritHeader => "crit_header",
+            Invalid::WrongTyp => "wrong_typ",
+            Invalid::UnknownKid => "unknown_kid",
+            Invalid::KeyMismatch => "key_mismatch",
+            Invalid::BadSignature => "bad_signature",
+            Invalid::Expired => "expired",
+            Invalid::NotYetValid => "not_yet_valid",
+            Invalid::WrongIssuer => "wrong_issuer",
+            Invalid::WrongAudience => "wrong_audience",
+            Invalid::MissingClaim => "missing_claim",
+            Invalid::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InboundError {
+    #[error("invalid token ({})", .0.reason())]
+    Invalid(Invalid),
+    /// Carries the route's required scopes, space-joined, for the challenge.
+    #[error("the token lacks a required scope ({0})")]
+    InsufficientScope(Arc<str>),
+    /// JWKS never fetched, or the introspection endpoint unreachable.
+    #[error("inbound validation unavailable: {0}")]
+    Unavailable(String),
+    /// The introspection endpoint refused tokex or answered nonsense.
+    #[error("introspection failed: {0}")]
+    Introspection(String),
+}
+
+impl From<Invalid> for InboundError {
+    fn from(i: Invalid) -> Self {
+        InboundError::Invalid(i)
+    }
+}
+
+impl InboundError {
+    /// Reasons other than [`Invalid`]'s.
+    const OTHER_REASONS: [&'static str; 3] = ["insufficient_scope", "unavailable", "introspection_failed"];
+
+    /// Short, stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InboundError::Invalid(i) => i.reason(),
+            InboundError::InsufficientScope(_) => Self::OTHER_REASONS[0],
+            InboundError::Unavailable(_) => Self::OTHER_REASONS[1],
+            InboundError::Introspection(_) => Self::OTHER_REASONS[2],
+        }
+    }
+
+    /// Every label [`InboundError::reason`] can return.
+    pub fn all_reasons() -> Vec<&'static str> {
+        Invalid::ALL.iter().map(|i| i.reason()).chain(Self::OTHER_REASONS).collect()
+    }
+}
+
+enum Check {
+    Jwt(JwtValidator),
+    Introspection(Introspector),
+}
+
+/// The configured inbound check, shared by every `auth: exchange` route.
+pub struct Inbound {
+    check: Check,
+    rejections: Counters,
+}
+
+impl Inbound {
+    /// Builds the check without I/O (so `tokex check` builds it too); for
+    /// JWT, [`Inbound::start`] begins fetching the JWKS.
+    pub fn new(cfg: &InboundConfig, metrics: &Metrics) -> Result<Self, String> {
+        let check = match cfg {
+            InboundConfig::Jwt(j) => Check::Jwt(JwtValidator::new(j, metrics)?),
+            InboundConfig::Introspection(i) => Check::Introspection(Introspector::new(i, metrics)?),
+        };
+        Ok(Inbound { check, rejections: metrics.inbound_rejections(&InboundError::all_reasons()) })
+    }
+
+    /// Checks the caller's `token` (`token_hash`: its SHA-256) and the
+    /// route's required scopes.
+    pub async fn check(
+        &self,
+        token: &str,
+        token_hash: &[u8; 32],
+        required: &RequiredScopes,
+    ) -> Result<(), InboundError> {
+        let granted = match &self.check {
+            Check::Jwt(v) => v.validate(token).await,
+            Check::Introspection(i) => i.check(token, token_hash).await,
+        };
+        let result = granted.and_then(|g| required.check(&g));
+        if let Err(e) = &result {
+            self.rejections.inc(e.reason());
+        }
+        result
+    }
+
+    /// Starts the background work: for JWT, the JWKS refresh, with a
+    /// readiness gate that the first good fetch opens. The task stops on
+    /// shutdown (or once this check is replaced by a reload).
+    pub fn start(&self, readiness: &Arc<Readiness>, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        match &self.check {
+            Check::Jwt(v) => {
+                v.jwks().set_gate(readiness.gate());
+                Some(v.jwks().spawn_refresh(shutdown))
+            }
+            Check::Introspection(_) => None,
+        }
+    }
+
+    /// The check to run after a reload. An unchanged JWT configuration keeps
+    /// the running one (its keys and refresh task); a new one starts its own
+    /// refresh and takes over a readiness gate the old one had not opened.
+    pub fn on_reload(
+        old: Option<&Arc<Inbound>>,
+        new: Option<Arc<Inbound>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<Arc<Inbound>> {
+        let old_jwks = old.and_then(|o| o.jwks());
+        if let (Some(old), Some(new)) = (old, &new) {
+            if let (Check::Jwt(a), Check::Jwt(b)) = (&old.check, &new.check) {
+                if a.config() == b.config() {
+                    return Some(old.clone());
+                }
+            }
+        }
+        let pending = old_jwks.and_then(|j| j.take_gate());
+        match new.as_ref().and_then(|n| n.jwks()) {
+            Some(jwks) => {
+                if let Some(gate) = pending {
+                    jwks.set_gate(gate);
+                }
+                drop(jwks.spawn_refresh(shutdown));
+            }
+            // Readiness no longer waits for a JWKS this configuration does not use.
+            None => {
+                if let Some(gate) = pending {
+                    gate.open();
+                }
+            }
+        }
+        new
+    }
+
+    fn jwks(&self) -> Option<&Arc<super::jwks::Jwks>> {
+        match &self.check {
+            Check::Jwt(v) => Some(v.jwks()),
+            Check::Introspection(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_unique() {
+        let mut all = InboundError::all_reasons();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert!(all.contains(&InboundError::InsufficientScope("a".into()).reason()));
+    }
+}

@@ -1,0 +1,161 @@
+//! RFC 7662 token introspection as the inbound check: `POST token=…` to the
+//! introspection endpoint with tokex's client authentication (the same code
+//! as the token endpoint's). Answers are cached by the token's SHA-256 (never
+//! the token): `active: true` no longer than `cache_ttl` nor the token's
+//! `exp`; `active: false` for `negative_ttl`. Concurrent checks of one token
+//! share one request. An unreachable endpoint is `503`, like the exchange.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use moka::Expiry;
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use super::fetch::{read_capped, ReadError};
+use super::scopes::Granted;
+use super::{InboundError, Invalid};
+use crate::config::IntrospectionConfig;
+use crate::error::error_chain;
+use crate::exchange::client::{ClientAuth, MAX_ANSWER_BYTES};
+use crate::metrics::{Counters, Metrics};
+
+/// `tokex_introspections_total` outcomes.
+const OUTCOMES: [&str; 4] = ["active", "inactive", "unavailable", "failed"];
+
+type Key = [u8; 32];
+
+/// A cached answer and how long it may be used.
+struct Answer {
+    verdict: Result<Granted, Invalid>,
+    ttl: Duration,
+}
+
+struct PerAnswer;
+
+impl Expiry<Key, Arc<Answer>> for PerAnswer {
+    fn expire_after_create(&self, _: &Key, v: &Arc<Answer>, _: std::time::Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+pub struct Introspector {
+    endpoint: Url,
+    auth: ClientAuth,
+    http: reqwest::Client,
+    cache_ttl: Duration,
+    negative_ttl: Duration,
+    cache: moka::future::Cache<Key, Arc<Answer>>,
+    outcomes: Counters,
+}
+
+/// The members of an introspection answer we use (RFC 7662 §2.2).
+#[derive(Deserialize)]
+struct Introspected {
+    active: bool,
+    #[serde(default)]
+    scope: Option<Value>,
+    #[serde(default)]
+    scp: Option<Value>,
+    #[serde(default)]
+    exp: Option<f64>,
+}
+
+impl Introspector {
+    pub fn new(cfg: &IntrospectionConfig, metrics: &Metrics) -> Result<Self, String> {
+        let http = super::fetch::client(cfg.ca_file.as_deref(), cfg.timeout)
+            .map_err(|e| format!("inbound.introspection: {e}"))?;
+        let auth = ClientAuth::new(&cfg.client_auth).map_err(|e| format!("inbound.introspection: {e}"))?;
+        Ok(Introspector {
+            endpoint: cfg.endpoint.clone(),
+            auth,
+            http,
+            cache_ttl: cfg.cache_ttl,
+            negative_ttl: cfg.negative_ttl,
+            cache: moka::future::Cache::builder().max_capacity(cfg.max_entries).expire_after(PerAnswer).build(),
+            outcomes: metrics.introspections(&OUTCOMES),
+        })
+    }
+
+    /// The scopes of an active `token` (`hash`: its SHA-256).
+    pub async fn check(&self, token: &str, hash: &Key) -> Result<Granted, InboundError> {
+        let answer = self.cache.try_get_with(*hash, self.introspect(token)).await.map_err(|e| (*e).clone())?;
+        answer.verdict.clone().map_err(InboundError::Invalid)
+    }
+
+    async fn introspect(&self, token: &str) -> Result<Arc<Answer>, InboundError> {
+        let result = self.request(token).await;
+        let outcome = match &result {
+            Ok(a) if a.verdict.is_ok() => "active",
+            Ok(_) => "inactive",
+            Err(InboundError::Unavailable(_)) => "unavailable",
+            Err(_) => "failed",
+        };
+        self.outcomes.inc(outcome);
+        match &result {
+            Err(e @ InboundError::Unavailable(_)) => {
+                tracing::warn!(endpoint = %self.endpoint, error = %e, "token introspection failed")
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %self.endpoint, error = %e, "token introspection failed: gateway misconfigured or AS misbehaving")
+            }
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn request(&self, token: &str) -> Result<Arc<Answer>, InboundError> {
+        let form = form_urlencoded::Serializer::new(String::with_capacity(token.len() + 64))
+            .append_pair("token", token)
+            .append_pair("token_type_hint", "access_token")
+            .finish();
+        let (body, basic) = self
+            .auth
+            .apply(form, self.endpoint.as_str(), None)
+            .map_err(|e| InboundError::Introspection(e.to_string()))?;
+        let mut req = self
+            .http
+            .post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(body);
+        if let Some(b) = basic {
+            req = req.header(AUTHORIZATION, b);
+        }
+        let resp = req.send().await.map_err(|e| InboundError::Unavailable(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        if status == 429 || status >= 500 {
+            return Err(InboundError::Unavailable(format!("HTTP {status}")));
+        }
+        let body = read_capped(resp, MAX_ANSWER_BYTES).await.map_err(|e| match e {
+            ReadError::TooLarge => InboundError::Introspection(format!("answer larger than {MAX_ANSWER_BYTES} bytes")),
+            ReadError::Network(why) => InboundError::Unavailable(why),
+        })?;
+        match status {
+            200 => self.answer(&body),
+            401 | 403 => Err(InboundError::Introspection(format!("HTTP {status}: tokex's client credentials refused"))),
+            _ => Err(InboundError::Introspection(format!("HTTP {status}"))),
+        }
+    }
+
+    fn answer(&self, body: &[u8]) -> Result<Arc<Answer>, InboundError> {
+        let a: Introspected = serde_json::from_slice(body)
+            .map_err(|_| InboundError::Introspection("the answer is not an introspection response".into()))?;
+        let refused = |why| Arc::new(Answer { verdict: Err(why), ttl: self.negative_ttl });
+        if !a.active {
+            return Ok(refused(Invalid::Inactive));
+        }
+        let mut ttl = self.cache_ttl;
+        if let Some(exp) = a.exp {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            if !exp.is_finite() || exp <= now {
+                return Ok(refused(Invalid::Expired));
+            }
+            ttl = ttl.min(Duration::from_secs_f64((exp - now).min(1e9)));
+        }
+        let granted = Granted::from_claims(a.scope.as_ref(), a.scp.as_ref());
+        Ok(Arc::new(Answer { verdict: Ok(granted), ttl }))
+    }
+}

@@ -1,0 +1,190 @@
+//! Local validation of the caller's JWT access token (RFC 9068, following
+//! RFC 8725): size cap; header parsed by us first (`crit` refused, `alg`
+//! from the allow-list only, so `none` and HMAC never pass; optional `typ`);
+//! key from the issuer's JWKS by `kid`, of a type that suits `alg`; then
+//! signature, `iss`, `aud`, `exp` and `nbf` (with leeway) by jsonwebtoken.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::jwks::{self, Jwks};
+use super::scopes::Granted;
+use super::{InboundError, Invalid};
+use crate::config::JwtConfig;
+use crate::metrics::Metrics;
+
+pub struct JwtValidator {
+    cfg: JwtConfig,
+    jwks: Arc<Jwks>,
+    /// One prepared validation per allowed algorithm.
+    validations: Vec<(Algorithm, Validation)>,
+    /// `require_typ`, lower-case, without `application/`.
+    typ: Option<String>,
+}
+
+/// The claims read after validation.
+#[derive(Deserialize)]
+struct ScopeClaims {
+    #[serde(default)]
+    scope: Option<Value>,
+    #[serde(default)]
+    scp: Option<Value>,
+}
+
+/// The JOSE header fields we decide on.
+struct JoseHeader {
+    alg: Algorithm,
+    typ: Option<String>,
+    kid: Option<String>,
+}
+
+impl JwtValidator {
+    pub fn new(cfg: &JwtConfig, metrics: &Metrics) -> Result<Self, String> {
+        let http =
+            super::fetch::client(cfg.ca_file.as_deref(), cfg.timeout).map_err(|e| format!("inbound.jwt: {e}"))?;
+        let jwks = Jwks::new(
+            cfg.jwks_uri.clone(),
+            http,
+            (cfg.jwks_refresh_min, cfg.jwks_refresh_max),
+            cfg.unknown_kid_cooldown,
+            metrics.jwks_fetches(&jwks::OUTCOMES),
+        );
+        let validations = cfg
+            .algorithms
+            .iter()
+            .map(|&alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = cfg.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_issuer(&[&cfg.issuer]);
+                v.set_audience(&cfg.audiences);
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                (alg, v)
+            })
+            .collect();
+        Ok(JwtValidator {
+            cfg: cfg.clone(),
+            jwks: Arc::new(jwks),
+            validations,
+            typ: cfg.require_typ.as_deref().map(normalize_typ),
+        })
+    }
+
+    pub fn config(&self) -> &JwtConfig {
+        &self.cfg
+    }
+
+    pub fn jwks(&self) -> &Arc<Jwks> {
+        &self.jwks
+    }
+
+    /// Validates `token`; the scopes it grants.
+    pub async fn validate(&self, token: &str) -> Result<Granted, InboundError> {
+        if token.len() > self.cfg.max_token_bytes {
+            return Err(Invalid::TooLarge.into());
+        }
+        let header = parse_header(token)?;
+        let Some((alg, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(Invalid::AlgNotAllowed.into());
+        };
+        if let Some(want) = &self.typ {
+            if header.typ.as_deref().map(normalize_typ).as_ref() != Some(want) {
+                return Err(Invalid::WrongTyp.into());
+            }
+        }
+        let key = self.jwks.key(header.kid.as_deref(), *alg).await?;
+        let data = jsonwebtoken::decode::<ScopeClaims>(token, &key.decoding, validation).map_err(|e| refusal(&e))?;
+        Ok(Granted::from_claims(data.claims.scope.as_ref(), data.claims.scp.as_ref()))
+    }
+}
+
+/// `application/at+jwt` and `at+jwt` are the same type (RFC 7515 §4.1.9).
+fn normalize_typ(t: &str) -> String {
+    let t = t.to_ascii_lowercase();
+    t.strip_prefix("application/").map(str::to_owned).unwrap_or(t)
+}
+
+/// Parses the JOSE header of a compact JWS ourselves, before any key is
+/// chosen: exactly three segments, a JSON object, no `crit`, a known `alg`.
+fn parse_header(token: &str) -> Result<JoseHeader, InboundError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(Invalid::Malformed.into());
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| Invalid::Malformed)?;
+    let map: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| Invalid::Malformed)?;
+    // Extensions we would have to understand (RFC 7515 §4.1.11): we understand none.
+    if map.contains_key("crit") {
+        return Err(Invalid::CritHeader.into());
+    }
+    let text = |name: &str| -> Result<Option<String>, InboundError> {
+        match map.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Invalid::Malformed.into()),
+        }
+    };
+    // `none`, HMAC and unknown names all end here or in the allow-list check.
+    let alg = text("alg")?.ok_or(Invalid::Malformed)?;
+    let alg = Algorithm::from_str(&alg).map_err(|_| Invalid::AlgNotAllowed)?;
+    Ok(JoseHeader { alg, typ: text("typ")?, kid: text("kid")? })
+}
+
+/// A jsonwebtoken error as a refusal reason.
+fn refusal(e: &jsonwebtoken::errors::Error) -> Invalid {
+    match e.kind() {
+        ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => Invalid::BadSignature,
+        ErrorKind::ExpiredSignature => Invalid::Expired,
+        ErrorKind::ImmatureSignature => Invalid::NotYetValid,
+        ErrorKind::InvalidIssuer => Invalid::WrongIssuer,
+        ErrorKind::InvalidAudience => Invalid::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => Invalid::MissingClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => Invalid::KeyMismatch,
+        // Shape, base64, JSON, UTF-8 (jsonwebtoken's ErrorKind is non-exhaustive).
+        _ => Invalid::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: &str) -> String {
+        format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(header))
+    }
+
+    fn reason(t: &str) -> &'static str {
+        match parse_header(t) {
+            Ok(_) => "ok",
+            Err(e) => e.reason(),
+        }
+    }
+
+    #[test]
+    fn header_checks_come_first() {
+        assert_eq!(reason(&token(r#"{"alg":"ES256","kid":"k","typ":"at+jwt"}"#)), "ok");
+        assert_eq!(reason(&token(r#"{"alg":"none"}"#)), "alg_not_allowed");
+        assert_eq!(reason(&token(r#"{"alg":"None"}"#)), "alg_not_allowed");
+        assert_eq!(reason(&token(r#"{"alg":"ES256","crit":["exp"],"exp":1}"#)), "crit_header");
+        assert_eq!(reason(&token(r#"{"typ":"JWT"}"#)), "malformed");
+        assert_eq!(reason(&token(r#"{"alg":"ES256","kid":7}"#)), "malformed");
+        assert_eq!(reason(&token(r#"[1]"#)), "malformed");
+        assert_eq!(reason("a.b"), "malformed");
+        assert_eq!(reason("a.b.c.d.e"), "malformed");
+        assert_eq!(reason("!!.b.c"), "malformed");
+    }
+
+    #[test]
+    fn typ_ignores_the_application_prefix_and_case() {
+        assert_eq!(normalize_typ("application/AT+JWT"), "at+jwt");
+        assert_eq!(normalize_typ("at+jwt"), "at+jwt");
+    }
+}

@@ -1,0 +1,336 @@
+//! `inbound:` (JWT validation or RFC 7662 introspection) and
+//! `routes[].require_scopes`.
+
+use std::str::FromStr;
+
+use jsonwebtoken::Algorithm;
+
+use super::super::interp::Dur;
+use super::*;
+
+/// Algorithms accepted in `inbound.jwt.algorithms`: asymmetric only.
+const ALLOWED: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Largest bearer token the extractor accepts; the JWT cap cannot exceed it.
+const MAX_TOKEN_CAP: usize = crate::auth::bearer::MAX_TOKEN_BYTES;
+
+pub(super) fn inbound(cx: &mut Ctx, raw: RawInbound) -> Option<InboundConfig> {
+    match (raw.jwt, raw.introspection) {
+        (Some(j), None) => jwt(cx, j).map(InboundConfig::Jwt),
+        (None, Some(i)) => introspection(cx, i).map(InboundConfig::Introspection),
+        (Some(_), Some(_)) => {
+            cx.err("inbound", "set either jwt or introspection, not both");
+            None
+        }
+        (None, None) => {
+            cx.err("inbound", "set jwt or introspection");
+            None
+        }
+    }
+}
+
+fn positive(cx: &mut Ctx, path: &str, d: Option<Dur>, default: Duration) -> Duration {
+    let d = d.map_or(default, |d| d.0);
+    if d.is_zero() {
+        cx.err(path, "must be greater than zero");
+    }
+    d
+}
+
+fn jwt(cx: &mut Ctx, j: RawJwt) -> Option<JwtConfig> {
+    const BASE: &str = "inbound.jwt";
+    let mut ok = true;
+    if j.issuer.value.is_empty() {
+        cx.err(format!("{BASE}.issuer"), "must not be empty");
+        ok = false;
+    }
+    let jwks_uri = http_url(cx, &format!("{BASE}.jwks_uri"), &j.jwks_uri);
+    if j.audiences.is_empty() {
+        cx.err(format!("{BASE}.audiences"), "list at least one audience this gateway accepts (RFC 9068 §4)");
+        ok = false;
+    }
+    for (i, a) in j.audiences.iter().enumerate() {
+        if a.value.is_empty() {
+            cx.err(format!("{BASE}.audiences[{i}]"), "must not be empty");
+            ok = false;
+        }
+    }
+    let names = j
+        .algorithms
+        .map_or_else(|| vec!["RS256".to_owned(), "ES256".to_owned()], |v| v.into_iter().map(|t| t.value).collect());
+    if names.is_empty() {
+        cx.err(format!("{BASE}.algorithms"), "list at least one algorithm");
+        ok = false;
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("{BASE}.algorithms[{i}]");
+        match Algorithm::from_str(name) {
+            Ok(a) if ALLOWED.contains(&a) => {
+                if !algorithms.contains(&a) {
+                    algorithms.push(a);
+                }
+            }
+            Ok(_) => {
+                cx.err(
+                    path,
+                    format!("{name} is refused: HMAC needs a shared secret, and a public JWKS key used as one is the key-confusion attack"),
+                );
+                ok = false;
+            }
+            Err(_) if name.eq_ignore_ascii_case("none") => {
+                cx.err(path, "alg none (unsigned tokens) is never accepted");
+                ok = false;
+            }
+            Err(_) => {
+                cx.err(
+                    path,
+                    format!("unknown algorithm {name:?}: expected RS256/384/512, PS256/384/512, ES256/384 or EdDSA"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let leeway = j.leeway.map_or(Duration::from_secs(30), |d| d.0);
+    if leeway > Duration::from_secs(300) {
+        cx.err(format!("{BASE}.leeway"), "at most 5m");
+        ok = false;
+    }
+    let require_typ = j.require_typ.map(|t| t.value);
+    if require_typ.as_deref().is_some_and(str::is_empty) {
+        cx.err(format!("{BASE}.require_typ"), "must not be empty (omit it to accept any typ)");
+        ok = false;
+    }
+    let max_token_bytes = j.max_token_bytes.unwrap_or(8 * 1024);
+    if !(1024..=MAX_TOKEN_CAP).contains(&max_token_bytes) {
+        cx.err(format!("{BASE}.max_token_bytes"), format!("must be between 1024 and {MAX_TOKEN_CAP}"));
+        ok = false;
+    }
+    let jwks_refresh_min = j.jwks_refresh_min.map_or(Duration::from_secs(60), |d| d.0);
+    let jwks_refresh_max = j.jwks_refresh_max.map_or(Duration::from_secs(3600), |d| d.0);
+    if jwks_refresh_min < Duration::from_secs(1) {
+        cx.err(format!("{BASE}.jwks_refresh_min"), "at least 1s");
+        ok = false;
+    }
+    if jwks_refresh_max < jwks_refresh_min {
+        cx.err(format!("{BASE}.jwks_refresh_max"), "must not be shorter than jwks_refresh_min");
+        ok = false;
+    }
+    let unknown_kid_cooldown = j.unknown_kid_cooldown.map_or(Duration::from_secs(10), |d| d.0);
+    if unknown_kid_cooldown < Duration::from_secs(1) {
+        cx.err(
+            format!("{BASE}.unknown_kid_cooldown"),
+            "at least 1s (it bounds how often forged kids make tokex refetch the JWKS)",
+        );
+        ok = false;
+    }
+    let ca_file = j.ca_file.as_ref().map(|f| existing_file(cx, &format!("{BASE}.ca_file"), f));
+    let timeout = positive(cx, &format!("{BASE}.timeout"), j.timeout, Duration::from_secs(5));
+    let jwks_uri = jwks_uri?;
+    ok.then(|| JwtConfig {
+        issuer: j.issuer.value,
+        jwks_uri,
+        audiences: j.audiences.into_iter().map(|t| t.value).collect(),
+        algorithms,
+        leeway,
+        require_typ,
+        max_token_bytes,
+        jwks_refresh_min,
+        jwks_refresh_max,
+        unknown_kid_cooldown,
+        ca_file,
+        timeout,
+    })
+}
+
+fn introspection(cx: &mut Ctx, i: RawIntrospection) -> Option<IntrospectionConfig> {
+    const BASE: &str = "inbound.introspection";
+    let endpoint = http_url(cx, &format!("{BASE}.endpoint"), &i.endpoint);
+    let client_auth = match i.client_auth {
+        None => Some(ClientAuthConfig::None { client_id: None }),
+        Some(ca) => {
+            let path = format!("{BASE}.client_auth");
+            match client_auth(cx, &path, ca) {
+                Some(
+                    c @ (ClientAuthConfig::SecretBasic { .. }
+                    | ClientAuthConfig::SecretPost { .. }
+                    | ClientAuthConfig::None { .. }),
+                ) => Some(c),
+                Some(_) => {
+                    cx.err(
+                        format!("{path}.method"),
+                        "introspection supports client_secret_basic, client_secret_post or none",
+                    );
+                    None
+                }
+                None => None,
+            }
+        }
+    };
+    let cache_ttl = i.cache_ttl.map_or(Duration::from_secs(30), |d| d.0);
+    let negative_ttl = i.negative_ttl.map_or(Duration::from_secs(5), |d| d.0);
+    if negative_ttl > cache_ttl.max(Duration::from_secs(60)) {
+        cx.err(format!("{BASE}.negative_ttl"), "keep it short (at most cache_ttl or 1m)");
+    }
+    let max_entries = i.max_entries.unwrap_or(100_000);
+    if max_entries == 0 {
+        cx.err(format!("{BASE}.max_entries"), "must be at least 1");
+    }
+    let ca_file = i.ca_file.as_ref().map(|f| existing_file(cx, &format!("{BASE}.ca_file"), f));
+    let timeout = positive(cx, &format!("{BASE}.timeout"), i.timeout, Duration::from_secs(2));
+    Some(IntrospectionConfig {
+        endpoint: endpoint?,
+        client_auth: client_auth?,
+        cache_ttl,
+        negative_ttl,
+        max_entries,
+        ca_file,
+        timeout,
+    })
+}
+
+/// `routes[i].require_scopes`: scope tokens (RFC 6749 §3.3), only on
+/// `auth: exchange` routes. Absent is an empty list.
+pub(super) fn require_scopes(
+    cx: &mut Ctx,
+    base: &str,
+    list: Option<Vec<Text>>,
+    auth: Option<AuthMode>,
+) -> Option<Vec<String>> {
+    let Some(list) = list else { return Some(Vec::new()) };
+    let path = format!("{base}.require_scopes");
+    let mut ok = true;
+    if auth.is_some_and(|a| a != AuthMode::Exchange) {
+        cx.err(&path, "only used with auth: exchange (the caller's token is checked there)");
+        ok = false;
+    }
+    if list.is_empty() {
+        cx.err(&path, "list at least one scope, or remove require_scopes");
+        ok = false;
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.into_iter().enumerate() {
+        // scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if t.value.is_empty()
+            || !t.value.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            cx.err(format!("{path}[{i}]"), "a scope is printable ASCII without spaces, '\"' or '\\'");
+            ok = false;
+        }
+        out.push(t.value);
+    }
+    ok.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::{parse, InboundConfig};
+
+    const ROUTES: &str = r#"
+authorization_servers:
+  corp: { token_endpoint: https://as.example.com/token }
+routes:
+  - name: orders
+    upstream: http://127.0.0.1:8081
+    require_scopes: [orders:read]
+    exchange: { authorization_server: corp }
+"#;
+
+    fn with(inbound: &str) -> String {
+        format!("listen: {{ address: \"127.0.0.1:8080\" }}\n{inbound}{ROUTES}")
+    }
+
+    fn errors(yaml: &str) -> String {
+        match parse(yaml) {
+            Ok(_) => String::new(),
+            Err(e) => e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    #[test]
+    fn jwt_defaults() {
+        let c = parse(&with("inbound:\n  jwt: { issuer: https://as, jwks_uri: https://as/jwks, audiences: [edge] }\n"))
+            .unwrap();
+        let Some(InboundConfig::Jwt(j)) = c.inbound else { panic!("no jwt") };
+        assert_eq!(j.algorithms, vec![jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::ES256]);
+        assert_eq!(j.max_token_bytes, 8192);
+        assert_eq!(j.leeway.as_secs(), 30);
+        assert_eq!((j.jwks_refresh_min.as_secs(), j.jwks_refresh_max.as_secs()), (60, 3600));
+        assert_eq!(j.unknown_kid_cooldown.as_secs(), 10);
+        assert_eq!(c.routes[0].require_scopes, vec!["orders:read"]);
+    }
+
+    #[test]
+    fn refuses_none_hmac_and_unknown_algorithms() {
+        let errs = errors(&with(
+            "inbound:\n  jwt: { issuer: https://as, jwks_uri: https://as/jwks, audiences: [edge], algorithms: [none, HS256, ES512, ES256] }\n",
+        ));
+        assert!(errs.contains("inbound.jwt.algorithms[0]: alg none"), "{errs}");
+        assert!(errs.contains("inbound.jwt.algorithms[1]: HS256 is refused"), "{errs}");
+        assert!(errs.contains("inbound.jwt.algorithms[2]: unknown algorithm"), "{errs}");
+    }
+
+    #[test]
+    fn checks_the_jwt_section() {
+        let errs = errors(&with(
+            "inbound:\n  jwt: { issuer: \"\", jwks_uri: \"ftp://x\", max_token_bytes: 100, jwks_refresh_min: 10m, jwks_refresh_max: 1m, unknown_kid_cooldown: 0s, bogus: 1 }\n",
+        ));
+        assert!(errs.contains("bogus"), "unknown keys are errors: {errs}");
+        let errs = errors(&with(
+            "inbound:\n  jwt: { issuer: \"\", jwks_uri: \"ftp://x\", max_token_bytes: 100, jwks_refresh_min: 10m, jwks_refresh_max: 1m, unknown_kid_cooldown: 0s }\n",
+        ));
+        for needle in [
+            "inbound.jwt.issuer",
+            "inbound.jwt.jwks_uri",
+            "inbound.jwt.audiences",
+            "inbound.jwt.max_token_bytes",
+            "inbound.jwt.jwks_refresh_max",
+            "inbound.jwt.unknown_kid_cooldown",
+        ] {
+            assert!(errs.contains(needle), "missing {needle} in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn exactly_one_inbound_check() {
+        let both = "inbound:\n  jwt: { issuer: https://as, jwks_uri: https://as/jwks, audiences: [edge] }\n  introspection: { endpoint: https://as/introspect }\n";
+        assert!(errors(&with(both)).contains("inbound: set either jwt or introspection, not both"));
+        assert!(errors(&with("inbound: {}\n")).contains("inbound: set jwt or introspection"));
+    }
+
+    #[test]
+    fn introspection_takes_the_token_endpoint_client_auth_shape() {
+        let ok = "inbound:\n  introspection:\n    endpoint: https://as/introspect\n    client_auth: { method: client_secret_post, client_id: tokex, client_secret: s }\n";
+        let c = parse(&with(ok)).unwrap();
+        let Some(InboundConfig::Introspection(i)) = c.inbound else { panic!("no introspection") };
+        assert_eq!((i.cache_ttl.as_secs(), i.negative_ttl.as_secs(), i.timeout.as_secs()), (30, 5, 2));
+        let errs = errors(&with(
+            "inbound:\n  introspection:\n    endpoint: https://as/introspect\n    client_auth: { method: client_secret_basic, client_id: tokex }\n",
+        ));
+        assert!(errs.contains("inbound.introspection.client_auth"), "{errs}");
+    }
+
+    #[test]
+    fn require_scopes_needs_inbound_and_an_exchange_route() {
+        let errs = errors(&with(""));
+        assert!(errs.contains("routes[0].require_scopes: needs inbound:"), "{errs}");
+        let yaml = with("inbound:\n  introspection: { endpoint: https://as/introspect }\n")
+            .replace("    exchange: { authorization_server: corp }\n", "    auth: none\n");
+        let errs = errors(&yaml);
+        assert!(errs.contains("routes[0].require_scopes: only used with auth: exchange"), "{errs}");
+        let yaml = with("inbound:\n  introspection: { endpoint: https://as/introspect }\n")
+            .replace("[orders:read]", "[\"orders read\", \"\"]");
+        let errs = errors(&yaml);
+        assert!(errs.contains("routes[0].require_scopes[0]") && errs.contains("routes[0].require_scopes[1]"), "{errs}");
+    }
+}
