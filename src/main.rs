@@ -80,6 +80,13 @@ fn demo(serve: bool, log: &str, format: LogFormat) -> ExitCode {
         }
     };
     rt.block_on(async {
+        let mut signals = match tokex::app::StopSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let demo = match tokex::demo::start().await {
             Ok(d) => d,
             Err(e) => {
@@ -100,7 +107,7 @@ fn demo(serve: bool, log: &str, format: LogFormat) -> ExitCode {
         };
         if serve && code == ExitCode::SUCCESS {
             println!("\n{}", tokex::demo::curl_help(&demo));
-            let _ = tokio::signal::ctrl_c().await;
+            signals.recv().await;
         }
         demo.stop().await;
         code
@@ -170,6 +177,11 @@ fn run(path: &Path, log: &str, format: LogFormat) -> ExitCode {
 
 async fn serve(path: PathBuf, config: Config) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
+    // Installed before the listeners announce themselves.
+    let (Ok(mut stop), Ok(mut hup)) = (tokex::app::StopSignals::install(), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
     let running = match tokex::app::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -177,18 +189,11 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
     let mut stamp = file_stamp(&path);
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     loop {
         let reason = tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = stop.recv() => break,
             _ = hup.recv() => "SIGHUP",
             _ = poll.tick() => {
                 let now = file_stamp(&path);
@@ -202,8 +207,7 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
         _ = running.shutdown() => {}
-        _ = term.recv() => { tracing::warn!("second signal: exiting now"); return ExitCode::FAILURE; }
-        _ = int.recv() => { tracing::warn!("second signal: exiting now"); return ExitCode::FAILURE; }
+        _ = stop.recv() => { tracing::warn!("second signal: exiting now"); return ExitCode::FAILURE; }
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -58,6 +58,14 @@ enum Origin {
 }
 
 async fn run_async(args: DevStsArgs) -> ExitCode {
+    // Before anything is printed: a signal right after the banner must stop us cleanly.
+    let mut signals = match crate::app::StopSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut clients: Vec<(ClientSpec, Origin)> = Vec::new();
     for flag in &args.clients {
         match ClientSpec::parse_flag(flag) {
@@ -141,25 +149,10 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
         println!("try:\n  {hint} {}", sts.token_endpoint());
     }
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("dev-sts: shutting down");
     sts.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// A `curl` for client_credentials with the first client that has a
