@@ -96,7 +96,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = build_runtime(&config, &metrics)?;
     let exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
-    let forwarder = Forwarder::new(tls_config(None).map_err(StartError::Setup)?);
+    let tls = match &config.listen.tls {
+        Some(t) => {
+            Some(tokio_rustls::TlsAcceptor::from(crate::proxy::tls::server_config(t).map_err(StartError::Setup)?))
+        }
+        None => None,
+    };
+    let proto = if tls.is_some() { "https" } else { "http" };
+    let forwarder = Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto);
     let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));
 
     let bind = |addr: SocketAddr| async move {
@@ -118,7 +125,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         header_read_timeout: config.listen.header_read_timeout,
         max_header_bytes: config.listen.max_header_bytes,
     };
-    let mut tasks = vec![tokio::spawn(serve(listener, limits, gateway.clone(), rx.clone(), config.shutdown_grace))];
+    let mut tasks =
+        vec![tokio::spawn(serve(listener, tls, limits, gateway.clone(), rx.clone(), config.shutdown_grace))];
     // Not ready before the inbound JWKS has been fetched once.
     if let Some(inbound) = &gateway.runtime().inbound {
         tasks.extend(inbound.start(&readiness, rx.clone()));
@@ -126,7 +134,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(l) = admin_listener {
         let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
         let admin_limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
-        tasks.push(tokio::spawn(serve(l, admin_limits, admin, rx, Duration::from_secs(1))));
+        tasks.push(tokio::spawn(serve(l, None, admin_limits, admin, rx, Duration::from_secs(1))));
     }
     readiness.set_serving();
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "tokex listening");

@@ -134,7 +134,7 @@ pub async fn start() -> Result<Demo, DemoError> {
     let backend = listener.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?;
     let (backend_stop, rx) = watch::channel(false);
     let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 };
-    let backend_task = tokio::spawn(serve(listener, limits, echo, rx, Duration::from_secs(1)));
+    let backend_task = tokio::spawn(serve(listener, None, limits, echo, rx, Duration::from_secs(1)));
 
     // The agent that acts for alice on /billing (delegation).
     let actor = sts.mint("agent-7", &["agent"], &["tokex"], Duration::from_secs(3600));

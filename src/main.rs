@@ -134,6 +134,12 @@ fn check(path: &Path) -> ExitCode {
     for w in &config.warnings {
         println!("warning: {w}");
     }
+    if let Some(tls) = &config.listen.tls {
+        if let Err(e) = tokex::proxy::tls::server_config(tls) {
+            println!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
     // Build what `run` would build (clients, secret and actor files), without binding.
     if let Err(e) = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new()) {
         println!("error: {e}");

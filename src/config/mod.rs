@@ -45,8 +45,20 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
     pub address: SocketAddr,
+    /// TLS on the listener (HTTP/1.1 and h2 by ALPN).
+    pub tls: Option<ListenTls>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// When set, callers must present a certificate issued by one of these CAs.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

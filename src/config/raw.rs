@@ -31,11 +31,20 @@ pub struct RawConfig {
 pub struct RawListen {
     pub address: Text,
     #[serde(default)]
-    pub tls: Option<serde_yaml::Value>,
+    pub tls: Option<RawListenTls>,
     #[serde(default)]
     pub header_read_timeout: Option<Dur>,
     #[serde(default)]
     pub max_header_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenTls {
+    pub cert_file: Text,
+    pub key_file: Text,
+    #[serde(default)]
+    pub client_ca_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,9 +29,6 @@ impl Ctx {
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Diagnostic { path: path.into(), line: None, message: message.into() });
     }
-    fn not_yet(&mut self, path: impl Into<String>, what: &str) {
-        self.err(path, format!("{what} is not supported yet in this version of tokex"));
-    }
 }
 
 fn strict() -> bool {
@@ -139,9 +136,11 @@ fn socket_addr(cx: &mut Ctx, path: &str, t: &Text) -> Option<SocketAddr> {
 }
 
 fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
-    if l.tls.is_some() {
-        cx.not_yet("listen.tls", "TLS on the listener");
-    }
+    let tls = l.tls.map(|t| ListenTls {
+        cert_file: existing_file(cx, "listen.tls.cert_file", &t.cert_file),
+        key_file: existing_file(cx, "listen.tls.key_file", &t.key_file),
+        client_ca_file: t.client_ca_file.as_ref().map(|f| existing_file(cx, "listen.tls.client_ca_file", f)),
+    });
     let max_header_bytes = l.max_header_bytes.unwrap_or(64 * 1024);
     if !(8192..=1024 * 1024).contains(&max_header_bytes) {
         cx.err("listen.max_header_bytes", "must be between 8192 and 1048576");
@@ -149,6 +148,7 @@ fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
     let address = socket_addr(cx, "listen.address", &l.address)?;
     Some(ListenConfig {
         address,
+        tls,
         header_read_timeout: l.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
         max_header_bytes,
     })
@@ -737,13 +737,20 @@ routes:
     }
 
     #[test]
-    fn later_sections_are_refused_not_ignored() {
+    fn listener_tls_needs_readable_files() {
         let yaml = BASE.replace(
             "listen: { address: \"127.0.0.1:8080\" }",
             "listen: { address: \"127.0.0.1:8080\", tls: { cert_file: x } }",
         );
         let errs = errors(&yaml).join("\n");
-        assert!(errs.contains("listen.tls: TLS on the listener is not supported yet"), "{errs}");
+        assert!(errs.contains("listen.tls") && errs.contains("missing field `key_file`"), "{errs}");
+        let yaml = BASE.replace(
+            "listen: { address: \"127.0.0.1:8080\" }",
+            "listen: { address: \"127.0.0.1:8080\", tls: { cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem } }",
+        );
+        let errs = errors(&yaml).join("\n");
+        assert!(errs.contains("listen.tls.cert_file: cannot read /nonexistent/c.pem"), "{errs}");
+        assert!(errs.contains("listen.tls.key_file: cannot read /nonexistent/k.pem"), "{errs}");
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     });
     let (shutdown, rx) = watch::channel(false);
     let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
-    let task = tokio::spawn(serve(listener, limits, state.clone(), rx, Duration::from_secs(1)));
+    let task = tokio::spawn(serve(listener, None, limits, state.clone(), rx, Duration::from_secs(1)));
     tracing::info!(%addr, issuer = %state.issuer, kid = %state.key.kid, "dev-sts (development only) listening");
     Ok(DevSts { addr, state, shutdown, task: Some(task) })
 }

@@ -211,7 +211,29 @@ impl Policy {
 
 /// First 8 hex characters of a digest: the only form of a token that logs carry.
 pub fn hex8(digest: &[u8]) -> String {
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    Fingerprint::of(digest).to_string()
+}
+
+/// The first 4 bytes of a token's SHA-256, shown as 8 hex characters.
+/// Copy, no allocation: the access log formats it in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint([u8; 4]);
+
+impl Fingerprint {
+    pub fn of(digest: &[u8]) -> Self {
+        let mut b = [0u8; 4];
+        for (dst, src) in b.iter_mut().zip(digest) {
+            *dst = *src;
+        }
+        Fingerprint(b)
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a:02x}{b:02x}{c:02x}{d:02x}")
+    }
 }
 
 /// What an audit event names (never a token).

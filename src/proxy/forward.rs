@@ -59,10 +59,12 @@ impl Upstream {
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// `X-Forwarded-Proto`: the listener's scheme.
+    proto: &'static str,
 }
 
 impl Forwarder {
-    pub fn new(tls: rustls::ClientConfig) -> Self {
+    pub fn new(tls: rustls::ClientConfig, proto: &'static str) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -78,7 +80,7 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Forwarder { client }
+        Forwarder { client, proto }
     }
 
     /// Rewrites `req` for the upstream and sends it. `credential` is the
@@ -111,7 +113,7 @@ impl Forwarder {
                 h.insert(HOST, host.clone());
             }
         }
-        headers::set_forwarded(h, peer.ip(), "http", host);
+        headers::set_forwarded(h, peer.ip(), self.proto, host);
 
         let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,

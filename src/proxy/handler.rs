@@ -18,7 +18,7 @@ use crate::auth::{bearer, Inbound};
 use crate::error::GatewayError;
 use crate::exchange::cache::EntryKind;
 use crate::exchange::client::AsClient;
-use crate::exchange::{hex8, Exchanger};
+use crate::exchange::{Exchanger, Fingerprint};
 use crate::metrics::RouteMetrics;
 use crate::routes::{Route, RouteAuth, RouteTable};
 
@@ -43,7 +43,7 @@ pub struct Gateway {
 #[derive(Default)]
 struct Trace {
     route: Option<Arc<Route>>,
-    fingerprint: Option<String>,
+    fingerprint: Option<Fingerprint>,
     cache: Option<bool>,
     exchange_time: Option<Duration>,
     evicted: bool,
@@ -93,7 +93,7 @@ impl Gateway {
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             cache = match trace.cache { Some(true) => "hit", Some(false) => "miss", None => "-" },
             exchange_ms = trace.exchange_time.map(|d| d.as_secs_f64() * 1000.0),
-            token = trace.fingerprint.as_deref().unwrap_or("-"),
+            token = %OrDash(trace.fingerprint),
             evicted = trace.evicted,
             error = error.as_ref().map(|e| e.reason()),
             "request"
@@ -126,7 +126,7 @@ impl Gateway {
                 }
                 let subject = bearer::extract(req.headers())?;
                 let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-                trace.fingerprint = Some(hex8(&subject_hash));
+                trace.fingerprint = Some(Fingerprint::of(&subject_hash));
                 if let Some(inbound) = &runtime.inbound {
                     inbound.check(subject, &subject_hash, &route.require_scopes).await?;
                 }
@@ -173,5 +173,17 @@ impl super::server::Handler for Gateway {
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         self.serve(req, peer)
+    }
+}
+
+/// Shows a value, or `-` when there is none (access log fields).
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }

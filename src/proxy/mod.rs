@@ -5,6 +5,7 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod server;
+pub mod tls;
 
 /// Response body: a streamed upstream body or a small local answer.
 pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;

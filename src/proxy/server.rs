@@ -21,6 +21,7 @@ use super::Body;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Also bounds the TLS handshake.
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
 }
@@ -34,6 +35,7 @@ pub trait Handler: Send + Sync + 'static {
 /// waits up to `grace` for open connections to finish their requests.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
     handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
@@ -72,13 +74,33 @@ pub async fn serve<H: Handler>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection closed with an error");
+        match &tls {
+            None => {
+                let conn =
+                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection closed with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded like a request head.
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn =
+                        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection closed with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
