@@ -171,7 +171,16 @@ fn run(path: &Path, log: &str, format: LogFormat) -> ExitCode {
         tracing::warn!("config: {w}");
     }
     let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    // One worker: a current-thread runtime (no work-stealing machinery, no
+    // cross-thread wake-ups). More: the multi-thread scheduler.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

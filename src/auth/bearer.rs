@@ -51,13 +51,22 @@ fn trim_spaces(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
+/// The b64token characters, as a table (tokens are long; this runs per request).
+const B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        c += 1;
+    }
+    t
+};
+
 /// b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 fn is_b64token(t: &[u8]) -> bool {
     let body_end = t.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
-    body_end > 0
-        && t[..body_end]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    body_end > 0 && t[..body_end].iter().all(|&c| B64TOKEN[usize::from(c)])
 }
 
 /// True when the query string carries an `access_token` parameter: such a

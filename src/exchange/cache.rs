@@ -71,14 +71,52 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
     }
 }
 
+/// Keys are SHA-256 outputs, already uniform and not choosable by a caller:
+/// their first 8 bytes are the hash (no SipHash over a hash).
+#[derive(Clone, Copy, Default)]
+pub struct KeyHash;
+
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length, then its bytes: keep the bytes.
+        if bytes.len() >= 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[..8]);
+            self.0 ^= u64::from_le_bytes(b);
+        } else {
+            for &x in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(x);
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct TokenCache {
-    inner: moka::future::Cache<Key, Arc<Entry>>,
+    inner: moka::future::Cache<Key, Arc<Entry>, KeyHash>,
 }
 
 impl TokenCache {
     pub fn new(max_entries: u64) -> Self {
-        TokenCache { inner: moka::future::Cache::builder().max_capacity(max_entries).expire_after(PerEntry).build() }
+        TokenCache {
+            inner: moka::future::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntry)
+                .build_with_hasher(KeyHash),
+        }
     }
 
     pub async fn get(&self, key: &Key) -> Option<Arc<Entry>> {

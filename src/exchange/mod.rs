@@ -175,10 +175,12 @@ impl Policy {
         Ok(Policy { route: route.to_owned(), scope: cfg.scope.join(" "), client, cfg, digest, actor })
     }
 
-    /// The cache key of `subject` (given as its SHA-256) under this policy.
+    /// The cache key of `subject` (given as its SHA-256) under this policy:
+    /// SHA-256 over 128 bits of the policy digest and the subject's hash —
+    /// 48 bytes, one compression block on the request path.
     pub fn key(&self, subject_hash: &[u8; 32]) -> Key {
         let mut h = Sha256::new();
-        h.update(self.digest);
+        h.update(&self.digest[..16]);
         h.update(subject_hash);
         h.finalize().into()
     }
