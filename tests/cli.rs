@@ -253,7 +253,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let file = write_config(
         &dir,
         &format!(
-            "runtime: {{ shutdown_grace: 5s, shutdown_delay: 300ms }}\nroutes:\n  - name: slow\n    auth: none\n    upstream: http://{slow}\n"
+            "runtime: {{ workers: 1, shutdown_grace: 5s, shutdown_delay: 300ms }}\nroutes:\n  - name: slow\n    auth: none\n    upstream: http://{slow}\n"
         ),
     );
     let mut gw = Proc::start(&file, "info").await;
