@@ -13,3 +13,17 @@ pub mod scopes;
 pub mod unverified;
 
 pub use inbound::{Inbound, InboundError, Invalid};
+
+/// The JWS algorithms tokex accepts on inbound tokens and signs client
+/// assertions with: asymmetric only (never `none`, never HMAC).
+pub const ASYMMETRIC_ALGORITHMS: &[jsonwebtoken::Algorithm] = &[
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::RS384,
+    jsonwebtoken::Algorithm::RS512,
+    jsonwebtoken::Algorithm::PS256,
+    jsonwebtoken::Algorithm::PS384,
+    jsonwebtoken::Algorithm::PS512,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::ES384,
+    jsonwebtoken::Algorithm::EdDSA,
+];

@@ -30,17 +30,7 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// Algorithms tokex signs client assertions with.
-pub const ASSERTION_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+pub const ASSERTION_ALGORITHMS: &[Algorithm] = crate::auth::ASYMMETRIC_ALGORITHMS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

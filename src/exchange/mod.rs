@@ -116,15 +116,7 @@ impl MachinePolicy {
     fn form(&self) -> String {
         let mut f = form_urlencoded::Serializer::new(String::with_capacity(256));
         f.append_pair("grant_type", "client_credentials");
-        for a in &self.cfg.audience {
-            f.append_pair("audience", a);
-        }
-        for r in &self.cfg.resource {
-            f.append_pair("resource", r);
-        }
-        if !self.scope.is_empty() {
-            f.append_pair("scope", &self.scope);
-        }
+        append_target(&mut f, &self.cfg.audience, &self.cfg.resource, &self.scope);
         f.finish()
     }
 }
@@ -192,15 +184,7 @@ impl Policy {
         f.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)
             .append_pair("subject_token", subject)
             .append_pair("subject_token_type", &self.cfg.subject_token_type);
-        for a in &self.cfg.audience {
-            f.append_pair("audience", a);
-        }
-        for r in &self.cfg.resource {
-            f.append_pair("resource", r);
-        }
-        if !self.scope.is_empty() {
-            f.append_pair("scope", &self.scope);
-        }
+        append_target(&mut f, &self.cfg.audience, &self.cfg.resource, &self.scope);
         if let Some(t) = &self.cfg.requested_token_type {
             f.append_pair("requested_token_type", t);
         }
@@ -208,6 +192,25 @@ impl Policy {
             f.append_pair("actor_token", token).append_pair("actor_token_type", &actor.token_type);
         }
         f.finish()
+    }
+}
+
+/// Repeated `audience` and `resource` (RFC 8693 §2.1, RFC 8707), and the
+/// space-joined `scope` when there is one.
+fn append_target(
+    f: &mut form_urlencoded::Serializer<'_, String>,
+    audience: &[String],
+    resource: &[String],
+    scope: &str,
+) {
+    for a in audience {
+        f.append_pair("audience", a);
+    }
+    for r in resource {
+        f.append_pair("resource", r);
+    }
+    if !scope.is_empty() {
+        f.append_pair("scope", scope);
     }
 }
 

@@ -9,17 +9,7 @@ use super::super::interp::Dur;
 use super::*;
 
 /// Algorithms accepted in `inbound.jwt.algorithms`: asymmetric only.
-const ALLOWED: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+const ALLOWED: &[Algorithm] = crate::auth::ASYMMETRIC_ALGORITHMS;
 
 /// Largest bearer token the extractor accepts; the JWT cap cannot exceed it.
 const MAX_TOKEN_CAP: usize = crate::auth::bearer::MAX_TOKEN_BYTES;
