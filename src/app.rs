@@ -46,7 +46,7 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
         Ok(Arc::new(MachinePolicy::new(m.clone(), client(route, &m.authorization_server)?)))
     };
     let inbound = match &config.inbound {
-        Some(c) => Some(Arc::new(Inbound::new(c, metrics).map_err(StartError::Setup)?)),
+        Some(c) => Some(Arc::new(Inbound::new(c, metrics, &clients).map_err(StartError::Setup)?)),
         None => None,
     };
     let mut routes = Vec::with_capacity(config.routes.len());

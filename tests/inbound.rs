@@ -628,3 +628,50 @@ async fn dev_sts_tokens_pass_inbound_validation_end_to_end() {
     assert_eq!(status, 403);
     assert_eq!(sts.exchange_count(), 1, "refused tokens never reach the AS");
 }
+
+/// `inbound.jwt.authorization_server`: the JWKS URL and the issuer come from
+/// the RFC 8414 metadata of an `issuer:` server; nothing is ready before it.
+#[tokio::test]
+async fn jwks_from_a_discovered_authorization_server() {
+    use tokex::dev_sts::{self, ClientSpec, DevStsConfig};
+    let cfg = DevStsConfig {
+        clients: vec![ClientSpec::parse_flag("id=gw,secret=s3cret,audiences=orders-api,scopes=orders:read").unwrap()],
+        ..DevStsConfig::default()
+    };
+    let sts = dev_sts::start(cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+    let other = dev_sts::start(DevStsConfig::default(), tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await
+        .unwrap();
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "inbound:\n  jwt:\n    authorization_server: corp\n    audiences: [edge]\n    algorithms: [ES256]\n\
+         authorization_servers:\n  corp:\n    issuer: {}\n    client_auth: {{ method: client_secret_basic, client_id: gw, client_secret: s3cret }}\n\
+         routes:\n  - name: orders\n    upstream: http://{backend}\n    exchange: {{ authorization_server: corp, audience: [orders-api], scope: [orders:read] }}\n",
+        sts.issuer()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert!(ready(&gw, Duration::from_secs(10)).await, "discovery, then the JWKS, then ready");
+    let ttl = Duration::from_secs(300);
+    let (status, _, body) = get(&gw.url, Some(&sts.mint("alice", &["orders:read"], &["edge"], ttl))).await;
+    assert_eq!(status, 200, "{body}");
+    // Signed by another issuer's key: refused locally, the AS never sees it.
+    let (status, headers, _) = get(&gw.url, Some(&other.mint("alice", &["orders:read"], &["edge"], ttl))).await;
+    assert_eq!(status, 401);
+    assert!(headers["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert_eq!(sts.exchange_count(), 1);
+}
+
+#[test]
+fn discovered_jwks_needs_an_issuer_server() {
+    let yaml =
+        "listen: { address: \"127.0.0.1:0\" }\ninbound:\n  jwt: { authorization_server: corp, audiences: [edge] }\n\
+                authorization_servers:\n  corp: { token_endpoint: \"http://127.0.0.1:1/token\" }\n\
+                routes:\n  - name: r\n    upstream: http://127.0.0.1:2\n    exchange: { authorization_server: corp }\n";
+    let err = tokex::config::parse(yaml).unwrap_err().to_string();
+    assert!(err.contains("inbound.jwt.authorization_server") && err.contains("set jwks_uri instead"), "{err}");
+    let both = yaml.replace(
+        "authorization_server: corp, audiences",
+        "authorization_server: corp, jwks_uri: \"http://x/j\", audiences",
+    );
+    assert!(tokex::config::parse(&both).unwrap_err().to_string().contains("not both"));
+}

@@ -128,9 +128,14 @@ pub struct Inbound {
 impl Inbound {
     /// Builds the check without I/O (so `tokex check` builds it too); for
     /// JWT, [`Inbound::start`] begins fetching the JWKS.
-    pub fn new(cfg: &InboundConfig, metrics: &Metrics) -> Result<Self, String> {
+    /// `servers` are the authorization servers (for a discovered JWKS).
+    pub fn new(
+        cfg: &InboundConfig,
+        metrics: &Metrics,
+        servers: &std::collections::BTreeMap<String, Arc<crate::exchange::client::AsClient>>,
+    ) -> Result<Self, String> {
         let check = match cfg {
-            InboundConfig::Jwt(j) => Check::Jwt(JwtValidator::new(j, metrics)?),
+            InboundConfig::Jwt(j) => Check::Jwt(JwtValidator::new(j, metrics, servers)?),
             InboundConfig::Introspection(i) => Check::Introspection(Introspector::new(i, metrics)?),
         };
         Ok(Inbound { check, rejections: metrics.inbound_rejections(&InboundError::all_reasons()) })

@@ -29,6 +29,7 @@ use url::Url;
 use super::fetch::{read_capped, ReadError};
 use super::{InboundError, Invalid};
 use crate::error::error_chain;
+use crate::exchange::client::AsClient;
 use crate::metrics::Counters;
 use crate::readiness::Gate;
 
@@ -118,8 +119,36 @@ enum FetchError {
     Invalid(String),
 }
 
+/// Where the set is fetched from: a fixed URL, or the `jwks_uri` an
+/// authorization server published in its discovered metadata.
+pub enum JwksUri {
+    Fixed(Url),
+    Discovered(Arc<AsClient>),
+}
+
+impl JwksUri {
+    fn resolve(&self) -> Option<Url> {
+        match self {
+            JwksUri::Fixed(u) => Some(u.clone()),
+            JwksUri::Discovered(c) => c.jwks_uri().cloned(),
+        }
+    }
+}
+
+impl std::fmt::Display for JwksUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksUri::Fixed(u) => u.fmt(f),
+            JwksUri::Discovered(c) => match c.jwks_uri() {
+                Some(u) => u.fmt(f),
+                None => write!(f, "(jwks_uri of {}, not discovered yet)", c.name),
+            },
+        }
+    }
+}
+
 pub struct Jwks {
-    uri: Url,
+    uri: JwksUri,
     http: reqwest::Client,
     refresh_min: Duration,
     refresh_max: Duration,
@@ -136,7 +165,7 @@ pub struct Jwks {
 
 impl Jwks {
     pub fn new(
-        uri: Url,
+        uri: JwksUri,
         http: reqwest::Client,
         (refresh_min, refresh_max): (Duration, Duration),
         cooldown: Duration,
@@ -291,9 +320,12 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<(KeySet, Option<Duration>), FetchError> {
+        let url = self.uri.resolve().ok_or_else(|| {
+            FetchError::Unreachable("the authorization server's metadata has not been discovered yet".into())
+        })?;
         let resp = self
             .http
-            .get(self.uri.clone())
+            .get(url)
             .header(ACCEPT, "application/jwk-set+json, application/json")
             .send()
             .await

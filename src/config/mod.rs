@@ -114,6 +114,14 @@ pub enum AsLocation {
     Issuer(String),
 }
 
+/// Where the inbound JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    Uri(Url),
+    /// The `jwks_uri` of this (discovered) authorization server.
+    Discovered(String),
+}
+
 /// The `aud` of a `private_key_jwt` assertion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssertionAudience {
@@ -221,7 +229,7 @@ pub enum InboundConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub issuer: String,
-    pub jwks_uri: Url,
+    pub jwks: JwksSource,
     /// The token's `aud` must name at least one.
     pub audiences: Vec<String>,
     /// Asymmetric algorithms only: `none` and HMAC are refused by `check`.

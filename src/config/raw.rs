@@ -220,8 +220,12 @@ pub struct RawInbound {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    pub issuer: Text,
-    pub jwks_uri: Text,
+    #[serde(default)]
+    pub issuer: Option<Text>,
+    #[serde(default)]
+    pub jwks_uri: Option<Text>,
+    #[serde(default)]
+    pub authorization_server: Option<Text>,
     #[serde(default)]
     pub audiences: Vec<Text>,
     #[serde(default)]

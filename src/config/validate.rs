@@ -53,15 +53,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
         }
         None => (None, DEFAULT_GRACE, Duration::ZERO),
     };
-    let has_inbound = raw.inbound.is_some();
-    let inbound = raw.inbound.and_then(|i| inbound::inbound(&mut cx, i));
-
     let mut servers = BTreeMap::new();
     for (name, s) in raw.authorization_servers {
         if let Some(server) = auth_server(&mut cx, &name, s) {
             servers.insert(name, server);
         }
     }
+    let has_inbound = raw.inbound.is_some();
+    let inbound = raw.inbound.and_then(|i| inbound::inbound(&mut cx, i, &servers));
 
     let cache = cache(&mut cx, raw.cache);
 

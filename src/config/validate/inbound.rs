@@ -14,9 +14,13 @@ const ALLOWED: &[Algorithm] = crate::auth::ASYMMETRIC_ALGORITHMS;
 /// Largest bearer token the extractor accepts; the JWT cap cannot exceed it.
 const MAX_TOKEN_CAP: usize = crate::auth::bearer::MAX_TOKEN_BYTES;
 
-pub(super) fn inbound(cx: &mut Ctx, raw: RawInbound) -> Option<InboundConfig> {
+pub(super) fn inbound(
+    cx: &mut Ctx,
+    raw: RawInbound,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<InboundConfig> {
     match (raw.jwt, raw.introspection) {
-        (Some(j), None) => jwt(cx, j).map(InboundConfig::Jwt),
+        (Some(j), None) => jwt(cx, j, servers).map(InboundConfig::Jwt),
         (None, Some(i)) => introspection(cx, i).map(InboundConfig::Introspection),
         (Some(_), Some(_)) => {
             cx.err("inbound", "set either jwt or introspection, not both");
@@ -37,14 +41,48 @@ fn positive(cx: &mut Ctx, path: &str, d: Option<Dur>, default: Duration) -> Dura
     d
 }
 
-fn jwt(cx: &mut Ctx, j: RawJwt) -> Option<JwtConfig> {
+fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) -> Option<JwtConfig> {
     const BASE: &str = "inbound.jwt";
     let mut ok = true;
-    if j.issuer.value.is_empty() {
-        cx.err(format!("{BASE}.issuer"), "must not be empty");
-        ok = false;
-    }
-    let jwks_uri = http_url(cx, &format!("{BASE}.jwks_uri"), &j.jwks_uri);
+    // The JWKS: a URL, or the `jwks_uri` a discovered authorization server
+    // publishes (whose issuer is then the default `issuer`).
+    let (jwks, default_issuer) = match (&j.jwks_uri, &j.authorization_server) {
+        (Some(u), None) => (http_url(cx, &format!("{BASE}.jwks_uri"), u).map(JwksSource::Uri), None),
+        (None, Some(name)) => match servers.get(name.as_str()).map(|s| &s.location) {
+            Some(AsLocation::Issuer(iss)) => (Some(JwksSource::Discovered(name.value.clone())), Some(iss.clone())),
+            Some(AsLocation::TokenEndpoint(_)) => {
+                cx.err(
+                    format!("{BASE}.authorization_server"),
+                    format!("{:?} is configured with token_endpoint: its JWKS can only be discovered with issuer:; set jwks_uri instead", name.value),
+                );
+                (None, None)
+            }
+            None => {
+                cx.err(
+                    format!("{BASE}.authorization_server"),
+                    format!("unknown authorization server {:?}", name.value),
+                );
+                (None, None)
+            }
+        },
+        (Some(_), Some(_)) => {
+            cx.err(BASE, "set either jwks_uri or authorization_server, not both");
+            (None, None)
+        }
+        (None, None) => {
+            cx.err(BASE, "set jwks_uri, or authorization_server (an issuer: server whose discovered jwks_uri is used)");
+            (None, None)
+        }
+    };
+    let issuer = match (j.issuer.map(|t| t.value), default_issuer) {
+        (Some(i), _) if !i.is_empty() => i,
+        (None, Some(d)) => d,
+        _ => {
+            cx.err(format!("{BASE}.issuer"), "must not be empty");
+            ok = false;
+            String::new()
+        }
+    };
     if j.audiences.is_empty() {
         cx.err(format!("{BASE}.audiences"), "list at least one audience this gateway accepts (RFC 9068 §4)");
         ok = false;
@@ -126,10 +164,10 @@ fn jwt(cx: &mut Ctx, j: RawJwt) -> Option<JwtConfig> {
     }
     let ca_file = j.ca_file.as_ref().map(|f| existing_file(cx, &format!("{BASE}.ca_file"), f));
     let timeout = positive(cx, &format!("{BASE}.timeout"), j.timeout, Duration::from_secs(5));
-    let jwks_uri = jwks_uri?;
+    let jwks = jwks?;
     ok.then(|| JwtConfig {
-        issuer: j.issuer.value,
-        jwks_uri,
+        issuer,
+        jwks,
         audiences: j.audiences.into_iter().map(|t| t.value).collect(),
         algorithms,
         leeway,
