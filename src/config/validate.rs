@@ -638,18 +638,8 @@ fn egress(
             cx.err(format!("{base}.{key}"), "not used for a client_credentials token");
         }
     }
-    let RawExchange { authorization_server, audience, resource, scope, max_ttl, default_ttl, .. } = x;
-    let raw = RawExchange {
-        authorization_server,
-        audience,
-        resource,
-        scope,
-        subject_token_type: None,
-        requested_token_type: None,
-        actor: None,
-        max_ttl,
-        default_ttl,
-    };
+    // Reported above; validate the rest as an exchange section.
+    let raw = RawExchange { subject_token_type: None, requested_token_type: None, actor: None, ..x };
     let x = exchange(cx, base, raw, servers)?;
     Some(MachineConfig {
         authorization_server: x.authorization_server,
