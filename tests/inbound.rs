@@ -675,3 +675,39 @@ fn discovered_jwks_needs_an_issuer_server() {
     );
     assert!(tokex::config::parse(&both).unwrap_err().to_string().contains("not both"));
 }
+
+/// `inbound.introspection.authorization_server`: the introspection endpoint
+/// comes from the discovered metadata.
+#[tokio::test]
+async fn introspection_endpoint_from_a_discovered_authorization_server() {
+    let auth_server = RecordingAs::start().await;
+    let issuer = format!("http://{}", auth_server.addr);
+    let meta = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/token"),
+        "introspection_endpoint": format!("{issuer}/introspect"),
+    });
+    auth_server.set(move |r, n| match r.path.as_str() {
+        "/.well-known/oauth-authorization-server" => Reply::Json(200, meta.clone()),
+        "/introspect" if r.param("token") == Some("good") => {
+            Reply::Json(200, serde_json::json!({"active": true, "scope": "orders:read", "exp": now() + 60}))
+        }
+        "/introspect" => Reply::Json(200, serde_json::json!({"active": false})),
+        _ => issue(n),
+    });
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "inbound:\n  introspection:\n    authorization_server: corp\n    client_auth: {{ method: client_secret_post, client_id: tokex, client_secret: s3cret }}\n\
+         authorization_servers:\n  corp:\n    issuer: {issuer}\n    client_auth: {BASIC_AUTH}\n\
+         routes:\n  - name: orders\n    upstream: http://{backend}\n    require_scopes: [orders:read]\n    exchange: {{ authorization_server: corp, audience: [orders-api] }}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert!(ready(&gw, Duration::from_secs(10)).await);
+    assert_eq!(get(&gw.url, Some("good")).await.0, 200);
+    assert_eq!(get(&gw.url, Some("bad")).await.0, 401);
+    let paths: Vec<String> = auth_server.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.iter().filter(|p| *p == "/introspect").count(), 2, "{paths:?}");
+    assert_eq!(paths.iter().filter(|p| *p == "/token").count(), 1, "only the active token is exchanged: {paths:?}");
+    let introspected = auth_server.requests().into_iter().find(|r| r.path == "/introspect").unwrap();
+    assert_eq!(introspected.param("client_id"), Some("tokex"));
+}

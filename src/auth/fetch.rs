@@ -22,6 +22,53 @@ pub(crate) fn client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwes
         .map_err(|e| e.to_string())
 }
 
+/// An endpoint: a configured URL, or one an authorization server published
+/// in its discovered metadata (absent until discovery succeeds).
+pub enum Remote {
+    Fixed(url::Url),
+    Discovered(
+        std::sync::Arc<crate::exchange::client::AsClient>,
+        fn(&crate::exchange::client::AsClient) -> Option<&url::Url>,
+    ),
+}
+
+impl Remote {
+    /// The configured `source`, with discovered servers taken from `servers`.
+    pub fn new(
+        source: &crate::config::EndpointSource,
+        servers: &std::collections::BTreeMap<String, std::sync::Arc<crate::exchange::client::AsClient>>,
+        pick: fn(&crate::exchange::client::AsClient) -> Option<&url::Url>,
+    ) -> Result<Self, String> {
+        match source {
+            crate::config::EndpointSource::Url(u) => Ok(Remote::Fixed(u.clone())),
+            crate::config::EndpointSource::Discovered(name) => servers
+                .get(name)
+                .cloned()
+                .map(|c| Remote::Discovered(c, pick))
+                .ok_or_else(|| format!("unknown authorization server {name}")),
+        }
+    }
+
+    pub fn resolve(&self) -> Option<url::Url> {
+        match self {
+            Remote::Fixed(u) => Some(u.clone()),
+            Remote::Discovered(c, pick) => pick(c).cloned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.resolve() {
+            Some(u) => u.fmt(f),
+            None => match self {
+                Remote::Discovered(c, _) => write!(f, "(endpoint of {}, not discovered yet)", c.name),
+                Remote::Fixed(u) => u.fmt(f),
+            },
+        }
+    }
+}
+
 pub(crate) enum ReadError {
     TooLarge,
     Network(String),

@@ -136,7 +136,7 @@ impl Inbound {
     ) -> Result<Self, String> {
         let check = match cfg {
             InboundConfig::Jwt(j) => Check::Jwt(JwtValidator::new(j, metrics, servers)?),
-            InboundConfig::Introspection(i) => Check::Introspection(Introspector::new(i, metrics)?),
+            InboundConfig::Introspection(i) => Check::Introspection(Introspector::new(i, metrics, servers)?),
         };
         Ok(Inbound { check, rejections: metrics.inbound_rejections(&InboundError::all_reasons()) })
     }

@@ -12,8 +12,8 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use moka::Expiry;
 use serde::Deserialize;
 use serde_json::Value;
-use url::Url;
 
+use super::fetch::Remote;
 use super::fetch::{read_capped, ReadError};
 use super::scopes::Granted;
 use super::{InboundError, Invalid};
@@ -42,7 +42,7 @@ impl Expiry<Key, Arc<Answer>> for PerAnswer {
 }
 
 pub struct Introspector {
-    endpoint: Url,
+    endpoint: Remote,
     auth: ClientAuth,
     http: reqwest::Client,
     cache_ttl: Duration,
@@ -64,12 +64,19 @@ struct Introspected {
 }
 
 impl Introspector {
-    pub fn new(cfg: &IntrospectionConfig, metrics: &Metrics) -> Result<Self, String> {
+    /// `servers` resolves `inbound.introspection.authorization_server`.
+    pub fn new(
+        cfg: &IntrospectionConfig,
+        metrics: &Metrics,
+        servers: &std::collections::BTreeMap<String, Arc<crate::exchange::client::AsClient>>,
+    ) -> Result<Self, String> {
+        let endpoint = Remote::new(&cfg.endpoint, servers, |c| c.introspection_endpoint())
+            .map_err(|e| format!("inbound.introspection: {e}"))?;
         let http = super::fetch::client(cfg.ca_file.as_deref(), cfg.timeout)
             .map_err(|e| format!("inbound.introspection: {e}"))?;
         let auth = ClientAuth::new(&cfg.client_auth).map_err(|e| format!("inbound.introspection: {e}"))?;
         Ok(Introspector {
-            endpoint: cfg.endpoint.clone(),
+            endpoint,
             auth,
             http,
             cache_ttl: cfg.cache_ttl,
@@ -111,13 +118,14 @@ impl Introspector {
             .append_pair("token", token)
             .append_pair("token_type_hint", "access_token")
             .finish();
-        let (body, basic) = self
-            .auth
-            .apply(form, self.endpoint.as_str(), None)
-            .map_err(|e| InboundError::Introspection(e.to_string()))?;
+        let endpoint = self.endpoint.resolve().ok_or_else(|| {
+            InboundError::Unavailable("the authorization server's metadata has not been discovered yet".into())
+        })?;
+        let (body, basic) =
+            self.auth.apply(form, endpoint.as_str(), None).map_err(|e| InboundError::Introspection(e.to_string()))?;
         let mut req = self
             .http
-            .post(self.endpoint.clone())
+            .post(endpoint)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(body);

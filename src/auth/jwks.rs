@@ -24,12 +24,11 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use url::Url;
 
+use super::fetch::Remote;
 use super::fetch::{read_capped, ReadError};
 use super::{InboundError, Invalid};
 use crate::error::error_chain;
-use crate::exchange::client::AsClient;
 use crate::metrics::Counters;
 use crate::readiness::Gate;
 
@@ -119,36 +118,8 @@ enum FetchError {
     Invalid(String),
 }
 
-/// Where the set is fetched from: a fixed URL, or the `jwks_uri` an
-/// authorization server published in its discovered metadata.
-pub enum JwksUri {
-    Fixed(Url),
-    Discovered(Arc<AsClient>),
-}
-
-impl JwksUri {
-    fn resolve(&self) -> Option<Url> {
-        match self {
-            JwksUri::Fixed(u) => Some(u.clone()),
-            JwksUri::Discovered(c) => c.jwks_uri().cloned(),
-        }
-    }
-}
-
-impl std::fmt::Display for JwksUri {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JwksUri::Fixed(u) => u.fmt(f),
-            JwksUri::Discovered(c) => match c.jwks_uri() {
-                Some(u) => u.fmt(f),
-                None => write!(f, "(jwks_uri of {}, not discovered yet)", c.name),
-            },
-        }
-    }
-}
-
 pub struct Jwks {
-    uri: JwksUri,
+    uri: Remote,
     http: reqwest::Client,
     refresh_min: Duration,
     refresh_max: Duration,
@@ -165,7 +136,7 @@ pub struct Jwks {
 
 impl Jwks {
     pub fn new(
-        uri: JwksUri,
+        uri: Remote,
         http: reqwest::Client,
         (refresh_min, refresh_max): (Duration, Duration),
         cooldown: Duration,

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::jwks::{self, Jwks};
 use super::scopes::Granted;
 use super::{InboundError, Invalid};
-use crate::config::{JwksSource, JwtConfig};
+use crate::config::JwtConfig;
 use crate::metrics::Metrics;
 
 pub struct JwtValidator {
@@ -52,15 +52,8 @@ impl JwtValidator {
         metrics: &Metrics,
         servers: &std::collections::BTreeMap<String, Arc<crate::exchange::client::AsClient>>,
     ) -> Result<Self, String> {
-        let uri = match &cfg.jwks {
-            JwksSource::Uri(u) => jwks::JwksUri::Fixed(u.clone()),
-            JwksSource::Discovered(name) => jwks::JwksUri::Discovered(
-                servers
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("inbound.jwt: unknown authorization server {name}"))?,
-            ),
-        };
+        let uri =
+            super::fetch::Remote::new(&cfg.jwks, servers, |c| c.jwks_uri()).map_err(|e| format!("inbound.jwt: {e}"))?;
         let http =
             super::fetch::client(cfg.ca_file.as_deref(), cfg.timeout).map_err(|e| format!("inbound.jwt: {e}"))?;
         let jwks = Jwks::new(

@@ -114,11 +114,11 @@ pub enum AsLocation {
     Issuer(String),
 }
 
-/// Where the inbound JWKS comes from.
+/// Where an inbound endpoint (JWKS, introspection) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    Uri(Url),
-    /// The `jwks_uri` of this (discovered) authorization server.
+pub enum EndpointSource {
+    Url(Url),
+    /// Published in this (`issuer:`) authorization server's discovered metadata.
     Discovered(String),
 }
 
@@ -229,7 +229,7 @@ pub enum InboundConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub issuer: String,
-    pub jwks: JwksSource,
+    pub jwks: EndpointSource,
     /// The token's `aud` must name at least one.
     pub audiences: Vec<String>,
     /// Asymmetric algorithms only: `none` and HMAC are refused by `check`.
@@ -251,7 +251,7 @@ pub struct JwtConfig {
 /// RFC 7662 token introspection.
 #[derive(Debug, Clone)]
 pub struct IntrospectionConfig {
-    pub endpoint: Url,
+    pub endpoint: EndpointSource,
     pub client_auth: ClientAuthConfig,
     /// Active answers are cached no longer than this nor the token's `exp`.
     pub cache_ttl: Duration,

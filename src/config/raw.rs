@@ -251,7 +251,10 @@ pub struct RawJwt {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIntrospection {
-    pub endpoint: Text,
+    #[serde(default)]
+    pub endpoint: Option<Text>,
+    #[serde(default)]
+    pub authorization_server: Option<Text>,
     #[serde(default)]
     pub client_auth: Option<RawClientAuth>,
     #[serde(default)]

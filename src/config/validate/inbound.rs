@@ -21,7 +21,7 @@ pub(super) fn inbound(
 ) -> Option<InboundConfig> {
     match (raw.jwt, raw.introspection) {
         (Some(j), None) => jwt(cx, j, servers).map(InboundConfig::Jwt),
-        (None, Some(i)) => introspection(cx, i).map(InboundConfig::Introspection),
+        (None, Some(i)) => introspection(cx, i, servers).map(InboundConfig::Introspection),
         (Some(_), Some(_)) => {
             cx.err("inbound", "set either jwt or introspection, not both");
             None
@@ -41,39 +41,59 @@ fn positive(cx: &mut Ctx, path: &str, d: Option<Dur>, default: Duration) -> Dura
     d
 }
 
-fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) -> Option<JwtConfig> {
-    const BASE: &str = "inbound.jwt";
-    let mut ok = true;
-    // The JWKS: a URL, or the `jwks_uri` a discovered authorization server
-    // publishes (whose issuer is then the default `issuer`).
-    let (jwks, default_issuer) = match (&j.jwks_uri, &j.authorization_server) {
-        (Some(u), None) => (http_url(cx, &format!("{BASE}.jwks_uri"), u).map(JwksSource::Uri), None),
+/// An endpoint given as a URL (`url_key`), or taken from the discovered
+/// metadata of an `issuer:` authorization server; with that server's issuer.
+fn discoverable(
+    cx: &mut Ctx,
+    base: &str,
+    url_key: &str,
+    url: Option<&Text>,
+    server: Option<&Text>,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> (Option<EndpointSource>, Option<String>) {
+    match (url, server) {
+        (Some(u), None) => (http_url(cx, &format!("{base}.{url_key}"), u).map(EndpointSource::Url), None),
         (None, Some(name)) => match servers.get(name.as_str()).map(|s| &s.location) {
-            Some(AsLocation::Issuer(iss)) => (Some(JwksSource::Discovered(name.value.clone())), Some(iss.clone())),
+            Some(AsLocation::Issuer(iss)) => (Some(EndpointSource::Discovered(name.value.clone())), Some(iss.clone())),
             Some(AsLocation::TokenEndpoint(_)) => {
                 cx.err(
-                    format!("{BASE}.authorization_server"),
-                    format!("{:?} is configured with token_endpoint: its JWKS can only be discovered with issuer:; set jwks_uri instead", name.value),
+                    format!("{base}.authorization_server"),
+                    format!(
+                        "{:?} is configured with token_endpoint: only an issuer: server's endpoints are discovered; set {url_key} instead",
+                        name.value
+                    ),
                 );
                 (None, None)
             }
             None => {
                 cx.err(
-                    format!("{BASE}.authorization_server"),
+                    format!("{base}.authorization_server"),
                     format!("unknown authorization server {:?}", name.value),
                 );
                 (None, None)
             }
         },
         (Some(_), Some(_)) => {
-            cx.err(BASE, "set either jwks_uri or authorization_server, not both");
+            cx.err(base, format!("set either {url_key} or authorization_server, not both"));
             (None, None)
         }
         (None, None) => {
-            cx.err(BASE, "set jwks_uri, or authorization_server (an issuer: server whose discovered jwks_uri is used)");
+            cx.err(
+                base,
+                format!("set {url_key}, or authorization_server (an issuer: server whose discovered endpoint is used)"),
+            );
             (None, None)
         }
-    };
+    }
+}
+
+fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) -> Option<JwtConfig> {
+    const BASE: &str = "inbound.jwt";
+    let mut ok = true;
+    // The JWKS: a URL, or the `jwks_uri` a discovered authorization server
+    // publishes (whose issuer is then the default `issuer`).
+    let (jwks, default_issuer) =
+        discoverable(cx, BASE, "jwks_uri", j.jwks_uri.as_ref(), j.authorization_server.as_ref(), servers);
     let issuer = match (j.issuer.map(|t| t.value), default_issuer) {
         (Some(i), _) if !i.is_empty() => i,
         (None, Some(d)) => d,
@@ -181,9 +201,14 @@ fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) ->
     })
 }
 
-fn introspection(cx: &mut Ctx, i: RawIntrospection) -> Option<IntrospectionConfig> {
+fn introspection(
+    cx: &mut Ctx,
+    i: RawIntrospection,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<IntrospectionConfig> {
     const BASE: &str = "inbound.introspection";
-    let endpoint = http_url(cx, &format!("{BASE}.endpoint"), &i.endpoint);
+    let (endpoint, _) =
+        discoverable(cx, BASE, "endpoint", i.endpoint.as_ref(), i.authorization_server.as_ref(), servers);
     let client_auth = match i.client_auth {
         None => Some(ClientAuthConfig::None { client_id: None }),
         Some(ca) => {
