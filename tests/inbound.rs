@@ -4,206 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
+use common::jwt::*;
 use common::*;
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256};
+use http::StatusCode;
 use serde_json::{json, Value};
-
-const ISS: &str = "https://issuer.test";
-const INVALID_TOKEN: &str = "Bearer realm=\"tokex\", error=\"invalid_token\"";
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A compact JWS with any header, signed by `sign` over `header.payload`.
-fn jws(header: &Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-    let sig = sign(input.as_bytes());
-    format!("{input}.{}", b64(sig))
-}
-
-/// Valid claims for the test issuer and audience `edge`; `extra` overrides
-/// (a `null` value removes the claim).
-fn claims(extra: Value) -> Value {
-    let now = now();
-    let mut c = json!({
-        "iss": ISS, "sub": "alice", "aud": "edge", "iat": now, "exp": now + 600,
-        "scope": "orders:read profile", "client_id": "app", "jti": format!("{}", fastrand::u64(..)),
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v.clone();
-        }
-    }
-    c
-}
-
-struct EcSigner {
-    kid: String,
-    kp: EcdsaKeyPair,
-    jwk: Value,
-}
-
-impl EcSigner {
-    fn new(kid: &str) -> Self {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-        let p = kp.public_key().as_ref();
-        let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
-        EcSigner { kid: kid.to_owned(), kp, jwk }
-    }
-
-    fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.kp.sign(&SystemRandom::new(), msg).unwrap().as_ref().to_vec()
-    }
-
-    fn header(&self) -> Value {
-        json!({"alg": "ES256", "typ": "at+jwt", "kid": self.kid})
-    }
-
-    fn token(&self, claims: &Value) -> String {
-        jws(&self.header(), claims, |m| self.sign(m))
-    }
-}
-
-/// The committed test RSA key (tests/keys/, generated once with openssl).
-struct RsaSigner {
-    kid: String,
-    kp: RsaKeyPair,
-    jwk: Value,
-    public_pem: &'static [u8],
-}
-
-impl RsaSigner {
-    fn new(kid: &str) -> Self {
-        let pem = include_str!("keys/rsa-2048.pem");
-        let der = STANDARD.decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
-        let kp = RsaKeyPair::from_pkcs8(&der).unwrap();
-        let c: ring::rsa::PublicKeyComponents<Vec<u8>> = kp.public().into();
-        let jwk = json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e), "kid": kid, "use": "sig"});
-        RsaSigner { kid: kid.to_owned(), kp, jwk, public_pem: include_bytes!("keys/rsa-2048.pub.pem") }
-    }
-
-    fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        let mut sig = vec![0; self.kp.public().modulus_len()];
-        self.kp.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg, &mut sig).unwrap();
-        sig
-    }
-}
-
-fn hmac_sha256(secret: &[u8], msg: &[u8]) -> Vec<u8> {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    ring::hmac::sign(&key, msg).as_ref().to_vec()
-}
-
-/// A JWKS endpoint that counts its fetches and can be switched off (503).
-#[derive(Clone)]
-struct JwksServer {
-    addr: std::net::SocketAddr,
-    fetches: Arc<AtomicUsize>,
-    keys: Arc<Mutex<Vec<Value>>>,
-    up: Arc<AtomicBool>,
-    cache_control: Arc<Mutex<&'static str>>,
-}
-
-impl JwksServer {
-    async fn start(keys: Vec<Value>) -> Self {
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let keys = Arc::new(Mutex::new(keys));
-        let up = Arc::new(AtomicBool::new(true));
-        let cache_control = Arc::new(Mutex::new("public, max-age=3600"));
-        let (f, k, u, cc) = (fetches.clone(), keys.clone(), up.clone(), cache_control.clone());
-        let addr = serve(move |_req: Request<Incoming>| {
-            let (f, k, u, cc) = (f.clone(), k.clone(), u.clone(), cc.clone());
-            async move {
-                f.fetch_add(1, Ordering::SeqCst);
-                if !u.load(Ordering::SeqCst) {
-                    return Response::builder().status(503).body(full("down")).unwrap();
-                }
-                let body = json!({"keys": *k.lock().unwrap()}).to_string();
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .header("cache-control", *cc.lock().unwrap())
-                    .body(full(body))
-                    .unwrap()
-            }
-        })
-        .await;
-        JwksServer { addr, fetches, keys, up, cache_control }
-    }
-
-    fn uri(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
-    }
-
-    fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
-    }
-}
-
-fn jwt_inbound(jwks_uri: &str, algorithms: &str, extra: &str) -> String {
-    format!(
-        "inbound:\n  jwt:\n    issuer: {ISS}\n    jwks_uri: {jwks_uri}\n    audiences: [edge, other-edge]\n    algorithms: {algorithms}\n    leeway: 5s\n    require_typ: at+jwt\n{extra}"
-    )
-}
-
-async fn ready(gw: &TestGateway, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let (status, _, _) = get(&format!("{}/readyz", gw.admin), None).await;
-        if status == 200 {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The value of one metric line, 0 when absent.
-fn metric(text: &str, line_prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix) && l[line_prefix.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn rejections(text: &str, reason: &str) -> u64 {
-    metric(text, &format!("tokex_inbound_rejections_total{{reason=\"{reason}\"}}"))
-}
-
-struct Setup {
-    auth_server: RecordingAs,
-    jwks: JwksServer,
-    gw: TestGateway,
-    /// The configuration the gateway runs (without `listen`/`admin`).
-    yaml: String,
-}
-
-async fn setup(keys: Vec<Value>, algorithms: &str, jwt_extra: &str, route_extra: &str) -> Setup {
-    let auth_server = RecordingAs::start().await;
-    let jwks = JwksServer::start(keys).await;
-    let backend = echo_backend().await;
-    let yaml = jwt_inbound(&jwks.uri(), algorithms, jwt_extra)
-        + &config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("orders", "/", backend, route_extra));
-    let gw = TestGateway::start(&yaml).await;
-    assert!(ready(&gw, Duration::from_secs(5)).await, "gateway not ready after the first JWKS fetch");
-    Setup { auth_server, jwks, gw, yaml }
-}
 
 #[tokio::test]
 async fn jwt_attack_suite_is_refused_without_calling_the_authorization_server() {
@@ -281,6 +88,17 @@ async fn jwt_attack_suite_is_refused_without_calling_the_authorization_server() 
             "wrong_typ",
         ),
         ("not a JWT", "opaque-token".to_owned(), "malformed"),
+        // A registered claim of the wrong type refuses the token; it is not skipped.
+        ("nbf a string", ec.token(&claims(json!({"nbf": (now() + 3600).to_string()}))), "claim_type"),
+        ("nbf a numeric string in the past", ec.token(&claims(json!({"nbf": "0"}))), "claim_type"),
+        ("exp a string", ec.token(&claims(json!({"exp": (now() + 600).to_string()}))), "claim_type"),
+        ("iat a string", ec.token(&claims(json!({"iat": "now"}))), "claim_type"),
+        ("iss an array holding the issuer", ec.token(&claims(json!({"iss": [ISS]}))), "claim_type"),
+        ("iss a number", ec.token(&claims(json!({"iss": 1}))), "claim_type"),
+        ("aud a number", ec.token(&claims(json!({"aud": 7}))), "claim_type"),
+        ("aud holding a number", ec.token(&claims(json!({"aud": ["edge", 7]}))), "claim_type"),
+        ("sub an object", ec.token(&claims(json!({"sub": {"id": "alice"}}))), "claim_type"),
+        ("jti a number", ec.token(&claims(json!({"jti": 5}))), "claim_type"),
     ];
     eprintln!("| case | answer | AS calls | JWKS fetches | reason |");
     for (name, token, reason) in cases {
@@ -329,6 +147,33 @@ async fn key_confusion_is_refused_when_rsa_is_allowed_too() {
     // A genuine RS256 token passes.
     assert_eq!(get(&s.gw.url, Some(&rs256("rsa-1"))).await.0, 200);
     assert_eq!(s.jwks.fetches(), 1);
+}
+
+/// An RSA key is "2048+" by its bits, not its bytes: a 2047- or 2041-bit
+/// modulus (256 bytes) is skipped like any short key, so a token naming it
+/// finds no key instead of being checked against it.
+#[tokio::test]
+async fn rsa_keys_shorter_than_2048_bits_are_skipped() {
+    let ec = EcSigner::new("ec-1");
+    let rsa = RsaSigner::new("rsa-2048");
+    let short = |kid: &str, top: u8| {
+        let mut n = vec![0xc5u8; 256];
+        n[0] = top;
+        json!({"kty": "RSA", "n": b64(&n), "e": "AQAB", "kid": kid, "use": "sig"})
+    };
+    let keys = vec![ec.jwk.clone(), rsa.jwk.clone(), short("rsa-2047", 0x7f), short("rsa-2041", 0x01)];
+    let s = setup(keys, "[ES256, RS256]", "", "").await;
+    let signed_rs256 =
+        |kid: &str| jws(&json!({"alg": "RS256", "typ": "at+jwt", "kid": kid}), &claims(json!({})), |m| rsa.sign(m));
+    assert_eq!(get(&s.gw.url, Some(&signed_rs256("rsa-2048"))).await.0, 200, "the 2048-bit control");
+    for kid in ["rsa-2047", "rsa-2041"] {
+        let before = rejections(&s.gw.metrics().await, "unknown_kid");
+        let (status, headers, _) = get(&s.gw.url, Some(&signed_rs256(kid))).await;
+        assert_eq!(status, 401, "{kid}");
+        assert_eq!(headers.get("www-authenticate").unwrap(), INVALID_TOKEN);
+        assert_eq!(rejections(&s.gw.metrics().await, "unknown_kid"), before + 1, "{kid} was kept as a key");
+    }
+    assert_eq!(s.auth_server.count(), 1);
 }
 
 #[tokio::test]

@@ -32,11 +32,13 @@ pub enum Invalid {
     WrongIssuer,
     WrongAudience,
     MissingClaim,
+    /// A registered claim present with the wrong JSON type.
+    ClaimType,
     Inactive,
 }
 
 impl Invalid {
-    pub const ALL: [Invalid; 14] = [
+    pub const ALL: [Invalid; 15] = [
         Invalid::TooLarge,
         Invalid::Malformed,
         Invalid::AlgNotAllowed,
@@ -50,6 +52,7 @@ impl Invalid {
         Invalid::WrongIssuer,
         Invalid::WrongAudience,
         Invalid::MissingClaim,
+        Invalid::ClaimType,
         Invalid::Inactive,
     ];
 
@@ -68,6 +71,7 @@ impl Invalid {
             Invalid::WrongIssuer => "wrong_issuer",
             Invalid::WrongAudience => "wrong_audience",
             Invalid::MissingClaim => "missing_claim",
+            Invalid::ClaimType => "claim_type",
             Invalid::Inactive => "inactive",
         }
     }

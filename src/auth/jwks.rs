@@ -383,8 +383,7 @@ fn parse_key(jwk: &Value) -> Result<Option<(Option<String>, Key)>, &'static str>
         (Some("RSA"), _) => {
             let (n, e) = (s("n").ok_or("RSA key without n")?, s("e").ok_or("RSA key without e")?);
             let modulus = URL_SAFE_NO_PAD.decode(n).map_err(|_| "RSA n is not base64url")?;
-            let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
-            if bits < 2048 {
+            if rsa_bits(&modulus) < 2048 {
                 return Err("RSA key shorter than 2048 bits");
             }
             (KeyType::Rsa, DecodingKey::from_rsa_components(n, e).map_err(|_| "unusable RSA key")?)
@@ -413,10 +412,38 @@ fn parse_key(jwk: &Value) -> Result<Option<(Option<String>, Key)>, &'static str>
     Ok(Some((s("kid").map(str::to_owned), Key { kind, alg, decoding })))
 }
 
+/// The size of a big-endian RSA modulus in bits (leading zero bits do not count).
+pub fn rsa_bits(modulus: &[u8]) -> usize {
+    let significant = modulus.iter().position(|b| *b != 0).map_or(&[][..], |i| &modulus[i..]);
+    match significant.first() {
+        None => 0,
+        Some(top) => significant.len() * 8 - top.leading_zeros() as usize,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn rsa_modulus_size_counts_bits() {
+        assert_eq!(rsa_bits(&[]), 0);
+        assert_eq!(rsa_bits(&[0, 0]), 0);
+        assert_eq!(rsa_bits(&[0x01]), 1);
+        let mut n = vec![0xffu8; 256];
+        assert_eq!(rsa_bits(&n), 2048);
+        n[0] = 0x80;
+        assert_eq!(rsa_bits(&n), 2048);
+        n[0] = 0x7f;
+        assert_eq!(rsa_bits(&n), 2047);
+        n[0] = 0x01;
+        assert_eq!(rsa_bits(&n), 2041);
+        n.insert(0, 0);
+        assert_eq!(rsa_bits(&n), 2041, "a leading zero byte adds nothing");
+        let short = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB", "kid": "short"});
+        assert!(parse_set(json!({"keys": [short]}).to_string().as_bytes()).is_err());
+    }
 
     const X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
     const Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";

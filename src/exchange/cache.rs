@@ -71,7 +71,8 @@ impl Expiry<Key, Arc<Entry>> for PerEntry {
     }
 }
 
-/// Keys are SHA-256 outputs, already uniform and not choosable by a caller:
+/// Keys are SHA-256 outputs over a secret per-process salt (see
+/// [`salt`]), so nobody can compute one, let alone choose colliding ones:
 /// their first 8 bytes are the hash (no SipHash over a hash).
 #[derive(Clone, Copy, Default)]
 pub struct KeyHash;
@@ -102,6 +103,29 @@ impl std::hash::Hasher for KeyHasher {
             }
         }
     }
+}
+
+/// 128 random bits drawn once per process and folded into every policy
+/// digest, hence into every cache key. Without it a key would be a public
+/// function of the configuration and the subject token, and whoever knows
+/// the configuration could search offline for garbage subject tokens whose
+/// keys share the hash table's bucket and control bits (or the admission
+/// sketch's counters), then send them to slow lookups down for everyone.
+pub fn salt() -> &'static [u8; 16] {
+    static SALT: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    SALT.get_or_init(|| {
+        let mut s = [0u8; 16];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s).is_err() {
+            // Never seen on Linux; std's own randomly keyed hasher is the fallback.
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u8(1);
+            let a = h.finish();
+            h.write_u8(2);
+            s = (u128::from(a) << 64 | u128::from(h.finish())).to_le_bytes();
+        }
+        s
+    })
 }
 
 #[derive(Clone)]

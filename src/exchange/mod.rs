@@ -76,10 +76,13 @@ impl Fields {
         Fields(Sha256::new())
     }
     fn field(&mut self, tag: &str, v: &str) {
+        self.bytes(tag, v.as_bytes());
+    }
+    fn bytes(&mut self, tag: &str, v: &[u8]) {
         self.0.update((tag.len() as u32).to_be_bytes());
         self.0.update(tag.as_bytes());
         self.0.update((v.len() as u32).to_be_bytes());
-        self.0.update(v.as_bytes());
+        self.0.update(v);
     }
     fn list(&mut self, tag: &str, vs: &[String]) {
         for v in vs {
@@ -139,6 +142,7 @@ impl Policy {
             Some(ActorSource::ClientCredentials(m)) => Some(Actor::Machine(machine(m)?)),
         };
         let mut f = Fields::new();
+        f.bytes("salt", cache::salt());
         f.field("server", &cfg.authorization_server);
         f.field("endpoint", client.endpoint().as_str());
         f.list("audience", &cfg.audience);
@@ -168,8 +172,9 @@ impl Policy {
     }
 
     /// The cache key of `subject` (given as its SHA-256) under this policy:
-    /// SHA-256 over 128 bits of the policy digest and the subject's hash —
-    /// 48 bytes, one compression block on the request path.
+    /// SHA-256 over 128 bits of the policy digest (which includes the
+    /// process's secret [`cache::salt`]) and the subject's hash — 48 bytes,
+    /// one compression block on the request path.
     pub fn key(&self, subject_hash: &[u8; 32]) -> Key {
         let mut h = Sha256::new();
         h.update(&self.digest[..16]);
@@ -453,5 +458,47 @@ impl Exchanger {
         raw.set_sensitive(true);
         bearer.set_sensitive(true);
         Entry::new(EntryKind::Token(CachedToken { bearer, raw }), ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy of the only route of a parsed configuration.
+    fn policy(yaml: &str) -> Policy {
+        let cfg = crate::config::parse(yaml).unwrap();
+        let server = cfg.servers.values().next().unwrap();
+        let client = Arc::new(AsClient::new(server).unwrap());
+        let x = cfg.routes[0].exchange.clone().unwrap();
+        Policy::new("r", x, client, |_| Err("no machine".into())).unwrap()
+    }
+
+    const YAML: &str = "listen: { address: \"127.0.0.1:0\" }\nauthorization_servers:\n  corp: { token_endpoint: \"http://127.0.0.1:1/token\" }\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:2\n    exchange: { authorization_server: corp, audience: [a], scope: [s] }\n";
+
+    #[test]
+    fn cache_keys_are_salted_per_process() {
+        let p = policy(YAML);
+        let subject: [u8; 32] = Sha256::digest(b"subject-token").into();
+        // Stable within the process (reloads keep their entries)...
+        assert_eq!(p.key(&subject), policy(YAML).key(&subject));
+        // ...but not the public function of configuration and token it would
+        // be without the salt: nobody outside the process can compute a key.
+        let mut f = Fields::new();
+        f.field("server", "corp");
+        f.field("endpoint", "http://127.0.0.1:1/token");
+        f.list("audience", &["a".to_owned()]);
+        f.list("resource", &[]);
+        f.list("scope", &["s".to_owned()]);
+        f.field("subject_token_type", crate::config::ACCESS_TOKEN_TYPE);
+        f.field("requested_token_type", "");
+        f.field("actor", "none");
+        let unsalted = f.finish();
+        let mut h = Sha256::new();
+        h.update(&unsalted[..16]);
+        h.update(subject);
+        let predictable: Key = h.finalize().into();
+        assert_ne!(p.key(&subject), predictable);
+        assert_ne!(cache::salt(), &[0u8; 16]);
     }
 }

@@ -2,6 +2,8 @@
 //! backend, and the gateway itself, plus small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod jwt;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,0 +1,179 @@
+//! The registered claims (RFC 7519 §4.1) of a JWT whose signature has been
+//! verified: every one that is present must have its registered type (a
+//! string `nbf`, a numeric `iss` or a `null` `aud` refuses the token, it is
+//! not skipped), then `exp` (required), `nbf`, `iss` and `aud` are checked.
+//! jsonwebtoken only verifies the signature; the decisions are made here so
+//! that no claim of the wrong type is silently ignored.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use super::scopes::Granted;
+use super::Invalid;
+
+/// The claims tokex reads. A present member is `Some`, even when it is
+/// `null` (so `null` is a wrong type, not an absent claim).
+#[derive(Deserialize, Default)]
+pub struct Claims {
+    #[serde(default, deserialize_with = "present")]
+    exp: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    iat: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    iss: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    sub: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    aud: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    jti: Option<Value>,
+    #[serde(default)]
+    scope: Option<Value>,
+    #[serde(default)]
+    scp: Option<Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// What the claims must say.
+pub struct Expected<'a> {
+    pub issuer: &'a str,
+    /// `aud` must name at least one.
+    pub audiences: &'a [String],
+    pub leeway: Duration,
+}
+
+impl Claims {
+    /// Checks the claims against `want` at the current time; the scopes the
+    /// token grants.
+    pub fn check(&self, want: &Expected<'_>) -> Result<Granted, Invalid> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        self.check_at(want, now)
+    }
+
+    fn check_at(&self, want: &Expected<'_>, now: f64) -> Result<Granted, Invalid> {
+        self.types()?;
+        let leeway = want.leeway.as_secs_f64();
+        let exp = self.exp.as_ref().and_then(Value::as_f64).ok_or(Invalid::MissingClaim)?;
+        if exp + leeway < now {
+            return Err(Invalid::Expired);
+        }
+        if self.nbf.as_ref().and_then(Value::as_f64).is_some_and(|nbf| nbf > now + leeway) {
+            return Err(Invalid::NotYetValid);
+        }
+        match self.iss.as_ref().and_then(Value::as_str) {
+            None => return Err(Invalid::MissingClaim),
+            Some(iss) if iss != want.issuer => return Err(Invalid::WrongIssuer),
+            Some(_) => {}
+        }
+        let named = |a: &str| want.audiences.iter().any(|w| w == a);
+        match &self.aud {
+            None => return Err(Invalid::MissingClaim),
+            Some(Value::String(a)) if named(a) => {}
+            Some(Value::Array(list)) if list.iter().filter_map(Value::as_str).any(named) => {}
+            Some(_) => return Err(Invalid::WrongAudience),
+        }
+        Ok(Granted::from_claims(self.scope.as_ref(), self.scp.as_ref()))
+    }
+
+    /// Every present registered claim has its registered type: NumericDate
+    /// (a non-negative JSON number) for `exp`, `nbf`, `iat`; a string for
+    /// `iss`, `sub`, `jti`; a string or an array of strings for `aud`.
+    fn types(&self) -> Result<(), Invalid> {
+        let date = |v: &Option<Value>| v.as_ref().map_or(true, |v| v.as_f64().is_some_and(|n| n >= 0.0));
+        let text = |v: &Option<Value>| v.as_ref().map_or(true, Value::is_string);
+        let aud = match &self.aud {
+            None | Some(Value::String(_)) => true,
+            Some(Value::Array(list)) => list.iter().all(Value::is_string),
+            Some(_) => false,
+        };
+        let ok = date(&self.exp)
+            && date(&self.nbf)
+            && date(&self.iat)
+            && text(&self.iss)
+            && text(&self.sub)
+            && text(&self.jti)
+            && aud;
+        if ok {
+            Ok(())
+        } else {
+            Err(Invalid::ClaimType)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: f64 = 1_800_000_000.0;
+
+    fn check(extra: Value) -> Result<Granted, Invalid> {
+        let mut c = json!({"iss": "https://iss", "aud": "edge", "exp": NOW + 60.0, "sub": "alice", "scope": "a b"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v == &json!("<absent>") {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        let claims: Claims = serde_json::from_value(c).unwrap();
+        let audiences = ["edge".to_owned(), "other".to_owned()];
+        let want = Expected { issuer: "https://iss", audiences: &audiences, leeway: Duration::from_secs(5) };
+        claims.check_at(&want, NOW)
+    }
+
+    #[test]
+    fn valid_claims_grant_their_scopes() {
+        let granted = check(json!({})).unwrap();
+        assert!(granted.contains("a") && granted.contains("b"));
+        assert!(check(json!({"aud": ["x", "other"], "nbf": NOW, "iat": NOW - 1.5, "jti": "j"})).is_ok());
+        // Leeway on both ends.
+        assert!(check(json!({"exp": NOW - 4.0, "nbf": NOW + 4.0})).is_ok());
+    }
+
+    #[test]
+    fn time_issuer_and_audience() {
+        assert_eq!(check(json!({"exp": NOW - 6.0})).unwrap_err(), Invalid::Expired);
+        assert_eq!(check(json!({"nbf": NOW + 6.0})).unwrap_err(), Invalid::NotYetValid);
+        assert_eq!(check(json!({"exp": "<absent>"})).unwrap_err(), Invalid::MissingClaim);
+        assert_eq!(check(json!({"iss": "<absent>"})).unwrap_err(), Invalid::MissingClaim);
+        assert_eq!(check(json!({"aud": "<absent>"})).unwrap_err(), Invalid::MissingClaim);
+        assert_eq!(check(json!({"iss": "https://iss/"})).unwrap_err(), Invalid::WrongIssuer);
+        assert_eq!(check(json!({"aud": "nope"})).unwrap_err(), Invalid::WrongAudience);
+        assert_eq!(check(json!({"aud": []})).unwrap_err(), Invalid::WrongAudience);
+    }
+
+    #[test]
+    fn a_present_claim_of_the_wrong_type_refuses_the_token() {
+        for bad in [
+            json!({"nbf": "0"}),
+            json!({"nbf": null}),
+            json!({"nbf": -1}),
+            json!({"nbf": true}),
+            json!({"exp": "9999999999"}),
+            json!({"exp": null}),
+            json!({"iat": "yesterday"}),
+            json!({"iat": [1]}),
+            json!({"iss": 7}),
+            json!({"iss": null}),
+            json!({"iss": ["https://iss"]}),
+            json!({"sub": 42}),
+            json!({"sub": {"id": 1}}),
+            json!({"jti": 1}),
+            json!({"aud": 1}),
+            json!({"aud": null}),
+            json!({"aud": ["edge", 1]}),
+            json!({"aud": {"edge": true}}),
+        ] {
+            assert_eq!(check(bad.clone()).unwrap_err(), Invalid::ClaimType, "{bad}");
+        }
+    }
+}
