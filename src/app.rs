@@ -72,6 +72,7 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
             require_scopes: RequiredScopes::new(&r.require_scopes),
             upstream: Upstream::from_url(&r.upstream).map_err(StartError::Setup)?,
             forward_header: r.forward_header.clone(),
+            remove_headers: r.remove_headers.clone().into(),
             timeout: r.timeout,
             metrics: metrics.route(&r.name),
         }));

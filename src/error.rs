@@ -16,6 +16,9 @@ pub enum GatewayError {
     NoRoute,
     #[error("request path has dot segments")]
     BadPath,
+    /// The request target or its `Host` (RFC 9112 §3.2).
+    #[error("bad request target: {0}")]
+    BadTarget(&'static str),
     #[error("no bearer token presented")]
     MissingToken,
     #[error("invalid request: {0}")]
@@ -38,6 +41,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "no_route",
             GatewayError::BadPath => "bad_path",
+            GatewayError::BadTarget(_) => "bad_target",
             GatewayError::MissingToken => "missing_token",
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::Inbound(e) => e.reason(),
@@ -54,7 +58,9 @@ impl GatewayError {
         use InboundError as I;
         let (status, code, challenge, retry_after): (StatusCode, &str, Option<String>, bool) = match self {
             GatewayError::NoRoute => (StatusCode::NOT_FOUND, "no_route", None, false),
-            GatewayError::BadPath => (StatusCode::BAD_REQUEST, "invalid_request", None, false),
+            GatewayError::BadPath | GatewayError::BadTarget(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", None, false)
+            }
             GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized", Some(REALM.to_owned()), false),
             GatewayError::InvalidRequest(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request", Some(format!("{REALM}, error=\"invalid_request\"")), false)
@@ -118,6 +124,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "no route matches this request",
             GatewayError::BadPath => "paths with '.' or '..' segments are refused",
+            GatewayError::BadTarget(why) => why,
             GatewayError::MissingToken => "a bearer token is required",
             GatewayError::InvalidRequest(why) => why,
             GatewayError::Inbound(e) => match e {

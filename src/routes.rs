@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HOST;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::auth::scopes::RequiredScopes;
 use crate::exchange::{MachinePolicy, Policy};
@@ -42,6 +41,8 @@ pub struct Route {
     pub require_scopes: RequiredScopes,
     pub upstream: Upstream,
     pub forward_header: HeaderName,
+    /// Inbound headers removed before forwarding (`forward.remove_headers`).
+    pub remove_headers: Arc<[HeaderName]>,
     pub timeout: Duration,
     pub metrics: RouteMetrics,
 }
@@ -143,27 +144,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
 }
 
-/// The request host without port: `Host` header first (HTTP/1.1), else the
-/// URI authority (HTTP/2 `:authority`).
-pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let raw = match headers.get(HOST).and_then(|v| v.to_str().ok()) {
-        Some(h) => h,
-        None => uri.authority()?.as_str(),
-    };
-    Some(strip_port(raw))
-}
-
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
 impl Matcher {
     pub fn matches(&self, method: &Method, path: &str, host: Option<&str>, headers: &HeaderMap) -> bool {
         self.path.matches(path)
@@ -193,9 +173,9 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Arc<Route>> {
-        let host = request_host(uri, headers);
-        let path = uri.path();
+    /// The first route for a request; `host` is its checked authority's
+    /// host, without port (see `proxy::target`).
+    pub fn find(&self, method: &Method, path: &str, host: Option<&str>, headers: &HeaderMap) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matcher.matches(method, path, host, headers))
     }
 
@@ -242,20 +222,6 @@ mod tests {
         assert!(HostMatch::parse("a.*.com").is_err());
         assert!(HostMatch::parse("host:80").is_err());
         assert!(HostMatch::parse("").is_err());
-    }
-
-    #[test]
-    fn host_comes_from_header_or_authority() {
-        let mut h = HeaderMap::new();
-        let uri: Uri = "/x".parse().unwrap();
-        assert_eq!(request_host(&uri, &h), None);
-        h.insert(HOST, HeaderValue::from_static("api.example.com:8080"));
-        assert_eq!(request_host(&uri, &h), Some("api.example.com"));
-        let uri: Uri = "http://h2.example.com/x".parse().unwrap();
-        assert_eq!(request_host(&uri, &HeaderMap::new()), Some("h2.example.com"));
-        let mut h = HeaderMap::new();
-        h.insert(HOST, HeaderValue::from_static("[::1]:8080"));
-        assert_eq!(request_host(&"/".parse().unwrap(), &h), Some("::1"));
     }
 
     #[test]

@@ -69,15 +69,6 @@ fn is_b64token(t: &[u8]) -> bool {
     body_end > 0 && t[..body_end].iter().all(|&c| B64TOKEN[usize::from(c)])
 }
 
-/// True when the query string carries an `access_token` parameter: such a
-/// request is refused rather than forwarded, so the broad token cannot reach
-/// the backend through the URL.
-pub fn query_has_token(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        q.contains("access_token") && form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,12 +108,5 @@ mod tests {
         }
         let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
         assert!(matches!(extract(&h(&[&huge])), Err(GatewayError::InvalidRequest(_))));
-    }
-
-    #[test]
-    fn query_tokens_are_detected() {
-        assert!(query_has_token(Some("a=1&access_token=x")));
-        assert!(!query_has_token(Some("my_access_token_count=1")));
-        assert!(!query_has_token(None));
     }
 }

@@ -176,6 +176,9 @@ pub struct RouteConfig {
     /// Scopes the caller's token must hold (needs `inbound`); may be empty.
     pub require_scopes: Vec<String>,
     pub forward_header: HeaderName,
+    /// Inbound headers removed before forwarding, besides `Authorization`
+    /// and `Proxy-Authorization` (default: `Cookie`, `Forwarded`).
+    pub remove_headers: Vec<HeaderName>,
     /// Time allowed for the upstream to answer with headers.
     pub timeout: Duration,
 }

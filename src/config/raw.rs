@@ -205,6 +205,8 @@ pub struct RawMachine {
 pub struct RawForward {
     #[serde(default)]
     pub header: Option<Text>,
+    #[serde(default)]
+    pub remove_headers: Option<Vec<Text>>,
 }
 
 /// `inbound:`: local validation of the caller's token (exactly one of the two).

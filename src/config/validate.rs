@@ -435,7 +435,30 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
         }
         (Some(AuthMode::None), None) | (None, _) => (None, None),
     };
-    let forward_header = match r.forward.and_then(|f| f.header) {
+    let (forward_header, remove_headers) = match r.forward {
+        Some(f) => (f.header, f.remove_headers),
+        None => (None, None),
+    };
+    let remove_headers = remove_headers.map_or_else(
+        || crate::proxy::credentials::DEFAULT_REMOVED.to_vec(),
+        |list| {
+            let mut names = Vec::with_capacity(list.len());
+            for (i, h) in list.iter().enumerate() {
+                match HeaderName::from_bytes(h.as_str().as_bytes()) {
+                    Ok(n) if n == http::header::HOST => {
+                        cx.err(format!("{base}.forward.remove_headers[{i}]"), "host cannot be removed")
+                    }
+                    Ok(n) => names.push(n),
+                    Err(_) => cx.err(
+                        format!("{base}.forward.remove_headers[{i}]"),
+                        format!("invalid header name {:?}", h.value),
+                    ),
+                }
+            }
+            names
+        },
+    );
+    let forward_header = match forward_header {
         None => Some(http::header::AUTHORIZATION),
         Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
             Ok(n) if crate::proxy::headers::is_hop_by_hop(&n) => {
@@ -460,6 +483,7 @@ fn route(cx: &mut Ctx, base: &str, r: RawRoute, servers: &BTreeMap<String, AuthS
         machine: if auth == AuthMode::ClientCredentials { Some(machine?) } else { None },
         require_scopes: require_scopes?,
         forward_header: forward_header?,
+        remove_headers,
         timeout,
     })
 }

@@ -2,6 +2,8 @@
 //! upstreams, request rewriting, streaming both ways, and upgrades.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HOST;
@@ -14,7 +16,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use url::Url;
 
+use super::credentials::Guarded;
 use super::headers;
+use super::target::Authority as Target;
 use super::Body;
 use crate::error::{error_chain, GatewayError};
 
@@ -56,9 +60,21 @@ impl Upstream {
     }
 }
 
+/// How a request is rewritten for the backend.
+pub struct Rewrite<'a> {
+    /// The checked authority: `Host` and `X-Forwarded-Host` at the backend.
+    pub authority: Option<&'a Target>,
+    /// The header to add (the exchanged token).
+    pub credential: Option<(&'a HeaderName, HeaderValue)>,
+    /// Inbound headers removed besides `Authorization` (and from trailers too).
+    pub remove: &'a Arc<[HeaderName]>,
+    /// Exchange routes: the caller's token, which the body must not carry.
+    pub caller_token: Option<&'a str>,
+}
+
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Guarded>,
     /// `X-Forwarded-Proto`: the listener's scheme.
     proto: &'static str,
 }
@@ -83,15 +99,15 @@ impl Forwarder {
         Forwarder { client, proto }
     }
 
-    /// Rewrites `req` for the upstream and sends it. `credential` is the
-    /// header to add (the exchanged token); every inbound `Authorization` is
-    /// removed first.
+    /// Rewrites `req` for the upstream as `rewrite` says and sends it: the
+    /// inbound `Authorization` and `rewrite.remove` are removed, then the
+    /// credential is added.
     pub async fn forward(
         &self,
         upstream: &Upstream,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        credential: Option<(&HeaderName, HeaderValue)>,
+        rewrite: Rewrite<'_>,
         timeout: Duration,
     ) -> Result<Response<Body>, GatewayError> {
         let upgrade = match req.version() {
@@ -99,24 +115,32 @@ impl Forwarder {
             _ => None,
         };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let host = headers::original_host(req.headers(), req.uri());
         *req.uri_mut() = upstream.uri(req.uri().path_and_query())?;
         *req.version_mut() = Version::HTTP_11;
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
         h.remove(http::header::AUTHORIZATION);
-        if let Some((name, value)) = credential {
+        for name in rewrite.remove.iter() {
+            h.remove(name);
+        }
+        if let Some((name, value)) = rewrite.credential {
             h.insert(name.clone(), value);
         }
-        if let Some(host) = &host {
-            if !h.contains_key(HOST) {
-                h.insert(HOST, host.clone());
-            }
-        }
+        let host = rewrite.authority.map(|a| a.value().clone());
+        match &host {
+            Some(host) => h.insert(HOST, host.clone()),
+            None => h.remove(HOST),
+        };
         headers::set_forwarded(h, peer.ip(), self.proto, host);
 
+        let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
+        let scan = rewrite.caller_token.zip(leaked.clone());
+        let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan));
         let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
+            Ok(Err(_)) if leaked.is_some_and(|l| l.load(Ordering::Acquire)) => {
+                return Err(GatewayError::InvalidRequest("the bearer token is also in the request body"))
+            }
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(&e))),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
         };

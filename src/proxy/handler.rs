@@ -1,6 +1,6 @@
-//! The request path, top to bottom: match → extract → validate (inbound
-//! check, required scopes) → exchange (cache) → rewrite and forward → evict
-//! on a backend `invalid_token` → log.
+//! The request path, top to bottom: check the target → match → extract →
+//! validate (inbound check, required scopes) → exchange (cache) → rewrite
+//! and forward → evict on a backend `invalid_token` → log.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,9 +11,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use super::forward::Forwarder;
-use super::headers;
+use super::forward::{Forwarder, Rewrite};
+use super::target::{self, Authority};
 use super::Body;
+use super::{credentials, headers};
 use crate::auth::{bearer, Inbound};
 use crate::error::GatewayError;
 use crate::exchange::cache::EntryKind;
@@ -108,23 +109,39 @@ impl Gateway {
         peer: SocketAddr,
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
+        // 0. The target: exactly one valid authority, no userinfo (RFC 9112 §3.2).
+        let authority = target::authority(req.method(), req.version(), req.uri(), req.headers())
+            .map_err(GatewayError::BadTarget)?;
+
         // 1. Match.
-        let route = runtime.routes.find(req.method(), req.uri(), req.headers()).ok_or(GatewayError::NoRoute)?;
+        let host = authority.as_ref().map(Authority::host);
+        let route =
+            runtime.routes.find(req.method(), req.uri().path(), host, req.headers()).ok_or(GatewayError::NoRoute)?;
         trace.route = Some(route.clone());
         if headers::has_dot_segments(req.uri().path()) {
             return Err(GatewayError::BadPath);
+        }
+        if credentials::url_names_token(req.uri()) {
+            return Err(GatewayError::InvalidRequest("an access_token parameter in the URL is refused"));
         }
 
         // 2. Extract the caller's token, 3. validate it (inbound check and
         // required scopes: a refused token never reaches the AS) and
         // 4. exchange it (cache first).
+        let mut caller_token = None;
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
-                if bearer::query_has_token(req.uri().query()) {
-                    return Err(GatewayError::InvalidRequest("access_token in the query string is refused"));
-                }
                 let subject = bearer::extract(req.headers())?;
+                // The broad token must not ride along anywhere else.
+                if let Some(why) =
+                    credentials::token_elsewhere(req.uri(), req.headers(), &route.remove_headers, subject)
+                {
+                    return Err(GatewayError::InvalidRequest(why));
+                }
+                if !hyper::body::Body::is_end_stream(req.body()) {
+                    caller_token = Some(subject.to_owned());
+                }
                 let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
                 trace.fingerprint = Some(Fingerprint::of(&subject_hash));
                 if let Some(inbound) = &runtime.inbound {
@@ -153,7 +170,13 @@ impl Gateway {
             EntryKind::Token(t) => Some((&route.forward_header, t.raw.clone())),
             EntryKind::Rejected => None,
         });
-        let resp = self.forwarder.forward(&route.upstream, req, peer, credential, route.timeout).await?;
+        let rewrite = Rewrite {
+            authority: authority.as_ref(),
+            credential,
+            remove: &route.remove_headers,
+            caller_token: caller_token.as_deref(),
+        };
+        let resp = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await?;
 
         // 6. A backend that calls the token invalid gets a fresh one next time.
         if let Some((_, Some(key))) = &token {

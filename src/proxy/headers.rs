@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -108,11 +108,6 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str,
             headers.remove(X_FORWARDED_HOST);
         }
     }
-}
-
-/// The original host as a header value: `Host` (HTTP/1.1) or `:authority`.
-pub fn original_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
-    headers.get(HOST).cloned().or_else(|| uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
 }
 
 /// True for paths with `.` or `..` segments, plain or percent-encoded: such

@@ -1,10 +1,12 @@
 //! The proxy: accept loop (`server`), the request phases (`handler`), the
 //! upstream client (`forward`) and header rules (`headers`).
 
+pub mod credentials;
 pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod server;
+pub mod target;
 pub mod tls;
 
 /// Response body: a streamed upstream body or a small local answer.

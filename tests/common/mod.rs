@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

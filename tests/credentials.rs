@@ -1,0 +1,253 @@
+//! The caller's credentials never reach the backend, wherever they ride
+//! along: an `access_token` URL parameter in any spelling, the bearer
+//! token's value in the URL, another header, a cookie or the body, and the
+//! headers removed on each `auth` mode (`forward.remove_headers`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::wire::*;
+use common::*;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+/// An echo backend that also keeps every request body it received (whole
+/// or cut short), so a test can prove a token never arrived.
+async fn recording_backend() -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let b = bodies.clone();
+    let addr = serve(move |req: Request<Incoming>| {
+        let bodies = b.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let mut received = Vec::new();
+            let mut body = req.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(d) = frame.into_data() {
+                    received.extend_from_slice(&d);
+                }
+            }
+            let len = received.len();
+            bodies.lock().unwrap().push(received);
+            Response::new(full(json!({"path": path, "body_len": len}).to_string()))
+        }
+    })
+    .await;
+    (addr, bodies)
+}
+
+fn routes(backend: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "{}  - name: open\n    match: {{ path_prefix: /open }}\n    upstream: http://{backend}\n    auth: none\n{}",
+        exchange_route("ex", "/ex", backend, extra),
+        "  - name: egress\n    match: { path_prefix: /egress }\n    upstream: http://".to_owned()
+            + &backend.to_string()
+            + "\n    auth: client_credentials\n    exchange: { authorization_server: corp, audience: [x] }\n"
+    )
+}
+
+fn refused(resp: &RawResponse, what: &str) {
+    assert_eq!(resp.status, 400, "{what}: {}", resp.text());
+    let body = resp.text();
+    assert!(body.contains("\"error\":\"invalid_request\""), "{what}: {body}");
+}
+
+/// Item: `?access%5Ftoken=` passed the old check (plain `access_token=` did
+/// not). Every spelling a server would decode to `access_token` is refused,
+/// on every auth mode, before any exchange.
+#[tokio::test]
+async fn access_token_url_parameters_are_refused_in_every_spelling_on_every_route() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, ""))).await;
+    let spellings = [
+        "access_token=broad",
+        "access%5Ftoken=broad",
+        "access%5ftoken=broad",
+        "%61ccess_token=broad",
+        "access%255Ftoken=broad",
+        "ACCESS_TOKEN=broad",
+        "a=1;access_token=broad",
+        "access.token=broad",
+        "access+token=broad",
+        "access_token[]=broad",
+    ];
+    for prefix in ["/ex/1", "/open/1", "/egress/1"] {
+        for q in spellings {
+            let target = format!("{prefix}?{q}");
+            let resp = raw_get(gw.running.addr, &target, "gw.example", &["Authorization: Bearer broad"]).await;
+            refused(&resp, &target);
+        }
+        let resp = raw_get(gw.running.addr, &format!("{prefix};access_token=broad"), "gw.example", &[]).await;
+        refused(&resp, "a ;access_token path parameter");
+    }
+    assert_eq!(auth_server.count(), 0, "a refused request is never exchanged");
+    // Names that merely contain the words pass.
+    let resp =
+        raw_get(gw.running.addr, "/ex/1?my_access_token_count=2", "gw.example", &["Authorization: Bearer broad"]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+/// On exchange routes the caller's token itself must not ride along in the
+/// URL or another header (raw or percent-encoded): refused before the
+/// exchange, so the AS is not called either.
+#[tokio::test]
+async fn the_bearer_token_elsewhere_in_the_head_is_refused() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, ""))).await;
+    let token = fake_jwt(json!({"sub": "alice", "exp": now() + 600, "jti": "SECRET-CLAIM"}));
+    let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+    let auth = format!("Authorization: Bearer {token}");
+    let api_key = format!("X-Api-Key: {token}");
+    let forwarded = format!("X-Original-Auth: Bearer {token}");
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (format!("/ex/1?t={token}"), vec![&auth], "the query"),
+        (format!("/ex/1?t={encoded}"), vec![&auth], "the query, percent-encoded"),
+        (format!("/ex/{token}"), vec![&auth], "the path"),
+        ("/ex/1".into(), vec![&auth, &api_key], "another header"),
+        ("/ex/1".into(), vec![&auth, &forwarded], "another header, after a scheme"),
+    ];
+    for (target, headers, what) in &cases {
+        let resp = raw_get(gw.running.addr, target, "gw.example", headers).await;
+        refused(&resp, what);
+        assert!(!resp.text().contains("SECRET"), "{what}: the answer echoes the token");
+    }
+    assert_eq!(auth_server.count(), 0);
+
+    // A cookie holding the token is removed by default, so it is not a leak:
+    // the request goes through and the backend sees no cookie.
+    let cookie = format!("Cookie: session={token}");
+    let resp = raw_get(gw.running.addr, "/ex/1", "gw.example", &[&auth, &cookie]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(!resp.text().contains("SECRET") && seen(&echoed(&resp.text()), "cookie").is_empty());
+}
+
+/// The same cookie on a route that keeps cookies would reach the backend:
+/// refused there.
+#[tokio::test]
+async fn a_kept_cookie_holding_the_token_is_refused() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let extra = "    forward: { remove_headers: [] }\n";
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, extra))).await;
+    let token = fake_jwt(json!({"sub": "alice", "exp": now() + 600}));
+    let resp = raw_get(
+        gw.running.addr,
+        "/ex/1",
+        "gw.example",
+        &[&format!("Authorization: Bearer {token}"), &format!("Cookie: a=1; session={token}")],
+    )
+    .await;
+    refused(&resp, "a kept cookie");
+    // Other cookies are kept on this route.
+    let resp =
+        raw_get(gw.running.addr, "/ex/1", "gw.example", &[&format!("Authorization: Bearer {token}"), "Cookie: a=1"])
+            .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(seen(&echoed(&resp.text()), "cookie"), vec!["a=1"]);
+}
+
+/// A body carrying the caller's token is cut off before the chunk that
+/// holds it, and the caller gets `400`: the backend never receives the
+/// token, even split across chunks or after a megabyte of data.
+#[tokio::test]
+async fn the_bearer_token_in_the_body_never_reaches_the_backend() {
+    let auth_server = RecordingAs::start().await;
+    let (backend, bodies) = recording_backend().await;
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, ""))).await;
+    let token = fake_jwt(json!({"sub": "alice", "exp": now() + 600, "pad": "x".repeat(200)}));
+
+    // A JSON body with the token, sent in one piece.
+    let body = json!({"note": "hello", "token": token}).to_string();
+    let resp = client().post(format!("{}/ex/upload", gw.url)).bearer_auth(&token).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("request body"));
+
+    // Chunked, with the token split across two chunks after 1 MiB of data.
+    let (head, tail) = token.split_at(token.len() / 2);
+    let prefix = "a".repeat(1024 * 1024);
+    let chunks = [prefix.as_str(), "form=1&copy=", head, tail, "&end=1"];
+    let mut request = format!(
+        "POST /ex/upload HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    for c in chunks {
+        request.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+    }
+    request.push_str("0\r\n\r\n");
+    let resp = raw(gw.running.addr, &request).await.unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+
+    // A body without the token streams through untouched.
+    let clean = "b".repeat(300_000);
+    let resp = client().post(format!("{}/ex/upload", gw.url)).bearer_auth(&token).body(clean).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(echoed(&resp.text().await.unwrap())["body_len"], 300_000);
+
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let needle = token.as_bytes();
+    for received in bodies.lock().unwrap().iter() {
+        assert!(!received.windows(needle.len()).any(|w| w == needle), "the backend received the token");
+    }
+}
+
+/// What the backend receives of the caller's credentials on each auth mode:
+/// `Authorization`, `Proxy-Authorization`, `Cookie` and `Forwarded` are
+/// removed by default; `forward.remove_headers` replaces the list.
+#[tokio::test]
+async fn inbound_credential_headers_removed_on_each_auth_mode() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, ""))).await;
+    let sent = [
+        "Authorization: Bearer broad-secret",
+        "Proxy-Authorization: Basic c2VjcmV0",
+        "Cookie: session=cookie-secret",
+        "Forwarded: for=203.0.113.9;host=spoofed.example",
+        "X-Api-Key: key-1",
+    ];
+    for path in ["/ex/1", "/open/1", "/egress/1"] {
+        let resp = raw_get(gw.running.addr, path, "gw.example", &sent).await;
+        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+        let echo = echoed(&resp.text());
+        for name in ["proxy-authorization", "cookie", "forwarded"] {
+            assert!(seen(&echo, name).is_empty(), "{path}: {name} reached the backend");
+        }
+        assert!(!resp.text().contains("broad-secret") && !resp.text().contains("cookie-secret"), "{path}");
+        assert_eq!(seen(&echo, "x-api-key"), vec!["key-1"], "{path}: other headers pass");
+        let authorization = seen(&echo, "authorization");
+        match path {
+            "/open/1" => assert!(authorization.is_empty()),
+            _ => assert!(authorization[0].starts_with("Bearer exchanged-"), "{path}: {authorization:?}"),
+        }
+    }
+
+    // remove_headers replaces the default: cookies and Forwarded kept, the API key removed.
+    let auth_server = RecordingAs::start().await;
+    let extra = "    forward: { remove_headers: [x-api-key] }\n";
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, extra))).await;
+    let resp = raw_get(gw.running.addr, "/ex/1", "gw.example", &sent).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let echo = echoed(&resp.text());
+    assert_eq!(seen(&echo, "cookie"), vec!["session=cookie-secret"]);
+    assert_eq!(seen(&echo, "forwarded").len(), 1);
+    assert!(seen(&echo, "x-api-key").is_empty());
+    assert!(seen(&echo, "proxy-authorization").is_empty(), "always removed");
+}
+
+#[test]
+fn remove_headers_is_checked() {
+    let yaml = |list: &str| {
+        format!(
+            "listen: {{ address: \"127.0.0.1:0\" }}\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:1\n    auth: none\n    forward: {{ remove_headers: {list} }}\n"
+        )
+    };
+    assert!(tokex::config::parse(&yaml("[cookie, x-api-key]")).is_ok());
+    let err = tokex::config::parse(&yaml("[\"bad header\"]")).unwrap_err().to_string();
+    assert!(err.contains("routes[0].forward.remove_headers[0]"), "{err}");
+    let err = tokex::config::parse(&yaml("[host]")).unwrap_err().to_string();
+    assert!(err.contains("host cannot be removed"), "{err}");
+}
