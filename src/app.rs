@@ -19,7 +19,7 @@ use crate::exchange::{Exchanger, MachinePolicy, Policy};
 use crate::metrics::Metrics;
 use crate::proxy::forward::{Forwarder, Upstream};
 use crate::proxy::handler::{Gateway, Runtime};
-use crate::proxy::server::{serve, Limits};
+use crate::proxy::server::{serve, Limits, Phase};
 use crate::readiness::Readiness;
 use crate::routes::{Route, RouteAuth, RouteTable};
 
@@ -88,6 +88,9 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     shutdown_delay: Duration,
+    /// The listeners' phase (draining, then stopping).
+    phase: watch::Sender<Phase>,
+    /// Background tasks (JWKS refresh, ...) stop when this turns true.
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -119,23 +122,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (shutdown, rx) = watch::channel(false);
+    let (phase, phase_rx) = watch::channel(Phase::Serving);
     let readiness = Readiness::new();
     // Not ready before every `issuer:` server's metadata has been discovered.
     crate::exchange::discovery::start(&gateway.runtime().servers, None, Some(&readiness));
     let limits = Limits {
         header_read_timeout: config.listen.header_read_timeout,
         max_header_bytes: config.listen.max_header_bytes,
+        idle_timeout: config.listen.idle_timeout,
+        max_connections: crate::proxy::server::within_fd_limit(config.listen.max_connections),
+        http2_max_concurrent_streams: config.listen.http2_max_concurrent_streams,
     };
     let mut tasks =
-        vec![tokio::spawn(serve(listener, tls, limits, gateway.clone(), rx.clone(), config.shutdown_grace))];
+        vec![tokio::spawn(serve(listener, tls, limits, gateway.clone(), phase_rx.clone(), config.shutdown_grace))];
     // Not ready before the inbound JWKS has been fetched once.
     if let Some(inbound) = &gateway.runtime().inbound {
         tasks.extend(inbound.start(&readiness, rx.clone()));
     }
     if let Some(l) = admin_listener {
         let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
-        let admin_limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
-        tasks.push(tokio::spawn(serve(l, None, admin_limits, admin, rx, Duration::from_secs(1))));
+        tasks.push(tokio::spawn(serve(l, None, Limits::internal(16 * 1024), admin, phase_rx, Duration::from_secs(1))));
     }
     readiness.set_serving();
     tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "tokex listening");
@@ -146,6 +152,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         readiness,
         shutdown_delay: config.shutdown_delay,
+        phase,
         shutdown,
         tasks,
     })
@@ -178,15 +185,18 @@ impl Running {
         }
     }
 
-    /// Marks not ready, keeps accepting for `runtime.shutdown_delay`, then
-    /// stops accepting and drains in-flight requests (bounded by
-    /// `runtime.shutdown_grace`) and returns.
+    /// Marks not ready and keeps accepting for `runtime.shutdown_delay`
+    /// while telling clients to move off (`Connection: close`, HTTP/2
+    /// `GOAWAY`), then stops accepting and drains in-flight requests
+    /// (bounded by `runtime.shutdown_grace`) and returns.
     pub async fn shutdown(self) {
         self.readiness.set_draining();
+        let _ = self.phase.send(Phase::Draining);
         if !self.shutdown_delay.is_zero() {
             tracing::info!(delay = ?self.shutdown_delay, "not ready; still accepting until the shutdown delay ends");
             tokio::time::sleep(self.shutdown_delay).await;
         }
+        let _ = self.phase.send(Phase::Stopping);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

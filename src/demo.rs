@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::auth::unverified;
 use crate::dev_sts::{self, ClientSpec, DevStsConfig};
-use crate::proxy::server::{serve, Handler, Limits};
+use crate::proxy::server::{serve, Handler, Limits, Phase};
 use crate::proxy::Body;
 
 const GATEWAY_CLIENT: &str = "tokex-demo";
@@ -99,7 +99,7 @@ pub struct Demo {
     pub sts: dev_sts::DevSts,
     pub backend: SocketAddr,
     pub gateway: crate::app::Running,
-    backend_stop: watch::Sender<bool>,
+    backend_stop: watch::Sender<Phase>,
     backend_task: tokio::task::JoinHandle<()>,
 }
 
@@ -132,8 +132,8 @@ pub async fn start() -> Result<Demo, DemoError> {
     let echo = Arc::new(Echo { jwks, issuer: sts.issuer().to_owned() });
     let listener = bind().await?;
     let backend = listener.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?;
-    let (backend_stop, rx) = watch::channel(false);
-    let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 };
+    let (backend_stop, rx) = watch::channel(Phase::Serving);
+    let limits = Limits::internal(64 * 1024);
     let backend_task = tokio::spawn(serve(listener, None, limits, echo, rx, Duration::from_secs(1)));
 
     // The agent that acts for alice on /billing (delegation).
@@ -175,7 +175,7 @@ routes:
 impl Demo {
     pub async fn stop(self) {
         self.gateway.shutdown().await;
-        let _ = self.backend_stop.send(true);
+        let _ = self.backend_stop.send(Phase::Stopping);
         let _ = self.backend_task.await;
         self.sts.shutdown().await;
     }

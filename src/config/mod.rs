@@ -49,6 +49,11 @@ pub struct ListenConfig {
     pub tls: Option<ListenTls>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Open connections at most; beyond it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Connections without a request in flight this long are closed.
+    pub idle_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -36,6 +36,12 @@ pub struct RawListen {
     pub header_read_timeout: Option<Dur>,
     #[serde(default)]
     pub max_header_bytes: Option<usize>,
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+    #[serde(default)]
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

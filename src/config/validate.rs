@@ -144,12 +144,30 @@ fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
     if !(8192..=1024 * 1024).contains(&max_header_bytes) {
         cx.err("listen.max_header_bytes", "must be between 8192 and 1048576");
     }
+    let max_connections = l.max_connections.unwrap_or(20_000);
+    if !(1..=1_000_000).contains(&max_connections) {
+        cx.err("listen.max_connections", "must be between 1 and 1000000");
+    }
+    let http2_max_concurrent_streams = l.http2_max_concurrent_streams.unwrap_or(256);
+    if !(1..=65_536).contains(&http2_max_concurrent_streams) {
+        cx.err("listen.http2_max_concurrent_streams", "must be between 1 and 65536");
+    }
+    let header_read_timeout = l.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0);
+    let idle_timeout = l.idle_timeout.map_or(Duration::from_secs(60), |d| d.0);
+    for (path, d) in [("listen.header_read_timeout", header_read_timeout), ("listen.idle_timeout", idle_timeout)] {
+        if d < Duration::from_millis(100) {
+            cx.err(path, "must be at least 100ms");
+        }
+    }
     let address = socket_addr(cx, "listen.address", &l.address)?;
     Some(ListenConfig {
         address,
         tls,
-        header_read_timeout: l.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        header_read_timeout,
         max_header_bytes,
+        max_connections,
+        idle_timeout,
+        http2_max_concurrent_streams,
     })
 }
 

@@ -57,7 +57,7 @@ pub use clients::{ClientSpec, JWT_BEARER};
 pub use endpoint::MAX_FORM_BYTES;
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
 
-use crate::proxy::server::{serve, Limits};
+use crate::proxy::server::{serve, Limits, Phase};
 use clients::Registry;
 use keys::SigningKey;
 
@@ -118,7 +118,7 @@ pub(crate) struct State {
 pub struct DevSts {
     addr: SocketAddr,
     state: Arc<State>,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Phase>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -177,8 +177,8 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         jwks,
         metadata,
     });
-    let (shutdown, rx) = watch::channel(false);
-    let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
+    let (shutdown, rx) = watch::channel(Phase::Serving);
+    let limits = Limits::internal(16 * 1024);
     let task = tokio::spawn(serve(listener, None, limits, state.clone(), rx, Duration::from_secs(1)));
     tracing::info!(%addr, issuer = %state.issuer, kid = %state.key.kid, "dev-sts (development only) listening");
     Ok(DevSts { addr, state, shutdown, task: Some(task) })
@@ -267,7 +267,7 @@ impl DevSts {
 
     /// Stops accepting and waits (at most ~1 s) for open connections.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Phase::Stopping);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -276,7 +276,7 @@ impl DevSts {
 
 impl Drop for DevSts {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Phase::Stopping);
     }
 }
 

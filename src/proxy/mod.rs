@@ -1,6 +1,7 @@
 //! The proxy: accept loop (`server`), the request phases (`handler`), the
 //! upstream client (`forward`) and header rules (`headers`).
 
+pub mod conn;
 pub mod credentials;
 pub mod forward;
 pub mod handler;

@@ -1,29 +1,65 @@
 //! Accepting connections: HTTP/1.1 and h2c (prior knowledge) on one port via
-//! hyper-util's auto builder, with upgrades, header limits and timeouts, and
-//! a graceful drain on shutdown.
+//! hyper-util's auto builder (h2 by ALPN with TLS), with upgrades; a cap on
+//! open connections (beyond it, new ones wait in the kernel's backlog while
+//! connections without a request in flight make room); deadlines for silent
+//! and idle connections (`conn.rs`); and the shutdown phases: draining
+//! (clients are told to move off), stopping (the listener closes, requests
+//! finish within the grace period), then whatever is left is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::conn::{ConnState, Expired, Timeouts, Watched};
 use super::Body;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Also bounds the TLS handshake.
+    /// Time to the first byte of a connection (or of a request head after
+    /// it started), and to the end of a head; also bounds the TLS handshake.
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// A connection without a request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections (upgraded tunnels included) at most.
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Limits {
+    /// For the admin listener and the built-in development servers.
+    pub fn internal(max_header_bytes: usize) -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            http2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// Where a listener is in its life. `Serving` → `Draining` (SIGTERM: still
+/// accepting, clients told to move off) → `Stopping` (listener closed,
+/// in-flight requests finish within the grace period).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    Draining,
+    Stopping,
 }
 
 /// Something that answers requests: the gateway, or the admin endpoints.
@@ -31,85 +67,266 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
 }
 
-/// Serves `listener` until `shutdown` turns true, then stops accepting and
-/// waits up to `grace` for open connections to finish their requests.
+/// `max_connections` lowered, with a warning, to what the open-files limit
+/// allows: each client connection may need an upstream one too, and some
+/// descriptors are kept for the authorization servers, JWKS and files.
+pub fn within_fd_limit(max_connections: usize) -> usize {
+    const RESERVED: usize = 64;
+    let Some(limit) = open_files_limit() else { return max_connections };
+    let allowed = (limit.saturating_sub(RESERVED) / 2).max(1);
+    if max_connections > allowed {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = limit,
+            using = allowed,
+            "listen.max_connections is more than the open-files limit allows; raise the limit (ulimit -n) to use it"
+        );
+        return allowed;
+    }
+    max_connections
+}
+
+/// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (Linux).
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    // "Max open files            1024                 1048576              files"
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// What every connection of one listener shares.
+struct Shared<H> {
+    handler: Arc<H>,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Answers carry `Connection: close` (HTTP/1.1) or end with `GOAWAY`.
+    draining: AtomicBool,
+    /// The listener's phase, for connections to follow.
+    phase: watch::Receiver<Phase>,
+    /// Notified at the cap: connections without a request in flight make room.
+    shed: Notify,
+    /// Set once the grace period is over: remaining connections close now.
+    killed: watch::Sender<bool>,
+    /// Connection tasks still running (the drain waits for them).
+    active: AtomicUsize,
+    done: Notify,
+}
+
+/// How often the accept loop, waiting at the cap, asks for room again.
+const SHED_EVERY: Duration = Duration::from_millis(250);
+
+/// Serves `listener` through its phases; returns once it has stopped and
+/// its connections have finished (or `grace` has passed).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
     handler: Arc<H>,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The head timeout is ours (conn.rs): hyper's would also end idle
+        // keep-alive connections after header_read_timeout.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
-    loop {
+    let shared = Arc::new(Shared {
+        handler,
+        builder,
+        timeouts: Timeouts { header_read: limits.header_read_timeout, idle: limits.idle_timeout },
+        tls,
+        draining: AtomicBool::new(*phase.borrow() != Phase::Serving),
+        phase: phase.clone(),
+        shed: Notify::new(),
+        killed: watch::channel(false).0,
+        active: AtomicUsize::new(0),
+        done: Notify::new(),
+    });
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    'accept: loop {
+        // A slot first: at the cap, new connections wait in the backlog
+        // while connections without a request in flight make room.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(max = limits.max_connections, "connection cap reached: shedding idle connections");
+                loop {
+                    shared.shed.notify_waiters();
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => break slot,
+                            Err(_) => break 'accept,
+                        },
+                        _ = tokio::time::sleep(SHED_EVERY) => {}
+                        stop = next_phase(&mut phase, &shared) => if stop { break 'accept },
+                    }
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: make room and back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; shedding idle connections");
+                    shared.shed.notify_waiters();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = until_true(&mut shutdown) => break,
+            stop = next_phase(&mut phase, &shared) => if stop { break } else { continue },
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let svc = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
-        });
-        match &tls {
-            None => {
-                let conn =
-                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection closed with an error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                // The handshake runs in the connection's task, bounded like a request head.
-                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let conn =
-                        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection closed with an error");
-                    }
-                });
-            }
-        }
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(connection(shared.clone(), stream, peer, slot));
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("all connections drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "drain grace period over; closing remaining connections"),
+    // The drain: connections finish their requests (they have been told to
+    // stop), bounded by the grace period; then the rest are closed.
+    let drained = tokio::time::timeout(grace, async {
+        loop {
+            let done = shared.done.notified();
+            if shared.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::debug!("all connections drained"),
+        Err(_) => {
+            tracing::warn!(?grace, "drain grace period over; closing remaining connections");
+            let _ = shared.killed.send(true);
+        }
     }
 }
 
-/// Resolves once the shutdown flag is set (or its sender is gone).
-async fn until_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
+/// Waits for the listener's next phase; true once it must stop accepting.
+async fn next_phase<H>(phase: &mut watch::Receiver<Phase>, shared: &Shared<H>) -> bool {
+    if phase.changed().await.is_err() {
+        return true; // the owner is gone
+    }
+    let now = *phase.borrow_and_update();
+    if now != Phase::Serving {
+        shared.draining.store(true, Ordering::Release);
+    }
+    now == Phase::Stopping
+}
+
+/// One connection: the TLS handshake (bounded), then HTTP until it ends.
+async fn connection<H: Handler>(
+    shared: Arc<Shared<H>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+) {
+    let state = ConnState::new(slot);
+    match shared.tls.clone() {
+        None => serve_http(&shared, stream, peer, state).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream));
+            let mut killed = shared.killed.subscribe();
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake failed"); None }
+                    Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); None }
+                },
+                _ = killed.wait_for(|k| *k) => None,
+            };
+            if let Some(stream) = stream {
+                serve_http(&shared, stream, peer, state).await;
+            }
+        }
+    }
+    if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.done.notify_waiters();
+    }
+}
+
+async fn serve_http<H, I>(shared: &Arc<Shared<H>>, io: I, peer: SocketAddr, state: Arc<ConnState>)
+where
+    H: Handler,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = {
+        let (shared, state) = (shared.clone(), state.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let (shared, state) = (shared.clone(), state.clone());
+            async move {
+                let version = req.version();
+                let request = state.begin();
+                let mut resp = shared.handler.handle(req, peer).await;
+                if shared.draining.load(Ordering::Acquire) {
+                    if version == Version::HTTP_2 {
+                        state.request_goaway();
+                    } else if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
+                Ok::<_, Infallible>(resp.map(|body| request.track(body)))
+            }
+        })
+    };
+    let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(Watched::new(io, state.clone())), svc);
+    let mut conn = std::pin::pin!(conn.into_owned());
+    let mut phase = shared.phase.clone();
+    let mut killed = shared.killed.subscribe();
+    // Once shut down gracefully, a connection that makes no I/O progress for
+    // idle_timeout (a client that stopped reading) is closed.
+    let mut winding_down: Option<u64> = None;
+    let t = shared.timeouts;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection closed with an error");
+                }
+                return;
+            }
+            expired = state.watchdog(t), if winding_down.is_none() => match expired {
+                Expired::Silent => return tracing::debug!(%peer, "connection closed: nothing received in time"),
+                Expired::Idle => {}
+            },
+            _ = tokio::time::sleep(t.idle), if winding_down.is_some() => {
+                let ops = state.io_ops();
+                if winding_down == Some(ops) {
+                    return tracing::debug!(%peer, "connection closed: no progress while shutting down");
+                }
+                winding_down = Some(ops);
+                continue;
+            }
+            _ = shared.shed.notified(), if winding_down.is_none() => match state.shed() {
+                None => continue,
+                Some(Expired::Silent) => return tracing::debug!(%peer, "connection shed at the cap"),
+                Some(Expired::Idle) => tracing::debug!(%peer, "idle connection shed at the cap"),
+            },
+            changed = phase.changed(), if winding_down.is_none() => {
+                let now = if changed.is_err() { Phase::Stopping } else { *phase.borrow_and_update() };
+                match now {
+                    Phase::Serving => continue,
+                    // HTTP/1.1 answers say `Connection: close` from now on.
+                    Phase::Draining if !state.is_h2() => continue,
+                    Phase::Draining | Phase::Stopping => {}
+                }
+            },
+            _ = killed.wait_for(|k| *k) => return,
+        }
+        // Whatever brought us here ends the connection gracefully: HTTP/2
+        // `GOAWAY`, HTTP/1.1 closes once the current answer is sent.
+        conn.as_mut().graceful_shutdown();
+        winding_down = Some(state.io_ops());
+    }
 }

@@ -1,0 +1,378 @@
+//! One client connection's life: what it is doing (fresh, reading a request
+//! head, busy, idle between requests, HTTP/2), the deadlines that follow
+//! from that, and the signals that end it.
+//!
+//! - **Silent**: no first byte within `header_read_timeout` of accept, or a
+//!   request head (or the HTTP/2 preface) started and not finished within
+//!   `header_read_timeout` of its first byte: closed at once.
+//! - **Idle**: no request in flight for `idle_timeout` (between HTTP/1.1
+//!   requests, or an HTTP/2 connection without streams): closed gracefully
+//!   (HTTP/2 `GOAWAY`).
+//! - **Shed**: at the connection cap, connections without a request in flight
+//!   make room — idle ones (gracefully) and silent ones at least
+//!   [`SHED_MIN_AGE`] old; a connection busy with a request is never shed.
+//! - **Draining** (the shutdown delay): HTTP/1.1 answers carry
+//!   `Connection: close`, HTTP/2 connections get `GOAWAY`, so clients move
+//!   off before the listener closes. **Stopping**: every connection is shut
+//!   down gracefully. **Killed** (the grace period is over): closed.
+//! - A connection shut down gracefully that then makes no I/O progress for
+//!   `idle_timeout` (a client that stopped reading) is closed.
+//!
+//! A request is in flight from its head until its answer's body is done.
+//! The request path pays an atomic increment and decrement per request and a
+//! counter bump per read or write; deadlines are re-armed lazily by the
+//! watchdog, which wakes at most once per `idle_timeout` on a busy connection.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+/// Silent connections younger than this are not shed: a legitimate client's
+/// first bytes may still be on their way.
+pub const SHED_MIN_AGE: Duration = Duration::from_secs(1);
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The timeouts a connection lives by.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+/// What a connection is doing, shared by its I/O, its requests and its
+/// watchdog. Holds the connection's slot under the cap until the last
+/// reference is gone (an upgraded tunnel keeps it).
+pub struct ConnState {
+    started: Instant,
+    /// Requests whose handler has not returned.
+    in_flight: AtomicU32,
+    /// Milliseconds since `started` when the last request ended (0: none yet).
+    idle_since: AtomicU64,
+    /// Milliseconds since `started`, plus one, of the first byte read while
+    /// no request was in flight (0: none): a request head being read.
+    head_since: AtomicU64,
+    /// The client sent the HTTP/2 preface.
+    h2: AtomicBool,
+    /// A request asked for the connection to end after it (draining, HTTP/2).
+    goaway: AtomicBool,
+    /// Reads and writes that moved bytes.
+    io_ops: AtomicU64,
+    /// Wakes the watchdog when a deadline moves earlier.
+    wake: Notify,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Why the watchdog ends (or winds down) a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing, or an unfinished head, within `header_read_timeout`: close now.
+    Silent,
+    /// No request for `idle_timeout`, or a request asked to end it: close gracefully.
+    Idle,
+}
+
+impl ConnState {
+    pub fn new(slot: OwnedSemaphorePermit) -> Arc<Self> {
+        Arc::new(ConnState {
+            started: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            goaway: AtomicBool::new(false),
+            io_ops: AtomicU64::new(0),
+            wake: Notify::new(),
+            _slot: slot,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// Marks a request as started; the returned guard ends it when dropped
+    /// (with the answer's body, see [`RequestGuard::track`]).
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+        RequestGuard(self.clone())
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Acquire)
+    }
+
+    /// Asks the watchdog to end the connection gracefully after the current
+    /// requests (HTTP/2 `GOAWAY` while draining).
+    pub fn request_goaway(&self) {
+        self.goaway.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn io_ops(&self) -> u64 {
+        self.io_ops.load(Ordering::Relaxed)
+    }
+
+    /// What shedding does to this connection now: `None` keeps it.
+    pub fn shed(&self) -> Option<Expired> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let had_request = self.idle_since.load(Ordering::Acquire) > 0;
+        let head = self.head_since.load(Ordering::Acquire);
+        if self.is_h2() || (had_request && head == 0) {
+            return Some(Expired::Idle);
+        }
+        // Silent since accept, or since the first byte of an unfinished head.
+        let since = head.saturating_sub(1);
+        let waited = Duration::from_millis(self.now_ms().saturating_sub(since));
+        (waited >= SHED_MIN_AGE).then_some(Expired::Silent)
+    }
+
+    /// The next deadline and what happens there (`None`: just look again).
+    fn next(&self, t: Timeouts) -> (Instant, Option<Expired>) {
+        if self.goaway.load(Ordering::Acquire) {
+            return (Instant::now(), Some(Expired::Idle));
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return (Instant::now() + t.idle, None);
+        }
+        let idle_since = self.idle_since.load(Ordering::Acquire);
+        if self.is_h2() {
+            return (self.at(idle_since) + t.idle, Some(Expired::Idle));
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            // A head (or the first bytes) being read.
+            since @ 1.. => (self.at(since - 1) + t.header_read, Some(Expired::Silent)),
+            // Nothing read yet: the first byte is due.
+            0 if idle_since == 0 => (self.started + t.header_read, Some(Expired::Silent)),
+            0 => (self.at(idle_since) + t.idle, Some(Expired::Idle)),
+        }
+    }
+
+    /// Resolves when the connection should end, and why.
+    pub async fn watchdog(&self, t: Timeouts) -> Expired {
+        loop {
+            let (deadline, _) = self.next(t);
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = self.wake.notified() => {}
+            }
+            // The state may have moved the deadline since it was armed.
+            if let (deadline, Some(why)) = self.next(t) {
+                if deadline <= Instant::now() {
+                    return why;
+                }
+            }
+        }
+    }
+
+    /// Bytes were read: spot the HTTP/2 preface, and the start of a head.
+    fn on_read(&self, bytes: &[u8], preface: &mut usize) {
+        self.io_ops.fetch_add(1, Ordering::Relaxed);
+        if *preface < H2_PREFACE.len() {
+            let want = &H2_PREFACE[*preface..];
+            let n = want.len().min(bytes.len());
+            if bytes[..n] == want[..n] {
+                *preface += n;
+                if *preface == H2_PREFACE.len() {
+                    self.h2.store(true, Ordering::Release);
+                    self.head_since.store(0, Ordering::Release);
+                    self.idle_since.store(self.now_ms().max(1), Ordering::Release);
+                    return;
+                }
+            } else {
+                *preface = usize::MAX; // not HTTP/2: stop looking
+            }
+        }
+        if !self.is_h2() && self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0
+        {
+            self.head_since.store(self.now_ms() + 1, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A request in flight, until its answer has been sent (or abandoned): its
+/// end makes the connection idle.
+pub struct RequestGuard(Arc<ConnState>);
+
+/// An answer's body that keeps its request in flight until it is done, so a
+/// long download is neither idle nor a stalled head.
+pub struct Tracked<B> {
+    body: B,
+    _request: RequestGuard,
+}
+
+impl RequestGuard {
+    pub fn track<B>(self, body: B) -> Tracked<B> {
+        Tracked { body, _request: self }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            s.idle_since.store(s.now_ms().max(1), Ordering::Release);
+        }
+    }
+}
+
+/// The connection's I/O, reporting what it reads to the [`ConnState`].
+pub struct Watched<T> {
+    io: T,
+    state: Arc<ConnState>,
+    /// Bytes of the HTTP/2 preface matched so far (`usize::MAX`: not HTTP/2).
+    preface: usize,
+}
+
+impl<T> Watched<T> {
+    pub fn new(io: T, state: Arc<ConnState>) -> Self {
+        Watched { io, state, preface: 0 }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                this.state.on_read(read, &mut this.preface);
+            }
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.state.io_ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.state.io_ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    const T: Timeouts = Timeouts { header_read: Duration::from_millis(200), idle: Duration::from_millis(600) };
+
+    fn state() -> Arc<ConnState> {
+        ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_expires_after_the_header_timeout() {
+        let s = state();
+        let started = Instant::now();
+        assert_eq!(s.watchdog(T).await, Expired::Silent);
+        assert!(started.elapsed() >= Duration::from_millis(190));
+    }
+
+    #[tokio::test]
+    async fn a_partial_head_is_bounded_from_its_first_byte() {
+        let s = state();
+        let mut p = 0;
+        s.on_read(b"GET / HT", &mut p);
+        assert_eq!(s.next(T).1, Some(Expired::Silent));
+        // Half the HTTP/2 preface is a head in progress too.
+        let s = state();
+        let mut p = 0;
+        s.on_read(&H2_PREFACE[..14], &mut p);
+        assert!(!s.is_h2());
+        assert_eq!(s.next(T).1, Some(Expired::Silent));
+        s.on_read(&H2_PREFACE[14..], &mut p);
+        assert!(s.is_h2());
+        assert_eq!(s.next(T).1, Some(Expired::Idle), "a whole preface: an idle HTTP/2 connection");
+    }
+
+    #[tokio::test]
+    async fn requests_make_a_connection_busy_then_idle() {
+        let s = state();
+        let mut p = 0;
+        s.on_read(b"GET / HTTP/1.1\r\n", &mut p);
+        let guard = s.begin();
+        assert_eq!(s.next(T).1, None, "busy: no deadline");
+        assert_eq!(s.shed(), None, "busy connections are never shed");
+        drop(guard);
+        assert_eq!(s.next(T).1, Some(Expired::Idle));
+        assert_eq!(s.shed(), Some(Expired::Idle));
+        // The next request's first byte starts the header timeout again.
+        s.on_read(b"G", &mut p);
+        assert_eq!(s.next(T).1, Some(Expired::Silent));
+    }
+
+    #[tokio::test]
+    async fn young_silent_connections_are_not_shed() {
+        let s = state();
+        assert_eq!(s.shed(), None);
+        s.request_goaway();
+        assert_eq!(s.watchdog(T).await, Expired::Idle);
+    }
+}

@@ -1,0 +1,259 @@
+//! Connection handling over real sockets: silent and half-open connections
+//! are closed, idle keep-alive connections end after `idle_timeout`, the
+//! connection cap holds (idle and silent connections make room, busy ones
+//! are never shed), and while draining clients are told to move off
+//! (`Connection: close`, HTTP/2 `GOAWAY`) before the listener closes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::wire::*;
+use common::*;
+use http::{Request, Response};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A gateway with one `auth: none` route to an echo backend (and `/slow`,
+/// which answers after 3 s) and the given `listen:` settings.
+async fn gateway(listen: &str) -> TestGateway {
+    let backend = echo_backend().await;
+    let slow = serve(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    TestGateway::start(&format!(
+        "listen: {{ address: \"127.0.0.1:0\", {listen} }}\nroutes:\n\
+         \x20 - name: slow\n    match: {{ path: /slow }}\n    upstream: http://{slow}\n    auth: none\n\
+         \x20 - name: echo\n    upstream: http://{backend}\n    auth: none\n"
+    ))
+    .await
+}
+
+/// How long until the server closes `stream` (reads until EOF or error).
+async fn closed_after(mut stream: TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test]
+async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
+    let gw = gateway("header_read_timeout: 500ms, idle_timeout: 30s").await;
+    let cases: [(&str, &[u8]); 4] = [
+        ("nothing at all", b""),
+        ("14 bytes of the h2 preface", &H2_PREFACE[..14]),
+        ("half a request head", b"GET /x HTTP/1.1\r\nHost: gw\r\nX-Slow"),
+        ("one byte", b"G"),
+    ];
+    let mut waits = Vec::new();
+    for (name, bytes) in cases {
+        let addr = gw.running.addr;
+        waits.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(bytes).await.unwrap();
+            (name, closed_after(s, Duration::from_secs(5)).await)
+        }));
+    }
+    for w in waits {
+        let (name, after) = w.await.unwrap();
+        let after = after.unwrap_or_else(|| panic!("{name}: still open after 5 s"));
+        assert!(
+            after >= Duration::from_millis(400) && after < Duration::from_millis(1500),
+            "{name}: closed after {after:?}"
+        );
+    }
+    // A complete h2 preface is an HTTP/2 connection: idle, not silent.
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
+    assert!(closed_after(s, Duration::from_millis(1200)).await.is_none(), "an idle h2 connection was cut as silent");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_end_after_the_idle_timeout() {
+    let gw = gateway("header_read_timeout: 300ms, idle_timeout: 1200ms").await;
+    let mut c = Conn::open(gw.running.addr).await;
+    let req = b"GET /a HTTP/1.1\r\nHost: gw.example\r\n\r\n";
+    c.send(req).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status, 200);
+    // Idle longer than the header timeout, shorter than the idle timeout: still open.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.send(req).await.unwrap();
+    let resp = c.response().await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), None);
+    let idle_from = Instant::now();
+    let closed = closed_after(c.stream, Duration::from_secs(5)).await.expect("idle connection still open after 5 s");
+    assert!(closed >= Duration::from_millis(1000), "closed after {closed:?}, {:?} idle", idle_from.elapsed());
+
+    // HTTP/2: a connection without streams gets GOAWAY after the idle timeout.
+    let stream = TcpStream::connect(gw.running.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = send.send_request(Request::get("http://gw.example/h2").body(Empty::<bytes::Bytes>::new()).unwrap());
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the idle h2 connection was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(1000), "{:?}", started.elapsed());
+}
+
+/// Opens `n` connections that send nothing.
+async fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(TcpStream::connect(addr).await.unwrap());
+    }
+    v
+}
+
+#[tokio::test]
+async fn at_the_cap_silent_and_idle_connections_make_room_and_busy_ones_stay() {
+    // Long header timeout: only the cap can free the silent connections.
+    let gw = gateway("header_read_timeout: 30s, idle_timeout: 30s, max_connections: 20").await;
+    let url = gw.url.clone();
+    // One busy connection (a request in flight for 3 s) and one idle keep-alive.
+    let busy = tokio::spawn(async move { get(&format!("{url}/slow"), None).await });
+    let mut idle = Conn::open(gw.running.addr).await;
+    idle.send(b"GET /a HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.unwrap();
+    assert_eq!(idle.response().await.unwrap().status, 200);
+    let hold = silent(gw.running.addr, 18).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // older than the shedding minimum age
+
+    let started = Instant::now();
+    let (status, _, _) =
+        tokio::time::timeout(Duration::from_secs(5), get(&format!("{}/served", gw.url), None)).await.expect("served");
+    assert_eq!(status, 200);
+    eprintln!("a new client at the cap was served after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // The idle and silent connections were closed to make room...
+    assert!(closed_after(idle.stream, Duration::from_secs(1)).await.is_some(), "the idle connection was kept");
+    let mut closed = 0;
+    for s in hold {
+        closed += usize::from(closed_after(s, Duration::from_millis(200)).await.is_some());
+    }
+    assert_eq!(closed, 18, "silent connections still open");
+    // ...but the busy one finished its request.
+    let (status, _, body) = busy.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "slow"));
+}
+
+/// The review's case: with a low open-files limit, hundreds of silent
+/// connections must not deny service to everyone (they used to: accept
+/// failed with EMFILE and 0 of 10 requests were served).
+#[tokio::test]
+async fn silent_connections_beyond_the_open_files_limit_do_not_deny_service() {
+    let backend = echo_backend().await;
+    let dir = std::env::temp_dir().join(format!("tokex-fd-{}-{}", std::process::id(), now()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokex.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: {{ address: \"127.0.0.1:0\", header_read_timeout: 60s }}\nroutes:\n  - name: r\n    upstream: http://{backend}\n    auth: none\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_tokex");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 160 && exec {bin} run -c {}", file.display()))
+        .env("TOKEX_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(lines.read_line(&mut line).await.unwrap() > 0, "tokex exited");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "tokex listening" {
+                return v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("tokex starts");
+    tokio::spawn(async move {
+        // Keep reading the log so the child never blocks on a full pipe.
+        let mut sink = Vec::new();
+        let _ = lines.read_to_end(&mut sink).await;
+    });
+
+    let hold = silent(addr, 300).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut served = 0;
+    for i in 0..10 {
+        let url = format!("http://{addr}/r{i}");
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(5), client().get(&url).send()).await {
+            served += usize::from(resp.status() == 200);
+        }
+    }
+    drop(hold);
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(served, 10, "requests served while 300 silent connections were open under a 160-file limit");
+}
+
+#[tokio::test]
+async fn draining_tells_keep_alive_clients_to_move_off_before_the_listener_closes() {
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&format!(
+        "runtime: {{ shutdown_delay: 2s, shutdown_grace: 5s }}\nroutes:\n  - name: r\n    upstream: http://{backend}\n    auth: none\n"
+    ))
+    .await;
+    let addr = gw.running.addr;
+    let req = b"GET /a HTTP/1.1\r\nHost: gw.example\r\n\r\n";
+    let mut h1 = Conn::open(addr).await;
+    h1.send(req).await.unwrap();
+    let resp = h1.response().await.unwrap();
+    assert_eq!((resp.status, resp.header("connection")), (200, None));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, h2_conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let h2_conn = tokio::spawn(h2_conn);
+    let h2_req = || Request::get("http://gw.example/h2").body(Empty::<bytes::Bytes>::new()).unwrap();
+    assert_eq!(h2.send_request(h2_req()).await.unwrap().status(), 200);
+
+    let draining_since = Instant::now();
+    let stop = tokio::spawn(gw.running.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // HTTP/1.1: the next answer on the open connection says close, and it closes.
+    h1.send(req).await.unwrap();
+    let resp = h1.response().await.unwrap();
+    assert_eq!((resp.status, resp.header("connection")), (200, Some("close")));
+    assert!(closed_after(h1.stream, Duration::from_secs(1)).await.is_some());
+    // A new connection during the delay is served, and told the same.
+    let resp = raw(addr, "GET /b HTTP/1.1\r\nHost: gw.example\r\n\r\n").await.unwrap();
+    assert_eq!((resp.status, resp.header("connection")), (200, Some("close")));
+    // HTTP/2: GOAWAY, well before the listener closes at the end of the delay.
+    tokio::time::timeout(Duration::from_secs(1), h2_conn).await.expect("no GOAWAY while draining").unwrap().unwrap();
+    assert!(draining_since.elapsed() < Duration::from_millis(1800));
+    assert!(TcpStream::connect(addr).await.is_ok(), "the listener still accepts during the delay");
+    stop.await.unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "the listener closed after the delay");
+}
