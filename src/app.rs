@@ -170,8 +170,12 @@ impl Running {
             Ok((config, mut runtime)) => {
                 let old = self.gateway.runtime();
                 crate::exchange::discovery::start(&runtime.servers, Some(&old.servers), None);
-                runtime.inbound =
-                    Inbound::on_reload(old.inbound.as_ref(), runtime.inbound.take(), self.shutdown.subscribe());
+                runtime.inbound = Inbound::on_reload(
+                    old.inbound.as_ref(),
+                    runtime.inbound.take(),
+                    &self.readiness,
+                    self.shutdown.subscribe(),
+                );
                 self.gateway.replace(runtime);
                 self.metrics.reload(true);
                 tracing::info!(reason, routes = config.routes.len(), "configuration reloaded");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use tokex::config::{self, Config};
@@ -204,21 +204,46 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut stamp = file_stamp(&path);
-    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    // One edit is one reload: triggers (SIGHUP, the file's content changing)
+    // are gathered for DEBOUNCE, the file is read once, and a SIGHUP that
+    // follows a reload of the same content within a poll interval (the
+    // edit's own SIGHUP, when the poll saw the edit first) is not repeated.
+    const POLL: Duration = Duration::from_secs(2);
+    const DEBOUNCE: Duration = Duration::from_millis(300);
+    let mut loaded = file_digest(&path);
+    let mut last_reload: Option<Instant> = None;
+    let mut poll = tokio::time::interval(POLL);
     loop {
-        let reason = tokio::select! {
+        let mut reason = tokio::select! {
             _ = stop.recv() => break,
             _ = hup.recv() => "SIGHUP",
             _ = poll.tick() => {
-                let now = file_stamp(&path);
-                if now == stamp { continue; }
-                stamp = now;
+                if file_digest(&path) == loaded { continue; }
                 "file change"
             }
         };
+        let settle = tokio::time::sleep(DEBOUNCE);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                _ = hup.recv() => reason = "SIGHUP",
+                _ = stop.recv() => return shut_down(running, &mut stop).await,
+            }
+        }
+        let digest = file_digest(&path);
+        if reason == "SIGHUP" && digest == loaded && last_reload.is_some_and(|t| t.elapsed() < POLL + DEBOUNCE) {
+            tracing::debug!("SIGHUP right after a reload of the same file: nothing more to do");
+            continue;
+        }
+        loaded = digest;
+        last_reload = Some(Instant::now());
         running.reload(&path, reason);
     }
+    shut_down(running, &mut stop).await
+}
+
+async fn shut_down(running: tokex::app::Running, stop: &mut tokex::app::StopSignals) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
         _ = running.shutdown() => {}
@@ -228,6 +253,8 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+/// What the configuration file holds now (a changed mtime alone is not a change).
+fn file_digest(path: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    std::fs::read(path).ok().map(|b| sha2::Sha256::digest(&b).into())
 }

@@ -242,6 +242,33 @@ async fn logs_never_carry_tokens_or_secrets() {
     assert!(log.contains("\"target\":\"tokex::audit\"") && log.contains("\"sub\":\"alice\""), "{log}");
 }
 
+/// The review's case: an ~11 KB `sub` was written in full to the audit log.
+/// Caller-derived text in log lines is capped (and escaped).
+#[tokio::test]
+async fn caller_derived_log_fields_are_capped() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let dir = temp_dir("caps");
+    let file =
+        write_config(&dir, &config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")));
+    let gw = Proc::start(&file, "info").await;
+    let sub = format!("alice\n{}", "s".repeat(11_000));
+    let subject = fake_jwt(json!({"sub": sub, "exp": now() + 600}));
+    let path = format!("/{}", "p".repeat(4000));
+    assert_eq!(get(&format!("{}{path}", gw.addr), Some(&subject)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events: Vec<Value> =
+        gw.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+    let audit = events.iter().find(|v| v["target"] == "tokex::audit").expect("an audit event");
+    let logged = audit["sub"].as_str().unwrap();
+    assert!(logged.len() < 300, "{} bytes of sub logged", logged.len());
+    assert!(logged.starts_with("alice\\u{a}sss") && logged.ends_with("bytes)"), "{logged}");
+    let access = events.iter().find(|v| v["target"] == "tokex::access").expect("an access line");
+    let logged = access["path"].as_str().unwrap();
+    assert!(logged.len() < 1100 && logged.ends_with("…(+2977 bytes)"), "{} bytes of path logged", logged.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let slow = serve(|_req: Request<Incoming>| async {
@@ -312,6 +339,38 @@ async fn sighup_reloads_routes_and_keeps_the_old_config_when_the_new_one_is_bad(
     assert!(gw.log().contains("new configuration rejected"), "{}", gw.log());
     let metrics = get(&format!("{}/metrics", gw.admin), None).await.2;
     assert!(metrics.contains("tokex_config_reloads_total{result=\"rejected\"}"), "{metrics}");
+}
+
+/// The review's case: an edit followed by a SIGHUP made two reloads (the
+/// signal, then the file watcher). One edit is one reload; a later SIGHUP
+/// alone still reloads (it is how a rotated client certificate is re-read).
+#[tokio::test]
+async fn an_edit_and_its_sighup_make_one_reload() {
+    let backend = echo_backend().await;
+    let dir = temp_dir("debounce");
+    let route = |path: &str| {
+        format!("routes:\n  - name: r\n    match: {{ path: {path} }}\n    auth: none\n    upstream: http://{backend}\n")
+    };
+    let file = write_config(&dir, &route("/one"));
+    let gw = Proc::start(&file, "info").await;
+    let reloads = || async {
+        let text = get(&format!("{}/metrics", gw.admin), None).await.2;
+        text.lines()
+            .find(|l| l.starts_with("tokex_config_reloads_total{result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    write_config(&dir, &route("/two"));
+    gw.signal("HUP");
+    // Two poll intervals and the debounce: time for a second reload to show.
+    tokio::time::sleep(Duration::from_millis(4800)).await;
+    assert_eq!(get(&format!("{}/two", gw.addr), None).await.0, 200);
+    assert_eq!(reloads().await, 1, "{}", gw.log());
+
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(reloads().await, 2, "a SIGHUP of its own reloads: {}", gw.log());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -276,6 +276,89 @@ async fn reload_keeps_unchanged_keys_and_follows_a_changed_jwks_uri() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The review's case: a reload that changed `inbound.jwt` (not its JWKS)
+/// dropped the keys, and with the JWKS endpoint hanging every request
+/// failed with 503 while `/readyz` said 200. The keys now carry over; a
+/// reload to another JWKS says not ready until that one is fetched.
+#[tokio::test]
+async fn a_reload_keeps_the_keys_of_an_unchanged_jwks_and_readyz_tells_the_truth() {
+    let ec = EcSigner::new("a");
+    let s = setup(vec![ec.jwk.clone()], "[ES256]", "    timeout: 1s\n", "").await;
+    let token = ec.token(&claims(json!({})));
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    s.jwks.hang.store(true, Ordering::SeqCst);
+
+    let dir = std::env::temp_dir().join(format!("tokex-jwks-reload-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokex.yaml");
+    let listen = "listen: { address: \"127.0.0.1:0\" }\n";
+    std::fs::write(&path, format!("{listen}{}", s.yaml.replace("leeway: 5s", "leeway: 10s"))).unwrap();
+    assert!(s.gw.running.reload(&path, "test"));
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, _, body) = get(&s.gw.url, Some(&ec.token(&claims(json!({"n": i}))))).await;
+        assert_eq!(status, 200, "request {i} after the reload: {body}");
+        assert!(started.elapsed() < Duration::from_millis(500), "request {i} waited {:?}", started.elapsed());
+    }
+    assert!(ready(&s.gw, Duration::from_millis(100)).await, "ready with the keys it holds");
+
+    // Another JWKS, which hangs: not ready, and callers are told so at once.
+    let other = JwksServer::start(vec![ec.jwk.clone()]).await;
+    other.hang.store(true, Ordering::SeqCst);
+    std::fs::write(&path, format!("{listen}{}", s.yaml.replace(&s.jwks.uri(), &other.uri()))).unwrap();
+    assert!(s.gw.running.reload(&path, "test"));
+    assert!(!ready(&s.gw, Duration::from_millis(300)).await, "ready without the new JWKS");
+    let started = std::time::Instant::now();
+    let (status, headers, _) = get(&s.gw.url, Some(&token)).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert!(started.elapsed() < Duration::from_millis(1300), "waited {:?} (budget 1 s)", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The review's case: at start with the JWKS endpoint hanging, callers
+/// waited 3.0 s for their 503 against a 2 s budget (they queued behind the
+/// background fetch, then made their own). A caller now waits at most one
+/// budget for keys, before the first fetch and for an unknown kid after it.
+#[tokio::test]
+async fn callers_never_wait_longer_than_the_jwks_budget() {
+    let ec = EcSigner::new("ec-1");
+    let auth_server = RecordingAs::start().await;
+    let jwks = JwksServer::start(vec![ec.jwk.clone()]).await;
+    jwks.hang.store(true, Ordering::SeqCst);
+    let backend = echo_backend().await;
+    let yaml = jwt_inbound(&jwks.uri(), "[ES256]", "    timeout: 2s\n    unknown_kid_cooldown: 1s\n")
+        + &config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("orders", "/", backend, ""));
+    let gw = TestGateway::start(&yaml).await;
+    let mut waits = Vec::new();
+    for i in 0..6u64 {
+        let (url, token) = (gw.url.clone(), ec.token(&claims(json!({}))));
+        waits.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300 * i)).await;
+            let started = std::time::Instant::now();
+            let (status, _, _) = get(&url, Some(&token)).await;
+            (status, started.elapsed())
+        }));
+    }
+    for w in waits {
+        let (status, waited) = w.await.unwrap();
+        assert_eq!(status, 503);
+        assert!(waited < Duration::from_millis(2300), "waited {waited:?} before the first fetch");
+    }
+    // Loaded, then an unknown kid while the endpoint hangs: one budget at most.
+    jwks.hang.store(false, Ordering::SeqCst);
+    assert!(ready(&gw, Duration::from_secs(10)).await);
+    jwks.hang.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the unknown-kid cooldown
+    let forged = jws(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "rotated"}), &claims(json!({})), |m| ec.sign(m));
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(&gw.url, Some(&forged)).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 401);
+    assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_millis(2600), "waited {waited:?}");
+    assert_eq!(auth_server.count(), 0);
+}
+
 #[tokio::test]
 async fn not_ready_until_the_jwks_is_fetched() {
     let ec = EcSigner::new("ec-1");

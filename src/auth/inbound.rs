@@ -178,11 +178,15 @@ impl Inbound {
     }
 
     /// The check to run after a reload. An unchanged JWT configuration keeps
-    /// the running one (its keys and refresh task); a new one starts its own
-    /// refresh and takes over a readiness gate the old one had not opened.
+    /// the running one (its keys and refresh task). A changed one that reads
+    /// the same JWKS starts with the keys already held, so requests never
+    /// wait for a fetch (a hanging JWKS endpoint then costs nothing). One
+    /// that reads another JWKS starts empty, and readiness waits for its
+    /// first fetch (a gate the old one had not opened is taken over).
     pub fn on_reload(
         old: Option<&Arc<Inbound>>,
         new: Option<Arc<Inbound>>,
+        readiness: &Arc<Readiness>,
         shutdown: watch::Receiver<bool>,
     ) -> Option<Arc<Inbound>> {
         let old_jwks = old.and_then(|o| o.jwks());
@@ -196,8 +200,16 @@ impl Inbound {
         let pending = old_jwks.and_then(|j| j.take_gate());
         match new.as_ref().and_then(|n| n.jwks()) {
             Some(jwks) => {
-                if let Some(gate) = pending {
-                    jwks.set_gate(gate);
+                if let Some(old) = old_jwks.filter(|o| o.same_source(jwks)) {
+                    jwks.adopt_keys(old);
+                }
+                match pending {
+                    Some(gate) => jwks.set_gate(gate),
+                    None if !jwks.is_loaded() => {
+                        tracing::warn!(uri = %jwks.uri(), "inbound.jwt reads another JWKS: not ready until it is fetched");
+                        jwks.set_gate(readiness.gate());
+                    }
+                    None => {}
                 }
                 drop(jwks.spawn_refresh(shutdown));
             }

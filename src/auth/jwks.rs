@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use super::fetch::Remote;
 use super::fetch::{read_capped, ReadError};
 use super::{InboundError, Invalid};
+use crate::config::JwtConfig;
 use crate::error::error_chain;
 use crate::metrics::Counters;
 use crate::readiness::Gate;
@@ -121,6 +122,10 @@ enum FetchError {
 pub struct Jwks {
     uri: Remote,
     http: reqwest::Client,
+    /// `ca_file`: part of what makes two sets the same source.
+    trust: Option<std::path::PathBuf>,
+    /// Budget of one fetch, and of a request waiting for one.
+    timeout: Duration,
     refresh_min: Duration,
     refresh_max: Duration,
     cooldown: Duration,
@@ -135,19 +140,17 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    pub fn new(
-        uri: Remote,
-        http: reqwest::Client,
-        (refresh_min, refresh_max): (Duration, Duration),
-        cooldown: Duration,
-        fetches: Counters,
-    ) -> Self {
+    /// `cfg` gives the refresh bounds, the unknown-kid cooldown, the trust
+    /// and the budget of one fetch.
+    pub fn new(uri: Remote, http: reqwest::Client, cfg: &JwtConfig, fetches: Counters) -> Self {
         Jwks {
             uri,
             http,
-            refresh_min,
-            refresh_max,
-            cooldown,
+            trust: cfg.ca_file.clone(),
+            timeout: cfg.timeout,
+            refresh_min: cfg.jwks_refresh_min,
+            refresh_max: cfg.jwks_refresh_max,
+            cooldown: cfg.unknown_kid_cooldown,
             keys: RwLock::new(Arc::new(KeySet::default())),
             generation: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(None),
@@ -164,8 +167,29 @@ impl Jwks {
         self.generation.load(Ordering::Acquire) > 0
     }
 
+    pub fn uri(&self) -> &Remote {
+        &self.uri
+    }
+
+    /// True when `other` fetches the same set the same way (the URL as it
+    /// resolves now, the trust and the budget), so its keys are ours too.
+    pub fn same_source(&self, other: &Jwks) -> bool {
+        self.uri.resolve().is_some() && self.uri.resolve() == other.uri.resolve() && self.trust == other.trust
+    }
+
+    /// Starts with the keys `from` holds (after a reload that keeps the JWKS).
+    pub fn adopt_keys(&self, from: &Jwks) {
+        if from.is_loaded() {
+            *self.keys.write().unwrap_or_else(|p| p.into_inner()) = from.snapshot();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// The key for a token's `kid` and `alg`. An unknown `kid` refetches the
-    /// set, at most once per cooldown for all callers together.
+    /// set, at most once per cooldown for all callers together; a caller
+    /// waits for that (or for a fetch already running) no longer than one
+    /// fetch's budget (`timeout`) in all (before the first good fetch too:
+    /// then the answer is `Unavailable`, and the background fetch keeps trying).
     pub async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<Key>, InboundError> {
         let seen = self.generation.load(Ordering::Acquire);
         match self.snapshot().find(kid, alg) {
@@ -173,17 +197,18 @@ impl Jwks {
             Found::Mismatch => return Err(Invalid::KeyMismatch.into()),
             Found::Unknown => {}
         }
-        {
+        let refetch = async {
             let mut last = self.fetch_lock.lock().await;
             // A fetch that finished while we waited answers for us too.
-            if self.generation.load(Ordering::Acquire) == seen {
-                if last.is_some_and(|t| t.elapsed() < self.cooldown) {
-                    return Err(self.unknown());
-                }
-                *last = Some(Instant::now());
-                tracing::debug!(uri = %self.uri, "token names an unknown kid: refetching the JWKS");
-                let _ = self.fetch_and_store().await;
+            if self.generation.load(Ordering::Acquire) != seen || last.is_some_and(|t| t.elapsed() < self.cooldown) {
+                return;
             }
+            *last = Some(Instant::now());
+            tracing::debug!(uri = %self.uri, "token names an unknown kid: refetching the JWKS");
+            let _ = self.fetch_and_store().await;
+        };
+        if tokio::time::timeout(self.timeout, refetch).await.is_err() {
+            tracing::debug!(uri = %self.uri, "JWKS refetch still running after the budget: answering without it");
         }
         match self.snapshot().find(kid, alg) {
             Found::Key(k) => Ok(k),

@@ -47,13 +47,7 @@ impl JwtValidator {
             super::fetch::Remote::new(&cfg.jwks, servers, |c| c.jwks_uri()).map_err(|e| format!("inbound.jwt: {e}"))?;
         let http =
             super::fetch::client(cfg.ca_file.as_deref(), cfg.timeout).map_err(|e| format!("inbound.jwt: {e}"))?;
-        let jwks = Jwks::new(
-            uri,
-            http,
-            (cfg.jwks_refresh_min, cfg.jwks_refresh_max),
-            cfg.unknown_kid_cooldown,
-            metrics.jwks_fetches(&jwks::OUTCOMES),
-        );
+        let jwks = Jwks::new(uri, http, cfg, metrics.jwks_fetches(&jwks::OUTCOMES));
         Ok(JwtValidator { cfg: cfg.clone(), jwks: Arc::new(jwks), typ: cfg.require_typ.as_deref().map(normalize_typ) })
     }
 

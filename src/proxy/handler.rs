@@ -22,6 +22,7 @@ use crate::exchange::client::AsClient;
 use crate::exchange::{Exchanger, Fingerprint};
 use crate::metrics::RouteMetrics;
 use crate::routes::{Route, RouteAuth, RouteTable};
+use crate::telemetry::{Clipped, MAX_LOGGED_PATH};
 
 /// Everything that changes with a configuration reload.
 pub struct Runtime {
@@ -88,7 +89,7 @@ impl Gateway {
         tracing::info!(
             target: "tokex::access",
             method = %method,
-            path = %uri.path(),
+            path = %Clipped(uri.path(), MAX_LOGGED_PATH),
             route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
             status,
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
