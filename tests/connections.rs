@@ -116,6 +116,31 @@ async fn idle_keep_alive_connections_end_after_the_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(1000), "{:?}", started.elapsed());
 }
 
+/// Same class as silent connections: a client that asks for a large answer
+/// and never reads it kept the connection (and an upstream one) forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let gw = gateway("header_read_timeout: 1s, idle_timeout: 1s").await;
+    let size = 64 * 1024 * 1024;
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(format!("GET /download/{size} HTTP/1.1\r\nHost: gw.example\r\n\r\n").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Whatever was buffered before the stall, then the end: not the whole answer.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was still open");
+    assert!(got < size, "the whole answer arrived ({got} bytes): the stall was not noticed");
+}
+
 /// Opens `n` connections that send nothing.
 async fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut v = Vec::with_capacity(n);

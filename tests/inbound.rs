@@ -465,6 +465,43 @@ async fn introspection_active_is_forwarded_and_cached() {
     assert_eq!(metric(&m, "tokex_introspections_total{outcome=\"active\"}"), 1, "{m}");
 }
 
+/// Same class as the JWKS reload defect: a reload used to drop every cached
+/// introspection answer, so with the endpoint down, callers whose answers
+/// were cached failed with 503 right after any reload.
+#[tokio::test]
+async fn a_reload_keeps_cached_introspection_answers() {
+    let auth_server = RecordingAs::start().await;
+    introspecting(&auth_server);
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "inbound:\n  introspection:\n    endpoint: http://{}/introspect\n    client_auth: {BASIC_AUTH}\n    cache_ttl: 30s\n    timeout: 1s\n",
+        auth_server.addr
+    ) + &config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("orders", "/", backend, ""));
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(get(&gw.url, Some("active-alice")).await.0, 200);
+    assert_eq!(introspections(&auth_server), 1);
+
+    // The endpoint goes down; the configuration is reloaded (a route added).
+    auth_server.set(|r, n| if r.path == "/introspect" { Reply::Json(503, json!({})) } else { issue(n) });
+    let dir =
+        std::env::temp_dir().join(format!("tokex-introspect-reload-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokex.yaml");
+    let extra =
+        format!("  - name: health\n    match: {{ path: /health }}\n    upstream: http://{backend}\n    auth: none\n");
+    std::fs::write(
+        &path,
+        format!("listen: {{ address: \"127.0.0.1:0\" }}\n{}", yaml.replace("routes:\n", &format!("routes:\n{extra}"))),
+    )
+    .unwrap();
+    assert!(gw.running.reload(&path, "test"));
+    assert_eq!(get(&format!("{}/health", gw.url), None).await.0, 200, "the reload took effect");
+    let (status, _, body) = get(&gw.url, Some("active-alice")).await;
+    assert_eq!(status, 200, "the cached answer was lost: {body}");
+    assert_eq!(introspections(&auth_server), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn introspection_inactive_is_401_without_an_exchange() {
     let auth_server = RecordingAs::start().await;

@@ -45,6 +45,39 @@ async fn actor_client_credentials_obtains_caches_and_sends_tokex_own_token() {
     assert_eq!(auth_server.last().param("actor_token"), Some("machine-1"));
 }
 
+/// Same class as the JWKS budget: fetching tokex's own actor token and then
+/// exchanging each had a full budget, so a caller could wait twice
+/// `timeout`. Both together now stay within one.
+#[tokio::test]
+async fn the_actor_token_and_the_exchange_share_one_budget() {
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|r, n| {
+        let answer = match r.param("grant_type") {
+            Some("client_credentials") => Reply::Json(
+                200,
+                json!({"access_token": format!("machine-{n}"), "token_type": "Bearer", "expires_in": 300}),
+            ),
+            _ => issue(n),
+        };
+        Reply::Delay(Duration::from_millis(700), Box::new(answer))
+    });
+    let backend = echo_backend().await;
+    let extra =
+        "      actor:\n        client_credentials: { authorization_server: corp, audience: [sts], scope: [agent] }\n";
+    let yaml = config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, extra))
+        .replace("timeout: 2s", "timeout: 1s");
+    let gw = TestGateway::start(&yaml).await;
+    let started = std::time::Instant::now();
+    let (status, headers, _) = get(&gw.url, Some("subject-1")).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert!(waited < Duration::from_millis(1300), "waited {waited:?} against a 1 s budget");
+    // The actor token arrived meanwhile and is cached: the next exchange fits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&gw.url, Some("subject-1")).await.0, 200);
+}
+
 #[tokio::test]
 async fn actor_client_credentials_against_dev_sts_puts_tokex_in_act() {
     let clients = vec![ClientSpec {

@@ -183,12 +183,20 @@ impl Inbound {
     /// wait for a fetch (a hanging JWKS endpoint then costs nothing). One
     /// that reads another JWKS starts empty, and readiness waits for its
     /// first fetch (a gate the old one had not opened is taken over).
+    /// Introspection answers carry over when the endpoint is the same.
     pub fn on_reload(
         old: Option<&Arc<Inbound>>,
-        new: Option<Arc<Inbound>>,
+        mut new: Option<Arc<Inbound>>,
         readiness: &Arc<Readiness>,
         shutdown: watch::Receiver<bool>,
     ) -> Option<Arc<Inbound>> {
+        if let (Some(Check::Introspection(before)), Some(after)) =
+            (old.map(|o| &o.check), new.as_mut().and_then(Arc::get_mut))
+        {
+            if let Check::Introspection(after) = &mut after.check {
+                after.adopt_cache(before);
+            }
+        }
         let old_jwks = old.and_then(|o| o.jwks());
         if let (Some(old), Some(new)) = (old, &new) {
             if let (Check::Jwt(a), Check::Jwt(b)) = (&old.check, &new.check) {

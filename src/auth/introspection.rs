@@ -47,6 +47,7 @@ pub struct Introspector {
     http: reqwest::Client,
     cache_ttl: Duration,
     negative_ttl: Duration,
+    max_entries: u64,
     cache: moka::future::Cache<Key, Arc<Answer>>,
     outcomes: Counters,
 }
@@ -81,9 +82,20 @@ impl Introspector {
             http,
             cache_ttl: cfg.cache_ttl,
             negative_ttl: cfg.negative_ttl,
+            max_entries: cfg.max_entries,
             cache: moka::future::Cache::builder().max_capacity(cfg.max_entries).expire_after(PerAnswer).build(),
             outcomes: metrics.introspections(&OUTCOMES),
         })
+    }
+
+    /// After a reload: keep the answers `old` holds when they came from the
+    /// same endpoint, so a reload neither floods the endpoint nor fails
+    /// while it is down. (They keep the lifetimes they were given.)
+    pub fn adopt_cache(&mut self, old: &Introspector) {
+        let same = self.endpoint.resolve().is_some() && self.endpoint.resolve() == old.endpoint.resolve();
+        if same && self.max_entries == old.max_entries {
+            self.cache = old.cache.clone();
+        }
     }
 
     /// The scopes of an active `token` (`hash`: its SHA-256).

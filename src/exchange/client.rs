@@ -189,9 +189,9 @@ impl AsClient {
 
     /// POSTs a token request (`form`: the encoded grant parameters, without
     /// client credentials) and parses the answer. The whole call, retries
-    /// included, stays within `timeout`. Until discovery has found the token
-    /// endpoint, the server is unavailable.
-    pub async fn request(&self, form: String) -> Result<Issued, ExchangeError> {
+    /// included, ends by `deadline` (at most this server's `timeout` away).
+    /// Until discovery has found the token endpoint, the server is unavailable.
+    pub async fn request(&self, form: String, deadline: Instant) -> Result<Issued, ExchangeError> {
         let Some(endpoints) = self.endpoints.get() else {
             return Err(ExchangeError::Unavailable(format!(
                 "metadata of {} not discovered yet",
@@ -199,7 +199,7 @@ impl AsClient {
             )));
         };
         let endpoint = &endpoints.token_endpoint;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline.min(Instant::now() + self.timeout);
         let mut attempt = 0u32;
         loop {
             // Per attempt: a private_key_jwt assertion is never sent twice (`jti`).

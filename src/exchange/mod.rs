@@ -330,15 +330,24 @@ impl Exchanger {
 
     /// One RFC 8693 exchange, turned into a cache entry. `invalid_grant`
     /// becomes a short negative entry; other errors are not cached.
+    /// The whole of it — tokex's own actor token when it needs one, then the
+    /// exchange — stays within the exchange server's budget.
     async fn exchange(&self, policy: &Policy, subject: &str) -> Result<Arc<Entry>, ExchangeError> {
         let started = Instant::now();
+        let deadline = started + policy.client.timeout();
         let peeked = unverified::peek(subject);
         let actor = match &policy.actor {
             None => Ok(None),
             Some(Actor::Token(secret)) => {
                 secret.get().map(Some).map_err(|e| ExchangeError::Config(format!("actor token: {e}")))
             }
-            Some(Actor::Machine(m)) => self.machine_token(m).await.and_then(|l| match &l.entry.kind {
+            Some(Actor::Machine(m)) => match tokio::time::timeout_at(deadline.into(), self.machine_token(m)).await {
+                Ok(lookup) => lookup,
+                Err(_) => {
+                    Err(ExchangeError::Unavailable("tokex's own actor token did not come within the budget".into()))
+                }
+            }
+            .and_then(|l| match &l.entry.kind {
                 EntryKind::Token(t) => t
                     .raw
                     .to_str()
@@ -349,7 +358,9 @@ impl Exchanger {
         };
         let actor_sub = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose())?.sub);
         let result = match actor {
-            Ok(actor) => policy.client.request(policy.form(subject, actor.as_ref().map(|a| a.expose()))).await,
+            Ok(actor) => {
+                policy.client.request(policy.form(subject, actor.as_ref().map(|a| a.expose())), deadline.into()).await
+            }
             Err(e) => Err(e),
         };
         let ttls = (policy.cfg.default_ttl, policy.cfg.max_ttl);
@@ -373,7 +384,7 @@ impl Exchanger {
         }
         let started = Instant::now();
         let fetch = async {
-            let result = m.client.request(m.form()).await;
+            let result = m.client.request(m.form(), (started + m.client.timeout()).into()).await;
             let audit = Audit {
                 grant: "client_credentials",
                 route: "-",

@@ -15,8 +15,9 @@
 //!   `Connection: close`, HTTP/2 connections get `GOAWAY`, so clients move
 //!   off before the listener closes. **Stopping**: every connection is shut
 //!   down gracefully. **Killed** (the grace period is over): closed.
-//! - A connection shut down gracefully that then makes no I/O progress for
-//!   `idle_timeout` (a client that stopped reading) is closed.
+//! - **Stalled**: a write that cannot proceed for `idle_timeout` (the client
+//!   stopped reading an answer) closes the connection; so does a connection
+//!   shut down gracefully that then makes no I/O progress for as long.
 //!
 //! A request is in flight from its head until its answer's body is done.
 //! The request path pays an atomic increment and decrement per request and a
@@ -63,6 +64,9 @@ pub struct ConnState {
     goaway: AtomicBool,
     /// Reads and writes that moved bytes.
     io_ops: AtomicU64,
+    /// Milliseconds since `started`, plus one, since writes have been
+    /// blocked without progress (0: not blocked).
+    write_blocked: AtomicU64,
     /// Wakes the watchdog when a deadline moves earlier.
     wake: Notify,
     _slot: OwnedSemaphorePermit,
@@ -75,6 +79,8 @@ pub enum Expired {
     Silent,
     /// No request for `idle_timeout`, or a request asked to end it: close gracefully.
     Idle,
+    /// The client has not taken any of an answer for `idle_timeout`: close now.
+    Stalled,
 }
 
 impl ConnState {
@@ -87,6 +93,7 @@ impl ConnState {
             h2: AtomicBool::new(false),
             goaway: AtomicBool::new(false),
             io_ops: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             wake: Notify::new(),
             _slot: slot,
         })
@@ -144,6 +151,9 @@ impl ConnState {
         if self.goaway.load(Ordering::Acquire) {
             return (Instant::now(), Some(Expired::Idle));
         }
+        if let since @ 1.. = self.write_blocked.load(Ordering::Acquire) {
+            return (self.at(since - 1) + t.idle, Some(Expired::Stalled));
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return (Instant::now() + t.idle, None);
         }
@@ -174,6 +184,22 @@ impl ConnState {
                     return why;
                 }
             }
+        }
+    }
+
+    /// A write made progress, or is blocked (the client is not reading).
+    fn on_write(&self, result: &Poll<std::io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.io_ops.fetch_add(1, Ordering::Relaxed);
+                if self.write_blocked.load(Ordering::Relaxed) != 0 {
+                    self.write_blocked.store(0, Ordering::Release);
+                }
+            }
+            Poll::Pending if self.write_blocked.load(Ordering::Relaxed) == 0 => {
+                self.write_blocked.store(self.now_ms() + 1, Ordering::Release);
+            }
+            _ => {}
         }
     }
 
@@ -281,11 +307,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
-                self.state.io_ops.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.state.on_write(&result);
         result
     }
 
@@ -295,11 +317,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
-                self.state.io_ops.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.state.on_write(&result);
         result
     }
 

@@ -298,6 +298,7 @@ where
             }
             expired = state.watchdog(t), if winding_down.is_none() => match expired {
                 Expired::Silent => return tracing::debug!(%peer, "connection closed: nothing received in time"),
+                Expired::Stalled => return tracing::debug!(%peer, "connection closed: the client stopped reading"),
                 Expired::Idle => {}
             },
             _ = tokio::time::sleep(t.idle), if winding_down.is_some() => {
@@ -310,7 +311,7 @@ where
             }
             _ = shared.shed.notified(), if winding_down.is_none() => match state.shed() {
                 None => continue,
-                Some(Expired::Silent) => return tracing::debug!(%peer, "connection shed at the cap"),
+                Some(Expired::Silent | Expired::Stalled) => return tracing::debug!(%peer, "connection shed at the cap"),
                 Some(Expired::Idle) => tracing::debug!(%peer, "idle connection shed at the cap"),
             },
             changed = phase.changed(), if winding_down.is_none() => {
