@@ -375,10 +375,20 @@ fn issuer_config(issuer: &str, client_auth: &str, routes: &str) -> String {
 
 #[tokio::test]
 async fn discovery_gates_readiness_until_the_metadata_server_comes_up() {
-    // A port with nothing listening yet: the metadata server comes up later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let issuer = format!("http://127.0.0.1:{port}");
+    // The metadata server answers 503 until it "comes up". (Its port stays
+    // bound throughout: a port released and bound again later can be taken
+    // in between by any connection of the other tests.)
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let auth_server = RecordingAs::start().await;
+    let token_url = auth_server.token_url();
+    let (iss, tok, is_up) = (issuer.clone(), token_url.clone(), up.clone());
+    let metadata_server = serve_on(listener, move |path| match path {
+        _ if !is_up.load(std::sync::atomic::Ordering::SeqCst) => (503, "{}".into()),
+        "/.well-known/oauth-authorization-server" => (200, metadata(&iss, &tok)),
+        _ => (404, "{}".into()),
+    });
     let backend = echo_backend().await;
     let dir = temp_dir("discovery");
     let key = TestKey::es256();
@@ -397,13 +407,7 @@ async fn discovery_gates_readiness_until_the_metadata_server_comes_up() {
     assert_eq!(readyz(&gw).await, 503);
     assert_eq!(auth_server.count(), 0);
 
-    let token_url = auth_server.token_url();
-    let (iss, tok) = (issuer.clone(), token_url.clone());
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let metadata_server = serve_on(listener, move |path| match path {
-        "/.well-known/oauth-authorization-server" => (200, metadata(&iss, &tok)),
-        _ => (404, "{}".into()),
-    });
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(eventually_async(Duration::from_secs(5), || readyz(&gw), 200).await, "ready once discovered");
     assert_eq!(server.issuer(), Some(issuer.as_str()));
     assert_eq!(server.endpoints().unwrap().token_endpoint.as_str(), token_url);
