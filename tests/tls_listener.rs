@@ -104,6 +104,33 @@ async fn https_listener_serves_http1_and_h2_and_sets_forwarded_proto() {
     std::fs::remove_dir_all(&pki.dir).unwrap();
 }
 
+/// A connection that never starts its TLS handshake holds a slot like any
+/// silent connection, and is shed at the cap like one (it would otherwise
+/// hold it for the whole handshake timeout).
+#[tokio::test]
+async fn silent_tls_connections_are_shed_at_the_cap() {
+    let pki = pki();
+    let backend = echo_backend().await;
+    let listen = listen(&pki, None).replace(" } }\n", " }, max_connections: 6, header_read_timeout: 30s }\n");
+    let yaml = listen + &format!("routes:\n  - name: open\n    auth: none\n    upstream: http://{backend}\n");
+    let gw = TestGateway::start(&yaml).await;
+    let mut hold = Vec::new();
+    for _ in 0..6 {
+        hold.push(tokio::net::TcpStream::connect(gw.running.addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let started = std::time::Instant::now();
+    let url = format!("https://localhost:{}/x", gw.running.addr.port());
+    let resp =
+        tokio::time::timeout(std::time::Duration::from_secs(5), https_client(&pki, false, false).get(&url).send())
+            .await
+            .expect("served within 5 s")
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    std::fs::remove_dir_all(&pki.dir).unwrap();
+}
+
 #[tokio::test]
 async fn client_ca_file_requires_a_client_certificate() {
     let pki = pki();

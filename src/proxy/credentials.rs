@@ -78,9 +78,15 @@ fn is_token_name(raw: &[u8]) -> bool {
 }
 
 /// Where the caller's `token` would still reach the backend, if anywhere:
-/// the request target, or a header that is not removed (`removed`, besides
-/// `Authorization` and `Proxy-Authorization`).
-pub fn token_elsewhere(uri: &Uri, headers: &HeaderMap, removed: &[HeaderName], token: &str) -> Option<&'static str> {
+/// the request target, or a header that is neither removed (`removed`,
+/// `Authorization`, `Proxy-Authorization`) nor replaced (`replaced`, the
+/// route's forward header).
+pub fn token_elsewhere(
+    uri: &Uri,
+    headers: &HeaderMap,
+    (removed, replaced): (&[HeaderName], &HeaderName),
+    token: &str,
+) -> Option<&'static str> {
     let needle = token.as_bytes();
     if needle.len() < MIN_SCANNED {
         return None;
@@ -90,7 +96,7 @@ pub fn token_elsewhere(uri: &Uri, headers: &HeaderMap, removed: &[HeaderName], t
     }
     for (name, value) in headers {
         // Values shorter than the token cannot hold it, decoded or not.
-        if value.len() < needle.len() || name == AUTHORIZATION || name == PROXY_AUTHORIZATION {
+        if value.len() < needle.len() || name == AUTHORIZATION || name == PROXY_AUTHORIZATION || name == replaced {
             continue;
         }
         if !removed.contains(name) && contains(value.as_bytes(), needle) {
@@ -283,23 +289,29 @@ mod tests {
     #[test]
     fn the_token_value_is_found_raw_or_encoded() {
         let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln";
-        assert!(token_elsewhere(&"/x/ab".parse().unwrap(), &HeaderMap::new(), &[], "ab").is_none(), "too short");
+        assert!(
+            token_elsewhere(&"/x/ab".parse().unwrap(), &HeaderMap::new(), (&[], &AUTHORIZATION), "ab").is_none(),
+            "too short"
+        );
         let uri = |s: &str| -> Uri { s.parse().unwrap() };
         let none = HeaderMap::new();
         let removed = DEFAULT_REMOVED.to_vec();
-        assert!(token_elsewhere(&uri(&format!("/x?t={token}")), &none, &removed, token).is_some());
-        assert!(token_elsewhere(&uri(&format!("/x/{token}")), &none, &removed, token).is_some());
+        assert!(token_elsewhere(&uri(&format!("/x?t={token}")), &none, (&removed, &AUTHORIZATION), token).is_some());
+        assert!(token_elsewhere(&uri(&format!("/x/{token}")), &none, (&removed, &AUTHORIZATION), token).is_some());
         let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
-        assert!(token_elsewhere(&uri(&format!("/x?t={encoded}")), &none, &removed, token).is_some());
-        assert!(token_elsewhere(&uri("/x?t=1"), &none, &removed, token).is_none());
+        assert!(token_elsewhere(&uri(&format!("/x?t={encoded}")), &none, (&removed, &AUTHORIZATION), token).is_some());
+        assert!(token_elsewhere(&uri("/x?t=1"), &none, (&removed, &AUTHORIZATION), token).is_none());
 
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
         h.insert(COOKIE, format!("session={token}").parse().unwrap());
-        assert!(token_elsewhere(&uri("/x"), &h, &removed, token).is_none(), "removed headers do not count");
-        assert!(token_elsewhere(&uri("/x"), &h, &[], token).is_some(), "a kept cookie does");
+        assert!(
+            token_elsewhere(&uri("/x"), &h, (&removed, &AUTHORIZATION), token).is_none(),
+            "removed headers do not count"
+        );
+        assert!(token_elsewhere(&uri("/x"), &h, (&[], &AUTHORIZATION), token).is_some(), "a kept cookie does");
         h.insert("x-api-token", token.parse().unwrap());
-        assert!(token_elsewhere(&uri("/x"), &h, &removed, token).is_some());
+        assert!(token_elsewhere(&uri("/x"), &h, (&removed, &AUTHORIZATION), token).is_some());
     }
 
     /// Frames of a body, then what `Guarded` lets through.

@@ -135,9 +135,8 @@ impl Gateway {
             RouteAuth::Exchange(policy) => {
                 let subject = bearer::extract(req.headers())?;
                 // The broad token must not ride along anywhere else.
-                if let Some(why) =
-                    credentials::token_elsewhere(req.uri(), req.headers(), &route.remove_headers, subject)
-                {
+                let skipped = (&route.remove_headers[..], &route.forward_header);
+                if let Some(why) = credentials::token_elsewhere(req.uri(), req.headers(), skipped, subject) {
                     return Err(GatewayError::InvalidRequest(why));
                 }
                 if !hyper::body::Body::is_end_stream(req.body()) {

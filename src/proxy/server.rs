@@ -238,6 +238,16 @@ async fn connection<H: Handler>(
         Some(acceptor) => {
             let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream));
             let mut killed = shared.killed.subscribe();
+            // A handshake that has not finished is a silent connection: shed
+            // at the cap like one.
+            let shed = async {
+                loop {
+                    shared.shed.notified().await;
+                    if state.shed().is_some() {
+                        return;
+                    }
+                }
+            };
             let stream = tokio::select! {
                 r = handshake => match r {
                     Ok(Ok(s)) => Some(s),
@@ -245,6 +255,7 @@ async fn connection<H: Handler>(
                     Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); None }
                 },
                 _ = killed.wait_for(|k| *k) => None,
+                _ = shed => { tracing::debug!(%peer, "TLS handshake shed at the cap"); None }
             };
             if let Some(stream) = stream {
                 serve_http(&shared, stream, peer, state).await;
