@@ -107,7 +107,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let proto = if tls.is_some() { "https" } else { "http" };
-    let forwarder = Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto);
+    let forwarder = Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto, config.listen.idle_timeout);
     let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));
 
     let bind = |addr: SocketAddr| async move {

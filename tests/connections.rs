@@ -141,6 +141,50 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert!(got < size, "the whole answer arrived ({got} bytes): the stall was not noticed");
 }
 
+/// Found by review: an HTTP/2 client that holds its flow-control window at
+/// zero (and answers pings) kept a request "in flight" forever; no socket
+/// write ever blocks, since nothing is sent.
+#[tokio::test]
+async fn an_h2_client_that_never_opens_its_window_is_cut_off() {
+    let gw = gateway("header_read_timeout: 1s, idle_timeout: 1s").await;
+    let stream = TcpStream::connect(gw.running.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://gw.example/download/1048576").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    // The body is never read: the window stays at zero.
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(ended.is_ok(), "the connection was still open after 6 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    drop(resp);
+}
+
+/// Found by review: an upgraded connection that goes silent held its slot
+/// forever. It ends after `idle_timeout` without a byte either way.
+#[tokio::test]
+async fn a_silent_upgraded_connection_is_closed() {
+    let gw = gateway("header_read_timeout: 1s, idle_timeout: 1s").await;
+    let mut c = Conn::open(gw.running.addr).await;
+    c.send(b"GET /upgrade HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let (status, _) = c.head().await.unwrap();
+    assert_eq!(status, 101);
+    // Talking keeps it open...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        c.send(b"ping").await.unwrap();
+        assert_eq!(c.exact(4).await.unwrap(), b"ping");
+    }
+    // ...silence ends it.
+    let closed = closed_after(c.stream, Duration::from_secs(5)).await.expect("the silent tunnel stayed open");
+    assert!(closed >= Duration::from_millis(900), "{closed:?}");
+}
+
 /// Opens `n` connections that send nothing.
 async fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut v = Vec::with_capacity(n);

@@ -74,6 +74,14 @@ async fn access_token_url_parameters_are_refused_in_every_spelling_on_every_rout
         "access.token=broad",
         "access+token=broad",
         "access_token[]=broad",
+        // Found by review: PHP, qs/Rack, ASP.NET and decode-before-split spellings.
+        "+access_token=broad",
+        "access_token%00=broad",
+        "[access_token]=broad",
+        "]access_token=broad",
+        "%u0061ccess_token=broad",
+        "a=%26access_token%3Dbroad",
+        "accessToken=broad",
     ];
     for prefix in ["/ex/1", "/open/1", "/egress/1"] {
         for q in spellings {
@@ -116,6 +124,21 @@ async fn the_bearer_token_elsewhere_in_the_head_is_refused() {
         refused(&resp, what);
         assert!(!resp.text().contains("SECRET"), "{what}: the answer echoes the token");
     }
+    // Found by review: the token as the method, as the absolute-form
+    // authority, and as a header name (lower case tokens).
+    let hex = "0123456789abcdef0123456789abcdef";
+    let with = |line: String, extra: &str| {
+        format!("{line}\r\nHost: x\r\nAuthorization: Bearer {hex}\r\n{extra}Connection: close\r\n\r\n")
+    };
+    for (what, request) in [
+        ("the method", with(format!("{hex} /ex/1 HTTP/1.1"), "")),
+        ("the absolute-form authority", with(format!("GET http://{hex}/ex/1 HTTP/1.1"), "")),
+        ("a header name", with("GET /ex/1 HTTP/1.1".into(), &format!("{hex}: 1\r\n"))),
+    ] {
+        refused(&raw(gw.running.addr, &request).await.unwrap(), what);
+    }
+    let long_method = format!("{} /ex/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "M".repeat(60_000));
+    assert_eq!(raw(gw.running.addr, &long_method).await.map(|r| r.status).unwrap_or(400), 400, "a 60 KB method");
     assert_eq!(auth_server.count(), 0);
 
     // A cookie holding the token is removed by default, so it is not a leak:
@@ -181,6 +204,37 @@ async fn the_bearer_token_in_the_body_never_reaches_the_backend() {
     let resp = raw(gw.running.addr, &request).await.unwrap();
     assert_eq!(resp.status, 400, "{}", resp.text());
 
+    // Found by review: a token whose last byte comes in a later TCP segment
+    // must not leave before it (it used to, all but that byte).
+    let body = format!("{{\"t\":\"{token}\"}}");
+    let cut = body.len() - 3;
+    let mut c = Conn::open(gw.running.addr).await;
+    c.send(
+        format!(
+            "POST /ex/upload HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            body.len(),
+            &body[..cut]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.send(&body.as_bytes()[cut..]).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status, 400);
+
+    // A form body with the token percent-encoded (RFC 6750 §2.2's own form).
+    let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+    let resp = client()
+        .post(format!("{}/ex/upload", gw.url))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("a=1&access_token={encoded}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "a percent-encoded token in a form body");
+
     // A body without the token streams through untouched.
     let clean = "b".repeat(300_000);
     let resp = client().post(format!("{}/ex/upload", gw.url)).bearer_auth(&token).body(clean).send().await.unwrap();
@@ -188,9 +242,12 @@ async fn the_bearer_token_in_the_body_never_reaches_the_backend() {
     assert_eq!(echoed(&resp.text().await.unwrap())["body_len"], 300_000);
 
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let needle = token.as_bytes();
+    // Not even most of it: no 32-byte piece of the token reached the backend.
+    let pieces: Vec<&[u8]> = token.as_bytes().chunks(32).filter(|p| p.len() == 32).collect();
     for received in bodies.lock().unwrap().iter() {
-        assert!(!received.windows(needle.len()).any(|w| w == needle), "the backend received the token");
+        for piece in &pieces {
+            assert!(!received.windows(32).any(|w| w == *piece), "the backend received part of the token");
+        }
     }
 }
 

@@ -99,6 +99,8 @@ async fn jwt_attack_suite_is_refused_without_calling_the_authorization_server() 
         ("aud holding a number", ec.token(&claims(json!({"aud": ["edge", 7]}))), "claim_type"),
         ("sub an object", ec.token(&claims(json!({"sub": {"id": "alice"}}))), "claim_type"),
         ("jti a number", ec.token(&claims(json!({"jti": 5}))), "claim_type"),
+        // Found by review: serde reads a struct from an array by position.
+        ("claims as a JSON array", ec.token(&json!([now() + 600, 0, 0, ISS, "alice", "edge"])), "malformed"),
     ];
     eprintln!("| case | answer | AS calls | JWKS fetches | reason |");
     for (name, token, reason) in cases {

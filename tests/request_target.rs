@@ -105,6 +105,20 @@ async fn the_absolute_form_authority_wins_over_host() {
     assert_eq!(seen(&echo, "x-forwarded-host"), vec!["b.example"]);
 }
 
+/// Found by review: `a.example.` (fully qualified) skipped the `a.example`
+/// route for a later catch-all. It is the same host; empty labels are not.
+#[tokio::test]
+async fn a_fully_qualified_host_matches_its_route() {
+    let gw = gateway().await;
+    let resp = raw(gw.running.addr, "GET /x HTTP/1.1\r\nHost: a.example.\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(echoed(&resp.text())["path"], "/a/x");
+    for bad in ["..a.example", "a..example", "a.example:0"] {
+        let head = format!("GET /x HTTP/1.1\r\nHost: {bad}\r\nConnection: close\r\n\r\n");
+        bad_request(&raw(gw.running.addr, &head).await.unwrap(), bad);
+    }
+}
+
 #[tokio::test]
 async fn connect_and_asterisk_form_are_refused() {
     let gw = gateway().await;

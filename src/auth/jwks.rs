@@ -172,7 +172,7 @@ impl Jwks {
     }
 
     /// True when `other` fetches the same set the same way (the URL as it
-    /// resolves now, the trust and the budget), so its keys are ours too.
+    /// resolves now, and the trust), so its keys are ours too.
     pub fn same_source(&self, other: &Jwks) -> bool {
         self.uri.resolve().is_some() && self.uri.resolve() == other.uri.resolve() && self.trust == other.trust
     }

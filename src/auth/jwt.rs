@@ -85,6 +85,10 @@ impl JwtValidator {
         }
         let payload = signed.split_once('.').map_or("", |(_, p)| p);
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Invalid::Malformed)?;
+        // A JSON object (RFC 7519 §7.2): serde would also read an array by position.
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Invalid::Malformed.into());
+        }
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| Invalid::Malformed)?;
         let want = Expected { issuer: &self.cfg.issuer, audiences: &self.cfg.audiences, leeway: self.cfg.leeway };
         Ok(claims.check(&want)?)

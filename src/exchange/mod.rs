@@ -17,7 +17,7 @@ use crate::auth::unverified;
 use crate::config::{ActorSource, CacheConfig, ExchangeConfig, MachineConfig, SecretSource, TOKEN_EXCHANGE_GRANT};
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretString};
-use crate::telemetry::{Clipped, MAX_LOGGED_CLAIM};
+use crate::telemetry::{clip, MAX_LOGGED_CLAIM};
 use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
 use client::{AsClient, Issued};
 
@@ -422,8 +422,8 @@ impl Exchanger {
             grant = audit.grant,
             route = audit.route,
             server = audit.server,
-            sub = %Clipped(audit.sub.unwrap_or("-"), MAX_LOGGED_CLAIM),
-            actor = %Clipped(audit.actor.unwrap_or("-"), MAX_LOGGED_CLAIM),
+            sub = clip(audit.sub.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
+            actor = clip(audit.actor.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
             audience = %audit.audience.join(" "),
             scope = audit.scope,
             outcome,

@@ -67,6 +67,11 @@ pub struct ConnState {
     /// Milliseconds since `started`, plus one, since writes have been
     /// blocked without progress (0: not blocked).
     write_blocked: AtomicU64,
+    /// Answers whose last piece was taken and that wait to be asked for the
+    /// next (an HTTP/2 stream held at a zero window never is).
+    owed: AtomicU32,
+    /// Pieces of answers taken since the start.
+    body_progress: AtomicU64,
     /// Wakes the watchdog when a deadline moves earlier.
     wake: Notify,
     _slot: OwnedSemaphorePermit,
@@ -94,6 +99,8 @@ impl ConnState {
             goaway: AtomicBool::new(false),
             io_ops: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
+            owed: AtomicU32::new(0),
+            body_progress: AtomicU64::new(0),
             wake: Notify::new(),
             _slot: slot,
         })
@@ -172,17 +179,29 @@ impl ConnState {
 
     /// Resolves when the connection should end, and why.
     pub async fn watchdog(&self, t: Timeouts) -> Expired {
+        // While busy: the answers' progress seen at the last look.
+        let mut sample = None;
         loop {
             let (deadline, _) = self.next(t);
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = self.wake.notified() => {}
-            }
+            let timer = tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => true,
+                _ = self.wake.notified() => false,
+            };
             // The state may have moved the deadline since it was armed.
-            if let (deadline, Some(why)) = self.next(t) {
-                if deadline <= Instant::now() {
-                    return why;
+            match self.next(t) {
+                (deadline, Some(why)) if deadline <= Instant::now() => return why,
+                // Busy for a whole `idle_timeout` with an answer waiting to be
+                // taken and none taken: the client holds it back (HTTP/2 flow
+                // control at zero, which no socket write would show).
+                (_, None) if timer => {
+                    let owed = self.owed.load(Ordering::Acquire) > 0;
+                    let progress = self.body_progress.load(Ordering::Acquire);
+                    if owed && sample == Some(progress) {
+                        return Expired::Stalled;
+                    }
+                    sample = owed.then_some(progress);
                 }
+                _ => {}
             }
         }
     }
@@ -234,15 +253,26 @@ impl ConnState {
 pub struct RequestGuard(Arc<ConnState>);
 
 /// An answer's body that keeps its request in flight until it is done, so a
-/// long download is neither idle nor a stalled head.
+/// long download is neither idle nor a stalled head; it also tells the
+/// connection when a piece it handed out has not been taken.
 pub struct Tracked<B> {
     body: B,
-    _request: RequestGuard,
+    /// A piece was handed out and the next has not been asked for.
+    owes: bool,
+    request: RequestGuard,
 }
 
 impl RequestGuard {
     pub fn track<B>(self, body: B) -> Tracked<B> {
-        Tracked { body, _request: self }
+        Tracked { body, owes: false, request: self }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.owes {
+            self.request.0.owed.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -254,7 +284,21 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let state = &this.request.0;
+        if this.owes {
+            this.owes = false;
+            state.owed.fetch_sub(1, Ordering::AcqRel);
+            state.body_progress.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &result {
+            if frame.is_data() {
+                this.owes = true;
+                state.owed.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        result
     }
 
     fn is_end_stream(&self) -> bool {

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use url::Url;
 
-use super::credentials::Guarded;
+use super::body_scan::{is_form, Guarded, ScanFor};
 use super::headers;
 use super::target::Authority as Target;
 use super::Body;
@@ -77,10 +77,12 @@ pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, Guarded>,
     /// `X-Forwarded-Proto`: the listener's scheme.
     proto: &'static str,
+    /// An upgraded connection with no byte either way this long is closed.
+    tunnel_idle: Duration,
 }
 
 impl Forwarder {
-    pub fn new(tls: rustls::ClientConfig, proto: &'static str) -> Self {
+    pub fn new(tls: rustls::ClientConfig, proto: &'static str, tunnel_idle: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -96,7 +98,7 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Forwarder { client, proto }
+        Forwarder { client, proto, tunnel_idle }
     }
 
     /// Rewrites `req` for the upstream as `rewrite` says and sends it: the
@@ -134,7 +136,8 @@ impl Forwarder {
         headers::set_forwarded(h, peer.ip(), self.proto, host);
 
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
-        let scan = rewrite.caller_token.zip(leaked.clone());
+        let form = is_form(h);
+        let scan = rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form, found });
         let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan));
         let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(r)) => r,
@@ -147,11 +150,10 @@ impl Forwarder {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let idle = self.tunnel_idle;
                 tokio::spawn(async move {
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((down, up)) => {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
-                        }
+                        Ok((down, up)) => super::tunnel::relay(TokioIo::new(down), TokioIo::new(up), idle).await,
                         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
                 });

@@ -2,6 +2,7 @@
 //! validate (inbound check, required scopes) → exchange (cache) → rewrite
 //! and forward → evict on a backend `invalid_token` → log.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -22,7 +23,7 @@ use crate::exchange::client::AsClient;
 use crate::exchange::{Exchanger, Fingerprint};
 use crate::metrics::RouteMetrics;
 use crate::routes::{Route, RouteAuth, RouteTable};
-use crate::telemetry::{Clipped, MAX_LOGGED_PATH};
+use crate::telemetry::{clip, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
 
 /// Everything that changes with a configuration reload.
 pub struct Runtime {
@@ -49,6 +50,8 @@ struct Trace {
     cache: Option<bool>,
     exchange_time: Option<Duration>,
     evicted: bool,
+    /// The caller's token is in the method or the target: log neither.
+    redact: bool,
 }
 
 impl Gateway {
@@ -86,10 +89,14 @@ impl Gateway {
         if let Some(hit) = trace.cache {
             metrics.cache(hit);
         }
+        let (method, path) = match trace.redact {
+            true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
+            false => (clip(method.as_str(), MAX_LOGGED_METHOD), clip(uri.path(), MAX_LOGGED_PATH)),
+        };
         tracing::info!(
             target: "tokex::access",
-            method = %method,
-            path = %Clipped(uri.path(), MAX_LOGGED_PATH),
+            method = method.as_ref(),
+            path = path.as_ref(),
             route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
             status,
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -135,9 +142,11 @@ impl Gateway {
             RouteAuth::Exchange(policy) => {
                 let subject = bearer::extract(req.headers())?;
                 // The broad token must not ride along anywhere else.
+                let head = (req.method(), req.uri(), authority.as_ref().map(|a| a.value().as_bytes()));
                 let skipped = (&route.remove_headers[..], &route.forward_header);
-                if let Some(why) = credentials::token_elsewhere(req.uri(), req.headers(), skipped, subject) {
-                    return Err(GatewayError::InvalidRequest(why));
+                if let Some(leak) = credentials::token_elsewhere(head, req.headers(), skipped, subject) {
+                    trace.redact = leak == credentials::Leak::Target;
+                    return Err(GatewayError::InvalidRequest(leak.message()));
                 }
                 if !hyper::body::Body::is_end_stream(req.body()) {
                     caller_token = Some(subject.to_owned());

@@ -1,6 +1,7 @@
 //! The proxy: accept loop (`server`), the request phases (`handler`), the
 //! upstream client (`forward`) and header rules (`headers`).
 
+pub mod body_scan;
 pub mod conn;
 pub mod credentials;
 pub mod forward;
@@ -9,6 +10,7 @@ pub mod headers;
 pub mod server;
 pub mod target;
 pub mod tls;
+pub mod tunnel;
 
 /// Response body: a streamed upstream body or a small local answer.
 pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;

@@ -7,8 +7,10 @@
 use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
-/// Longest authority accepted: a 253-byte DNS name and a port.
-const MAX_AUTHORITY: usize = 253 + 6;
+/// Longest authority accepted: a 253-byte DNS name (and its final dot) and a port.
+const MAX_AUTHORITY: usize = 254 + 6;
+/// Longest method accepted (the registered ones have at most 17 letters).
+const MAX_METHOD: usize = 32;
 
 /// The authority of a request, checked: `host[:port]`, no userinfo.
 #[derive(Debug, Clone)]
@@ -24,7 +26,8 @@ impl Authority {
         &self.value
     }
 
-    /// The host without port: what routes match on.
+    /// The host without port (nor the final dot of a fully qualified name):
+    /// what routes match on.
     pub fn host(&self) -> &str {
         // `parse` checked the bytes are ASCII.
         std::str::from_utf8(&self.value.as_bytes()[self.host.clone()]).unwrap_or_default()
@@ -46,6 +49,9 @@ pub fn authority(
 ) -> Result<Option<Authority>, &'static str> {
     if method == Method::CONNECT {
         return Err("CONNECT is not supported by this reverse proxy");
+    }
+    if method.as_str().len() > MAX_METHOD {
+        return Err("the method is too long");
     }
     if uri.path() == "*" {
         return Err("the asterisk-form request target is not supported");
@@ -93,8 +99,9 @@ pub fn authority(
 const USERINFO: &str = "userinfo (user:password@) in the authority is refused";
 
 /// `host[:port]` (RFC 3986 §3.2.2): a DNS name or IPv4 address (letters,
-/// digits, `-`, `.`, `_`, `~`), or a bracketed IPv6 literal; a port of one to
-/// five digits up to 65535. The range of the host.
+/// digits, `-`, `.`, `_`, `~`; no empty label, one final dot allowed), or a
+/// bracketed IPv6 literal; a port of one to five digits, 1 to 65535. The
+/// range of the host, without a final dot.
 fn host_range(b: &[u8]) -> Result<std::ops::Range<usize>, &'static str> {
     if b.contains(&b'@') {
         return Err(USERINFO);
@@ -109,18 +116,21 @@ fn host_range(b: &[u8]) -> Result<std::ops::Range<usize>, &'static str> {
         (1..end, &b[end + 1..])
     } else {
         let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
-        let name = &b[..end];
-        if name.is_empty() || !name.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-        {
+        // `api.example.com.` is `api.example.com`, fully qualified.
+        let name = b[..end].strip_suffix(b".").unwrap_or(&b[..end]);
+        let valid = !name.is_empty()
+            && name.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+            && name.split(|&c| c == b'.').all(|label| !label.is_empty());
+        if !valid {
             return Err("invalid host name");
         }
-        (0..end, &b[end..])
+        (0..name.len(), &b[end..])
     };
     match rest {
         [] => Ok(range),
         [b':', port @ ..] if (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit) => {
             let n: u32 = port.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'));
-            if n <= 65535 {
+            if (1..=65535).contains(&n) {
                 Ok(range)
             } else {
                 Err("invalid port")
@@ -159,6 +169,13 @@ mod tests {
     fn invalid_hosts_are_refused() {
         for bad in [
             "",
+            "a:0",
+            ".",
+            "..a",
+            ".a",
+            "a..b",
+            "a..",
+            "[fe80::1%25eth0]",
             "a b",
             "a/b",
             "a\\b",
@@ -209,6 +226,8 @@ mod tests {
         assert_eq!(a.host(), "Api.Example.com");
         let a = Authority::parse(HeaderValue::from_static("[2001:db8::1]:443")).unwrap();
         assert_eq!(a.host(), "2001:db8::1");
+        let a = Authority::parse(HeaderValue::from_static("api.example.com.:8080")).unwrap();
+        assert_eq!((a.host(), a.value().to_str().unwrap()), ("api.example.com", "api.example.com.:8080"));
     }
 
     #[test]
