@@ -27,8 +27,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct Guarded<B = Incoming> {
     inner: B,
+    /// None for a body that has already ended (a GET): nothing to do.
+    guard: Option<Box<Guard>>,
+}
+
+struct Guard {
     removed: Arc<[HeaderName]>,
-    scan: Option<Box<Scan>>,
+    scan: Option<Scan>,
     /// Frames ready to go before the inner body is polled again.
     queued: VecDeque<Frame<Bytes>>,
     ended: bool,
@@ -75,18 +80,22 @@ pub struct TokenInBody;
 
 impl<B: Body> Guarded<B> {
     pub fn new(inner: B, removed: Arc<[HeaderName]>, scan: Option<ScanFor<'_>>) -> Self {
-        let scan = scan.filter(|s| s.token.len() >= MIN_SCANNED && !inner.is_end_stream()).map(|s| {
+        if inner.is_end_stream() {
+            return Guarded { inner, guard: None };
+        }
+        let scan = scan.filter(|s| s.token.len() >= MIN_SCANNED).map(|s| {
             let n = s.token.len();
-            Box::new(Scan {
+            Scan {
                 raw: memmem::Finder::new(s.token.as_bytes()).into_owned(),
                 held: Bytes::new(),
                 // Percent-encoded, a character takes up to 6 bytes (`%uXXXX`).
                 keep: if s.form { 6 * n - 1 } else { n - 1 },
                 form: s.form.then(|| FormView { partial: Vec::new(), tail: Vec::new() }),
                 found: s.found,
-            })
+            }
         });
-        Guarded { inner, removed, scan, queued: VecDeque::new(), ended: false }
+        let guard = Guard { removed, scan, queued: VecDeque::new(), ended: false };
+        Guarded { inner, guard: Some(Box::new(guard)) }
     }
 }
 
@@ -153,7 +162,7 @@ impl FormView {
     }
 }
 
-impl<B> Guarded<B> {
+impl Guard {
     fn trip(&self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(scan) = &self.scan {
             scan.found.store(true, Ordering::Release);
@@ -179,6 +188,16 @@ impl<B> Guarded<B> {
         }
         Some(trailers)
     }
+
+    /// What was held back goes now (the body ended).
+    fn release(&mut self) {
+        if let Some(scan) = &mut self.scan {
+            let held = std::mem::take(&mut scan.held);
+            if !held.is_empty() {
+                self.queued.push_back(Frame::data(held));
+            }
+        }
+    }
 }
 
 impl<B> Body for Guarded<B>
@@ -191,74 +210,72 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        let Some(g) = this.guard.as_deref_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into)));
+        };
         loop {
-            if let Some(frame) = this.queued.pop_front() {
+            if let Some(frame) = g.queued.pop_front() {
                 return Poll::Ready(Some(Ok(frame)));
             }
-            if this.ended {
+            if g.ended {
                 return Poll::Ready(None);
             }
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => {
-                    // The end: what was held back goes now.
-                    this.ended = true;
-                    if let Some(scan) = &mut this.scan {
-                        let held = std::mem::take(&mut scan.held);
-                        if !held.is_empty() {
-                            this.queued.push_back(Frame::data(held));
-                        }
-                    }
+                    g.ended = true;
+                    g.release();
                     continue;
                 }
                 Poll::Pending => return Poll::Pending,
             };
             let frame = match frame.into_data() {
                 Ok(data) => {
-                    let Some(scan) = &mut this.scan else { return Poll::Ready(Some(Ok(Frame::data(data)))) };
+                    let Some(scan) = &mut g.scan else { return Poll::Ready(Some(Ok(Frame::data(data)))) };
                     if !scan.clean(&data) {
-                        return this.trip();
+                        return g.trip();
                     }
                     let (older, now) = scan.pass(data);
                     for part in [older, now] {
                         if !part.is_empty() {
-                            this.queued.push_back(Frame::data(part));
+                            g.queued.push_back(Frame::data(part));
                         }
                     }
                     continue;
                 }
                 Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => match this.trailers(trailers) {
-                        None => return this.trip(),
+                    Ok(trailers) => match g.trailers(trailers) {
+                        None => return g.trip(),
                         Some(trailers) => {
                             // Trailers end the body: what was held back goes first.
-                            if let Some(scan) = &mut this.scan {
-                                let held = std::mem::take(&mut scan.held);
-                                if !held.is_empty() {
-                                    this.queued.push_back(Frame::data(held));
-                                }
-                            }
+                            g.release();
                             Frame::trailers(trailers)
                         }
                     },
                     Err(other) => other,
                 },
             };
-            this.queued.push_back(frame);
+            g.queued.push_back(frame);
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.queued.is_empty()
-            && self.scan.as_ref().map_or(true, |s| s.held.is_empty())
-            && (self.ended || self.inner.is_end_stream())
+        match &self.guard {
+            None => self.inner.is_end_stream(),
+            Some(g) => {
+                g.queued.is_empty()
+                    && g.scan.as_ref().map_or(true, |s| s.held.is_empty())
+                    && (g.ended || self.inner.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let waiting = self.queued.iter().filter_map(|f| f.data_ref()).map(Bytes::len).sum::<usize>()
-            + self.scan.as_ref().map_or(0, |s| s.held.len());
-        let mut hint = if self.ended { SizeHint::with_exact(0) } else { self.inner.size_hint() };
+        let Some(g) = &self.guard else { return self.inner.size_hint() };
+        let waiting = g.queued.iter().filter_map(|f| f.data_ref()).map(Bytes::len).sum::<usize>()
+            + g.scan.as_ref().map_or(0, |s| s.held.len());
+        let mut hint = if g.ended { SizeHint::with_exact(0) } else { self.inner.size_hint() };
         let waiting = waiting as u64;
         match hint.upper() {
             Some(upper) if hint.lower() == upper => hint.set_exact(upper + waiting),

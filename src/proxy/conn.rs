@@ -72,7 +72,7 @@ pub struct ConnState {
     owed: AtomicU32,
     /// Pieces of answers taken since the start.
     body_progress: AtomicU64,
-    /// Wakes the watchdog when a deadline moves earlier.
+    /// Wakes the watchdog for a request to end the connection (draining).
     wake: Notify,
     _slot: OwnedSemaphorePermit,
 }
@@ -173,7 +173,19 @@ impl ConnState {
             since @ 1.. => (self.at(since - 1) + t.header_read, Some(Expired::Silent)),
             // Nothing read yet: the first byte is due.
             0 if idle_since == 0 => (self.started + t.header_read, Some(Expired::Silent)),
-            0 => (self.at(idle_since) + t.idle, Some(Expired::Idle)),
+            // Between requests. The next head may start any time without
+            // waking the watchdog (that would cost every request a task
+            // wake-up), so it looks again at least every header_read_timeout,
+            // which still ends a stalled head exactly on its deadline.
+            0 => {
+                let idle = self.at(idle_since) + t.idle;
+                let look = Instant::now() + t.header_read;
+                if idle <= look {
+                    (idle, Some(Expired::Idle))
+                } else {
+                    (look, None)
+                }
+            }
         }
     }
 
@@ -243,7 +255,6 @@ impl ConnState {
         if !self.is_h2() && self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0
         {
             self.head_since.store(self.now_ms() + 1, Ordering::Release);
-            self.wake.notify_one();
         }
     }
 }
@@ -423,7 +434,9 @@ mod tests {
         assert_eq!(s.next(T).1, None, "busy: no deadline");
         assert_eq!(s.shed(), None, "busy connections are never shed");
         drop(guard);
-        assert_eq!(s.next(T).1, Some(Expired::Idle));
+        assert_eq!(s.next(T).1, None, "idle: it looks again within header_read_timeout");
+        let short_idle = Timeouts { header_read: Duration::from_millis(600), idle: Duration::from_millis(200) };
+        assert_eq!(s.next(short_idle).1, Some(Expired::Idle));
         assert_eq!(s.shed(), Some(Expired::Idle));
         // The next request's first byte starts the header timeout again.
         s.on_read(b"G", &mut p);

@@ -130,9 +130,15 @@ impl Forwarder {
         }
         let host = rewrite.authority.map(|a| a.value().clone());
         match &host {
-            Some(host) => h.insert(HOST, host.clone()),
-            None => h.remove(HOST),
-        };
+            // Usually the `Host` received, already in place.
+            Some(host) if h.get(HOST) == Some(host) => {}
+            Some(host) => {
+                h.insert(HOST, host.clone());
+            }
+            None => {
+                h.remove(HOST);
+            }
+        }
         headers::set_forwarded(h, peer.ip(), self.proto, host);
 
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));

@@ -89,24 +89,26 @@ impl Gateway {
         if let Some(hit) = trace.cache {
             metrics.cache(hit);
         }
-        let (method, path) = match trace.redact {
-            true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
-            false => (clip(method.as_str(), MAX_LOGGED_METHOD), clip(uri.path(), MAX_LOGGED_PATH)),
-        };
-        tracing::info!(
-            target: "tokex::access",
-            method = method.as_ref(),
-            path = path.as_ref(),
-            route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
-            status,
-            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            cache = match trace.cache { Some(true) => "hit", Some(false) => "miss", None => "-" },
-            exchange_us = trace.exchange_time.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            token = %OrDash(trace.fingerprint),
-            evicted = trace.evicted,
-            error = error.as_ref().map(|e| e.reason()),
-            "request"
-        );
+        if tracing::enabled!(target: "tokex::access", tracing::Level::INFO) {
+            let (method, path) = match trace.redact {
+                true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
+                false => (clip(method.as_str(), MAX_LOGGED_METHOD), clip(uri.path(), MAX_LOGGED_PATH)),
+            };
+            tracing::info!(
+                target: "tokex::access",
+                method = method.as_ref(),
+                path = path.as_ref(),
+                route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
+                status,
+                latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                cache = match trace.cache { Some(true) => "hit", Some(false) => "miss", None => "-" },
+                exchange_us = trace.exchange_time.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                token = %OrDash(trace.fingerprint),
+                evicted = trace.evicted,
+                error = error.as_ref().map(|e| e.reason()),
+                "request"
+            );
+        }
         resp
     }
 

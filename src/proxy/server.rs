@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{ConnState, Expired, Timeouts, Watched};
 use super::Body;
@@ -293,6 +293,37 @@ where
     };
     let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(Watched::new(io, state.clone())), svc);
     let mut conn = std::pin::pin!(conn.into_owned());
+    // The watching runs in a task of its own, so serving pays nothing for it.
+    let (tell, mut told) = mpsc::channel(2);
+    tokio::spawn(supervise(shared.clone(), state, peer, tell));
+    loop {
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection closed with an error");
+                }
+                return;
+            }
+            verdict = told.recv() => match verdict {
+                // HTTP/2 `GOAWAY`; HTTP/1.1 closes once the current answer is sent.
+                Some(Verdict::Graceful) => conn.as_mut().graceful_shutdown(),
+                Some(Verdict::Close) | None => return,
+            },
+        }
+    }
+}
+
+/// What a connection's supervisor tells the task that serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Graceful,
+    Close,
+}
+
+/// Watches one connection: its deadlines, shedding at the cap, the
+/// listener's phase and the end of the grace period. Ends with it.
+async fn supervise<H>(shared: Arc<Shared<H>>, state: Arc<ConnState>, peer: SocketAddr, tell: mpsc::Sender<Verdict>) {
     let mut phase = shared.phase.clone();
     let mut killed = shared.killed.subscribe();
     // Once shut down gracefully, a connection that makes no I/O progress for
@@ -300,30 +331,38 @@ where
     let mut winding_down: Option<u64> = None;
     let t = shared.timeouts;
     loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection closed with an error");
-                }
-                return;
-            }
+        let verdict = tokio::select! {
+            _ = tell.closed() => return,
             expired = state.watchdog(t), if winding_down.is_none() => match expired {
-                Expired::Silent => return tracing::debug!(%peer, "connection closed: nothing received in time"),
-                Expired::Stalled => return tracing::debug!(%peer, "connection closed: the client stopped reading"),
-                Expired::Idle => {}
+                Expired::Silent => {
+                    tracing::debug!(%peer, "connection closed: nothing received in time");
+                    Verdict::Close
+                }
+                Expired::Stalled => {
+                    tracing::debug!(%peer, "connection closed: the client stopped reading");
+                    Verdict::Close
+                }
+                Expired::Idle => Verdict::Graceful,
             },
             _ = tokio::time::sleep(t.idle), if winding_down.is_some() => {
                 let ops = state.io_ops();
-                if winding_down == Some(ops) {
-                    return tracing::debug!(%peer, "connection closed: no progress while shutting down");
+                if winding_down != Some(ops) {
+                    winding_down = Some(ops);
+                    continue;
                 }
-                winding_down = Some(ops);
-                continue;
+                tracing::debug!(%peer, "connection closed: no progress while shutting down");
+                Verdict::Close
             }
             _ = shared.shed.notified(), if winding_down.is_none() => match state.shed() {
                 None => continue,
-                Some(Expired::Silent | Expired::Stalled) => return tracing::debug!(%peer, "connection shed at the cap"),
-                Some(Expired::Idle) => tracing::debug!(%peer, "idle connection shed at the cap"),
+                Some(Expired::Silent | Expired::Stalled) => {
+                    tracing::debug!(%peer, "connection shed at the cap");
+                    Verdict::Close
+                }
+                Some(Expired::Idle) => {
+                    tracing::debug!(%peer, "idle connection shed at the cap");
+                    Verdict::Graceful
+                }
             },
             changed = phase.changed(), if winding_down.is_none() => {
                 let now = if changed.is_err() { Phase::Stopping } else { *phase.borrow_and_update() };
@@ -331,14 +370,14 @@ where
                     Phase::Serving => continue,
                     // HTTP/1.1 answers say `Connection: close` from now on.
                     Phase::Draining if !state.is_h2() => continue,
-                    Phase::Draining | Phase::Stopping => {}
+                    Phase::Draining | Phase::Stopping => Verdict::Graceful,
                 }
             },
-            _ = killed.wait_for(|k| *k) => return,
+            _ = killed.wait_for(|k| *k) => Verdict::Close,
+        };
+        if tell.send(verdict).await.is_err() || verdict == Verdict::Close {
+            return;
         }
-        // Whatever brought us here ends the connection gracefully: HTTP/2
-        // `GOAWAY`, HTTP/1.1 closes once the current answer is sent.
-        conn.as_mut().graceful_shutdown();
         winding_down = Some(state.io_ops());
     }
 }

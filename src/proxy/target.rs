@@ -96,6 +96,18 @@ pub fn authority(
     }
 }
 
+/// Bytes of a DNS name or IPv4 address: letters, digits, `-._~`.
+const HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        c += 1;
+    }
+    t
+};
+
 const USERINFO: &str = "userinfo (user:password@) in the authority is refused";
 
 /// `host[:port]` (RFC 3986 §3.2.2): a DNS name or IPv4 address (letters,
@@ -118,9 +130,14 @@ fn host_range(b: &[u8]) -> Result<std::ops::Range<usize>, &'static str> {
         let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
         // `api.example.com.` is `api.example.com`, fully qualified.
         let name = b[..end].strip_suffix(b".").unwrap_or(&b[..end]);
-        let valid = !name.is_empty()
-            && name.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-            && name.split(|&c| c == b'.').all(|label| !label.is_empty());
+        // One pass: allowed bytes, and no empty label (`..`, or a dot first).
+        let mut valid = !name.is_empty();
+        let mut previous = b'.';
+        for &c in name {
+            valid &= HOST_BYTE[usize::from(c)] && !(c == b'.' && previous == b'.');
+            previous = c;
+        }
+        valid &= previous != b'.';
         if !valid {
             return Err("invalid host name");
         }
