@@ -1,0 +1,291 @@
+//! `routes[]`: matching, auth mode, the exchange (or egress) section, and
+//! forwarding (`forward.header`, `forward.remove_headers`).
+
+use super::*;
+
+pub(super) fn route(
+    cx: &mut Ctx,
+    base: &str,
+    r: RawRoute,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<RouteConfig> {
+    let name = r.name.value;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        cx.err(format!("{base}.name"), "route names use letters, digits, '-', '_' and '.' (they appear in metrics)");
+    }
+    let matcher = matcher(cx, &format!("{base}.match"), r.matcher.unwrap_or_default());
+    let upstream = http_url(cx, &format!("{base}.upstream"), &r.upstream);
+    if let Some(u) = &upstream {
+        if u.query().is_some() {
+            cx.err(format!("{base}.upstream"), "upstream URL must not have a query");
+        }
+    }
+    let auth = match r.auth.as_ref().map(|t| t.as_str()) {
+        None | Some("exchange") => Some(AuthMode::Exchange),
+        Some("none") => Some(AuthMode::None),
+        Some("client_credentials") => Some(AuthMode::ClientCredentials),
+        Some(other) => {
+            cx.err(
+                format!("{base}.auth"),
+                format!("unknown auth mode {other:?}: expected exchange, none or client_credentials"),
+            );
+            None
+        }
+    };
+    let require_scopes = inbound::require_scopes(cx, base, r.require_scopes, auth);
+    let (exchange, machine) = match (auth, r.exchange) {
+        (Some(AuthMode::Exchange), Some(x)) => (exchange(cx, &format!("{base}.exchange"), x, servers), None),
+        (Some(AuthMode::Exchange), None) => {
+            cx.err(base, "auth: exchange needs an exchange: section");
+            (None, None)
+        }
+        (Some(AuthMode::ClientCredentials), Some(x)) => (None, egress(cx, &format!("{base}.exchange"), x, servers)),
+        (Some(AuthMode::ClientCredentials), None) => {
+            cx.err(base, "auth: client_credentials needs an exchange: section (authorization_server, audience, scope)");
+            (None, None)
+        }
+        (Some(AuthMode::None), Some(_)) => {
+            cx.err(format!("{base}.exchange"), "exchange: is not used with auth: none");
+            (None, None)
+        }
+        (Some(AuthMode::None), None) | (None, _) => (None, None),
+    };
+    let (forward_header, remove_headers) = match r.forward {
+        Some(f) => (f.header, f.remove_headers),
+        None => (None, None),
+    };
+    let remove_headers = remove_headers.map_or_else(
+        || crate::proxy::credentials::DEFAULT_REMOVED.to_vec(),
+        |list| {
+            let mut names = Vec::with_capacity(list.len());
+            for (i, h) in list.iter().enumerate() {
+                match HeaderName::from_bytes(h.as_str().as_bytes()) {
+                    Ok(n) if n == http::header::HOST => {
+                        cx.err(format!("{base}.forward.remove_headers[{i}]"), "host cannot be removed")
+                    }
+                    Ok(n) => names.push(n),
+                    Err(_) => cx.err(
+                        format!("{base}.forward.remove_headers[{i}]"),
+                        format!("invalid header name {:?}", h.value),
+                    ),
+                }
+            }
+            names
+        },
+    );
+    let forward_header = match forward_header {
+        None => Some(http::header::AUTHORIZATION),
+        Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
+            Ok(n) if crate::proxy::headers::is_hop_by_hop(&n) => {
+                cx.err(format!("{base}.forward.header"), format!("{n} is a hop-by-hop header"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                cx.err(format!("{base}.forward.header"), format!("invalid header name {:?}", h.value));
+                None
+            }
+        },
+    };
+    let timeout = r.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    let auth = auth?;
+    Some(RouteConfig {
+        name,
+        matcher: matcher?,
+        upstream: upstream?,
+        auth,
+        exchange: if auth == AuthMode::Exchange { Some(exchange?) } else { None },
+        machine: if auth == AuthMode::ClientCredentials { Some(machine?) } else { None },
+        require_scopes: require_scopes?,
+        forward_header: forward_header?,
+        remove_headers,
+        timeout,
+    })
+}
+
+fn matcher(cx: &mut Ctx, base: &str, m: RawMatch) -> Option<Matcher> {
+    let mut ok = true;
+    let host = match &m.host {
+        None => HostMatch::Any,
+        Some(h) => HostMatch::parse(h.as_str()).unwrap_or_else(|e| {
+            cx.err(format!("{base}.host"), e);
+            ok = false;
+            HostMatch::Any
+        }),
+    };
+    let mut check_path = |cx: &mut Ctx, key: &str, p: &Text| {
+        if !p.as_str().starts_with('/') || p.as_str().contains('?') || p.as_str().contains('#') {
+            cx.err(format!("{base}.{key}"), format!("{:?} must start with '/' and hold no query or fragment", p.value));
+            ok = false;
+        }
+    };
+    let path = match (&m.path, &m.path_prefix) {
+        (Some(p), None) => {
+            check_path(cx, "path", p);
+            PathMatch::Exact(p.value.clone())
+        }
+        (None, Some(p)) => {
+            check_path(cx, "path_prefix", p);
+            PathMatch::Prefix(p.value.clone())
+        }
+        (None, None) => PathMatch::Any,
+        (Some(_), Some(_)) => {
+            cx.err(base, "set either path or path_prefix, not both");
+            ok = false;
+            PathMatch::Any
+        }
+    };
+    let mut methods = Vec::new();
+    for (i, t) in m.methods.unwrap_or_default().iter().enumerate() {
+        match Method::from_bytes(t.as_str().to_ascii_uppercase().as_bytes()) {
+            Ok(mth) => methods.push(mth),
+            Err(_) => {
+                cx.err(format!("{base}.methods[{i}]"), format!("invalid method {:?}", t.value));
+                ok = false;
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value.as_str())) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => {
+                cx.err(format!("{base}.headers.{name}"), "invalid header name or value");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Matcher { host, path, methods, headers })
+}
+
+fn exchange(
+    cx: &mut Ctx,
+    base: &str,
+    x: RawExchange,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<ExchangeConfig> {
+    let server = x.authorization_server.value;
+    let mut ok = true;
+    if !servers.contains_key(&server) {
+        cx.err(format!("{base}.authorization_server"), format!("unknown authorization server {server:?}"));
+        ok = false;
+    }
+    let list = |cx: &mut Ctx, key: &str, items: Vec<Text>, ok: &mut bool| -> Vec<String> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, t) in items.into_iter().enumerate() {
+            if t.value.is_empty() || t.value.contains(char::is_whitespace) {
+                cx.err(format!("{base}.{key}[{i}]"), "must be non-empty and hold no spaces");
+                *ok = false;
+            }
+            out.push(t.value);
+        }
+        out
+    };
+    let audience = list(cx, "audience", x.audience, &mut ok);
+    let resource = list(cx, "resource", x.resource, &mut ok);
+    for (i, r) in resource.iter().enumerate() {
+        if Url::parse(r).is_err() {
+            cx.err(format!("{base}.resource[{i}]"), "must be an absolute URI (RFC 8707)");
+            ok = false;
+        }
+    }
+    let scope = list(cx, "scope", x.scope, &mut ok);
+    let actor = match x.actor {
+        None => None,
+        Some(a) => {
+            let path = format!("{base}.actor");
+            let default_type = if a.client_credentials.is_some() { ACCESS_TOKEN_TYPE } else { JWT_TOKEN_TYPE };
+            let token_type = a.token_type.map_or_else(|| default_type.to_owned(), |t| t.value);
+            match (a.token_file, a.token, a.client_credentials) {
+                (Some(f), None, None) => Some(ActorConfig {
+                    source: ActorSource::Token(SecretSource::File(existing_file(
+                        cx,
+                        &format!("{path}.token_file"),
+                        &f,
+                    ))),
+                    token_type,
+                }),
+                (None, Some(t), None) => {
+                    if t.value.is_empty() {
+                        cx.err(format!("{path}.token"), "must not be empty");
+                        ok = false;
+                    }
+                    Some(ActorConfig { source: ActorSource::Token(SecretSource::Inline(t.value)), token_type })
+                }
+                (None, None, Some(m)) => {
+                    let RawMachine { authorization_server, audience, resource, scope } = m;
+                    let raw = RawExchange {
+                        authorization_server,
+                        audience,
+                        resource,
+                        scope,
+                        subject_token_type: None,
+                        requested_token_type: None,
+                        actor: None,
+                        max_ttl: None,
+                        default_ttl: None,
+                    };
+                    match egress(cx, &format!("{path}.client_credentials"), raw, servers) {
+                        Some(m) => Some(ActorConfig { source: ActorSource::ClientCredentials(m), token_type }),
+                        None => {
+                            ok = false;
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    cx.err(&path, "set exactly one of token_file, token or client_credentials");
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    let max_ttl = x.max_ttl.map_or(Duration::from_secs(300), |d| d.0);
+    let default_ttl = x.default_ttl.map_or(Duration::from_secs(60), |d| d.0);
+    if max_ttl.is_zero() {
+        cx.err(format!("{base}.max_ttl"), "must be greater than zero");
+        ok = false;
+    }
+    ok.then(|| ExchangeConfig {
+        authorization_server: server,
+        audience,
+        resource,
+        scope,
+        subject_token_type: x.subject_token_type.map_or_else(|| ACCESS_TOKEN_TYPE.to_owned(), |t| t.value),
+        requested_token_type: x.requested_token_type.map(|t| t.value),
+        actor,
+        max_ttl,
+        default_ttl,
+    })
+}
+
+/// A client_credentials request for tokex's own token, written as an
+/// `exchange:`-shaped section (server, audience, resource, scope, TTLs).
+fn egress(
+    cx: &mut Ctx,
+    base: &str,
+    x: RawExchange,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<MachineConfig> {
+    for (key, present) in [
+        ("subject_token_type", x.subject_token_type.is_some()),
+        ("requested_token_type", x.requested_token_type.is_some()),
+        ("actor", x.actor.is_some()),
+    ] {
+        if present {
+            cx.err(format!("{base}.{key}"), "not used for a client_credentials token");
+        }
+    }
+    // Reported above; validate the rest as an exchange section.
+    let raw = RawExchange { subject_token_type: None, requested_token_type: None, actor: None, ..x };
+    let x = exchange(cx, base, raw, servers)?;
+    Some(MachineConfig {
+        authorization_server: x.authorization_server,
+        audience: x.audience,
+        resource: x.resource,
+        scope: x.scope,
+        max_ttl: x.max_ttl,
+        default_ttl: x.default_ttl,
+    })
+}
