@@ -107,7 +107,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let proto = if tls.is_some() { "https" } else { "http" };
-    let forwarder = Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto, config.listen.idle_timeout);
+    let max_connections = crate::proxy::server::within_fd_limit(config.listen.max_connections);
+    let upstream_slots = crate::proxy::server::upstream_budget(max_connections);
+    let forwarder =
+        Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto, config.listen.idle_timeout, upstream_slots);
     let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));
 
     let bind = |addr: SocketAddr| async move {
@@ -130,7 +133,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         header_read_timeout: config.listen.header_read_timeout,
         max_header_bytes: config.listen.max_header_bytes,
         idle_timeout: config.listen.idle_timeout,
-        max_connections: crate::proxy::server::within_fd_limit(config.listen.max_connections),
+        max_connections,
         http2_max_concurrent_streams: config.listen.http2_max_concurrent_streams,
     };
     let mut tasks =

@@ -31,6 +31,9 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    /// Every upstream slot (file descriptors) is taken, for the whole timeout.
+    #[error("too many requests at upstreams")]
+    AtCapacity,
 }
 
 const REALM: &str = "Bearer realm=\"tokex\"";
@@ -48,6 +51,7 @@ impl GatewayError {
             GatewayError::Exchange(e) => e.reason(),
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::AtCapacity => "at_capacity",
         }
     }
 
@@ -101,6 +105,7 @@ impl GatewayError {
             },
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, false),
             GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None, false),
+            GatewayError::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, true),
         };
         let body = format!("{{\"error\":\"{code}\",\"error_description\":\"{}\"}}", self.public_description());
         let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from(body))));
@@ -141,6 +146,7 @@ impl GatewayError {
             },
             GatewayError::UpstreamUnavailable(_) => "the upstream is unavailable",
             GatewayError::UpstreamTimeout => "the upstream did not answer in time",
+            GatewayError::AtCapacity => "the gateway is at capacity",
         }
     }
 }

@@ -273,9 +273,18 @@ async fn caller_derived_log_fields_are_capped() {
     // written to the access line. Such a request is refused, and logged redacted.
     let token = "0123456789abcdef0123456789abcdef-SECRET";
     let addr = gw.addr.trim_start_matches("http://").parse().unwrap();
-    for line in [format!("{token} /x HTTP/1.1"), format!("GET /x/{token} HTTP/1.1")] {
-        let req = format!("{line}\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
-        assert_eq!(common::wire::raw(addr, &req).await.unwrap().status, 400);
+    // Found by the second review: requests refused by an earlier check (an
+    // access_token name, a dot segment, two Authorization lines) too.
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for (line, extra) in [
+        (format!("{token} /x HTTP/1.1"), String::new()),
+        (format!("GET /x/{token} HTTP/1.1"), String::new()),
+        (format!("GET /x/{token}?access_token=1 HTTP/1.1"), String::new()),
+        (format!("GET /x/{token}/../y HTTP/1.1"), String::new()),
+        (format!("GET /y/{token} HTTP/1.1"), "Authorization: Bearer other-token-value\r\n".to_owned()),
+    ] {
+        let req = format!("{line}\r\nHost: x\r\n{auth}{extra}Connection: close\r\n\r\n");
+        assert_eq!(common::wire::raw(addr, &req).await.unwrap().status, 400, "{line}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!gw.log().contains("SECRET"), "the token reached the log:\n{}", gw.log());

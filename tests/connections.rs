@@ -165,6 +165,36 @@ async fn an_h2_client_that_never_opens_its_window_is_cut_off() {
     drop(resp);
 }
 
+/// Found by the second review: at the cap, shedding notices came every
+/// 250 ms and restarted the watchdog, so zero-window stalls were never cut
+/// and held every slot.
+#[tokio::test]
+async fn zero_window_stalls_are_cut_at_the_cap_too() {
+    let gw = gateway("header_read_timeout: 1s, idle_timeout: 1s, max_connections: 3").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let stream = TcpStream::connect(gw.running.addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("http://gw.example/download/65536").body(Empty::<bytes::Bytes>::new()).unwrap();
+        held.push((send.send_request(req).await.unwrap(), conn));
+    }
+    // The cap is full of stalled connections; a fourth client gets in once they are cut.
+    let started = Instant::now();
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(6), get(&format!("{}/a", gw.url), None))
+        .await
+        .expect("a new client waited more than 6 s");
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    for (_, conn) in held {
+        assert!(tokio::time::timeout(Duration::from_secs(3), conn).await.is_ok(), "a stalled connection stayed");
+    }
+}
+
 /// Found by review: an upgraded connection that goes silent held its slot
 /// forever. It ends after `idle_timeout` without a byte either way.
 #[tokio::test]
@@ -226,26 +256,21 @@ async fn at_the_cap_silent_and_idle_connections_make_room_and_busy_ones_stay() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "slow"));
 }
 
-/// The review's case: with a low open-files limit, hundreds of silent
-/// connections must not deny service to everyone (they used to: accept
-/// failed with EMFILE and 0 of 10 requests were served).
-#[tokio::test]
-async fn silent_connections_beyond_the_open_files_limit_do_not_deny_service() {
-    let backend = echo_backend().await;
-    let dir = std::env::temp_dir().join(format!("tokex-fd-{}-{}", std::process::id(), now()));
+/// The gateway binary run with `routes` under `ulimit -n files`; its
+/// address. It is killed when the returned child is dropped.
+async fn under_file_limit(files: usize, routes: &str) -> (tokio::process::Child, SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("tokex-fd-{}-{}-{}", std::process::id(), now(), fastrand::u32(..)));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tokex.yaml");
     std::fs::write(
         &file,
-        format!(
-            "listen: {{ address: \"127.0.0.1:0\", header_read_timeout: 60s }}\nroutes:\n  - name: r\n    upstream: http://{backend}\n    auth: none\n"
-        ),
+        format!("listen: {{ address: \"127.0.0.1:0\", header_read_timeout: 60s }}\nroutes:\n{routes}"),
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_tokex");
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -n 160 && exec {bin} run -c {}", file.display()))
+        .arg(format!("ulimit -n {files} && exec {bin} run -c {}", file.display()))
         .env("TOKEX_LOG_FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -270,8 +295,19 @@ async fn silent_connections_beyond_the_open_files_limit_do_not_deny_service() {
         // Keep reading the log so the child never blocks on a full pipe.
         let mut sink = Vec::new();
         let _ = lines.read_to_end(&mut sink).await;
+        let _ = std::fs::remove_dir_all(&dir);
     });
+    (child, addr)
+}
 
+/// The review's case: with a low open-files limit, hundreds of silent
+/// connections must not deny service to everyone (they used to: accept
+/// failed with EMFILE and 0 of 10 requests were served).
+#[tokio::test]
+async fn silent_connections_beyond_the_open_files_limit_do_not_deny_service() {
+    let backend = echo_backend().await;
+    let (mut child, addr) =
+        under_file_limit(160, &format!("  - name: r\n    upstream: http://{backend}\n    auth: none\n")).await;
     let hold = silent(addr, 300).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut served = 0;
@@ -283,8 +319,55 @@ async fn silent_connections_beyond_the_open_files_limit_do_not_deny_service() {
     }
     drop(hold);
     let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(served, 10, "requests served while 300 silent connections were open under a 160-file limit");
+}
+
+/// Found by the second review: HTTP/2 puts many requests on one client
+/// connection, each of which may need an upstream connection, so 250
+/// streams to a slow backend ran out of descriptors (EMFILE on accept, 502s
+/// upstream). Requests at upstreams are bounded by what the limit leaves.
+#[tokio::test]
+async fn h2_streams_cannot_run_the_gateway_out_of_descriptors() {
+    let backend = echo_backend().await;
+    let slow = serve(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let routes = format!(
+        "  - name: slow\n    match: {{ path: /slow }}\n    upstream: http://{slow}\n    auth: none\n  - name: r\n    upstream: http://{backend}\n    auth: none\n"
+    );
+    let (mut child, addr) = under_file_limit(200, &routes).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        let mut send = send.clone();
+        streams.push(tokio::spawn(async move {
+            let req = Request::get("http://gw.example/slow").body(Empty::<bytes::Bytes>::new()).unwrap();
+            send.send_request(req).await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile other clients get in and are served.
+    for i in 0..5 {
+        let resp = tokio::time::timeout(Duration::from_secs(6), client().get(format!("http://{addr}/r{i}")).send())
+            .await
+            .expect("another client waited more than 6 s")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in streams {
+        *statuses.entry(s.await.unwrap()).or_insert(0) += 1;
+    }
+    let _ = child.kill().await;
+    assert_eq!(
+        statuses.get(&200),
+        Some(&200),
+        "every stream served, none refused for lack of descriptors: {statuses:?}"
+    );
 }
 
 #[tokio::test]

@@ -93,10 +93,15 @@ async fn access_token_url_parameters_are_refused_in_every_spelling_on_every_rout
         refused(&resp, "a ;access_token path parameter");
     }
     assert_eq!(auth_server.count(), 0, "a refused request is never exchanged");
-    // Names that merely contain the words pass.
+    // Names that merely contain the words pass, and so does prose that
+    // decodes to them (found by the second review).
     let resp =
         raw_get(gw.running.addr, "/ex/1?my_access_token_count=2", "gw.example", &["Authorization: Bearer broad"]).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+    for q in ["q=refresh+%26+access+token", "q=cookies%3B%20access%20token", "q=a%26accessToken"] {
+        let resp = raw_get(gw.running.addr, &format!("/open/search?{q}"), "gw.example", &[]).await;
+        assert_eq!(resp.status, 200, "{q}: {}", resp.text());
+    }
 }
 
 /// On exchange routes the caller's token itself must not ride along in the
@@ -235,6 +240,23 @@ async fn the_bearer_token_in_the_body_never_reaches_the_backend() {
         .unwrap();
     assert_eq!(resp.status(), 400, "a percent-encoded token in a form body");
 
+    // Found by the second review: form parsers read more than the exact
+    // media type (PHP and Rack cut it at `,` or a space; Rack reads a POST
+    // without one as a form).
+    for content_type in [
+        Some("application/x-www-form-urlencoded,text/plain"),
+        Some("application/x-www-form-urlencoded charset=utf-8"),
+        Some(""),
+        None,
+    ] {
+        let mut req = client().post(format!("{}/ex/upload", gw.url)).bearer_auth(&token);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.body(format!("a=1&access_token={encoded}")).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "Content-Type {content_type:?}");
+    }
+
     // A body without the token streams through untouched.
     let clean = "b".repeat(300_000);
     let resp = client().post(format!("{}/ex/upload", gw.url)).bearer_auth(&token).body(clean).send().await.unwrap();
@@ -248,6 +270,46 @@ async fn the_bearer_token_in_the_body_never_reaches_the_backend() {
         for piece in &pieces {
             assert!(!received.windows(32).any(|w| w == *piece), "the backend received part of the token");
         }
+    }
+}
+
+/// Found by the second review: bytes that might begin the token were held
+/// back until the next chunk, so an interactive stream (send a message,
+/// wait for the reply) waited forever on exchange routes. Only a possible
+/// beginning is held, and never longer than a moment.
+#[tokio::test]
+async fn an_interactive_request_stream_is_not_held_back() {
+    let auth_server = RecordingAs::start().await;
+    // Answers as soon as the message (x-len bytes) has arrived, body still open.
+    let backend = serve(|req: Request<Incoming>| async move {
+        let want: usize = req.headers()["x-len"].to_str().unwrap().parse().unwrap();
+        let mut body = req.into_body();
+        let mut got = Vec::new();
+        while got.len() < want {
+            match body.frame().await {
+                Some(Ok(f)) => got.extend_from_slice(&f.into_data().unwrap_or_default()),
+                _ => break,
+            }
+        }
+        Response::new(full(got))
+    })
+    .await;
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes(backend, ""))).await;
+    let token = fake_jwt(json!({"sub": "alice", "exp": now() + 600}));
+    // "hello": nothing that could begin the token (it starts "eyJ"); "hello ey": it could.
+    for message in ["hello", "hello ey"] {
+        let mut c = Conn::open(gw.running.addr).await;
+        let head = format!(
+            "POST /ex/talk HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nX-Len: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{message}\r\n",
+            message.len(),
+            message.len()
+        );
+        c.send(head.as_bytes()).await.unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(2), c.response())
+            .await
+            .unwrap_or_else(|_| panic!("{message:?}: no answer while the body stays open"))
+            .unwrap();
+        assert_eq!((resp.status, resp.text()), (200, message.to_owned()));
     }
 }
 

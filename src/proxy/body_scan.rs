@@ -1,18 +1,22 @@
 //! The request body as forwarded. On every route, trailers lose the fields
 //! the head loses. On exchange routes the body is scanned for the caller's
-//! token as it streams: raw, and percent-decoded for a form body
-//! (`application/x-www-form-urlencoded`, RFC 6750 §2.2), across chunk
-//! boundaries, and in trailers. The last bytes that could start a token are
-//! held back until the next chunk proves they do not (or the body ends), so
-//! when the token shows up none of it has been forwarded: the body stops
-//! with an error, the backend sees an aborted request, and the forwarder
-//! answers `400`.
+//! token as it streams (`token_scan.rs`: raw, and percent-decoded for a form
+//! body, across chunk boundaries), and trailers too. Bytes that could still
+//! be the beginning of the token are held back until the next chunk shows
+//! they are not, so when the token shows up none of it has left: the body
+//! stops with an error, the backend sees an aborted request, and the
+//! forwarder answers `400`. A short possible beginning (less than half the
+//! token: harmless alone, the rest of the token carries its secret) goes
+//! anyway after [`HOLD_AT_MOST`] without more data, so an interactive
+//! stream never waits on a guess; a longer one waits for the next chunk.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
@@ -22,6 +26,11 @@ use hyper::body::Incoming;
 use memchr::memmem;
 
 use super::credentials::{contains, MIN_SCANNED};
+use super::token_scan::{Step, TokenScan};
+
+/// Longest a short possible beginning of the token is held back without
+/// more data.
+pub const HOLD_AT_MOST: Duration = Duration::from_millis(200);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -42,34 +51,36 @@ struct Guard {
 /// What the scanner is told about the request.
 pub struct ScanFor<'a> {
     pub token: &'a str,
-    /// `Content-Type: application/x-www-form-urlencoded`: decode before looking.
+    /// A form body (see [`is_form`]): decode before looking.
     pub form: bool,
     /// Set when the token shows up: the forwarder answers `400`.
     pub found: Arc<AtomicBool>,
 }
 
 struct Scan {
-    raw: memmem::Finder<'static>,
-    /// Raw bytes held back: the last `keep` bytes of what has come.
+    tokens: TokenScan,
+    needle: Vec<u8>,
+    /// Bytes not forwarded yet: the end of what has come.
     held: Bytes,
-    keep: usize,
-    form: Option<FormView>,
+    /// Sends `held` when no more data comes in time.
+    release: Option<Pin<Box<tokio::time::Sleep>>>,
     found: Arc<AtomicBool>,
 }
 
-/// The percent-decoded stream of a form body, as far as it has come.
-struct FormView {
-    /// An escape cut by the end of the last chunk (at most 5 bytes).
-    partial: Vec<u8>,
-    /// The last `len - 1` decoded bytes, for a token across chunks.
-    tail: Vec<u8>,
-}
-
-/// True for a form body (`application/x-www-form-urlencoded`, parameters aside).
+/// True for a body a form parser could read: a `Content-Type` whose media
+/// type (cut at `;`, `,` or a space, as PHP and Rack cut it) is
+/// `application/x-www-form-urlencoded`, on any of its lines — or none at
+/// all, or an empty one (Rack reads such a POST as a form).
 pub fn is_form(headers: &HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let essence = v.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
-        essence.trim_ascii().eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    let mut lines = headers.get_all(http::header::CONTENT_TYPE).iter().peekable();
+    if lines.peek().is_none() {
+        return true;
+    }
+    lines.any(|v| {
+        let v = v.as_bytes();
+        let end = v.iter().position(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).unwrap_or(v.len());
+        let media = &v[..end];
+        media.is_empty() || media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
     })
 }
 
@@ -83,16 +94,12 @@ impl<B: Body> Guarded<B> {
         if inner.is_end_stream() {
             return Guarded { inner, guard: None };
         }
-        let scan = scan.filter(|s| s.token.len() >= MIN_SCANNED).map(|s| {
-            let n = s.token.len();
-            Scan {
-                raw: memmem::Finder::new(s.token.as_bytes()).into_owned(),
-                held: Bytes::new(),
-                // Percent-encoded, a character takes up to 6 bytes (`%uXXXX`).
-                keep: if s.form { 6 * n - 1 } else { n - 1 },
-                form: s.form.then(|| FormView { partial: Vec::new(), tail: Vec::new() }),
-                found: s.found,
-            }
+        let scan = scan.filter(|s| s.token.len() >= MIN_SCANNED).map(|s| Scan {
+            tokens: TokenScan::new(s.token.as_bytes(), s.form),
+            needle: s.token.as_bytes().to_vec(),
+            held: Bytes::new(),
+            release: None,
+            found: s.found,
         });
         let guard = Guard { removed, scan, queued: VecDeque::new(), ended: false };
         Guarded { inner, guard: Some(Box::new(guard)) }
@@ -100,65 +107,43 @@ impl<B: Body> Guarded<B> {
 }
 
 impl Scan {
-    /// Looks at a new chunk; false when the token is in what has come so far.
-    fn clean(&mut self, data: &[u8]) -> bool {
-        let n = self.raw.needle().len();
-        // Across the seam: the held bytes and the start of this chunk.
-        let seam_end = data.len().min(n - 1);
-        if !self.held.is_empty() {
-            let from = self.held.len().saturating_sub(n - 1);
-            let mut seam = self.held[from..].to_vec();
-            seam.extend_from_slice(&data[..seam_end]);
-            if self.raw.find(&seam).is_some() {
-                return false;
+    /// Takes a chunk in and queues what may be forwarded now, in order;
+    /// false when the token is in the stream.
+    fn take(&mut self, data: Bytes, out: &mut VecDeque<Frame<Bytes>>) -> bool {
+        self.release = None;
+        let held = std::mem::take(&mut self.held);
+        let data_start = self.tokens.seen();
+        let held_start = data_start - held.len() as u64;
+        let hold_from = match self.tokens.feed(&data) {
+            Step::Found => return false,
+            Step::Clean { hold_from } => hold_from.clamp(held_start, data_start + data.len() as u64),
+        };
+        // `held` then `data` cover [held_start, seen): send what is before `hold_from`.
+        let offset = |from: u64, len: usize| usize::try_from(hold_from - from).map_or(len, |c| c.min(len));
+        if hold_from <= data_start {
+            let cut = offset(held_start, held.len());
+            if cut > 0 {
+                out.push_back(Frame::data(held.slice(..cut)));
             }
-        }
-        if self.raw.find(data).is_some() {
-            return false;
-        }
-        match &mut self.form {
-            Some(view) => view.clean(data, &self.raw),
-            None => true,
-        }
-    }
-
-    /// Takes `data` in: returns what may be forwarded now, keeps the rest.
-    fn pass(&mut self, data: Bytes) -> (Bytes, Bytes) {
-        if data.len() >= self.keep {
-            let older = std::mem::replace(&mut self.held, data.slice(data.len() - self.keep..));
-            (older, data.slice(..data.len() - self.keep))
+            self.held = if cut == held.len() {
+                data
+            } else {
+                let mut rest = BytesMut::with_capacity(held.len() - cut + data.len());
+                rest.extend_from_slice(&held[cut..]);
+                rest.extend_from_slice(&data);
+                rest.freeze()
+            };
         } else {
-            let mut all = BytesMut::with_capacity(self.held.len() + data.len());
-            all.extend_from_slice(&self.held);
-            all.extend_from_slice(&data);
-            let all = all.freeze();
-            let cut = all.len().saturating_sub(self.keep);
-            self.held = all.slice(cut..);
-            (all.slice(..cut), Bytes::new())
+            if !held.is_empty() {
+                out.push_back(Frame::data(held));
+            }
+            let cut = offset(data_start, data.len());
+            if cut > 0 {
+                out.push_back(Frame::data(data.slice(..cut)));
+            }
+            self.held = data.slice(cut..);
         }
-    }
-}
-
-impl FormView {
-    fn clean(&mut self, data: &[u8], finder: &memmem::Finder<'static>) -> bool {
-        let n = finder.needle().len();
-        let mut input = std::mem::take(&mut self.partial);
-        input.extend_from_slice(data);
-        // An escape cut short at the end waits for the next chunk.
-        let cut = input.len().saturating_sub(5);
-        let keep_from = input[cut..].iter().rposition(|&b| b == b'%').map(|i| cut + i).filter(|&p| {
-            let rest = &input[p..];
-            let full = if rest.get(1).is_some_and(|b| *b == b'u' || *b == b'U') { 6 } else { 3 };
-            rest.len() < full
-        });
-        let end = keep_from.unwrap_or(input.len());
-        self.partial = input[end..].to_vec();
-        let mut view = std::mem::take(&mut self.tail);
-        view.extend_from_slice(&super::credentials::decode(&input[..end], true));
-        let clean = finder.find(&view).is_none();
-        let from = view.len().saturating_sub(n - 1);
-        self.tail = view[from..].to_vec();
-        clean
+        true
     }
 }
 
@@ -177,7 +162,7 @@ impl Guard {
             trailers.remove(name);
         }
         if let Some(scan) = &self.scan {
-            let needle = scan.raw.needle();
+            let needle = &scan.needle[..];
             let lower = needle.to_ascii_lowercase();
             let leaks = trailers
                 .iter()
@@ -228,19 +213,27 @@ where
                     g.release();
                     continue;
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // A short possible beginning of the token, and nothing more
+                    // for a while: it goes (an interactive stream must not
+                    // wait). Half the token or more waits for the rest.
+                    if let Some(scan) =
+                        g.scan.as_mut().filter(|s| !s.held.is_empty() && s.held.len() < s.needle.len() / 2)
+                    {
+                        let timer = scan.release.get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD_AT_MOST)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            scan.release = None;
+                            return Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut scan.held)))));
+                        }
+                    }
+                    return Poll::Pending;
+                }
             };
             let frame = match frame.into_data() {
                 Ok(data) => {
                     let Some(scan) = &mut g.scan else { return Poll::Ready(Some(Ok(Frame::data(data)))) };
-                    if !scan.clean(&data) {
+                    if !scan.take(data, &mut g.queued) {
                         return g.trip();
-                    }
-                    let (older, now) = scan.pass(data);
-                    for part in [older, now] {
-                        if !part.is_empty() {
-                            g.queued.push_back(Frame::data(part));
-                        }
                     }
                     continue;
                 }
@@ -293,6 +286,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     const TOKEN: &str = "SECRET-TOKEN-4242";
 
@@ -349,6 +344,49 @@ mod tests {
         let (data, _, failed, _) = guarded(chunks(&parts), true, true).await;
         assert!(!failed);
         assert_eq!(data, parts.concat().as_bytes());
+    }
+
+    /// A body fed by hand, chunk by chunk, staying open in between.
+    fn open_body(
+    ) -> (tokio::sync::mpsc::Sender<Bytes>, Guarded<impl Body<Data = Bytes, Error = std::convert::Infallible>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+        });
+        let found = Arc::new(AtomicBool::new(false));
+        let body = Guarded::new(
+            http_body_util::StreamBody::new(Box::pin(stream)),
+            super::super::credentials::DEFAULT_REMOVED.to_vec().into(),
+            Some(ScanFor { token: TOKEN, form: false, found }),
+        );
+        (tx, body)
+    }
+
+    #[tokio::test]
+    async fn an_interactive_stream_is_not_kept_waiting() {
+        use http_body_util::BodyExt;
+        // Nothing that could begin the token: forwarded at once.
+        let (tx, mut body) = open_body();
+        tx.send(Bytes::from_static(b"hello")).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_millis(50), body.frame()).await.expect("held back");
+        assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "hello");
+        // A possible beginning ("SEC") waits for the next chunk, at most HOLD_AT_MOST.
+        tx.send(Bytes::from_static(b"next SEC")).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let frame = tokio::time::timeout(Duration::from_secs(1), body.frame()).await.expect("stuck");
+            got.extend_from_slice(&frame.unwrap().unwrap().into_data().unwrap());
+        }
+        assert_eq!(got, b"next SEC");
+        assert!(started.elapsed() >= HOLD_AT_MOST - Duration::from_millis(20), "{:?}", started.elapsed());
+        // Half the token or more is not let go on a timer: it waits for the rest.
+        tx.send(Bytes::from_static(b" SECRET-TOK")).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_millis(100), body.frame()).await.unwrap();
+        assert_eq!(first.unwrap().unwrap().into_data().unwrap(), " ");
+        assert!(tokio::time::timeout(Duration::from_millis(500), body.frame()).await.is_err(), "let go");
+        tx.send(Bytes::from_static(b"EN-4242")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_err(), "the token, completed, stops the body");
     }
 
     #[tokio::test]

@@ -15,9 +15,12 @@
 //!   `Connection: close`, HTTP/2 connections get `GOAWAY`, so clients move
 //!   off before the listener closes. **Stopping**: every connection is shut
 //!   down gracefully. **Killed** (the grace period is over): closed.
-//! - **Stalled**: a write that cannot proceed for `idle_timeout` (the client
-//!   stopped reading an answer) closes the connection; so does a connection
-//!   shut down gracefully that then makes no I/O progress for as long.
+//! - **Stalled**: a write that cannot proceed for `idle_timeout`, or an
+//!   answer not taken for as long (an HTTP/2 window held at zero), closes the
+//!   connection: the client stopped reading.
+//! - **Winding down** (after a graceful shutdown): closed after
+//!   `idle_timeout` once nothing is in flight, or when nothing moved for as
+//!   long; and at once when shed.
 //!
 //! A request is in flight from its head until its answer's body is done.
 //! The request path pays an atomic increment and decrement per request and a
@@ -67,11 +70,13 @@ pub struct ConnState {
     /// Milliseconds since `started`, plus one, since writes have been
     /// blocked without progress (0: not blocked).
     write_blocked: AtomicU64,
-    /// Answers whose last piece was taken and that wait to be asked for the
-    /// next (an HTTP/2 stream held at a zero window never is).
-    owed: AtomicU32,
-    /// Pieces of answers taken since the start.
-    body_progress: AtomicU64,
+    /// The watchdog's looks at a busy connection, counted.
+    epoch: AtomicU64,
+    /// Answers that handed a piece out and wait to be asked for the next
+    /// (an HTTP/2 stream held at a zero window never is), by the epoch (mod
+    /// 3) in which they started waiting. One that still waits two looks
+    /// later has waited a whole `idle_timeout`.
+    owing: [AtomicU32; 3],
     /// Wakes the watchdog for a request to end the connection (draining).
     wake: Notify,
     _slot: OwnedSemaphorePermit,
@@ -99,8 +104,8 @@ impl ConnState {
             goaway: AtomicBool::new(false),
             io_ops: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
-            owed: AtomicU32::new(0),
-            body_progress: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            owing: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
             wake: Notify::new(),
             _slot: slot,
         })
@@ -131,6 +136,11 @@ impl ConnState {
     pub fn request_goaway(&self) {
         self.goaway.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// True while a request (or its answer) is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
     pub fn io_ops(&self) -> u64 {
@@ -189,10 +199,9 @@ impl ConnState {
         }
     }
 
-    /// Resolves when the connection should end, and why.
+    /// Resolves when the connection should end, and why. Keep one alive
+    /// for the connection's life (it counts its looks).
     pub async fn watchdog(&self, t: Timeouts) -> Expired {
-        // While busy: the answers' progress seen at the last look.
-        let mut sample = None;
         loop {
             let (deadline, _) = self.next(t);
             let timer = tokio::select! {
@@ -202,16 +211,15 @@ impl ConnState {
             // The state may have moved the deadline since it was armed.
             match self.next(t) {
                 (deadline, Some(why)) if deadline <= Instant::now() => return why,
-                // Busy for a whole `idle_timeout` with an answer waiting to be
-                // taken and none taken: the client holds it back (HTTP/2 flow
-                // control at zero, which no socket write would show).
-                (_, None) if timer => {
-                    let owed = self.owed.load(Ordering::Acquire) > 0;
-                    let progress = self.body_progress.load(Ordering::Acquire);
-                    if owed && sample == Some(progress) {
+                // An answer that has waited to be taken since two looks ago (a
+                // whole `idle_timeout` at least): its client holds it back
+                // (HTTP/2 flow control at zero, which no socket write shows),
+                // whatever its other streams do.
+                (_, None) if timer && self.in_flight.load(Ordering::Acquire) > 0 => {
+                    let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                    if self.owing[slot(now + 1)].load(Ordering::Acquire) > 0 {
                         return Expired::Stalled;
                     }
-                    sample = owed.then_some(progress);
                 }
                 _ => {}
             }
@@ -259,6 +267,11 @@ impl ConnState {
     }
 }
 
+/// The `owing` slot of an epoch.
+fn slot(epoch: u64) -> usize {
+    (epoch % 3) as usize
+}
+
 /// A request in flight, until its answer has been sent (or abandoned): its
 /// end makes the connection idle.
 pub struct RequestGuard(Arc<ConnState>);
@@ -268,21 +281,22 @@ pub struct RequestGuard(Arc<ConnState>);
 /// connection when a piece it handed out has not been taken.
 pub struct Tracked<B> {
     body: B,
-    /// A piece was handed out and the next has not been asked for.
-    owes: bool,
+    /// A piece was handed out and the next has not been asked for: the
+    /// `owing` slot it is counted in.
+    owes: Option<usize>,
     request: RequestGuard,
 }
 
 impl RequestGuard {
     pub fn track<B>(self, body: B) -> Tracked<B> {
-        Tracked { body, owes: false, request: self }
+        Tracked { body, owes: None, request: self }
     }
 }
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
-        if self.owes {
-            self.request.0.owed.fetch_sub(1, Ordering::AcqRel);
+        if let Some(s) = self.owes {
+            self.request.0.owing[s].fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -297,16 +311,15 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         let this = &mut *self;
         let state = &this.request.0;
-        if this.owes {
-            this.owes = false;
-            state.owed.fetch_sub(1, Ordering::AcqRel);
-            state.body_progress.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = this.owes.take() {
+            state.owing[s].fetch_sub(1, Ordering::AcqRel);
         }
         let result = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &result {
             if frame.is_data() {
-                this.owes = true;
-                state.owed.fetch_add(1, Ordering::AcqRel);
+                let s = slot(state.epoch.load(Ordering::Acquire));
+                state.owing[s].fetch_add(1, Ordering::AcqRel);
+                this.owes = Some(s);
             }
         }
         result
@@ -449,5 +462,71 @@ mod tests {
         assert_eq!(s.shed(), None);
         s.request_goaway();
         assert_eq!(s.watchdog(T).await, Expired::Idle);
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+    use http_body::Body as _;
+    use tokio::sync::Semaphore;
+
+    /// A body with an endless supply of one-byte pieces.
+    struct Endless;
+
+    impl http_body::Body for Endless {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))))
+        }
+    }
+
+    fn poll_once(body: &mut Tracked<Endless>) {
+        let waker = futures_util::task::noop_waker();
+        let _ = Pin::new(body).poll_frame(&mut Context::from_waker(&waker));
+    }
+
+    /// Found by review: one stream that keeps being read must not keep
+    /// another, held at a zero window, alive.
+    #[tokio::test]
+    async fn an_answer_not_taken_is_found_whatever_other_streams_do() {
+        let t = Timeouts { header_read: Duration::from_millis(100), idle: Duration::from_millis(200) };
+        let s = ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap());
+        let mut held = s.begin().track(Endless);
+        poll_once(&mut held); // handed a piece out; never asked again
+        let mut reading = s.begin().track(Endless);
+        let started = Instant::now();
+        let watchdog = s.watchdog(t);
+        tokio::pin!(watchdog);
+        let expired = loop {
+            tokio::select! {
+                why = &mut watchdog => break why,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => poll_once(&mut reading),
+            }
+        };
+        assert_eq!(expired, Expired::Stalled);
+        assert!(started.elapsed() < Duration::from_millis(700), "{:?}", started.elapsed());
+        // Taken in time, nothing is stalled.
+        drop(held);
+        let s2 = ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap());
+        let mut only = s2.begin().track(Endless);
+        let watchdog = s2.watchdog(t);
+        tokio::pin!(watchdog);
+        let quiet = tokio::time::timeout(Duration::from_millis(800), async {
+            loop {
+                tokio::select! {
+                    why = &mut watchdog => return why,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => poll_once(&mut only),
+                }
+            }
+        })
+        .await;
+        assert!(quiet.is_err(), "a stream being read was called stalled");
+        drop(reading);
     }
 }

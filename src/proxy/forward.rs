@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -79,10 +81,47 @@ pub struct Forwarder {
     proto: &'static str,
     /// An upgraded connection with no byte either way this long is closed.
     tunnel_idle: Duration,
+    /// Requests at upstreams at once (each may hold a connection, hence a
+    /// file descriptor), when bounded.
+    slots: Option<Arc<Semaphore>>,
+}
+
+/// An upstream's answer body; it holds the request's upstream slot until it
+/// is done.
+pub struct UpstreamBody {
+    body: Incoming,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl Forwarder {
-    pub fn new(tls: rustls::ClientConfig, proto: &'static str, tunnel_idle: Duration) -> Self {
+    /// `upstream_slots`: how many requests may be at upstreams at once
+    /// (`None`: no bound); also the idle connections kept per upstream.
+    pub fn new(
+        tls: rustls::ClientConfig,
+        proto: &'static str,
+        tunnel_idle: Duration,
+        upstream_slots: Option<usize>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -93,12 +132,14 @@ impl Forwarder {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Forwarder { client, proto, tunnel_idle }
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60)).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+        if let Some(n) = upstream_slots {
+            builder.pool_max_idle_per_host(n);
+        }
+        let client = builder.build(connector);
+        let slots = upstream_slots.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS))));
+        Forwarder { client, proto, tunnel_idle, slots }
     }
 
     /// Rewrites `req` for the upstream as `rewrite` says and sends it: the
@@ -145,7 +186,16 @@ impl Forwarder {
         let form = is_form(h);
         let scan = rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form, found });
         let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan));
-        let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        // A slot at the upstreams, then the answer's head, within `timeout`.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = match &self.slots {
+            None => None,
+            Some(slots) => match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => Some(slot),
+                Ok(Err(_)) | Err(_) => return Err(GatewayError::AtCapacity),
+            },
+        };
+        let mut resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) if leaked.is_some_and(|l| l.load(Ordering::Acquire)) => {
                 return Err(GatewayError::InvalidRequest("the bearer token is also in the request body"))
@@ -158,19 +208,21 @@ impl Forwarder {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let idle = self.tunnel_idle;
                 tokio::spawn(async move {
+                    // The tunnel holds the upstream connection, and its slot.
+                    let _slot = slot;
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
                         Ok((down, up)) => super::tunnel::relay(TokioIo::new(down), TokioIo::new(up), idle).await,
                         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
                 });
-                return Ok(resp.map(Body::Left));
+                return Ok(resp.map(|body| Body::Left(UpstreamBody { body, _slot: None })));
             }
             return Err(GatewayError::UpstreamUnavailable(
                 "upstream switched protocols without an upgrade request".into(),
             ));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), None);
-        Ok(resp.map(Body::Left))
+        Ok(resp.map(|body| Body::Left(UpstreamBody { body, _slot: slot })))
     }
 }
 

@@ -72,7 +72,9 @@ impl Gateway {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone(); // cheap: shares the request's bytes
-        let mut trace = Trace::default();
+                                     // A request line that holds the caller's token is never logged.
+        let mut trace =
+            Trace { redact: credentials::bearer_in_request_line(&method, &uri, req.headers()), ..Trace::default() };
         let runtime = self.runtime();
         let result = self.process(&runtime, req, peer, &mut trace).await;
         let (resp, error) = match result {
@@ -150,7 +152,7 @@ impl Gateway {
                 let head = (req.method(), req.uri(), authority.as_ref().map(|a| a.value().as_bytes()));
                 let skipped = (&route.remove_headers[..], &route.forward_header);
                 if let Some(leak) = credentials::token_elsewhere(head, req.headers(), skipped, subject) {
-                    trace.redact = leak == credentials::Leak::Target;
+                    trace.redact |= leak == credentials::Leak::Target;
                     return Err(GatewayError::InvalidRequest(leak.message()));
                 }
                 if !hyper::body::Body::is_end_stream(req.body()) {

@@ -10,7 +10,8 @@ pub mod headers;
 pub mod server;
 pub mod target;
 pub mod tls;
+pub mod token_scan;
 pub mod tunnel;
 
 /// Response body: a streamed upstream body or a small local answer.
-pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
+pub type Body = http_body_util::Either<forward::UpstreamBody, http_body_util::Full<bytes::Bytes>>;

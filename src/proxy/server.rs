@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,11 +67,14 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
 }
 
+/// Descriptors kept for the authorization servers, JWKS, files and logs.
+const RESERVED_FDS: usize = 64;
+
 /// `max_connections` lowered, with a warning, to what the open-files limit
 /// allows: each client connection may need an upstream one too, and some
 /// descriptors are kept for the authorization servers, JWKS and files.
 pub fn within_fd_limit(max_connections: usize) -> usize {
-    const RESERVED: usize = 64;
+    const RESERVED: usize = RESERVED_FDS;
     let Some(limit) = open_files_limit() else { return max_connections };
     let allowed = (limit.saturating_sub(RESERVED) / 2).max(1);
     if max_connections > allowed {
@@ -84,6 +87,15 @@ pub fn within_fd_limit(max_connections: usize) -> usize {
         return allowed;
     }
     max_connections
+}
+
+/// How many requests may be at upstreams at once: the descriptors the
+/// client connections (`max_connections`, already within the limit) leave.
+/// HTTP/2 puts many requests on one client connection, each of which may
+/// need an upstream connection of its own. `None` when the limit is unknown.
+pub fn upstream_budget(max_connections: usize) -> Option<usize> {
+    let limit = open_files_limit()?;
+    Some(limit.saturating_sub(RESERVED_FDS).saturating_sub(max_connections).max(16))
 }
 
 /// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (Linux).
@@ -108,9 +120,6 @@ struct Shared<H> {
     shed: Notify,
     /// Set once the grace period is over: remaining connections close now.
     killed: watch::Sender<bool>,
-    /// Connection tasks still running (the drain waits for them).
-    active: AtomicUsize,
-    done: Notify,
 }
 
 /// How often the accept loop, waiting at the cap, asks for room again.
@@ -150,10 +159,9 @@ pub async fn serve<H: Handler>(
         phase: phase.clone(),
         shed: Notify::new(),
         killed: watch::channel(false).0,
-        active: AtomicUsize::new(0),
-        done: Notify::new(),
     });
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
     'accept: loop {
         // A slot first: at the cap, new connections wait in the backlog
         // while connections without a request in flight make room.
@@ -188,24 +196,16 @@ pub async fn serve<H: Handler>(
             stop = next_phase(&mut phase, &shared) => if stop { break } else { continue },
         };
         let _ = stream.set_nodelay(true);
-        shared.active.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(connection(shared.clone(), stream, peer, slot));
     }
     drop(listener);
-    // The drain: connections finish their requests (they have been told to
-    // stop), bounded by the grace period; then the rest are closed.
-    let drained = tokio::time::timeout(grace, async {
-        loop {
-            let done = shared.done.notified();
-            if shared.active.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            done.await;
-        }
-    })
-    .await;
+    // The drain: connections (upgraded tunnels too: they hold their slot)
+    // finish what they are doing, having been told to stop, bounded by the
+    // grace period; then the rest are closed. Every slot back means done.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
     match drained {
-        Ok(()) => tracing::debug!("all connections drained"),
+        Ok(_) => tracing::debug!("all connections drained"),
         Err(_) => {
             tracing::warn!(?grace, "drain grace period over; closing remaining connections");
             let _ = shared.killed.send(true);
@@ -261,9 +261,6 @@ async fn connection<H: Handler>(
                 serve_http(&shared, stream, peer, state).await;
             }
         }
-    }
-    if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-        shared.done.notify_waiters();
     }
 }
 
@@ -326,14 +323,18 @@ enum Verdict {
 async fn supervise<H>(shared: Arc<Shared<H>>, state: Arc<ConnState>, peer: SocketAddr, tell: mpsc::Sender<Verdict>) {
     let mut phase = shared.phase.clone();
     let mut killed = shared.killed.subscribe();
-    // Once shut down gracefully, a connection that makes no I/O progress for
-    // idle_timeout (a client that stopped reading) is closed.
-    let mut winding_down: Option<u64> = None;
     let t = shared.timeouts;
+    // One watchdog for the connection's life: shed notifications and phase
+    // changes must not restart its clock.
+    let watchdog = state.watchdog(t);
+    tokio::pin!(watchdog);
+    // After a graceful shutdown: when to look again, and the I/O seen then.
+    let mut winding_down: Option<(tokio::time::Instant, u64)> = None;
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let verdict = tokio::select! {
             _ = tell.closed() => return,
-            expired = state.watchdog(t), if winding_down.is_none() => match expired {
+            expired = &mut watchdog, if winding_down.is_none() => match expired {
                 Expired::Silent => {
                     tracing::debug!(%peer, "connection closed: nothing received in time");
                     Verdict::Close
@@ -344,22 +345,24 @@ async fn supervise<H>(shared: Arc<Shared<H>>, state: Arc<ConnState>, peer: Socke
                 }
                 Expired::Idle => Verdict::Graceful,
             },
-            _ = tokio::time::sleep(t.idle), if winding_down.is_some() => {
+            _ = tokio::time::sleep_until(winding_down.map_or(far, |(at, _)| at)), if winding_down.is_some() => {
                 let ops = state.io_ops();
-                if winding_down != Some(ops) {
-                    winding_down = Some(ops);
+                // Nothing left to finish, or nothing moving: it has had its time.
+                if state.busy() && winding_down.is_some_and(|(_, seen)| seen != ops) {
+                    winding_down = Some((tokio::time::Instant::now() + t.idle, ops));
                     continue;
                 }
-                tracing::debug!(%peer, "connection closed: no progress while shutting down");
+                tracing::debug!(%peer, "connection closed after its graceful shutdown");
                 Verdict::Close
             }
-            _ = shared.shed.notified(), if winding_down.is_none() => match state.shed() {
-                None => continue,
-                Some(Expired::Silent | Expired::Stalled) => {
+            _ = shared.shed.notified() => match (winding_down, state.shed()) {
+                (Some(_), _) if !state.busy() => Verdict::Close,
+                (Some(_), _) | (None, None) => continue,
+                (None, Some(Expired::Silent | Expired::Stalled)) => {
                     tracing::debug!(%peer, "connection shed at the cap");
                     Verdict::Close
                 }
-                Some(Expired::Idle) => {
+                (None, Some(Expired::Idle)) => {
                     tracing::debug!(%peer, "idle connection shed at the cap");
                     Verdict::Graceful
                 }
@@ -378,6 +381,6 @@ async fn supervise<H>(shared: Arc<Shared<H>>, state: Arc<ConnState>, peer: Socke
         if tell.send(verdict).await.is_err() || verdict == Verdict::Close {
             return;
         }
-        winding_down = Some(state.io_ops());
+        winding_down = Some((tokio::time::Instant::now() + t.idle, state.io_ops()));
     }
 }

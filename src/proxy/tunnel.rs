@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -17,36 +17,39 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let moved = Arc::new(AtomicU64::new(0));
-    let mut client = Counted { io: client, moved: moved.clone() };
-    let mut upstream = Counted { io: upstream, moved: moved.clone() };
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte either way.
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Counted { io: client, start, last: last.clone() };
+    let mut upstream = Counted { io: upstream, start, last: last.clone() };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
-    let mut seen = 0;
     loop {
+        let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
         tokio::select! {
             _ = &mut copy => return,
-            _ = tokio::time::sleep(idle) => {
-                let now = moved.load(Ordering::Relaxed);
-                if now == seen {
+            _ = tokio::time::sleep_until(quiet_until.into()) => {
+                let moved_since = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle > quiet_until;
+                if !moved_since {
                     return tracing::debug!(?idle, "upgraded connection closed: idle");
                 }
-                seen = now;
             }
         }
     }
 }
 
-/// I/O that counts the reads and writes that moved bytes.
+/// I/O that notes when it last moved a byte.
 struct Counted<T> {
     io: T,
-    moved: Arc<AtomicU64>,
+    start: Instant,
+    last: Arc<AtomicU64>,
 }
 
 impl<T> Counted<T> {
     fn count<R>(&self, result: &Poll<std::io::Result<R>>, moved: bool) {
         if moved && matches!(result, Poll::Ready(Ok(_))) {
-            self.moved.fetch_add(1, Ordering::Relaxed);
+            let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(ms, Ordering::Relaxed);
         }
     }
 }
