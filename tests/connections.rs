@@ -147,15 +147,7 @@ async fn a_client_that_stops_reading_is_cut_off() {
 #[tokio::test]
 async fn an_h2_client_that_never_opens_its_window_is_cut_off() {
     let gw = gateway("header_read_timeout: 1s, idle_timeout: 1s").await;
-    let stream = TcpStream::connect(gw.running.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = Request::get("http://gw.example/download/1048576").body(Empty::<bytes::Bytes>::new()).unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    let (resp, conn, _send) = zero_window_download(gw.running.addr, 1_048_576).await;
     assert_eq!(resp.status(), 200);
     let started = Instant::now();
     // The body is never read: the window stays at zero.
@@ -163,6 +155,27 @@ async fn an_h2_client_that_never_opens_its_window_is_cut_off() {
     assert!(ended.is_ok(), "the connection was still open after 6 s");
     assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
     drop(resp);
+}
+
+/// An HTTP/2 download whose client never opens its flow-control window:
+/// the answer's head, and the connection's task (and its handle, which
+/// keeps the connection open).
+type Stalled = (
+    Response<Incoming>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+);
+
+async fn zero_window_download(addr: SocketAddr, size: usize) -> Stalled {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://gw.example/download/{size}")).body(Empty::<bytes::Bytes>::new()).unwrap();
+    (send.send_request(req).await.unwrap(), conn, send)
 }
 
 /// Found by the second review: at the cap, shedding notices came every
@@ -173,15 +186,7 @@ async fn zero_window_stalls_are_cut_at_the_cap_too() {
     let gw = gateway("header_read_timeout: 1s, idle_timeout: 1s, max_connections: 3").await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let stream = TcpStream::connect(gw.running.addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        let conn = tokio::spawn(conn);
-        let req = Request::get("http://gw.example/download/65536").body(Empty::<bytes::Bytes>::new()).unwrap();
-        held.push((send.send_request(req).await.unwrap(), conn));
+        held.push(zero_window_download(gw.running.addr, 65536).await);
     }
     // The cap is full of stalled connections; a fourth client gets in once they are cut.
     let started = Instant::now();
@@ -190,7 +195,7 @@ async fn zero_window_stalls_are_cut_at_the_cap_too() {
         .expect("a new client waited more than 6 s");
     assert_eq!(status, 200);
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
-    for (_, conn) in held {
+    for (_, conn, _) in held {
         assert!(tokio::time::timeout(Duration::from_secs(3), conn).await.is_ok(), "a stalled connection stayed");
     }
 }
