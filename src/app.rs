@@ -107,8 +107,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let proto = if tls.is_some() { "https" } else { "http" };
-    let max_connections = crate::proxy::server::within_fd_limit(config.listen.max_connections);
-    let upstream_slots = crate::proxy::server::upstream_budget(max_connections);
+    let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(config.listen.max_connections);
     let forwarder =
         Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto, config.listen.idle_timeout, upstream_slots);
     let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));

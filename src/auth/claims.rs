@@ -15,7 +15,7 @@ use super::Invalid;
 
 /// The claims tokex reads. A present member is `Some`, even when it is
 /// `null` (so `null` is a wrong type, not an absent claim).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub struct Claims {
     #[serde(default, deserialize_with = "present")]
     exp: Option<Value>,

@@ -438,7 +438,7 @@ fn parse_key(jwk: &Value) -> Result<Option<(Option<String>, Key)>, &'static str>
 }
 
 /// The size of a big-endian RSA modulus in bits (leading zero bits do not count).
-pub fn rsa_bits(modulus: &[u8]) -> usize {
+fn rsa_bits(modulus: &[u8]) -> usize {
     let significant = modulus.iter().position(|b| *b != 0).map_or(&[][..], |i| &modulus[i..]);
     match significant.first() {
         None => 0,

@@ -23,9 +23,8 @@ use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use memchr::memmem;
 
-use super::credentials::{contains, MIN_SCANNED};
+use super::credentials::{header_holds, MIN_SCANNED};
 use super::token_scan::{Step, TokenScan};
 
 /// Longest a short possible beginning of the token is held back without
@@ -59,7 +58,6 @@ pub struct ScanFor<'a> {
 
 struct Scan {
     tokens: TokenScan,
-    needle: Vec<u8>,
     /// Bytes not forwarded yet: the end of what has come.
     held: Bytes,
     /// Sends `held` when no more data comes in time.
@@ -96,7 +94,6 @@ impl<B: Body> Guarded<B> {
         }
         let scan = scan.filter(|s| s.token.len() >= MIN_SCANNED).map(|s| Scan {
             tokens: TokenScan::new(s.token.as_bytes(), s.form),
-            needle: s.token.as_bytes().to_vec(),
             held: Bytes::new(),
             release: None,
             found: s.found,
@@ -162,12 +159,7 @@ impl Guard {
             trailers.remove(name);
         }
         if let Some(scan) = &self.scan {
-            let needle = &scan.needle[..];
-            let lower = needle.to_ascii_lowercase();
-            let leaks = trailers
-                .iter()
-                .any(|(k, v)| memmem::find(k.as_str().as_bytes(), &lower).is_some() || contains(v.as_bytes(), needle));
-            if leaks {
+            if trailers.iter().any(|(k, v)| header_holds(k, v.as_bytes(), scan.tokens.token())) {
                 return None;
             }
         }
@@ -218,7 +210,7 @@ where
                     // for a while: it goes (an interactive stream must not
                     // wait). Half the token or more waits for the rest.
                     if let Some(scan) =
-                        g.scan.as_mut().filter(|s| !s.held.is_empty() && s.held.len() < s.needle.len() / 2)
+                        g.scan.as_mut().filter(|s| !s.held.is_empty() && s.held.len() < s.tokens.token().len() / 2)
                     {
                         let timer = scan.release.get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD_AT_MOST)));
                         if timer.as_mut().poll(cx).is_ready() {

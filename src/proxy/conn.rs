@@ -149,7 +149,7 @@ impl ConnState {
 
     /// What shedding does to this connection now: `None` keeps it.
     pub fn shed(&self) -> Option<Expired> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.busy() {
             return None;
         }
         let had_request = self.idle_since.load(Ordering::Acquire) > 0;
@@ -171,7 +171,7 @@ impl ConnState {
         if let since @ 1.. = self.write_blocked.load(Ordering::Acquire) {
             return (self.at(since - 1) + t.idle, Some(Expired::Stalled));
         }
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.busy() {
             return (Instant::now() + t.idle, None);
         }
         let idle_since = self.idle_since.load(Ordering::Acquire);
@@ -215,7 +215,7 @@ impl ConnState {
                 // whole `idle_timeout` at least): its client holds it back
                 // (HTTP/2 flow control at zero, which no socket write shows),
                 // whatever its other streams do.
-                (_, None) if timer && self.in_flight.load(Ordering::Acquire) > 0 => {
+                (_, None) if timer && self.busy() => {
                     let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
                     if self.owing[slot(now + 1)].load(Ordering::Acquire) > 0 {
                         return Expired::Stalled;
@@ -260,8 +260,7 @@ impl ConnState {
                 *preface = usize::MAX; // not HTTP/2: stop looking
             }
         }
-        if !self.is_h2() && self.in_flight.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Acquire) == 0
-        {
+        if !self.is_h2() && !self.busy() && self.head_since.load(Ordering::Acquire) == 0 {
             self.head_since.store(self.now_ms() + 1, Ordering::Release);
         }
     }

@@ -96,7 +96,7 @@ pub fn decode(input: &[u8], plus: bool) -> Vec<u8> {
             match cur[i] {
                 b'%' => match escape(&cur[i..]) {
                     Some((decoded, used)) => {
-                        out.extend_from_slice(&decoded);
+                        out.extend_from_slice(decoded.as_bytes());
                         i += used;
                         continue;
                     }
@@ -115,15 +115,30 @@ pub fn decode(input: &[u8], plus: bool) -> Vec<u8> {
     cur
 }
 
-/// The escape at the start of `s` (`%XX` or `%uXXXX`): its bytes and length.
-pub(super) fn escape(s: &[u8]) -> Option<(Vec<u8>, usize)> {
+/// What one escape decodes to: a byte, or a character's UTF-8 bytes.
+pub(super) struct Decoded {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl Decoded {
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The escape at the start of `s` (`%XX` or `%uXXXX`): what it decodes to,
+/// and how many bytes it takes. No allocation: form bodies decode many.
+pub(super) fn escape(s: &[u8]) -> Option<(Decoded, usize)> {
     let hex = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
+    let mut bytes = [0u8; 4];
     if s.len() >= 6 && (s[1] == b'u' || s[1] == b'U') && s[2..6].iter().all(u8::is_ascii_hexdigit) {
-        let c = char::from_u32(hex(&s[2..6])?)?;
-        return Some((c.to_string().into_bytes(), 6));
+        let len = char::from_u32(hex(&s[2..6])?)?.encode_utf8(&mut bytes).len();
+        return Some((Decoded { bytes, len }, 6));
     }
     if s.len() >= 3 && s[1].is_ascii_hexdigit() && s[2].is_ascii_hexdigit() {
-        return Some((vec![u8::try_from(hex(&s[1..3])?).ok()?], 3));
+        bytes[0] = u8::try_from(hex(&s[1..3])?).ok()?;
+        return Some((Decoded { bytes, len: 1 }, 3));
     }
     None
 }
@@ -143,10 +158,22 @@ pub fn bearer_in_request_line(method: &Method, uri: &Uri, headers: &HeaderMap) -
         let v = v.as_bytes();
         let token = v.get(7..).filter(|_| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).unwrap_or_default();
         let token = token.trim_ascii();
-        token.len() >= MIN_SCANNED
-            && (contains(method.as_str().as_bytes(), token)
-                || uri.path_and_query().is_some_and(|pq| contains(pq.as_str().as_bytes(), token)))
+        token.len() >= MIN_SCANNED && in_request_line(method, uri, token)
     })
+}
+
+/// `needle` in the method or the target, as sent or percent-decoded.
+fn in_request_line(method: &Method, uri: &Uri, needle: &[u8]) -> bool {
+    contains(method.as_str().as_bytes(), needle)
+        || uri.path_and_query().is_some_and(|pq| contains(pq.as_str().as_bytes(), needle))
+}
+
+/// True when a header's name or value holds `needle` (a name is lower
+/// case, so it is compared with the token in lower case).
+pub fn header_holds(name: &HeaderName, value: &[u8], needle: &[u8]) -> bool {
+    let long_name = name.as_str().len() >= needle.len();
+    (long_name && memmem::find(name.as_str().as_bytes(), &needle.to_ascii_lowercase()).is_some())
+        || contains(value, needle)
 }
 
 /// Where the caller's token was found besides `Authorization`.
@@ -182,34 +209,22 @@ pub fn token_elsewhere(
     if needle.len() < MIN_SCANNED {
         return None;
     }
-    let in_target = contains(method.as_str().as_bytes(), needle)
-        || uri.path_and_query().is_some_and(|pq| contains(pq.as_str().as_bytes(), needle))
-        || authority.is_some_and(|a| contains(a, needle));
-    if in_target {
+    if in_request_line(method, uri, needle) || authority.is_some_and(|a| contains(a, needle)) {
         return Some(Leak::Target);
     }
     for (name, value) in headers {
         // Most names and values are shorter than a token: one comparison each.
-        let long_name = name.as_str().len() >= needle.len();
-        if !long_name && value.len() < needle.len() {
+        if name.as_str().len() < needle.len() && value.len() < needle.len() {
             continue;
         }
         if name == AUTHORIZATION || name == PROXY_AUTHORIZATION || name == replaced || removed.contains(name) {
             continue;
         }
-        // Names are lower case: so is a token that could be one.
-        if long_name && memmem::find(name.as_str().as_bytes(), &lower(needle)).is_some() {
-            return Some(Leak::Header);
-        }
-        if contains(value.as_bytes(), needle) {
+        if header_holds(name, value.as_bytes(), needle) {
             return Some(Leak::Header);
         }
     }
     None
-}
-
-fn lower(b: &[u8]) -> Vec<u8> {
-    b.to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -183,8 +183,8 @@ impl Forwarder {
         headers::set_forwarded(h, peer.ip(), self.proto, host);
 
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
-        let form = is_form(h);
-        let scan = rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form, found });
+        let scan =
+            rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form: is_form(h), found });
         let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan));
         // A slot at the upstreams, then the answer's head, within `timeout`.
         let deadline = tokio::time::Instant::now() + timeout;

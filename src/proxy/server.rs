@@ -70,13 +70,16 @@ pub trait Handler: Send + Sync + 'static {
 /// Descriptors kept for the authorization servers, JWKS, files and logs.
 const RESERVED_FDS: usize = 64;
 
-/// `max_connections` lowered, with a warning, to what the open-files limit
-/// allows: each client connection may need an upstream one too, and some
-/// descriptors are kept for the authorization servers, JWKS and files.
-pub fn within_fd_limit(max_connections: usize) -> usize {
-    const RESERVED: usize = RESERVED_FDS;
-    let Some(limit) = open_files_limit() else { return max_connections };
-    let allowed = (limit.saturating_sub(RESERVED) / 2).max(1);
+/// What the open-files limit allows: the connection cap (`max_connections`
+/// lowered, with a warning, to half the descriptors left after
+/// [`RESERVED_FDS`]: each client connection may need an upstream one), and
+/// how many requests may be at upstreams at once (the descriptors the client
+/// connections leave: HTTP/2 puts many requests on one client connection,
+/// each of which may need an upstream connection). No bound on the latter
+/// when the limit is unknown.
+pub fn fd_budget(max_connections: usize) -> (usize, Option<usize>) {
+    let Some(limit) = open_files_limit() else { return (max_connections, None) };
+    let allowed = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
     if max_connections > allowed {
         tracing::warn!(
             max_connections,
@@ -84,18 +87,9 @@ pub fn within_fd_limit(max_connections: usize) -> usize {
             using = allowed,
             "listen.max_connections is more than the open-files limit allows; raise the limit (ulimit -n) to use it"
         );
-        return allowed;
     }
-    max_connections
-}
-
-/// How many requests may be at upstreams at once: the descriptors the
-/// client connections (`max_connections`, already within the limit) leave.
-/// HTTP/2 puts many requests on one client connection, each of which may
-/// need an upstream connection of its own. `None` when the limit is unknown.
-pub fn upstream_budget(max_connections: usize) -> Option<usize> {
-    let limit = open_files_limit()?;
-    Some(limit.saturating_sub(RESERVED_FDS).saturating_sub(max_connections).max(16))
+    let cap = max_connections.min(allowed);
+    (cap, Some(limit.saturating_sub(RESERVED_FDS).saturating_sub(cap).max(16)))
 }
 
 /// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (Linux).

@@ -58,6 +58,11 @@ impl TokenScan {
         TokenScan { finder: memmem::Finder::new(token).into_owned(), fail, recent: Vec::new(), seen: 0, form }
     }
 
+    /// The token looked for.
+    pub fn token(&self) -> &[u8] {
+        self.finder.needle()
+    }
+
     pub fn seen(&self) -> u64 {
         self.seen
     }
@@ -137,8 +142,9 @@ impl FormView {
                     self.partial_pos = at(i);
                     break;
                 }
-                if let Some((bytes, used)) = super::credentials::escape(rest) {
-                    view.extend_from_slice(&bytes);
+                if let Some((decoded, used)) = super::credentials::escape(rest) {
+                    let bytes = decoded.as_bytes();
+                    view.extend_from_slice(bytes);
                     view_pos.extend(std::iter::repeat(at(i)).take(bytes.len()));
                     i += used;
                     continue;
