@@ -4,7 +4,7 @@
 //! bound cache lifetime and label audit events).
 
 pub mod bearer;
-mod claims;
+pub mod claims;
 mod fetch;
 pub mod inbound;
 pub mod introspection;

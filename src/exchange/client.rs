@@ -366,7 +366,7 @@ struct Answer {
 }
 
 /// Parses a token endpoint answer (RFC 6749 §5.1/§5.2, RFC 8693 §2.2).
-fn parse_answer(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
+pub fn parse_answer(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
     let answer: Answer = serde_json::from_slice(body)
         .map_err(|_| ExchangeError::BadAnswer(format!("HTTP {status} with a body that is not a JSON token answer")))?;
     if status != 200 {
