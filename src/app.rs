@@ -15,6 +15,7 @@ use crate::auth::scopes::RequiredScopes;
 use crate::auth::Inbound;
 use crate::config::{AuthMode, Config, MachineConfig};
 use crate::exchange::client::{tls_config, AsClient};
+use crate::exchange::guard::AsGuard;
 use crate::exchange::{Exchanger, MachinePolicy, Policy};
 use crate::metrics::Metrics;
 use crate::proxy::forward::{Forwarder, Upstream};
@@ -33,11 +34,22 @@ pub enum StartError {
 
 /// Builds the routes of `config`: exchange clients, policies (actor tokens
 /// and secret files are read here), upstreams and metric handles. No I/O
-/// beyond reading local files, so `tokex check` runs it too.
-pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, StartError> {
+/// beyond reading local files, so `tokex check` runs it too. On a reload,
+/// `previous` is the running configuration: an authorization server's
+/// breaker and concurrency bound, and a route's rate limit, carry over
+/// when their settings are unchanged.
+pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runtime>) -> Result<Runtime, StartError> {
     let mut clients = BTreeMap::new();
     for (name, server) in &config.servers {
-        clients.insert(name.clone(), Arc::new(AsClient::new(server).map_err(StartError::Setup)?));
+        let kept = previous
+            .and_then(|p| p.servers.get(name))
+            .map(|c| c.guard())
+            .filter(|g| g.same_settings(server.max_concurrent, server.circuit_breaker));
+        let guard = match kept {
+            Some(g) => g.clone(),
+            None => Arc::new(AsGuard::new(name, server.max_concurrent, server.circuit_breaker, metrics.server(name))),
+        };
+        clients.insert(name.clone(), Arc::new(AsClient::new(server, guard).map_err(StartError::Setup)?));
     }
     let client = |route: &str, server: &str| {
         clients.get(server).cloned().ok_or_else(|| format!("route {route}: unknown authorization server {server}"))
@@ -57,7 +69,13 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
             AuthMode::Exchange => {
                 let x = r.exchange.as_ref().ok_or_else(missing)?;
                 let as_client = client(&r.name, &x.authorization_server).map_err(StartError::Setup)?;
-                let policy = Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m));
+                let before = previous.and_then(|p| p.routes.iter().find(|old| old.name == r.name)).and_then(|old| {
+                    match &old.auth {
+                        RouteAuth::Exchange(p) => Some(p.clone()),
+                        _ => None,
+                    }
+                });
+                let policy = Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m), before.as_deref());
                 RouteAuth::Exchange(Arc::new(policy.map_err(StartError::Setup)?))
             }
             AuthMode::ClientCredentials => {
@@ -74,6 +92,7 @@ pub fn build_runtime(config: &Config, metrics: &Metrics) -> Result<Runtime, Star
             forward_header: r.forward_header.clone(),
             remove_headers: r.remove_headers.clone().into(),
             timeout: r.timeout,
+            retry_on_invalid_token: r.retry_on_invalid_token,
             metrics: metrics.route(&r.name),
         }));
     }
@@ -98,7 +117,7 @@ pub struct Running {
 /// Binds the listeners and starts serving `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let runtime = build_runtime(&config, &metrics)?;
+    let runtime = build_runtime(&config, &metrics, None)?;
     let exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
     let tls = match &config.listen.tls {
         Some(t) => {
@@ -165,9 +184,10 @@ impl Running {
     /// does not load or build is rejected and the running one kept.
     /// Listener addresses, cache settings and worker count need a restart.
     pub fn reload(&self, path: &std::path::Path, reason: &str) -> bool {
-        let result = crate::config::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|c| build_runtime(&c, &self.metrics).map(|rt| (c, rt)).map_err(|e| e.to_string()));
+        let result = crate::config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+            let previous = self.gateway.runtime();
+            build_runtime(&c, &self.metrics, Some(&previous)).map(|rt| (c, rt)).map_err(|e| e.to_string())
+        });
         match result {
             Ok((config, mut runtime)) => {
                 let old = self.gateway.runtime();

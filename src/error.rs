@@ -60,52 +60,49 @@ impl GatewayError {
     pub fn to_response(&self, scope: &str) -> Response<Body> {
         use ExchangeError as X;
         use InboundError as I;
-        let (status, code, challenge, retry_after): (StatusCode, &str, Option<String>, bool) = match self {
-            GatewayError::NoRoute => (StatusCode::NOT_FOUND, "no_route", None, false),
+        let (status, code, challenge, retry_after): (StatusCode, &str, Option<String>, Option<u64>) = match self {
+            GatewayError::NoRoute => (StatusCode::NOT_FOUND, "no_route", None, None),
             GatewayError::BadPath | GatewayError::BadTarget(_) => {
-                (StatusCode::BAD_REQUEST, "invalid_request", None, false)
+                (StatusCode::BAD_REQUEST, "invalid_request", None, None)
             }
-            GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized", Some(REALM.to_owned()), false),
+            GatewayError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized", Some(REALM.to_owned()), None),
             GatewayError::InvalidRequest(_) => {
-                (StatusCode::BAD_REQUEST, "invalid_request", Some(format!("{REALM}, error=\"invalid_request\"")), false)
+                (StatusCode::BAD_REQUEST, "invalid_request", Some(format!("{REALM}, error=\"invalid_request\"")), None)
             }
             GatewayError::Inbound(e) => match e {
-                I::Invalid(_) => (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    Some(format!("{REALM}, error=\"invalid_token\"")),
-                    false,
-                ),
+                I::Invalid(_) => {
+                    (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
+                }
                 I::InsufficientScope(required) => (
                     StatusCode::FORBIDDEN,
                     "insufficient_scope",
                     Some(format!("{REALM}, error=\"insufficient_scope\", scope=\"{}\"", scope_attr(required))),
-                    false,
+                    None,
                 ),
-                I::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, true),
-                I::Introspection(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None, false),
+                I::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, Some(1)),
+                I::Introspection(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None, None),
             },
             GatewayError::Exchange(e) => match e {
-                X::InvalidGrant => (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    Some(format!("{REALM}, error=\"invalid_token\"")),
-                    false,
-                ),
+                X::InvalidGrant => {
+                    (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
+                }
                 X::InsufficientScope(_) => (
                     StatusCode::FORBIDDEN,
                     "insufficient_scope",
                     Some(format!("{REALM}, error=\"insufficient_scope\", scope=\"{}\"", scope_attr(scope))),
-                    false,
+                    None,
                 ),
                 X::ClientRejected(_) | X::BadAnswer(_) | X::Config(_) => {
-                    (StatusCode::BAD_GATEWAY, "bad_gateway", None, false)
+                    (StatusCode::BAD_GATEWAY, "bad_gateway", None, None)
                 }
-                X::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, true),
+                X::Unavailable(_) | X::Throttled { .. } | X::Busy | X::CircuitOpen { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, e.retry_after())
+                }
+                X::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None, e.retry_after()),
             },
-            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, false),
-            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None, false),
-            GatewayError::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, true),
+            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, None),
+            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None, None),
+            GatewayError::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, Some(1)),
         };
         let body = format!("{{\"error\":\"{code}\",\"error_description\":\"{}\"}}", self.public_description());
         let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from(body))));
@@ -115,8 +112,8 @@ impl GatewayError {
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(WWW_AUTHENTICATE, c);
         }
-        if retry_after {
-            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(secs) = retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp
     }
@@ -142,7 +139,11 @@ impl GatewayError {
                 X::InvalidGrant => "the token was rejected",
                 X::InsufficientScope(_) => "the token does not allow this request",
                 X::ClientRejected(_) | X::BadAnswer(_) | X::Config(_) => "the gateway could not obtain a token",
-                X::Unavailable(_) => "the authorization server is unavailable",
+                X::Unavailable(_) | X::Throttled { .. } | X::CircuitOpen { .. } => {
+                    "the authorization server is unavailable"
+                }
+                X::Busy => "the authorization server is busy",
+                X::RateLimited { .. } => "too many new tokens requested; retry later",
             },
             GatewayError::UpstreamUnavailable(_) => "the upstream is unavailable",
             GatewayError::UpstreamTimeout => "the upstream did not answer in time",

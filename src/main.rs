@@ -141,7 +141,7 @@ fn check(path: &Path) -> ExitCode {
         }
     }
     // Build what `run` would build (clients, secret and actor files), without binding.
-    if let Err(e) = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new()) {
+    if let Err(e) = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None) {
         println!("error: {e}");
         return ExitCode::from(1);
     }

@@ -59,6 +59,16 @@ pub struct Metrics {
     inbound_rejections: Family<ReasonLabels, Counter>,
     jwks_fetches: Family<OutcomeLabels, Counter>,
     introspections: Family<OutcomeLabels, Counter>,
+    breaker_open: Family<ServerLabels, Gauge>,
+    in_flight: Family<ServerLabels, Gauge>,
+    rate_limited: Family<LimitLabels, Counter>,
+    token_retries: Family<CacheLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    route: String,
+    limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +105,30 @@ impl Metrics {
         let inbound_rejections = Family::<ReasonLabels, Counter>::default();
         let jwks_fetches = Family::<OutcomeLabels, Counter>::default();
         let introspections = Family::<OutcomeLabels, Counter>::default();
+        let breaker_open = Family::<ServerLabels, Gauge>::default();
+        let in_flight = Family::<ServerLabels, Gauge>::default();
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        let token_retries = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "circuit_breaker_open",
+            "1 while the authorization server's circuit breaker is open (or probing), else 0",
+            breaker_open.clone(),
+        );
+        registry.register(
+            "exchanges_in_flight",
+            "Requests in flight at the authorization server (bounded by max_concurrent)",
+            in_flight.clone(),
+        );
+        registry.register(
+            "exchanges_rate_limited",
+            "Exchanges refused with 429 by exchange.max_rate, by route and limit (route or client)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "invalid_token_retries",
+            "Requests retried with a fresh token after the backend answered 401 invalid_token, by route and result (the second answer: ok or refused)",
+            token_retries.clone(),
+        );
         registry.register("requests", "Requests answered, by route and status", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -133,7 +167,18 @@ impl Metrics {
             inbound_rejections,
             jwks_fetches,
             introspections,
+            breaker_open,
+            in_flight,
+            rate_limited,
+            token_retries,
         }
+    }
+
+    /// Handles for one authorization server.
+    pub fn server(&self, server: &str) -> ServerMetrics {
+        let breaker_open = self.breaker_open.get_or_create(&ServerLabels { server: server.to_owned() }).clone();
+        let in_flight = self.in_flight.get_or_create(&ServerLabels { server: server.to_owned() }).clone();
+        ServerMetrics { breaker_open, in_flight }
     }
 
     /// Handles for `tokex_inbound_rejections_total`, one per reason.
@@ -173,6 +218,11 @@ impl Metrics {
         let duration = self.request_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone();
         let hits = self.cache_lookups.get_or_create(&CacheLabels { route: route.to_owned(), result: "hit" }).clone();
         let misses = self.cache_lookups.get_or_create(&CacheLabels { route: route.to_owned(), result: "miss" }).clone();
+        let limited = |limit| self.rate_limited.get_or_create(&LimitLabels { route: route.to_owned(), limit }).clone();
+        let (limited_route, limited_client) = (limited("route"), limited("client"));
+        let retried =
+            |result| self.token_retries.get_or_create(&CacheLabels { route: route.to_owned(), result }).clone();
+        let (retried_ok, retried_refused) = (retried("ok"), retried("refused"));
         RouteMetrics {
             route: route.to_owned(),
             requests: self.requests.clone(),
@@ -180,6 +230,10 @@ impl Metrics {
             duration,
             hits,
             misses,
+            limited_route,
+            limited_client,
+            retried_ok,
+            retried_refused,
         }
     }
 
@@ -212,6 +266,17 @@ pub struct RouteMetrics {
     duration: Histogram,
     hits: Counter,
     misses: Counter,
+    limited_route: Counter,
+    limited_client: Counter,
+    retried_ok: Counter,
+    retried_refused: Counter,
+}
+
+/// Per authorization server: the breaker state and requests in flight.
+#[derive(Clone, Default)]
+pub struct ServerMetrics {
+    pub breaker_open: Gauge,
+    pub in_flight: Gauge,
 }
 
 impl RouteMetrics {
@@ -225,6 +290,17 @@ impl RouteMetrics {
 
     pub fn cache(&self, hit: bool) {
         if hit { &self.hits } else { &self.misses }.inc();
+    }
+
+    /// An exchange refused by the route's (`per_client: false`) or a
+    /// client's rate limit.
+    pub fn rate_limited(&self, per_client: bool) {
+        if per_client { &self.limited_client } else { &self.limited_route }.inc();
+    }
+
+    /// A retry after a backend `invalid_token`; `refused`: the fresh token was refused too.
+    pub fn token_retry(&self, refused: bool) {
+        if refused { &self.retried_refused } else { &self.retried_ok }.inc();
     }
 }
 

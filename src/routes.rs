@@ -44,6 +44,8 @@ pub struct Route {
     /// Inbound headers removed before forwarding (`forward.remove_headers`).
     pub remove_headers: Arc<[HeaderName]>,
     pub timeout: Duration,
+    /// A backend `401 invalid_token` to a bodiless idempotent request: retry once with a fresh token.
+    pub retry_on_invalid_token: bool,
     pub metrics: RouteMetrics,
 }
 

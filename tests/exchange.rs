@@ -308,9 +308,9 @@ async fn expiry_skew_and_default_ttl() {
 async fn backend_invalid_token_evicts_the_cache_entry() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
-    let gw =
-        TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("a", "/", backend, "")))
-            .await;
+    // Without the retry (tests/resilience.rs has it): the caller gets the 401.
+    let route = exchange_route("a", "/", backend, "    retry_on_invalid_token: false\n");
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &route)).await;
     assert_eq!(get(&format!("{}/x", gw.url), Some("s")).await.0, 200);
     // A 401 without invalid_token keeps the entry.
     let resp = client().get(format!("{}/status/401", gw.url)).bearer_auth("s").send().await.unwrap();

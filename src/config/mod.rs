@@ -75,6 +75,36 @@ pub struct AuthServerConfig {
     /// Total budget for one exchange, retries included.
     pub timeout: Duration,
     pub retries: u32,
+    /// Requests in flight at this server at most; more wait within their budget.
+    pub max_concurrent: usize,
+    pub circuit_breaker: BreakerConfig,
+}
+
+/// `circuit_breaker:` of an authorization server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failed requests (network error, timeout, 429, 5xx) that
+    /// open it; 0 turns the breaker off.
+    pub consecutive_failures: u32,
+    /// How long it stays open before one probe is let through.
+    pub open_for: Duration,
+}
+
+/// `exchange.max_rate`: token buckets over the exchanges (cache misses that
+/// reach the authorization server) a route starts.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RateConfig {
+    /// The whole route.
+    pub route: Option<Bucket>,
+    /// Each client address (an IPv6 address by its /64).
+    pub per_client: Option<Bucket>,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub per_second: f64,
+    pub burst: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +216,9 @@ pub struct RouteConfig {
     pub remove_headers: Vec<HeaderName>,
     /// Time allowed for the upstream to answer with headers.
     pub timeout: Duration,
+    /// A backend `401 invalid_token` to a bodiless idempotent request:
+    /// evict, exchange again and retry once.
+    pub retry_on_invalid_token: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +232,7 @@ pub struct ExchangeConfig {
     pub actor: Option<ActorConfig>,
     pub max_ttl: Duration,
     pub default_ttl: Duration,
+    pub max_rate: RateConfig,
 }
 
 #[derive(Debug, Clone)]

@@ -85,6 +85,19 @@ pub struct RawAuthServer {
     pub timeout: Option<Dur>,
     #[serde(default)]
     pub retries: Option<u32>,
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    #[serde(default)]
+    pub circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default)]
+    pub open_for: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +154,8 @@ pub struct RawRoute {
     pub forward: Option<RawForward>,
     #[serde(default)]
     pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub retry_on_invalid_token: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +193,22 @@ pub struct RawExchange {
     pub max_ttl: Option<Dur>,
     #[serde(default)]
     pub default_ttl: Option<Dur>,
+    #[serde(default)]
+    pub max_rate: Option<RawRate>,
+}
+
+/// `exchange.max_rate`: token buckets over the exchanges a route starts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    #[serde(default)]
+    pub per_second: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<f64>,
+    #[serde(default)]
+    pub per_client: Option<f64>,
+    #[serde(default)]
+    pub per_client_burst: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

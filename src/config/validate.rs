@@ -239,6 +239,17 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     if timeout.is_zero() {
         cx.err(format!("{base}.timeout"), "must be greater than zero");
     }
+    let max_concurrent = s.max_concurrent.unwrap_or(64);
+    if !(1..=100_000).contains(&max_concurrent) {
+        cx.err(format!("{base}.max_concurrent"), "must be between 1 and 100000");
+    }
+    let circuit_breaker = BreakerConfig {
+        consecutive_failures: s.circuit_breaker.as_ref().and_then(|b| b.consecutive_failures).unwrap_or(5),
+        open_for: s.circuit_breaker.as_ref().and_then(|b| b.open_for.as_ref()).map_or(Duration::from_secs(5), |d| d.0),
+    };
+    if circuit_breaker.consecutive_failures > 0 && circuit_breaker.open_for.is_zero() {
+        cx.err(format!("{base}.circuit_breaker.open_for"), "must be greater than zero");
+    }
     Some(AuthServerConfig {
         name: name.to_owned(),
         location: location?,
@@ -246,6 +257,8 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         ca_file,
         timeout,
         retries,
+        max_concurrent,
+        circuit_breaker,
     })
 }
 

@@ -168,6 +168,22 @@ impl TokenCache {
         self.inner.invalidate(key).await;
     }
 
+    /// Removes `entry` from under `key`, unless it has been replaced already
+    /// (by a concurrent request's fresh exchange, which must stay).
+    pub async fn invalidate_entry(&self, key: &Key, entry: &Arc<Entry>) {
+        use moka::ops::compute::Op;
+        self.inner
+            .entry(*key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(c) if Arc::ptr_eq(c.value(), entry) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }

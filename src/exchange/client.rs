@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::HeaderValue;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -15,6 +15,7 @@ use url::Url;
 
 use super::client_auth::{client_certificate, AssertionSigner, JWT_BEARER_ASSERTION};
 use super::discovery::{EndpointSlot, Endpoints};
+use super::guard::{whole_seconds, AsGuard, Health};
 use super::ExchangeError;
 use crate::config::{AsLocation, AuthServerConfig, ClientAuthConfig};
 use crate::error::error_chain;
@@ -45,6 +46,8 @@ pub struct AsClient {
     http: reqwest::Client,
     timeout: Duration,
     retries: u32,
+    /// The concurrency bound and circuit breaker of this server.
+    guard: Arc<AsGuard>,
 }
 
 /// A token issued by the authorization server.
@@ -114,7 +117,9 @@ fn tls_roots(
 }
 
 impl AsClient {
-    pub fn new(cfg: &AuthServerConfig) -> Result<Self, String> {
+    /// `guard` protects the server (see [`AsGuard`]); a reload passes the
+    /// previous one on when the settings have not changed.
+    pub fn new(cfg: &AuthServerConfig, guard: Arc<AsGuard>) -> Result<Self, String> {
         let tls = tls_config_for(cfg.ca_file.as_deref(), &cfg.client_auth)
             .map_err(|e| format!("authorization server {}: {e}", cfg.name))?;
         let (location, endpoints) = match &cfg.location {
@@ -143,6 +148,7 @@ impl AsClient {
             http,
             timeout: cfg.timeout,
             retries: cfg.retries,
+            guard,
         })
     }
 
@@ -187,6 +193,10 @@ impl AsClient {
         self.timeout
     }
 
+    pub fn guard(&self) -> &Arc<AsGuard> {
+        &self.guard
+    }
+
     /// POSTs a token request (`form`: the encoded grant parameters, without
     /// client credentials) and parses the answer. The whole call, retries
     /// included, ends by `deadline` (at most this server's `timeout` away).
@@ -200,25 +210,49 @@ impl AsClient {
         };
         let endpoint = &endpoints.token_endpoint;
         let deadline = deadline.min(Instant::now() + self.timeout);
+        let mut slot = None;
         let mut attempt = 0u32;
         loop {
+            // The breaker first: while it is open nobody waits for a slot.
+            let pass = self.guard.admit()?;
+            if slot.is_none() {
+                slot = Some(self.guard.slot(deadline).await?);
+            }
             // Per attempt: a private_key_jwt assertion is never sent twice (`jti`).
             let (body, basic) = self.auth.apply(form.clone(), endpoint.as_str(), endpoints.issuer.as_deref())?;
             let result = tokio::time::timeout_at(deadline, self.attempt(endpoint, body, basic)).await;
-            let err = match result {
-                Ok(Ok(issued)) => return Ok(issued),
-                Ok(Err(Attempt::Final(e))) => return Err(e),
-                Ok(Err(Attempt::Retryable(why))) => why,
-                Err(_) => return Err(ExchangeError::Unavailable(format!("no answer within {:?}", self.timeout))),
+            let probe = pass.is_probe();
+            let (err, asked) = match result {
+                Ok(Ok(issued)) => {
+                    pass.record(Health::Answered);
+                    return Ok(issued);
+                }
+                Ok(Err(Attempt::Final(e))) => {
+                    pass.record(Health::Answered);
+                    return Err(e);
+                }
+                Ok(Err(Attempt::Retryable { why, retry_after })) => {
+                    pass.record(Health::Failed);
+                    (why, retry_after)
+                }
+                Err(_) => {
+                    pass.record(Health::Failed);
+                    return Err(ExchangeError::Unavailable(format!("no answer within {:?}", self.timeout)));
+                }
             };
-            if attempt >= self.retries {
+            // The probe after an open breaker is one request, not a series.
+            if attempt >= self.retries || probe {
                 return Err(ExchangeError::Unavailable(err));
             }
-            // Full jitter over an exponential step: 25ms, 50ms, 100ms, ... capped at 1s.
+            // Full jitter over an exponential step: 25ms, 50ms, 100ms, ... capped
+            // at 1s; never sooner than a 429/503's Retry-After asks.
             let step = Duration::from_millis(25u64 << attempt.min(6)).min(Duration::from_secs(1));
-            let pause = step.mul_f64(fastrand::f64());
+            let pause = step.mul_f64(fastrand::f64()).max(asked.unwrap_or_default());
             if Instant::now() + pause >= deadline {
-                return Err(ExchangeError::Unavailable(err));
+                return Err(match asked {
+                    Some(wait) => ExchangeError::Throttled { retry_after: whole_seconds(wait) },
+                    None => ExchangeError::Unavailable(err),
+                });
             }
             tokio::time::sleep(pause).await;
             attempt += 1;
@@ -236,10 +270,14 @@ impl AsClient {
         if let Some(b) = basic {
             req = req.header(AUTHORIZATION, b);
         }
-        let mut resp = req.send().await.map_err(|e| Attempt::Retryable(error_chain(&e)))?;
+        let mut resp = req.send().await.map_err(|e| Attempt::Retryable { why: error_chain(&e), retry_after: None })?;
         let status = resp.status();
         if status.is_server_error() || status.as_u16() == 429 {
-            return Err(Attempt::Retryable(format!("HTTP {}", status.as_u16())));
+            let retry_after = match status.as_u16() {
+                429 | 503 => resp.headers().get(RETRY_AFTER).and_then(retry_after),
+                _ => None,
+            };
+            return Err(Attempt::Retryable { why: format!("HTTP {}", status.as_u16()), retry_after });
         }
         if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
             return Err(Attempt::Final(ExchangeError::BadAnswer(format!(
@@ -258,7 +296,7 @@ impl AsClient {
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(Attempt::Retryable(error_chain(&e))),
+                Err(e) => return Err(Attempt::Retryable { why: error_chain(&e), retry_after: None }),
             }
         }
         parse_answer(status.as_u16(), &buf).map_err(Attempt::Final)
@@ -266,8 +304,25 @@ impl AsClient {
 }
 
 enum Attempt {
-    Retryable(String),
+    /// A network error, a 429 or a 5xx; with the wait a 429/503 asked for.
+    Retryable {
+        why: String,
+        retry_after: Option<Duration>,
+    },
     Final(ExchangeError),
+}
+
+/// Longest `Retry-After` taken from an authorization server.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `Retry-After` as delta-seconds (RFC 9110 §10.2.3), capped; an HTTP-date
+/// is not read (the retry then follows the usual backoff).
+fn retry_after(v: &HeaderValue) -> Option<Duration> {
+    let v = v.to_str().ok()?.trim();
+    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse::<u64>().ok().map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 impl ClientAuth {
@@ -460,6 +515,17 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_delta_seconds() {
+        let v = |s: &'static str| retry_after(&HeaderValue::from_static(s));
+        assert_eq!(v("3"), Some(Duration::from_secs(3)));
+        assert_eq!(v(" 0 "), Some(Duration::ZERO));
+        assert_eq!(v("999999"), Some(MAX_RETRY_AFTER));
+        for bad in ["", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", "99999999999999999999"] {
+            assert_eq!(v(bad), None, "{bad}");
         }
     }
 

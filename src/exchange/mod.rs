@@ -6,7 +6,10 @@ pub mod cache;
 pub mod client;
 pub mod client_auth;
 pub mod discovery;
+pub mod guard;
+pub mod rate;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,12 +17,15 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::auth::unverified;
-use crate::config::{ActorSource, CacheConfig, ExchangeConfig, MachineConfig, SecretSource, TOKEN_EXCHANGE_GRANT};
+use crate::config::{
+    ActorSource, CacheConfig, ExchangeConfig, MachineConfig, RateConfig, SecretSource, TOKEN_EXCHANGE_GRANT,
+};
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretString};
 use crate::telemetry::{clip, MAX_LOGGED_CLAIM};
 use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
 use client::{AsClient, Issued};
+use rate::RateLimit;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
@@ -35,6 +41,17 @@ pub enum ExchangeError {
     Config(String),
     #[error("authorization server unavailable: {0}")]
     Unavailable(String),
+    /// The server asked (429/503 `Retry-After`) for a wait beyond the budget.
+    #[error("the authorization server asked to retry after {retry_after}s")]
+    Throttled { retry_after: u64 },
+    /// `max_concurrent` requests were in flight at the server for the whole budget.
+    #[error("too many requests in flight at the authorization server")]
+    Busy,
+    #[error("the authorization server's circuit breaker is open")]
+    CircuitOpen { retry_after: u64 },
+    /// `exchange.max_rate`: the route's bucket, or the client's, is empty.
+    #[error("too many new exchanges on this route{}", if *per_client { " from this client" } else { "" })]
+    RateLimited { retry_after: u64, per_client: bool },
 }
 
 impl ExchangeError {
@@ -47,6 +64,25 @@ impl ExchangeError {
             ExchangeError::BadAnswer(_) => "bad_answer",
             ExchangeError::Config(_) => "config",
             ExchangeError::Unavailable(_) => "unavailable",
+            ExchangeError::Throttled { .. } => "throttled",
+            ExchangeError::Busy => "busy",
+            ExchangeError::CircuitOpen { .. } => "circuit_open",
+            ExchangeError::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// Seconds the caller is asked to wait (`Retry-After`), for errors that pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ExchangeError::Unavailable(_) | ExchangeError::Busy => Some(1),
+            ExchangeError::Throttled { retry_after }
+            | ExchangeError::CircuitOpen { retry_after }
+            | ExchangeError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ExchangeError::InvalidGrant
+            | ExchangeError::InsufficientScope(_)
+            | ExchangeError::ClientRejected(_)
+            | ExchangeError::BadAnswer(_)
+            | ExchangeError::Config(_) => None,
         }
     }
 }
@@ -61,6 +97,8 @@ pub struct Policy {
     /// SHA-256 over everything that shapes the issued token.
     digest: [u8; 32],
     actor: Option<Actor>,
+    /// `max_rate`, when set.
+    limit: Option<Arc<RateLimit>>,
 }
 
 /// Where a policy's actor token comes from.
@@ -126,13 +164,22 @@ impl MachinePolicy {
 }
 
 impl Policy {
-    /// `machine` resolves an `actor.client_credentials` section to its policy.
+    /// `machine` resolves an `actor.client_credentials` section to its policy;
+    /// `previous` is the route's policy before a reload (its rate limit
+    /// carries over when unchanged).
     pub fn new(
         route: &str,
         cfg: ExchangeConfig,
         client: Arc<AsClient>,
         machine: impl FnOnce(&MachineConfig) -> Result<Arc<MachinePolicy>, String>,
+        previous: Option<&Policy>,
     ) -> Result<Self, String> {
+        let limit = (cfg.max_rate != RateConfig::default()).then(|| {
+            match previous.and_then(|p| p.limit.as_ref()).filter(|l| l.same_settings(&cfg.max_rate)) {
+                Some(l) => l.clone(),
+                None => Arc::new(RateLimit::new(cfg.max_rate)),
+            }
+        });
         let actor = match cfg.actor.as_ref().map(|a| &a.source) {
             None => None,
             Some(ActorSource::Token(source)) => {
@@ -169,7 +216,7 @@ impl Policy {
             (_, Some((ActorSource::ClientCredentials(_), _))) | (_, None) => f.field("actor", "none"),
         }
         let digest = f.finish();
-        Ok(Policy { route: route.to_owned(), scope: cfg.scope.join(" "), client, cfg, digest, actor })
+        Ok(Policy { route: route.to_owned(), scope: cfg.scope.join(" "), client, cfg, digest, actor, limit })
     }
 
     /// The cache key of `subject` (given as its SHA-256) under this policy:
@@ -284,14 +331,27 @@ impl Exchanger {
 
     /// The exchanged token for `subject` under `policy`: from the cache, or
     /// from one exchange shared by every concurrent request for the same key.
-    pub async fn token(&self, policy: &Arc<Policy>, subject: &str, key: Key) -> Result<Lookup, ExchangeError> {
+    /// The request that starts the exchange (from `client`) is counted by
+    /// the route's rate limit; the others join it.
+    pub async fn token(
+        &self,
+        policy: &Arc<Policy>,
+        subject: &str,
+        key: Key,
+        client: IpAddr,
+    ) -> Result<Lookup, ExchangeError> {
         if let Some(entry) = self.cache.get(&key).await {
             self.maybe_refresh(policy, subject, key, &entry);
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let (entry, hit) =
-            self.cache.get_or_try_insert(key, self.exchange(policy, subject)).await.map_err(|e| (*e).clone())?;
+        let exchange = async {
+            if let Some(limit) = &policy.limit {
+                limit.admit(client)?;
+            }
+            self.exchange(policy, subject).await
+        };
+        let (entry, hit) = self.cache.get_or_try_insert(key, exchange).await.map_err(|e| (*e).clone())?;
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
     }
@@ -303,8 +363,10 @@ impl Exchanger {
         }
     }
 
-    pub async fn evict(&self, key: &Key) {
-        self.cache.invalidate(key).await;
+    /// Forgets `entry` (a token the backend refused), unless a fresher one
+    /// has already taken its place.
+    pub async fn evict(&self, key: &Key, entry: &Arc<Entry>) {
+        self.cache.invalidate_entry(key, entry).await;
     }
 
     /// A hit within `refresh_ahead` of expiry starts one background exchange.
@@ -438,8 +500,13 @@ impl Exchanger {
                     ExchangeError::ClientRejected(_) | ExchangeError::BadAnswer(_) | ExchangeError::Config(_) => {
                         tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: gateway misconfigured or AS misbehaving")
                     }
-                    ExchangeError::Unavailable(_) => {
+                    ExchangeError::Unavailable(_) | ExchangeError::Throttled { .. } => {
                         tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
+                    }
+                    // Refused without a call: the breaker's and the bound's own
+                    // transitions are what is worth a warning, not each refusal.
+                    ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. } => {
+                        tracing::debug!(route = audit.route, server = audit.server, error = %e, "token request refused")
                     }
                     ExchangeError::InvalidGrant | ExchangeError::InsufficientScope(_) => {}
                 }
@@ -481,9 +548,10 @@ mod tests {
     fn policy(yaml: &str) -> Policy {
         let cfg = crate::config::parse(yaml).unwrap();
         let server = cfg.servers.values().next().unwrap();
-        let client = Arc::new(AsClient::new(server).unwrap());
+        let guard = guard::AsGuard::new("corp", 1, server.circuit_breaker, Default::default());
+        let client = Arc::new(AsClient::new(server, Arc::new(guard)).unwrap());
         let x = cfg.routes[0].exchange.clone().unwrap();
-        Policy::new("r", x, client, |_| Err("no machine".into())).unwrap()
+        Policy::new("r", x, client, |_| Err("no machine".into()), None).unwrap()
     }
 
     const YAML: &str = "listen: { address: \"127.0.0.1:0\" }\nauthorization_servers:\n  corp: { token_endpoint: \"http://127.0.0.1:1/token\" }\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:2\n    exchange: { authorization_server: corp, audience: [a], scope: [s] }\n";

@@ -21,7 +21,7 @@ use url::Url;
 use super::body_scan::{is_form, Guarded, ScanFor};
 use super::headers;
 use super::target::Authority as Target;
-use super::Body;
+use super::{Body, RequestBody};
 use crate::error::{error_chain, GatewayError};
 
 /// Where a route sends requests: scheme, authority and an optional base path.
@@ -76,7 +76,7 @@ pub struct Rewrite<'a> {
 
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Guarded>,
+    client: Client<HttpsConnector<HttpConnector>, Guarded<RequestBody>>,
     /// `X-Forwarded-Proto`: the listener's scheme.
     proto: &'static str,
     /// An upgraded connection with no byte either way this long is closed.
@@ -148,7 +148,7 @@ impl Forwarder {
     pub async fn forward(
         &self,
         upstream: &Upstream,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: SocketAddr,
         rewrite: Rewrite<'_>,
         timeout: Duration,

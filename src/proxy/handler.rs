@@ -1,6 +1,7 @@
 //! The request path, top to bottom: check the target → match → extract →
 //! validate (inbound check, required scopes) → exchange (cache) → rewrite
-//! and forward → evict on a backend `invalid_token` → log.
+//! and forward → on a backend `invalid_token`: evict, and send a bodiless
+//! idempotent request again with a fresh token → log.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -8,19 +9,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 use super::forward::{Forwarder, Rewrite};
 use super::target::{self, Authority};
-use super::Body;
 use super::{credentials, headers};
+use super::{Body, RequestBody};
 use crate::auth::{bearer, Inbound};
 use crate::error::GatewayError;
-use crate::exchange::cache::EntryKind;
+use crate::exchange::cache::{Entry, EntryKind};
 use crate::exchange::client::AsClient;
-use crate::exchange::{Exchanger, Fingerprint};
+use crate::exchange::{ExchangeError, Exchanger, Fingerprint};
 use crate::metrics::RouteMetrics;
 use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::telemetry::{clip, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
@@ -50,6 +51,8 @@ struct Trace {
     cache: Option<bool>,
     exchange_time: Option<Duration>,
     evicted: bool,
+    /// Sent again with a fresh token after the backend refused the first.
+    retried: bool,
     /// The caller's token is in the method or the target: log neither.
     redact: bool,
 }
@@ -91,6 +94,9 @@ impl Gateway {
         if let Some(hit) = trace.cache {
             metrics.cache(hit);
         }
+        if let Some(GatewayError::Exchange(ExchangeError::RateLimited { per_client, .. })) = &error {
+            metrics.rate_limited(*per_client);
+        }
         if tracing::enabled!(target: "tokex::access", tracing::Level::INFO) {
             let (method, path) = match trace.redact {
                 true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
@@ -110,6 +116,7 @@ impl Gateway {
                 exchange_us = trace.exchange_time.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 token = %OrDash(trace.fingerprint),
                 evicted = trace.evicted,
+                retried = trace.retried,
                 error = error.as_ref().map(|e| e.reason()),
                 "request"
             );
@@ -144,6 +151,7 @@ impl Gateway {
         // required scopes: a refused token never reaches the AS) and
         // 4. exchange it (cache first).
         let mut caller_token = None;
+        let mut replay = None;
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
@@ -164,9 +172,12 @@ impl Gateway {
                     inbound.check(subject, &subject_hash, &route.require_scopes).await?;
                 }
                 let key = policy.key(&subject_hash);
-                let lookup = self.exchanger.token(policy, subject, key).await?;
+                let lookup = self.exchanger.token(policy, subject, key, peer.ip()).await?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
+                if route.retry_on_invalid_token {
+                    replay = Replay::of(&req);
+                }
                 Some((lookup.entry, Some(key)))
             }
             // Egress: whatever the caller sent is dropped by the forwarder.
@@ -179,29 +190,100 @@ impl Gateway {
         };
 
         // 5. Rewrite and forward with the exchanged token.
-        let credential = token.as_ref().and_then(|(entry, _)| match &entry.kind {
-            EntryKind::Token(t) if route.forward_header == http::header::AUTHORIZATION => {
-                Some((&route.forward_header, t.bearer.clone()))
-            }
-            EntryKind::Token(t) => Some((&route.forward_header, t.raw.clone())),
-            EntryKind::Rejected => None,
-        });
         let rewrite = Rewrite {
             authority: authority.as_ref(),
-            credential,
+            credential: token.as_ref().and_then(|(entry, _)| credential(&route, entry)),
             remove: &route.remove_headers,
             caller_token: caller_token.as_deref(),
         };
+        let req = req.map(RequestBody::Left);
         let resp = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await?;
 
-        // 6. A backend that calls the token invalid gets a fresh one next time.
-        if let Some((_, Some(key))) = &token {
-            if resp.status() == http::StatusCode::UNAUTHORIZED && headers::says_invalid_token(resp.headers()) {
-                self.exchanger.evict(key).await;
-                trace.evicted = true;
-            }
+        // 6. A backend that calls the token invalid gets a fresh one next
+        // time — or at once, for a request that can be sent again.
+        let Some((entry, Some(key))) = &token else { return Ok(resp) };
+        if !refused(&resp) {
+            return Ok(resp);
         }
+        self.exchanger.evict(key, entry).await;
+        trace.evicted = true;
+        let (Some(replay), RouteAuth::Exchange(policy)) = (replay, &route.auth) else { return Ok(resp) };
+        let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };
+        // The fresh token, or else the backend's answer stands.
+        let lookup = match self.exchanger.token(policy, subject, *key, peer.ip()).await {
+            Ok(lookup) => lookup,
+            Err(_) => return Ok(resp),
+        };
+        trace.retried = true;
+        trace.exchange_time = match (trace.exchange_time, lookup.exchange_time) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        drop(resp);
+        let rewrite = Rewrite {
+            authority: authority.as_ref(),
+            credential: credential(&route, &lookup.entry),
+            remove: &route.remove_headers,
+            caller_token: None,
+        };
+        let resp = self.forwarder.forward(&route.upstream, replay.request(), peer, rewrite, route.timeout).await?;
+        let again = refused(&resp);
+        if again {
+            self.exchanger.evict(key, &lookup.entry).await;
+        }
+        route.metrics.token_retry(again);
         Ok(resp)
+    }
+}
+
+/// The header carrying the exchanged token to the backend.
+fn credential<'r>(route: &'r Route, entry: &Entry) -> Option<(&'r HeaderName, HeaderValue)> {
+    match &entry.kind {
+        EntryKind::Token(t) if route.forward_header == http::header::AUTHORIZATION => {
+            Some((&route.forward_header, t.bearer.clone()))
+        }
+        EntryKind::Token(t) => Some((&route.forward_header, t.raw.clone())),
+        EntryKind::Rejected => None,
+    }
+}
+
+/// The backend refused the exchanged token (`401` with `error="invalid_token"`).
+fn refused(resp: &Response<Body>) -> bool {
+    resp.status() == http::StatusCode::UNAUTHORIZED && headers::says_invalid_token(resp.headers())
+}
+
+/// A request that can be sent again as it was: an idempotent method
+/// (RFC 9110 §9.2.2), no body, no upgrade.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<Incoming>) -> Option<Self> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
+        let bodiless = hyper::body::Body::is_end_stream(req.body());
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        (idempotent && bodiless && !upgrade).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Right(http_body_util::Empty::new()));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 

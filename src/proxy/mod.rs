@@ -15,3 +15,6 @@ pub mod tunnel;
 
 /// Response body: a streamed upstream body or a small local answer.
 pub type Body = http_body_util::Either<forward::UpstreamBody, http_body_util::Full<bytes::Bytes>>;
+
+/// A request body as forwarded: the caller's, or none (a request sent again).
+pub type RequestBody = http_body_util::Either<hyper::body::Incoming, http_body_util::Empty<bytes::Bytes>>;

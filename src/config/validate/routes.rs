@@ -100,6 +100,7 @@ pub(super) fn route(
         forward_header: forward_header?,
         remove_headers,
         timeout,
+        retry_on_invalid_token: r.retry_on_invalid_token.unwrap_or(true),
     })
 }
 
@@ -224,6 +225,7 @@ fn exchange(
                         actor: None,
                         max_ttl: None,
                         default_ttl: None,
+                        max_rate: None,
                     };
                     match egress(cx, &format!("{path}.client_credentials"), raw, servers) {
                         Some(m) => Some(ActorConfig { source: ActorSource::ClientCredentials(m), token_type }),
@@ -247,6 +249,7 @@ fn exchange(
         cx.err(format!("{base}.max_ttl"), "must be greater than zero");
         ok = false;
     }
+    let max_rate = x.max_rate.map(|r| rate(cx, &format!("{base}.max_rate"), r, &mut ok)).unwrap_or_default();
     ok.then(|| ExchangeConfig {
         authorization_server: server,
         audience,
@@ -257,7 +260,40 @@ fn exchange(
         actor,
         max_ttl,
         default_ttl,
+        max_rate,
     })
+}
+
+/// `exchange.max_rate`: a route bucket and a per-client bucket, each
+/// optional; a burst defaults to its rate (at least 1).
+fn rate(cx: &mut Ctx, base: &str, r: RawRate, ok: &mut bool) -> RateConfig {
+    let mut bucket = |rate: Option<f64>, burst: Option<f64>, keys: (&str, &str)| -> Option<Bucket> {
+        let valid = |v: f64| v.is_finite() && v > 0.0 && v <= 1e6;
+        if let Some(v) = rate.filter(|v| !valid(*v)) {
+            cx.err(format!("{base}.{}", keys.0), format!("{v} is not a rate: more than 0, at most 1000000"));
+            *ok = false;
+        }
+        if let Some(v) = burst.filter(|v| !valid(*v) || *v < 1.0) {
+            cx.err(format!("{base}.{}", keys.1), format!("{v} is not a burst: at least 1, at most 1000000"));
+            *ok = false;
+        }
+        match (rate, burst) {
+            (Some(per_second), burst) => Some(Bucket { per_second, burst: burst.unwrap_or(per_second.max(1.0)) }),
+            (None, Some(_)) => {
+                cx.err(format!("{base}.{}", keys.1), format!("needs {}", keys.0));
+                *ok = false;
+                None
+            }
+            (None, None) => None,
+        }
+    };
+    let route = bucket(r.per_second, r.burst, ("per_second", "burst"));
+    let per_client = bucket(r.per_client, r.per_client_burst, ("per_client", "per_client_burst"));
+    if route.is_none() && per_client.is_none() {
+        cx.err(base, "set per_second, per_client or both");
+        *ok = false;
+    }
+    RateConfig { route, per_client }
 }
 
 /// A client_credentials request for tokex's own token, written as an
@@ -272,13 +308,14 @@ fn egress(
         ("subject_token_type", x.subject_token_type.is_some()),
         ("requested_token_type", x.requested_token_type.is_some()),
         ("actor", x.actor.is_some()),
+        ("max_rate", x.max_rate.is_some()),
     ] {
         if present {
             cx.err(format!("{base}.{key}"), "not used for a client_credentials token");
         }
     }
     // Reported above; validate the rest as an exchange section.
-    let raw = RawExchange { subject_token_type: None, requested_token_type: None, actor: None, ..x };
+    let raw = RawExchange { subject_token_type: None, requested_token_type: None, actor: None, max_rate: None, ..x };
     let x = exchange(cx, base, raw, servers)?;
     Some(MachineConfig {
         authorization_server: x.authorization_server,
