@@ -2,6 +2,7 @@
 //! backend, and the gateway itself, plus small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod faulty;
 pub mod jwt;
 pub mod wire;
 
