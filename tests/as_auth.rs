@@ -717,7 +717,8 @@ fn client_auth_configuration_errors() {
         "listen: {{ address: \"127.0.0.1:0\" }}\nauthorization_servers:\n  corp:\n    token_endpoint: https://as/token\n    client_auth: {{ method: private_key_jwt, client_id: x, private_key_file: {k} }}\nroutes:\n  - name: a\n    upstream: http://127.0.0.1:1\n    exchange: {{ authorization_server: corp }}\n"
     );
     let config = tokex::config::parse(&yaml).unwrap();
-    let err = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new()).err().expect("unusable key refused");
+    let err =
+        tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None).err().expect("unusable key refused");
     assert!(err.to_string().contains("PKCS#8"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

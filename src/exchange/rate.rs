@@ -92,10 +92,7 @@ impl RateLimit {
         let now = Instant::now();
         // Lock order: clients, then the route.
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let mut client_level = match &self.cfg.per_client {
-            Some(b) => Some((b, clients.level(client_key(client), b, now))),
-            None => None,
-        };
+        let mut client_level = self.cfg.per_client.as_ref().map(|b| (b, clients.level(client_key(client), b, now)));
         if let Some((b, level)) = &mut client_level {
             level.refill(b, now);
             if level.tokens < 1.0 {

@@ -192,7 +192,7 @@ impl Gateway {
         // 5. Rewrite and forward with the exchanged token.
         let rewrite = Rewrite {
             authority: authority.as_ref(),
-            credential: token.as_ref().and_then(|(entry, _)| credential(&route, entry)),
+            credential: token.as_ref().and_then(|(entry, _)| credential(route, entry)),
             remove: &route.remove_headers,
             caller_token: caller_token.as_deref(),
         };
@@ -222,7 +222,7 @@ impl Gateway {
         drop(resp);
         let rewrite = Rewrite {
             authority: authority.as_ref(),
-            credential: credential(&route, &lookup.entry),
+            credential: credential(route, &lookup.entry),
             remove: &route.remove_headers,
             caller_token: None,
         };
