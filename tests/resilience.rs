@@ -342,3 +342,39 @@ async fn the_retry_can_be_turned_off_and_a_failed_exchange_keeps_the_backend_ans
     let (status, _, body) = get(&format!("{}/on", gw.url), Some("s")).await;
     assert_eq!((status.as_u16(), body.as_str()), (401, "refused Bearer exchanged-2"));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_breaker_and_the_buckets_unless_their_settings_change() {
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|_, _| Reply::Json(503, json!({})));
+    let backend = echo_backend().await;
+    let settings = "    retries: 0\n    circuit_breaker: { consecutive_failures: 1, open_for: 30s }\n";
+    let route = exchange_route("a", "/", backend, "      max_rate: { per_second: 0.01, burst: 2 }\n");
+    let yaml = server(&auth_server.token_url(), settings) + &route;
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(get(&gw.url, Some("one")).await.0, 503);
+    assert_eq!(auth_server.count(), 1);
+
+    let dir = std::env::temp_dir().join(format!("tokex-resilience-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokex.yaml");
+    let listen = "listen: { address: \"127.0.0.1:0\" }\n";
+    // Another route added, the server and the route's limit unchanged: still open.
+    let other = "  - name: health\n    match: { path: /health }\n    upstream: http://127.0.0.1:1\n    auth: none\n";
+    std::fs::write(&path, format!("{listen}{yaml}{other}")).unwrap();
+    assert!(gw.running.reload(&path, "test"));
+    auth_server.set(|_, n| issue(n));
+    let (status, headers, _) = get(&gw.url, Some("two")).await;
+    assert_eq!(status, 503);
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 20);
+    assert_eq!(auth_server.count(), 1);
+
+    // New breaker settings: a new, closed breaker; the route's bucket (one
+    // exchange spent of two) carries over.
+    let changed = yaml.replace("open_for: 30s", "open_for: 29s");
+    std::fs::write(&path, format!("{listen}{changed}{other}")).unwrap();
+    assert!(gw.running.reload(&path, "test"));
+    assert_eq!(get(&gw.url, Some("three")).await.0, 200);
+    assert_eq!(get(&gw.url, Some("four")).await.0, 429);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -127,6 +127,22 @@ impl AsGuard {
         }
     }
 
+    /// `CircuitOpen` when [`AsGuard::admit`] would refuse now, without
+    /// taking the probe: lets a caller refuse before spending anything else
+    /// (a rate-limit token) on a request that cannot be made.
+    pub fn check(&self) -> Result<(), ExchangeError> {
+        if self.settings.1.consecutive_failures == 0 {
+            return Ok(());
+        }
+        match *self.lock() {
+            State::Open { until } if Instant::now() < until => {
+                Err(ExchangeError::CircuitOpen { retry_after: whole_seconds(until - Instant::now()) })
+            }
+            State::Probing => Err(ExchangeError::CircuitOpen { retry_after: 1 }),
+            _ => Ok(()),
+        }
+    }
+
     fn record(&self, probe: bool, health: Health) {
         let cfg = self.settings.1;
         let mut state = self.lock();
@@ -214,10 +230,12 @@ mod tests {
             g.admit().unwrap().record(Health::Failed);
         }
         assert!(g.is_open());
+        assert!(matches!(g.check(), Err(ExchangeError::CircuitOpen { retry_after: 5 })));
         assert!(matches!(g.admit(), Err(ExchangeError::CircuitOpen { retry_after: 5 })));
         tokio::time::advance(Duration::from_millis(4500)).await;
         assert!(matches!(g.admit(), Err(ExchangeError::CircuitOpen { retry_after: 1 })));
         tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(g.check().is_ok(), "checking does not take the probe");
         let probe = g.admit().unwrap();
         assert!(probe.is_probe());
         // Exactly one probe.

@@ -347,6 +347,8 @@ impl Exchanger {
         let started = Instant::now();
         let exchange = async {
             if let Some(limit) = &policy.limit {
+                // An open breaker refuses first: that costs the route no token.
+                policy.client.guard().check()?;
                 limit.admit(client)?;
             }
             self.exchange(policy, subject).await
