@@ -116,7 +116,7 @@ impl Gateway {
                 exchange_us = trace.exchange_time.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 token = %OrDash(trace.fingerprint),
                 evicted = trace.evicted,
-                retried = trace.retried,
+                retried = trace.retried.then_some(true),
                 error = error.as_ref().map(|e| e.reason()),
                 "request"
             );
