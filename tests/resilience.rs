@@ -127,6 +127,8 @@ async fn the_breaker_opens_fails_fast_spares_cached_traffic_and_probes_once() {
         assert_eq!(headers["retry-after"], "1");
     }
     assert_eq!(auth_server.count(), 4);
+    let m = gw.metrics().await;
+    assert!(m.contains("tokex_exchanges_total{server=\"corp\",outcome=\"circuit_open\"} 10"), "{m}");
     // Cached traffic never notices.
     assert_eq!(get(&gw.url, Some("cached")).await.0, 200);
     // After open_for: one probe; it fails, so the breaker opens again.

@@ -345,14 +345,7 @@ impl Exchanger {
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let exchange = async {
-            if let Some(limit) = &policy.limit {
-                // An open breaker refuses first: that costs the route no token.
-                policy.client.guard().check()?;
-                limit.admit(client)?;
-            }
-            self.exchange(policy, subject).await
-        };
+        let exchange = self.exchange(policy, subject, Some(client));
         let (entry, hit) = self.cache.get_or_try_insert(key, exchange).await.map_err(|e| (*e).clone())?;
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
@@ -384,7 +377,7 @@ impl Exchanger {
         let policy = policy.clone();
         let subject = subject.to_owned();
         tokio::spawn(async move {
-            if let Ok(fresh) = this.exchange(&policy, &subject).await {
+            if let Ok(fresh) = this.exchange(&policy, &subject, None).await {
                 if matches!(fresh.kind, EntryKind::Token(_)) {
                     this.cache.insert(key, fresh).await;
                 }
@@ -396,29 +389,45 @@ impl Exchanger {
     /// becomes a short negative entry; other errors are not cached.
     /// The whole of it — tokex's own actor token when it needs one, then the
     /// exchange — stays within the exchange server's budget.
-    async fn exchange(&self, policy: &Policy, subject: &str) -> Result<Arc<Entry>, ExchangeError> {
+    /// `client` started it (a background refresh has none): the route's
+    /// rate limit counts it.
+    async fn exchange(
+        &self,
+        policy: &Policy,
+        subject: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Entry>, ExchangeError> {
         let started = Instant::now();
         let deadline = started + policy.client.timeout();
         let peeked = unverified::peek(subject);
-        let actor = match &policy.actor {
-            None => Ok(None),
-            Some(Actor::Token(secret)) => {
+        // Refusals that cost the AS nothing come first: an open breaker (so
+        // the route's rate limit spends no token on it), then the rate limit.
+        let admitted = match (client, &policy.limit) {
+            (Some(client), Some(limit)) => policy.client.guard().check().and_then(|()| limit.admit(client)),
+            _ => Ok(()),
+        };
+        let actor = match (admitted, &policy.actor) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Ok(None),
+            (Ok(()), Some(Actor::Token(secret))) => {
                 secret.get().map(Some).map_err(|e| ExchangeError::Config(format!("actor token: {e}")))
             }
-            Some(Actor::Machine(m)) => match tokio::time::timeout_at(deadline.into(), self.machine_token(m)).await {
-                Ok(lookup) => lookup,
-                Err(_) => {
-                    Err(ExchangeError::Unavailable("tokex's own actor token did not come within the budget".into()))
+            (Ok(()), Some(Actor::Machine(m))) => {
+                match tokio::time::timeout_at(deadline.into(), self.machine_token(m)).await {
+                    Ok(lookup) => lookup,
+                    Err(_) => {
+                        Err(ExchangeError::Unavailable("tokex's own actor token did not come within the budget".into()))
+                    }
                 }
+                .and_then(|l| match &l.entry.kind {
+                    EntryKind::Token(t) => t
+                        .raw
+                        .to_str()
+                        .map(|s| Some(SecretString::new(s)))
+                        .map_err(|_| ExchangeError::BadAnswer("actor token is not text".into())),
+                    EntryKind::Rejected => Err(ExchangeError::Config("tokex's own token was refused".into())),
+                })
             }
-            .and_then(|l| match &l.entry.kind {
-                EntryKind::Token(t) => t
-                    .raw
-                    .to_str()
-                    .map(|s| Some(SecretString::new(s)))
-                    .map_err(|_| ExchangeError::BadAnswer("actor token is not text".into())),
-                EntryKind::Rejected => Err(ExchangeError::Config("tokex's own token was refused".into())),
-            }),
         };
         let actor_sub = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose())?.sub);
         let result = match actor {
@@ -481,19 +490,27 @@ impl Exchanger {
             Err(e) => e.reason(),
         };
         self.metrics.exchange(audit.server, outcome, elapsed);
-        tracing::info!(
-            target: "tokex::audit",
-            grant = audit.grant,
-            route = audit.route,
-            server = audit.server,
-            sub = clip(audit.sub.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
-            actor = clip(audit.actor.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
-            audience = %audit.audience.join(" "),
-            scope = audit.scope,
-            outcome,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "token request"
+        // A refusal that made no call is in the metrics and the access line,
+        // not in the audit trail of token requests.
+        let called = !matches!(
+            result,
+            Err(ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. })
         );
+        if called {
+            tracing::info!(
+                target: "tokex::audit",
+                grant = audit.grant,
+                route = audit.route,
+                server = audit.server,
+                sub = clip(audit.sub.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
+                actor = clip(audit.actor.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
+                audience = %audit.audience.join(" "),
+                scope = audit.scope,
+                outcome,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "token request"
+            );
+        }
         match result {
             Ok(issued) => Ok(self.entry_for(issued, default_ttl, max_ttl, subject_exp)),
             Err(ExchangeError::InvalidGrant) => Ok(Entry::new(EntryKind::Rejected, self.settings.negative_ttl)),
