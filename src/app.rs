@@ -41,13 +41,10 @@ pub enum StartError {
 pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runtime>) -> Result<Runtime, StartError> {
     let mut clients = BTreeMap::new();
     for (name, server) in &config.servers {
-        let kept = previous
-            .and_then(|p| p.servers.get(name))
-            .map(|c| c.guard())
-            .filter(|g| g.same_settings(server.max_concurrent, server.circuit_breaker));
+        let kept = previous.and_then(|p| p.servers.get(name)).map(|c| c.guard()).filter(|g| g.same_settings(server));
         let guard = match kept {
             Some(g) => g.clone(),
-            None => Arc::new(AsGuard::new(name, server.max_concurrent, server.circuit_breaker, metrics.server(name))),
+            None => Arc::new(AsGuard::new(server, metrics.server(name))),
         };
         clients.insert(name.clone(), Arc::new(AsClient::new(server, guard).map_err(StartError::Setup)?));
     }
@@ -198,6 +195,9 @@ impl Running {
                     &self.readiness,
                     self.shutdown.subscribe(),
                 );
+                for server in runtime.servers.values() {
+                    server.guard().publish();
+                }
                 self.gateway.replace(runtime);
                 self.metrics.reload(true);
                 tracing::info!(reason, routes = config.routes.len(), "configuration reloaded");

@@ -15,15 +15,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::json;
 
-/// An AS that answers every request after `delay`, counting requests and
-/// the most it held in flight at once.
+/// An AS that answers every request after `delay` (a token, or `status`
+/// when it is not 200), counting requests and the most it held in flight at once.
 struct SlowAs {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
 }
 
-async fn slow_as(delay: Duration) -> SlowAs {
+async fn slow_as(delay: Duration, status: u16) -> SlowAs {
     let calls = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let now = Arc::new(AtomicUsize::new(0));
@@ -35,6 +35,9 @@ async fn slow_as(delay: Duration) -> SlowAs {
             p.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             tokio::time::sleep(delay).await;
             now.fetch_sub(1, Ordering::SeqCst);
+            if status != 200 {
+                return Response::builder().status(status).body(full("")).unwrap();
+            }
             let body = json!({"access_token": format!("t{n}"), "token_type": "Bearer", "expires_in": 60});
             Response::builder().header("content-type", "application/json").body(full(body.to_string())).unwrap()
         }
@@ -51,7 +54,7 @@ fn server(url: &str, settings: &str) -> String {
 
 #[tokio::test]
 async fn the_concurrency_bound_holds_and_waiters_get_503_within_their_budget() {
-    let auth_server = slow_as(Duration::from_millis(300)).await;
+    let auth_server = slow_as(Duration::from_millis(300), 200).await;
     let backend = echo_backend().await;
     let settings =
         "    timeout: 1s\n    retries: 0\n    max_concurrent: 4\n    circuit_breaker: { consecutive_failures: 0 }\n";
@@ -83,7 +86,7 @@ async fn the_concurrency_bound_holds_and_waiters_get_503_within_their_budget() {
 
 #[tokio::test]
 async fn waiters_for_one_key_share_one_exchange_under_the_bound() {
-    let auth_server = slow_as(Duration::from_millis(200)).await;
+    let auth_server = slow_as(Duration::from_millis(200), 200).await;
     let backend = echo_backend().await;
     let cfg = server(&format!("http://{}/token", auth_server.addr), "    max_concurrent: 1\n")
         + &exchange_route("a", "/", backend, "");
@@ -378,5 +381,99 @@ async fn a_reload_keeps_the_breaker_and_the_buckets_unless_their_settings_change
     assert!(gw.running.reload(&path, "test"));
     assert_eq!(get(&gw.url, Some("three")).await.0, 200);
     assert_eq!(get(&gw.url, Some("four")).await.0, 429);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn requests_queued_for_a_slot_do_not_call_the_as_once_the_breaker_opens() {
+    let auth_server = slow_as(Duration::from_millis(200), 503).await;
+    let backend = echo_backend().await;
+    let settings = "    timeout: 3s\n    retries: 0\n    max_concurrent: 1\n    circuit_breaker: { consecutive_failures: 1, open_for: 30s }\n";
+    let cfg = server(&format!("http://{}/token", auth_server.addr), settings) + &exchange_route("a", "/", backend, "");
+    let gw = TestGateway::start(&cfg).await;
+    let answers = futures_util::future::join_all((0..5).map(|i| {
+        let url = gw.url.clone();
+        async move { get(&url, Some(&format!("queued-{i}"))).await.0.as_u16() }
+    }))
+    .await;
+    assert_eq!(answers, vec![503; 5]);
+    assert_eq!(auth_server.calls.load(Ordering::SeqCst), 1, "the four queued behind the failure were refused");
+}
+
+#[tokio::test]
+async fn waiting_for_a_slot_does_not_make_a_healthy_as_look_slow() {
+    // Each answer takes 600 ms of a 1 s budget and one slot: the third caller
+    // runs out of budget mostly waiting, which says nothing about the AS.
+    let auth_server = slow_as(Duration::from_millis(600), 200).await;
+    let backend = echo_backend().await;
+    let settings = "    timeout: 1s\n    retries: 0\n    max_concurrent: 1\n    circuit_breaker: { consecutive_failures: 2, open_for: 30s }\n";
+    let cfg = server(&format!("http://{}/token", auth_server.addr), settings) + &exchange_route("a", "/", backend, "");
+    let gw = TestGateway::start(&cfg).await;
+    let answers = futures_util::future::join_all((0..3).map(|i| {
+        let url = gw.url.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50 * i)).await;
+            get(&url, Some(&format!("staggered-{i}"))).await.0.as_u16()
+        }
+    }))
+    .await;
+    assert_eq!(answers[0], 200);
+    assert!(gw.metrics().await.contains("tokex_circuit_breaker_open{server=\"corp\"} 0"), "{answers:?}");
+    assert_eq!(get(&gw.url, Some("afterwards")).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_call_that_opened_the_breaker_is_reported_as_the_call_it_was() {
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|_, _| Reply::Json(503, json!({})));
+    let backend = echo_backend().await;
+    let settings = "    retries: 2\n    circuit_breaker: { consecutive_failures: 1, open_for: 30s }\n";
+    let gw = TestGateway::start(&(server(&auth_server.token_url(), settings) + &exchange_route("a", "/", backend, "")))
+        .await;
+    let (status, headers, _) = get(&gw.url, Some("first")).await;
+    assert_eq!((status.as_u16(), headers["retry-after"].to_str().unwrap()), (503, "1"));
+    assert_eq!(auth_server.count(), 1, "no retry once the breaker is open");
+    let m = gw.metrics().await;
+    assert!(m.contains("tokex_exchanges_total{server=\"corp\",outcome=\"unavailable\"} 1"), "{m}");
+    assert!(!m.contains("outcome=\"circuit_open\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn the_as_retry_after_is_passed_on_from_the_last_attempt() {
+    let throttled = throttling_as("30").await;
+    let backend = echo_backend().await;
+    let settings = "    retries: 0\n";
+    let cfg = server(&format!("http://{}/token", throttled.0), settings) + &exchange_route("a", "/", backend, "");
+    let gw = TestGateway::start(&cfg).await;
+    let (status, headers, _) = get(&gw.url, Some("s")).await;
+    assert_eq!((status.as_u16(), headers["retry-after"].to_str().unwrap()), (503, "30"));
+}
+
+#[tokio::test]
+async fn a_reload_to_another_endpoint_starts_a_fresh_breaker_and_a_rejected_one_keeps_the_gauge() {
+    let old = RecordingAs::start().await;
+    old.set(|_, _| Reply::Json(503, json!({})));
+    let new = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let settings = "    retries: 0\n    circuit_breaker: { consecutive_failures: 1, open_for: 30s }\n";
+    let route = exchange_route("a", "/", backend, "");
+    let gw = TestGateway::start(&(server(&old.token_url(), settings) + &route)).await;
+    assert_eq!(get(&gw.url, Some("one")).await.0, 503);
+
+    let dir = std::env::temp_dir().join(format!("tokex-resilience-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokex.yaml");
+    let listen = "listen: { address: \"127.0.0.1:0\" }\n";
+    // A reload that fails (an unreadable CA file) leaves the breaker and its gauge alone.
+    let broken = server(&old.token_url(), &format!("{settings}    ca_file: {}/missing.pem\n", dir.display()));
+    std::fs::write(&path, format!("{listen}{broken}{route}")).unwrap();
+    assert!(!gw.running.reload(&path, "test"));
+    assert!(gw.metrics().await.contains("tokex_circuit_breaker_open{server=\"corp\"} 1"));
+    // The server moved: its new endpoint is not refused for the old one's outage.
+    std::fs::write(&path, format!("{listen}{}{route}", server(&new.token_url(), settings))).unwrap();
+    assert!(gw.running.reload(&path, "test"));
+    assert_eq!(get(&gw.url, Some("two")).await.0, 200);
+    assert_eq!(new.count(), 1);
+    assert!(gw.metrics().await.contains("tokex_circuit_breaker_open{server=\"corp\"} 0"));
     let _ = std::fs::remove_dir_all(&dir);
 }

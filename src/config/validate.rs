@@ -236,8 +236,8 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         cx.err(format!("{base}.retries"), "at most 10");
     }
     let timeout = s.timeout.map_or(Duration::from_secs(2), |d| d.0);
-    if timeout.is_zero() {
-        cx.err(format!("{base}.timeout"), "must be greater than zero");
+    if timeout.is_zero() || timeout > Duration::from_secs(600) {
+        cx.err(format!("{base}.timeout"), "must be more than 0s and at most 10m");
     }
     let max_concurrent = s.max_concurrent.unwrap_or(64);
     if !(1..=100_000).contains(&max_concurrent) {
@@ -247,8 +247,10 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         consecutive_failures: s.circuit_breaker.as_ref().and_then(|b| b.consecutive_failures).unwrap_or(5),
         open_for: s.circuit_breaker.as_ref().and_then(|b| b.open_for.as_ref()).map_or(Duration::from_secs(5), |d| d.0),
     };
-    if circuit_breaker.consecutive_failures > 0 && circuit_breaker.open_for.is_zero() {
-        cx.err(format!("{base}.circuit_breaker.open_for"), "must be greater than zero");
+    if circuit_breaker.consecutive_failures > 0
+        && (circuit_breaker.open_for.is_zero() || circuit_breaker.open_for > Duration::from_secs(3600))
+    {
+        cx.err(format!("{base}.circuit_breaker.open_for"), "must be more than 0s and at most 1h");
     }
     Some(AuthServerConfig {
         name: name.to_owned(),

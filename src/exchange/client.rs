@@ -210,16 +210,18 @@ impl AsClient {
         };
         let endpoint = &endpoints.token_endpoint;
         let deadline = deadline.min(Instant::now() + self.timeout);
-        let mut slot = None;
         let mut attempt = 0u32;
+        let mut last = None;
         loop {
-            // The breaker first: while it is open nobody waits for a slot.
-            let pass = self.guard.admit()?;
-            if slot.is_none() {
-                slot = Some(self.guard.slot(deadline).await?);
-            }
+            // While the breaker is open nobody waits for a slot; admission
+            // (the probe, if it is one) is decided once the slot is held, so
+            // requests queued before it opened do not call the server after.
+            self.guard.check().map_err(|e| refused(e, last.take()))?;
+            let slot = self.guard.slot(deadline).await.map_err(|e| refused(e, last.take()))?;
+            let pass = self.guard.admit().map_err(|e| refused(e, last.take()))?;
             // Per attempt: a private_key_jwt assertion is never sent twice (`jti`).
             let (body, basic) = self.auth.apply(form.clone(), endpoint.as_str(), endpoints.issuer.as_deref())?;
+            let started = Instant::now();
             let result = tokio::time::timeout_at(deadline, self.attempt(endpoint, body, basic)).await;
             let probe = pass.is_probe();
             let (err, asked) = match result {
@@ -236,27 +238,36 @@ impl AsClient {
                     (why, retry_after)
                 }
                 Err(_) => {
-                    pass.record(Health::Failed);
+                    // Out of budget. It says the server is slow only if it
+                    // had a fair share of the budget: a caller that spent
+                    // most of its own waiting for a slot proves nothing.
+                    if deadline.saturating_duration_since(started) >= self.timeout / 2 {
+                        pass.record(Health::Failed);
+                    }
                     return Err(ExchangeError::Unavailable(format!("no answer within {:?}", self.timeout)));
                 }
             };
+            let throttled = |wait: Duration| ExchangeError::Throttled { retry_after: whole_seconds(wait) };
             // The probe after an open breaker is one request, not a series.
             if attempt >= self.retries || probe {
-                return Err(ExchangeError::Unavailable(err));
+                return Err(match asked {
+                    Some(wait) if wait > Duration::from_secs(1) => throttled(wait),
+                    _ => ExchangeError::Unavailable(err),
+                });
             }
             // Full jitter over an exponential step: 25ms, 50ms, 100ms, ... capped
             // at 1s; never sooner than a 429/503's Retry-After asks.
             let step = Duration::from_millis(25u64 << attempt.min(6)).min(Duration::from_secs(1));
             let pause = step.mul_f64(fastrand::f64()).max(asked.unwrap_or_default());
             if Instant::now() + pause >= deadline {
-                return Err(match asked {
-                    Some(wait) => ExchangeError::Throttled { retry_after: whole_seconds(wait) },
-                    None => ExchangeError::Unavailable(err),
-                });
+                return Err(asked.map_or(ExchangeError::Unavailable(err), throttled));
             }
+            // Nothing is in flight at the server while this one waits.
+            drop(slot);
             tokio::time::sleep(pause).await;
             attempt += 1;
             tracing::debug!(server = %self.name, attempt, error = %err, "retrying token request");
+            last = Some(err);
         }
     }
 
@@ -300,6 +311,16 @@ impl AsClient {
             }
         }
         parse_answer(status.as_u16(), &buf).map_err(Attempt::Final)
+    }
+}
+
+/// A breaker refusal: for a request that already called the server (a
+/// retry refused because the breaker has opened since), the failure that
+/// call met, so it is reported — and audited — as the call it was.
+fn refused(e: ExchangeError, last: Option<String>) -> ExchangeError {
+    match last {
+        Some(why) => ExchangeError::Unavailable(why),
+        None => e,
     }
 }
 

@@ -17,17 +17,30 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::ExchangeError;
-use crate::config::BreakerConfig;
+use crate::config::{AsLocation, AuthServerConfig, BreakerConfig};
 use crate::metrics::ServerMetrics;
 
 /// Guards one authorization server; shared across reloads while its
 /// settings are unchanged.
 pub struct AsGuard {
     server: String,
-    settings: (usize, BreakerConfig),
+    settings: Settings,
     slots: Semaphore,
-    state: Mutex<State>,
+    state: Mutex<Breaker>,
     metrics: ServerMetrics,
+}
+
+/// What a reload compares: the server's location too, so a server moved to
+/// another endpoint starts with a fresh breaker and its own slots.
+type Settings = (AsLocation, usize, BreakerConfig);
+
+/// The breaker's state and its period: `epoch` changes whenever it opens or
+/// a probe closes it, so the outcome of a request admitted in an earlier
+/// period (one slower than `open_for`) does not count in a later one.
+#[derive(Debug, Clone, Copy)]
+struct Breaker {
+    state: State,
+    epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +71,7 @@ impl Drop for Slot<'_> {
 pub struct Pass<'a> {
     guard: &'a AsGuard,
     probe: bool,
+    epoch: u64,
     recorded: bool,
 }
 
@@ -71,21 +85,32 @@ pub enum Health {
 }
 
 impl AsGuard {
-    pub fn new(server: &str, max_concurrent: usize, breaker: BreakerConfig, metrics: ServerMetrics) -> Self {
-        metrics.breaker_open.set(0);
+    /// The breaker gauge is left alone: a guard built for a reload that is
+    /// then rejected must not reset the running one's (see [`AsGuard::publish`]).
+    pub fn new(cfg: &AuthServerConfig, metrics: ServerMetrics) -> Self {
         AsGuard {
-            server: server.to_owned(),
-            settings: (max_concurrent, breaker),
-            slots: Semaphore::new(max_concurrent.clamp(1, Semaphore::MAX_PERMITS)),
-            state: Mutex::new(State::Closed { failures: 0 }),
+            server: cfg.name.clone(),
+            settings: (cfg.location.clone(), cfg.max_concurrent, cfg.circuit_breaker),
+            slots: Semaphore::new(cfg.max_concurrent.clamp(1, Semaphore::MAX_PERMITS)),
+            state: Mutex::new(Breaker { state: State::Closed { failures: 0 }, epoch: 0 }),
             metrics,
         }
     }
 
-    /// True when a guard built from these settings would behave alike, so a
-    /// reload keeps this one (its state and the requests in flight).
-    pub fn same_settings(&self, max_concurrent: usize, breaker: BreakerConfig) -> bool {
-        self.settings == (max_concurrent, breaker)
+    /// True when a guard built from `cfg` would behave alike and guard the
+    /// same endpoint, so a reload keeps this one (its state and the
+    /// requests in flight).
+    pub fn same_settings(&self, cfg: &AuthServerConfig) -> bool {
+        self.settings == (cfg.location.clone(), cfg.max_concurrent, cfg.circuit_breaker)
+    }
+
+    /// Shows this guard's breaker state in the metrics (once it is the one in use).
+    pub fn publish(&self) {
+        self.metrics.breaker_open.set(i64::from(self.is_open()));
+    }
+
+    fn breaker(&self) -> &BreakerConfig {
+        &self.settings.2
     }
 
     /// Waits for a place among the requests in flight, until `deadline`.
@@ -101,27 +126,30 @@ impl AsGuard {
         Ok(Slot { _permit: permit, guard: self })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Leave for one request, or `CircuitOpen` while the breaker is open
     /// (or another request is the probe).
     pub fn admit(&self) -> Result<Pass<'_>, ExchangeError> {
-        if self.settings.1.consecutive_failures == 0 {
-            return Ok(Pass { guard: self, probe: false, recorded: false });
+        let pass = |probe, epoch| Pass { guard: self, probe, epoch, recorded: false };
+        if self.breaker().consecutive_failures == 0 {
+            return Ok(pass(false, 0));
         }
-        let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => Ok(Pass { guard: self, probe: false, recorded: false }),
+        let mut b = self.lock();
+        match b.state {
+            State::Closed { .. } => Ok(pass(false, b.epoch)),
             State::Open { until } => {
                 let now = Instant::now();
                 if now < until {
                     return Err(ExchangeError::CircuitOpen { retry_after: whole_seconds(until - now) });
                 }
-                *state = State::Probing;
+                b.state = State::Probing;
+                let epoch = b.epoch;
+                drop(b);
                 tracing::warn!(server = %self.server, "circuit breaker half-open: one probe request");
-                Ok(Pass { guard: self, probe: true, recorded: false })
+                Ok(pass(true, epoch))
             }
             State::Probing => Err(ExchangeError::CircuitOpen { retry_after: 1 }),
         }
@@ -131,10 +159,10 @@ impl AsGuard {
     /// taking the probe: lets a caller refuse before spending anything else
     /// (a rate-limit token) on a request that cannot be made.
     pub fn check(&self) -> Result<(), ExchangeError> {
-        if self.settings.1.consecutive_failures == 0 {
+        if self.breaker().consecutive_failures == 0 {
             return Ok(());
         }
-        match *self.lock() {
+        match self.lock().state {
             State::Open { until } if Instant::now() < until => {
                 Err(ExchangeError::CircuitOpen { retry_after: whole_seconds(until - Instant::now()) })
             }
@@ -143,47 +171,71 @@ impl AsGuard {
         }
     }
 
-    fn record(&self, probe: bool, health: Health) {
-        let cfg = self.settings.1;
-        let mut state = self.lock();
-        let next = match (*state, health) {
-            (State::Probing, Health::Answered) if probe => {
-                tracing::warn!(server = %self.server, "circuit breaker closed: the probe was answered");
-                State::Closed { failures: 0 }
-            }
-            (State::Probing, Health::Failed) if probe => {
-                tracing::warn!(server = %self.server, open_for = ?cfg.open_for, "circuit breaker re-opened: the probe failed");
-                State::Open { until: Instant::now() + cfg.open_for }
-            }
-            (State::Closed { .. }, Health::Answered) => State::Closed { failures: 0 },
+    fn record(&self, probe: bool, epoch: u64, health: Health) {
+        let cfg = *self.breaker();
+        let mut b = self.lock();
+        if !probe && epoch != b.epoch {
+            // Admitted in an earlier period: that period is over.
+            return;
+        }
+        let reopen = || State::Open { until: far(cfg.open_for) };
+        let (next, change) = match (b.state, health) {
+            (State::Probing, Health::Answered) if probe => (State::Closed { failures: 0 }, Some(Change::Closed)),
+            (State::Probing, Health::Failed) if probe => (reopen(), Some(Change::Reopened)),
+            (State::Closed { .. }, Health::Answered) => (State::Closed { failures: 0 }, None),
             (State::Closed { failures }, Health::Failed) if failures + 1 >= cfg.consecutive_failures => {
-                tracing::warn!(
-                    server = %self.server,
-                    failures = failures + 1,
-                    open_for = ?cfg.open_for,
-                    "circuit breaker opened: uncached requests answer 503 without calling the server"
-                );
-                State::Open { until: Instant::now() + cfg.open_for }
+                (reopen(), Some(Change::Opened(failures + 1)))
             }
-            (State::Closed { failures }, Health::Failed) => State::Closed { failures: failures + 1 },
+            (State::Closed { failures }, Health::Failed) => (State::Closed { failures: failures + 1 }, None),
             // A request admitted before the breaker opened: already counted.
-            (s, _) => s,
+            (s, _) => (s, None),
         };
-        *state = next;
+        b.state = next;
+        if change.is_some() {
+            b.epoch += 1;
+        }
+        drop(b);
         self.metrics.breaker_open.set(i64::from(!matches!(next, State::Closed { .. })));
+        let server = &self.server;
+        match change {
+            Some(Change::Opened(failures)) => tracing::warn!(
+                server,
+                failures,
+                open_for = ?cfg.open_for,
+                "circuit breaker opened: uncached requests answer 503 without calling the server"
+            ),
+            Some(Change::Reopened) => {
+                tracing::warn!(server, open_for = ?cfg.open_for, "circuit breaker re-opened: the probe failed")
+            }
+            Some(Change::Closed) => tracing::warn!(server, "circuit breaker closed: the probe was answered"),
+            None => {}
+        }
     }
 
     /// Whether the breaker lets requests through now (tests, metrics).
     pub fn is_open(&self) -> bool {
-        !matches!(*self.lock(), State::Closed { .. })
+        !matches!(self.lock().state, State::Closed { .. })
     }
+}
+
+/// A transition worth a warning.
+enum Change {
+    Opened(u32),
+    Reopened,
+    Closed,
+}
+
+/// `open_for` from now (validated to at most an hour; no overflow anyway).
+fn far(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now + Duration::from_secs(3600))
 }
 
 impl Pass<'_> {
     pub fn record(mut self, health: Health) {
         self.recorded = true;
-        if self.guard.settings.1.consecutive_failures > 0 {
-            self.guard.record(self.probe, health);
+        if self.guard.breaker().consecutive_failures > 0 {
+            self.guard.record(self.probe, self.epoch, health);
         }
     }
 
@@ -197,9 +249,9 @@ impl Drop for Pass<'_> {
     fn drop(&mut self) {
         // A probe whose caller went away: the next request probes instead.
         if self.probe && !self.recorded {
-            let mut state = self.guard.lock();
-            if *state == State::Probing {
-                *state = State::Open { until: Instant::now() };
+            let mut b = self.guard.lock();
+            if b.state == State::Probing {
+                b.state = State::Open { until: Instant::now() };
             }
         }
     }
@@ -215,7 +267,10 @@ mod tests {
     use super::*;
 
     fn guard(failures: u32, open_for: Duration) -> AsGuard {
-        AsGuard::new("corp", 2, BreakerConfig { consecutive_failures: failures, open_for }, ServerMetrics::default())
+        let yaml = "listen: { address: \"127.0.0.1:0\" }\nauthorization_servers:\n  corp: { token_endpoint: \"http://127.0.0.1:1/token\", max_concurrent: 2 }\nroutes:\n  - { name: r, upstream: \"http://127.0.0.1:2\", auth: none }\n";
+        let mut cfg = crate::config::parse(yaml).unwrap().servers.remove("corp").unwrap();
+        cfg.circuit_breaker = BreakerConfig { consecutive_failures: failures, open_for };
+        AsGuard::new(&cfg, ServerMetrics::default())
     }
 
     #[tokio::test(start_paused = true)]
@@ -258,6 +313,17 @@ mod tests {
         assert!(next.is_probe());
         next.record(Health::Answered);
         assert!(!g.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_from_an_earlier_period_does_not_count() {
+        let g = guard(1, Duration::from_secs(1));
+        let stale = g.admit().unwrap();
+        g.admit().unwrap().record(Health::Failed);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        g.admit().unwrap().record(Health::Answered);
+        stale.record(Health::Failed);
+        assert!(!g.is_open(), "a failure from before the breaker opened does not re-open it");
     }
 
     #[tokio::test(start_paused = true)]

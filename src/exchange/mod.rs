@@ -567,7 +567,7 @@ mod tests {
     fn policy(yaml: &str) -> Policy {
         let cfg = crate::config::parse(yaml).unwrap();
         let server = cfg.servers.values().next().unwrap();
-        let guard = guard::AsGuard::new("corp", 1, server.circuit_breaker, Default::default());
+        let guard = guard::AsGuard::new(server, Default::default());
         let client = Arc::new(AsClient::new(server, Arc::new(guard)).unwrap());
         let x = cfg.routes[0].exchange.clone().unwrap();
         Policy::new("r", x, client, |_| Err("no machine".into()), None).unwrap()
