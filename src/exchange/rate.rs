@@ -6,9 +6,11 @@
 //! else. Beyond the limit: `429` with `Retry-After`.
 //!
 //! Clients are told apart by their address, an IPv6 address by its /64 (one
-//! host usually holds a whole /64). At most [`MAX_CLIENTS`] clients are
-//! tracked; beyond that, clients not tracked share one bucket, so spraying
-//! addresses buys no more than one client's share.
+//! host usually holds a whole /64), at most [`MAX_PER_48`] /64s of one /48
+//! (a site's allocation) apart — the rest of that /48 shares one bucket. At
+//! most [`MAX_CLIENTS`] clients are tracked; beyond that, clients not
+//! tracked share one bucket, so spraying addresses buys no more than one
+//! client's share.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -58,6 +60,9 @@ pub struct RateLimit {
 #[derive(Default)]
 struct Clients {
     levels: HashMap<u128, Level>,
+    /// IPv6 /64s tracked per /48: beyond [`MAX_PER_48`] the rest of a /48
+    /// shares one bucket, so one site's allocation cannot fill the table.
+    per_48: HashMap<u128, u32>,
     /// Shared by every client not tracked while the table is full.
     overflow: Option<Level>,
     /// The last sweep of refilled buckets: at most one a second, so a spray
@@ -65,15 +70,28 @@ struct Clients {
     swept: Option<Instant>,
 }
 
-/// The address that identifies a client: IPv4 (or IPv4-mapped) whole, IPv6 by its /64.
-fn client_key(ip: IpAddr) -> u128 {
+/// IPv6 /64s of one /48 tracked apart; the others of that /48 share a bucket.
+pub const MAX_PER_48: u32 = 256;
+
+/// The address that identifies a client — IPv4 (or IPv4-mapped) whole, IPv6
+/// by its /64 — and, for IPv6, its /48 (both tagged in the low bits, which a
+/// prefix never uses, so no two kinds of key collide).
+fn client_key(ip: IpAddr) -> (u128, Option<u128>) {
     match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), None),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u128::from(u32::from(v4)),
-            None => (u128::from(v6) >> 64) << 64 | 1,
+            Some(v4) => (u128::from(u32::from(v4)), None),
+            None => {
+                let v6 = u128::from(v6);
+                ((v6 >> 64) << 64 | 1, Some((v6 >> 80) << 80 | 2))
+            }
         },
     }
+}
+
+/// The /48 key of a tracked /64 key.
+fn site_of(key: u128) -> Option<u128> {
+    (key & 3 == 1).then_some((key >> 80) << 80 | 2)
 }
 
 impl RateLimit {
@@ -122,17 +140,40 @@ impl Clients {
     /// The bucket of client `key`: tracked, newly tracked (full), or the
     /// shared overflow bucket when the table is full even of clients that
     /// are still spending.
-    fn level(&mut self, key: u128, b: &Bucket, now: Instant) -> &mut Level {
+    fn level(&mut self, (key, site): (u128, Option<u128>), b: &Bucket, now: Instant) -> &mut Level {
         let due = self.swept.map_or(true, |t| now.saturating_duration_since(t) >= Duration::from_secs(1));
         if due && self.levels.len() >= MAX_CLIENTS && !self.levels.contains_key(&key) {
             self.swept = Some(now);
             // A bucket that has refilled is the same as no bucket: forget those.
-            self.levels.retain(|_, l| {
+            let per_48 = &mut self.per_48;
+            self.levels.retain(|k, l| {
                 l.refill(b, now);
-                l.tokens < b.burst
+                let keep = l.tokens < b.burst;
+                if let (false, Some(site)) = (keep, site_of(*k)) {
+                    if let Some(n) = per_48.get_mut(&site) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                keep
             });
+            per_48.retain(|_, n| *n > 0);
         }
-        if self.levels.len() < MAX_CLIENTS || self.levels.contains_key(&key) {
+        // A /64 beyond its /48's share uses the /48's bucket.
+        let key = match site {
+            Some(site)
+                if !self.levels.contains_key(&key) && self.per_48.get(&site).is_some_and(|n| *n >= MAX_PER_48) =>
+            {
+                site
+            }
+            _ => key,
+        };
+        if self.levels.contains_key(&key) {
+            return self.levels.entry(key).or_insert_with(|| Level::full(b, now));
+        }
+        if self.levels.len() < MAX_CLIENTS {
+            if let Some(site) = site_of(key) {
+                *self.per_48.entry(site).or_insert(0) += 1;
+            }
             return self.levels.entry(key).or_insert_with(|| Level::full(b, now));
         }
         self.overflow.get_or_insert_with(|| Level::full(b, now))
@@ -191,6 +232,20 @@ mod tests {
         // IPv4-mapped is the IPv4 client.
         l.admit(ip("192.0.2.7")).unwrap();
         assert!(l.admit(ip("::ffff:192.0.2.7")).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_48_cannot_fill_the_table() {
+        let l = limit(None, Some((0.001, 1.0)));
+        for i in 0..MAX_PER_48 {
+            l.admit(ip(&format!("2001:db8:0:{i:x}::1"))).unwrap();
+        }
+        // The rest of that /48 shares one bucket: one more gets in, then none.
+        l.admit(ip("2001:db8:0:ffff::1")).unwrap();
+        assert!(l.admit(ip("2001:db8:0:fffe::1")).is_err());
+        // Another /48 is not affected.
+        l.admit(ip("2001:db8:1:1::1")).unwrap();
+        assert!(l.clients.lock().unwrap().levels.len() <= MAX_PER_48 as usize + 2);
     }
 
     #[tokio::test(start_paused = true)]
