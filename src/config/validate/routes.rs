@@ -326,3 +326,60 @@ fn egress(
         default_ttl: x.default_ttl,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::parse;
+
+    fn errors(server: &str, exchange: &str, route: &str) -> String {
+        let yaml = format!(
+            "listen: {{ address: \"127.0.0.1:8080\" }}\nauthorization_servers:\n  corp:\n    token_endpoint: https://as.example.com/token\n{server}routes:\n  - name: r\n    upstream: http://127.0.0.1:8081\n{route}    exchange:\n      authorization_server: corp\n{exchange}"
+        );
+        match parse(&yaml) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn protection_settings_are_checked() {
+        assert_eq!(errors("    max_concurrent: 8\n    circuit_breaker: { consecutive_failures: 0 }\n", "", ""), "");
+        let c = parse(
+            "listen: { address: \"127.0.0.1:8080\" }\nauthorization_servers:\n  corp: { token_endpoint: https://as.example.com/token }\nroutes:\n  - { name: r, upstream: \"http://127.0.0.1:8081\", exchange: { authorization_server: corp, max_rate: { per_second: 2.5 } } }\n",
+        )
+        .unwrap();
+        let rate = c.routes[0].exchange.as_ref().unwrap().max_rate;
+        assert_eq!(rate.route.map(|b| (b.per_second, b.burst)), Some((2.5, 2.5)));
+        assert!(rate.per_client.is_none());
+        assert!(c.routes[0].retry_on_invalid_token);
+        assert_eq!(c.servers["corp"].max_concurrent, 64);
+        assert_eq!(c.servers["corp"].circuit_breaker.consecutive_failures, 5);
+        for (server, exchange, route, path) in [
+            ("    max_concurrent: 0\n", "", "", "authorization_servers.corp.max_concurrent"),
+            ("    circuit_breaker: { open_for: 2h }\n", "", "", "authorization_servers.corp.circuit_breaker.open_for"),
+            ("    circuit_breaker: { open_for: 0s }\n", "", "", "authorization_servers.corp.circuit_breaker.open_for"),
+            ("    timeout: 11m\n", "", "", "authorization_servers.corp.timeout"),
+            ("", "      max_rate: {}\n", "", "routes[0].exchange.max_rate"),
+            ("", "      max_rate: { burst: 5 }\n", "", "routes[0].exchange.max_rate.burst"),
+            ("", "      max_rate: { per_second: -1 }\n", "", "routes[0].exchange.max_rate.per_second"),
+            ("", "      max_rate: { per_second: .nan }\n", "", "routes[0].exchange.max_rate.per_second"),
+            ("", "      max_rate: { per_client: .inf }\n", "", "routes[0].exchange.max_rate.per_client"),
+            (
+                "",
+                "      max_rate: { per_client: 1, per_client_burst: 0.5 }\n",
+                "",
+                "routes[0].exchange.max_rate.per_client_burst",
+            ),
+            (
+                "",
+                "      max_rate: { per_second: 1 }\n",
+                "    auth: client_credentials\n",
+                "routes[0].exchange.max_rate",
+            ),
+            ("", "", "    retry_on_invalid_token: maybe\n", "routes[0].retry_on_invalid_token"),
+        ] {
+            let e = errors(server, exchange, route);
+            assert!(e.contains(path), "{path}: {e}");
+        }
+    }
+}
