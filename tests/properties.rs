@@ -20,7 +20,6 @@ fn config() -> ProptestConfig {
     ProptestConfig { cases: 256, ..ProptestConfig::default() }
 }
 
-// ---------------------------------------------------------------------------
 // Route matching
 
 /// A path built from segments that share prefixes (`order`, `orders`,
@@ -245,7 +244,6 @@ proptest! {
     }
 }
 
-// ---------------------------------------------------------------------------
 // Authorization: Bearer
 
 fn b64token() -> impl Strategy<Value = String> {
@@ -341,7 +339,6 @@ proptest! {
     }
 }
 
-// ---------------------------------------------------------------------------
 // Hop-by-hop headers (RFC 9110 §7.6.1)
 
 /// Hop-by-hop by definition, plus the de facto ones (`Keep-Alive`,
@@ -478,7 +475,6 @@ proptest! {
     }
 }
 
-// ---------------------------------------------------------------------------
 // Config interpolation
 
 /// A piece of interpolated text and what it becomes.
