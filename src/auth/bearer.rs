@@ -19,7 +19,9 @@ pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
     if values.next().is_some() {
         return Err(GatewayError::InvalidRequest("more than one Authorization header"));
     }
-    let bytes = value.as_bytes();
+    // A field value has no surrounding whitespace (RFC 9110 §5.5): HTTP/1.1
+    // parsers drop it, but an HTTP/2 peer can still send it.
+    let bytes = trim(value.as_bytes(), |c| c == b' ' || c == b'\t');
     let Some(space) = bytes.iter().position(|&b| b == b' ') else {
         return if bytes.eq_ignore_ascii_case(b"bearer") {
             Err(GatewayError::InvalidRequest("empty bearer token"))
@@ -31,7 +33,8 @@ pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
         // Another scheme (Basic, DPoP, ...): no bearer token was presented.
         return Err(GatewayError::MissingToken);
     }
-    let token = trim_spaces(&bytes[space..]);
+    // `Bearer 1*SP b64token` (RFC 6750 §2.1): only spaces before the token.
+    let token = trim(&bytes[space..], |c| c == b' ');
     if token.is_empty() {
         return Err(GatewayError::InvalidRequest("empty bearer token"));
     }
@@ -45,9 +48,9 @@ pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
     std::str::from_utf8(token).map_err(|_| GatewayError::InvalidRequest("bearer token is not ASCII"))
 }
 
-fn trim_spaces(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|&c| c != b' ').unwrap_or(b.len());
-    let end = b.iter().rposition(|&c| c != b' ').map_or(start, |e| e + 1);
+fn trim(b: &[u8], space: impl Fn(u8) -> bool) -> &[u8] {
+    let start = b.iter().position(|&c| !space(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| !space(c)).map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -86,6 +89,15 @@ mod tests {
     fn extracts_bearer_any_case() {
         assert_eq!(extract(&h(&["Bearer abc.def-_~+/=="])).unwrap(), "abc.def-_~+/==");
         assert_eq!(extract(&h(&["bEaReR   tok"])).unwrap(), "tok");
+    }
+
+    #[test]
+    fn whitespace_around_the_value_is_not_part_of_it() {
+        assert_eq!(extract(&h(&["\t Bearer tok \t"])).unwrap(), "tok");
+        assert!(matches!(extract(&h(&[" bearer\t"])), Err(GatewayError::InvalidRequest("empty bearer token"))));
+        // Between the scheme and the token: spaces only.
+        assert!(matches!(extract(&h(&["Bearer \ttok"])), Err(GatewayError::InvalidRequest(_))));
+        assert!(extract(&h(&["Bearer\ttok"])).is_err());
     }
 
     #[test]

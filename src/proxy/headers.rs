@@ -53,9 +53,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // As bytes: an item that is not ASCII does not hide the others.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for n in named {
             headers.remove(n);
@@ -143,6 +143,17 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(TE, HeaderValue::from_static("trailers"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_names_beside_non_ascii_items_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_bytes(b"caf\xc3\xa9, x-secret").unwrap());
+        h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1);
