@@ -230,7 +230,7 @@ proptest! {
         );
         let config = tokex::config::parse(&yaml).map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
         let metrics = tokex::metrics::Metrics::new();
-        let runtime = tokex::app::build_runtime(&config, &metrics).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let runtime = tokex::app::build_runtime(&config, &metrics, None).map_err(|e| TestCaseError::fail(e.to_string()))?;
         for r in &reqs {
             let mut headers = HeaderMap::new();
             for t in &r.tenants {
