@@ -164,10 +164,6 @@ impl TokenCache {
         self.inner.insert(key, entry).await;
     }
 
-    pub async fn invalidate(&self, key: &Key) {
-        self.inner.invalidate(key).await;
-    }
-
     /// Removes `entry` from under `key`, unless it has been replaced already
     /// (by a concurrent request's fresh exchange, which must stay).
     pub async fn invalidate_entry(&self, key: &Key, entry: &Arc<Entry>) {

@@ -138,21 +138,18 @@ impl AsGuard {
             return Ok(pass(false, 0));
         }
         let mut b = self.lock();
-        match b.state {
-            State::Closed { .. } => Ok(pass(false, b.epoch)),
-            State::Open { until } => {
-                let now = Instant::now();
-                if now < until {
-                    return Err(ExchangeError::CircuitOpen { retry_after: whole_seconds(until - now) });
-                }
-                b.state = State::Probing;
-                let epoch = b.epoch;
-                drop(b);
-                tracing::warn!(server = %self.server, "circuit breaker half-open: one probe request");
-                Ok(pass(true, epoch))
-            }
-            State::Probing => Err(ExchangeError::CircuitOpen { retry_after: 1 }),
+        if let Some(refusal) = b.state.refusal(Instant::now()) {
+            return Err(refusal);
         }
+        if !matches!(b.state, State::Open { .. }) {
+            return Ok(pass(false, b.epoch));
+        }
+        // Open, and `open_for` is over: this request is the probe.
+        b.state = State::Probing;
+        let epoch = b.epoch;
+        drop(b);
+        tracing::warn!(server = %self.server, "circuit breaker half-open: one probe request");
+        Ok(pass(true, epoch))
     }
 
     /// `CircuitOpen` when [`AsGuard::admit`] would refuse now, without
@@ -162,13 +159,7 @@ impl AsGuard {
         if self.breaker().consecutive_failures == 0 {
             return Ok(());
         }
-        match self.lock().state {
-            State::Open { until } if Instant::now() < until => {
-                Err(ExchangeError::CircuitOpen { retry_after: whole_seconds(until - Instant::now()) })
-            }
-            State::Probing => Err(ExchangeError::CircuitOpen { retry_after: 1 }),
-            _ => Ok(()),
-        }
+        self.lock().state.refusal(Instant::now()).map_or(Ok(()), Err)
     }
 
     fn record(&self, probe: bool, epoch: u64, health: Health) {
@@ -215,6 +206,19 @@ impl AsGuard {
     /// Whether the breaker lets requests through now (tests, metrics).
     pub fn is_open(&self) -> bool {
         !matches!(self.lock().state, State::Closed { .. })
+    }
+}
+
+impl State {
+    /// Why a request is refused at `now`: open with time left, or a probe out.
+    fn refusal(&self, now: Instant) -> Option<ExchangeError> {
+        match *self {
+            State::Open { until } if now < until => {
+                Some(ExchangeError::CircuitOpen { retry_after: whole_seconds(until - now) })
+            }
+            State::Probing => Some(ExchangeError::CircuitOpen { retry_after: 1 }),
+            State::Open { .. } | State::Closed { .. } => None,
+        }
     }
 }
 

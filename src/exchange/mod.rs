@@ -71,6 +71,11 @@ impl ExchangeError {
         }
     }
 
+    /// Refused before any call to the authorization server.
+    pub fn made_no_call(&self) -> bool {
+        matches!(self, ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. })
+    }
+
     /// Seconds the caller is asked to wait (`Retry-After`), for errors that pass.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
@@ -492,11 +497,7 @@ impl Exchanger {
         self.metrics.exchange(audit.server, outcome, elapsed);
         // A refusal that made no call is in the metrics and the access line,
         // not in the audit trail of token requests.
-        let called = !matches!(
-            result,
-            Err(ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. })
-        );
-        if called {
+        if !result.as_ref().is_err_and(ExchangeError::made_no_call) {
             tracing::info!(
                 target: "tokex::audit",
                 grant = audit.grant,
@@ -519,13 +520,18 @@ impl Exchanger {
                     ExchangeError::ClientRejected(_) | ExchangeError::BadAnswer(_) | ExchangeError::Config(_) => {
                         tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: gateway misconfigured or AS misbehaving")
                     }
-                    ExchangeError::Unavailable(_) | ExchangeError::Throttled { .. } => {
-                        tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
-                    }
                     // Refused without a call: the breaker's and the bound's own
                     // transitions are what is worth a warning, not each refusal.
-                    ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. } => {
+                    e if e.made_no_call() => {
                         tracing::debug!(route = audit.route, server = audit.server, error = %e, "token request refused")
+                    }
+                    // (the refusals listed here for exhaustiveness are taken above)
+                    ExchangeError::Unavailable(_)
+                    | ExchangeError::Throttled { .. }
+                    | ExchangeError::Busy
+                    | ExchangeError::CircuitOpen { .. }
+                    | ExchangeError::RateLimited { .. } => {
+                        tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
                     }
                     ExchangeError::InvalidGrant | ExchangeError::InsufficientScope(_) => {}
                 }

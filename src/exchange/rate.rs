@@ -45,9 +45,14 @@ impl Level {
         self.at = now;
     }
 
-    /// The wait until one token is there (zero when it is).
-    fn wait(&self, b: &Bucket) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens) / b.per_second).clamp(0.0, 86_400.0))
+    /// Refills, then refuses when less than one token is there (taking nothing).
+    fn check(&mut self, b: &Bucket, now: Instant, per_client: bool) -> Result<(), ExchangeError> {
+        self.refill(b, now);
+        if self.tokens >= 1.0 {
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64(((1.0 - self.tokens) / b.per_second).clamp(0.0, 86_400.0));
+        Err(ExchangeError::RateLimited { retry_after: whole_seconds(wait), per_client })
     }
 }
 
@@ -112,21 +117,12 @@ impl RateLimit {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let mut client_level = self.cfg.per_client.as_ref().map(|b| (b, clients.level(client_key(client), b, now)));
         if let Some((b, level)) = &mut client_level {
-            level.refill(b, now);
-            if level.tokens < 1.0 {
-                return Err(ExchangeError::RateLimited { retry_after: whole_seconds(level.wait(b)), per_client: true });
-            }
+            level.check(b, now, true)?;
         }
         let mut route = self.route.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = &self.cfg.route {
             let level = route.get_or_insert_with(|| Level::full(b, now));
-            level.refill(b, now);
-            if level.tokens < 1.0 {
-                return Err(ExchangeError::RateLimited {
-                    retry_after: whole_seconds(level.wait(b)),
-                    per_client: false,
-                });
-            }
+            level.check(b, now, false)?;
             level.tokens -= 1.0;
         }
         if let Some((_, level)) = client_level {
@@ -167,16 +163,15 @@ impl Clients {
             }
             _ => key,
         };
-        if self.levels.contains_key(&key) {
-            return self.levels.entry(key).or_insert_with(|| Level::full(b, now));
-        }
-        if self.levels.len() < MAX_CLIENTS {
+        if !self.levels.contains_key(&key) {
+            if self.levels.len() >= MAX_CLIENTS {
+                return self.overflow.get_or_insert_with(|| Level::full(b, now));
+            }
             if let Some(site) = site_of(key) {
                 *self.per_48.entry(site).or_insert(0) += 1;
             }
-            return self.levels.entry(key).or_insert_with(|| Level::full(b, now));
         }
-        self.overflow.get_or_insert_with(|| Level::full(b, now))
+        self.levels.entry(key).or_insert_with(|| Level::full(b, now))
     }
 }
 

@@ -75,7 +75,8 @@ impl Gateway {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone(); // cheap: shares the request's bytes
-                                     // A request line that holds the caller's token is never logged.
+
+        // A request line that holds the caller's token is never logged.
         let mut trace =
             Trace { redact: credentials::bearer_in_request_line(&method, &uri, req.headers()), ..Trace::default() };
         let runtime = self.runtime();
@@ -190,14 +191,15 @@ impl Gateway {
         };
 
         // 5. Rewrite and forward with the exchanged token.
-        let rewrite = Rewrite {
+        let rewrite = |credential, caller_token| Rewrite {
             authority: authority.as_ref(),
-            credential: token.as_ref().and_then(|(entry, _)| credential(route, entry)),
+            credential,
             remove: &route.remove_headers,
-            caller_token: caller_token.as_deref(),
+            caller_token,
         };
+        let first = rewrite(token.as_ref().and_then(|(entry, _)| credential(route, entry)), caller_token.as_deref());
         let req = req.map(RequestBody::Left);
-        let resp = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await?;
+        let resp = self.forwarder.forward(&route.upstream, req, peer, first, route.timeout).await?;
 
         // 6. A backend that calls the token invalid gets a fresh one next
         // time — or at once, for a request that can be sent again.
@@ -220,18 +222,13 @@ impl Gateway {
             (a, b) => a.or(b),
         };
         drop(resp);
-        let rewrite = Rewrite {
-            authority: authority.as_ref(),
-            credential: credential(route, &lookup.entry),
-            remove: &route.remove_headers,
-            caller_token: None,
-        };
-        let resp = self.forwarder.forward(&route.upstream, replay.request(), peer, rewrite, route.timeout).await?;
-        let again = refused(&resp);
-        if again {
+        let again = rewrite(credential(route, &lookup.entry), None);
+        let resp = self.forwarder.forward(&route.upstream, replay.request(), peer, again, route.timeout).await?;
+        let refused_again = refused(&resp);
+        if refused_again {
             self.exchanger.evict(key, &lookup.entry).await;
         }
-        route.metrics.token_retry(again);
+        route.metrics.token_retry(refused_again);
         Ok(resp)
     }
 }
