@@ -14,13 +14,14 @@ use crate::admin::Admin;
 use crate::auth::scopes::RequiredScopes;
 use crate::auth::Inbound;
 use crate::config::{AuthMode, Config, MachineConfig};
-use crate::exchange::client::{tls_config, AsClient};
+use crate::exchange::client::AsClient;
 use crate::exchange::guard::AsGuard;
 use crate::exchange::{Exchanger, MachinePolicy, Policy};
 use crate::metrics::Metrics;
 use crate::proxy::forward::{Forwarder, Upstream};
 use crate::proxy::handler::{Gateway, Runtime};
-use crate::proxy::server::{serve, Limits, Phase};
+use crate::proxy::pool::UpstreamClient;
+use crate::proxy::server::{serve, Limits, Listening, Phase};
 use crate::readiness::Readiness;
 use crate::routes::{Route, RouteAuth, RouteTable};
 
@@ -58,6 +59,20 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
         Some(c) => Some(Arc::new(Inbound::new(c, metrics, &clients).map_err(StartError::Setup)?)),
         None => None,
     };
+    // One pooled client per TLS setting, kept across a reload when unchanged.
+    let mut upstream_clients: Vec<Arc<UpstreamClient>> = Vec::new();
+    let reloads = metrics.tls_reloads("upstream");
+    let mut upstream_client = |r: &crate::config::RouteConfig| -> Result<Arc<UpstreamClient>, StartError> {
+        let settings = (r.upstream_tls.clone(), config.pool);
+        let before = previous.into_iter().flat_map(|p| p.routes.iter()).map(|r| &r.upstream.client);
+        if let Some(c) = upstream_clients.iter().chain(before).find(|c| c.settings == settings) {
+            return Ok(c.clone());
+        }
+        let tls = r.upstream_tls.as_ref().map(|t| (r.name.as_str(), t));
+        let client = Arc::new(UpstreamClient::new(tls, config.pool, &reloads).map_err(StartError::Setup)?);
+        upstream_clients.push(client.clone());
+        Ok(client)
+    };
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
         let missing = || StartError::Setup(format!("route {}: no exchange section", r.name));
@@ -85,11 +100,12 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             matcher: r.matcher.clone(),
             auth,
             require_scopes: RequiredScopes::new(&r.require_scopes),
-            upstream: Upstream::from_url(&r.upstream).map_err(StartError::Setup)?,
+            upstream: Upstream::new(&r.upstream, upstream_client(r)?).map_err(StartError::Setup)?,
             forward_header: r.forward_header.clone(),
             remove_headers: r.remove_headers.clone().into(),
             timeout: r.timeout,
             retry_on_invalid_token: r.retry_on_invalid_token,
+            max_body_bytes: r.max_body_bytes,
             metrics: metrics.route(&r.name),
         }));
     }
@@ -116,16 +132,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = build_runtime(&config, &metrics, None)?;
     let exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
+    metrics.started();
     let tls = match &config.listen.tls {
         Some(t) => {
-            Some(tokio_rustls::TlsAcceptor::from(crate::proxy::tls::server_config(t).map_err(StartError::Setup)?))
+            let reloads = metrics.tls_reloads("listener");
+            Some(Arc::new(crate::proxy::tls::listener(t, reloads).map_err(StartError::Setup)?))
         }
         None => None,
     };
     let proto = if tls.is_some() { "https" } else { "http" };
     let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(config.listen.max_connections);
-    let forwarder =
-        Forwarder::new(tls_config(None).map_err(StartError::Setup)?, proto, config.listen.idle_timeout, upstream_slots);
+    let forwarder = Forwarder::new(proto, config.listen.idle_timeout, upstream_slots);
     let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));
 
     let bind = |addr: SocketAddr| async move {
@@ -151,18 +168,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_connections,
         http2_max_concurrent_streams: config.listen.http2_max_concurrent_streams,
     };
-    let mut tasks =
-        vec![tokio::spawn(serve(listener, tls, limits, gateway.clone(), phase_rx.clone(), config.shutdown_grace))];
+    let listening = Listening { tls, connections: Some(metrics.connections()) };
+    let mut tasks = vec![tokio::spawn(serve(
+        listener,
+        listening,
+        limits,
+        gateway.clone(),
+        phase_rx.clone(),
+        config.shutdown_grace,
+    ))];
     // Not ready before the inbound JWKS has been fetched once.
     if let Some(inbound) = &gateway.runtime().inbound {
         tasks.extend(inbound.start(&readiness, rx.clone()));
     }
     if let Some(l) = admin_listener {
         let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
-        tasks.push(tokio::spawn(serve(l, None, Limits::internal(16 * 1024), admin, phase_rx, Duration::from_secs(1))));
+        let plain = Listening { tls: None, connections: None };
+        tasks.push(tokio::spawn(serve(l, plain, Limits::internal(16 * 1024), admin, phase_rx, Duration::from_secs(1))));
     }
     readiness.set_serving();
-    tracing::info!(%addr, admin = ?admin_addr, routes = config.routes.len(), "tokex listening");
+    let admin = admin_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    tracing::info!(%addr, admin, routes = config.routes.len(), "tokex listening");
     Ok(Running {
         addr,
         admin_addr,
@@ -205,7 +231,9 @@ impl Running {
             }
             Err(e) => {
                 self.metrics.reload(false);
-                tracing::error!(reason, "new configuration rejected, keeping the old one:\n{e}");
+                // One event, one line: the problems `; `-joined.
+                let problems = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+                tracing::error!(reason, problems, "new configuration rejected, keeping the old one");
                 false
             }
         }
@@ -219,7 +247,8 @@ impl Running {
         self.readiness.set_draining();
         let _ = self.phase.send(Phase::Draining);
         if !self.shutdown_delay.is_zero() {
-            tracing::info!(delay = ?self.shutdown_delay, "not ready; still accepting until the shutdown delay ends");
+            let delay_ms = u64::try_from(self.shutdown_delay.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(delay_ms, "not ready; still accepting until the shutdown delay ends");
             tokio::time::sleep(self.shutdown_delay).await;
         }
         let _ = self.phase.send(Phase::Stopping);

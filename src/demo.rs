@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::auth::unverified;
 use crate::dev_sts::{self, ClientSpec, DevStsConfig};
-use crate::proxy::server::{serve, Handler, Limits, Phase};
+use crate::proxy::server::{serve, Handler, Limits, Listening, Phase};
 use crate::proxy::Body;
 
 const GATEWAY_CLIENT: &str = "tokex-demo";
@@ -134,7 +134,7 @@ pub async fn start() -> Result<Demo, DemoError> {
     let backend = listener.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?;
     let (backend_stop, rx) = watch::channel(Phase::Serving);
     let limits = Limits::internal(64 * 1024);
-    let backend_task = tokio::spawn(serve(listener, None, limits, echo, rx, Duration::from_secs(1)));
+    let backend_task = tokio::spawn(serve(listener, Listening::plain(), limits, echo, rx, Duration::from_secs(1)));
 
     // The agent that acts for alice on /billing (delegation).
     let actor = sts.mint("agent-7", &["agent"], &["tokex"], Duration::from_secs(3600));

@@ -27,13 +27,18 @@ pub enum GatewayError {
     Inbound(#[from] InboundError),
     #[error("token exchange failed: {0}")]
     Exchange(#[from] ExchangeError),
-    #[error("upstream unavailable: {0}")]
-    UpstreamUnavailable(String),
+    /// The backend did not answer: what failed (`connect`, `tls`, `reset`,
+    /// `protocol`) and the cause.
+    #[error("upstream unavailable ({0}): {1}")]
+    UpstreamUnavailable(&'static str, String),
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
     /// Every upstream slot (file descriptors) is taken, for the whole timeout.
     #[error("too many requests at upstreams")]
     AtCapacity,
+    /// The body is longer than the route's `max_body_bytes` (declared or sent).
+    #[error("request body too large")]
+    BodyTooLarge,
 }
 
 const REALM: &str = "Bearer realm=\"tokex\"";
@@ -49,9 +54,21 @@ impl GatewayError {
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::Inbound(e) => e.reason(),
             GatewayError::Exchange(e) => e.reason(),
-            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamUnavailable(..) => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::AtCapacity => "at_capacity",
+            GatewayError::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    /// `tokex_upstream_errors_total{kind}`: how the backend failed, for
+    /// errors that are the backend's (or the way to it).
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::UpstreamUnavailable(kind, _) => Some(kind),
+            GatewayError::UpstreamTimeout => Some("timeout"),
+            GatewayError::AtCapacity => Some("at_capacity"),
+            _ => None,
         }
     }
 
@@ -83,7 +100,7 @@ impl GatewayError {
                 I::Introspection(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None, None),
             },
             GatewayError::Exchange(e) => match e {
-                X::InvalidGrant => {
+                X::InvalidGrant(_) => {
                     (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
                 }
                 X::InsufficientScope(_) => (
@@ -92,7 +109,7 @@ impl GatewayError {
                     Some(format!("{REALM}, error=\"insufficient_scope\", scope=\"{}\"", scope_attr(scope))),
                     None,
                 ),
-                X::ClientRejected(_) | X::BadAnswer(_) | X::Config(_) => {
+                X::ClientRejected(_) | X::ActorRejected(_) | X::OtherError { .. } | X::BadAnswer(_) | X::Config(_) => {
                     (StatusCode::BAD_GATEWAY, "bad_gateway", None, None)
                 }
                 X::Unavailable(_) | X::Throttled { .. } | X::Busy | X::CircuitOpen { .. } => {
@@ -100,9 +117,10 @@ impl GatewayError {
                 }
                 X::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None, e.retry_after()),
             },
-            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, None),
+            GatewayError::UpstreamUnavailable(..) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, None),
             GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None, None),
             GatewayError::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, Some(1)),
+            GatewayError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None, None),
         };
         let body = format!("{{\"error\":\"{code}\",\"error_description\":\"{}\"}}", self.public_description());
         let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from(body))));
@@ -136,18 +154,21 @@ impl GatewayError {
                 I::Introspection(_) => "the gateway could not check the token",
             },
             GatewayError::Exchange(e) => match e {
-                X::InvalidGrant => "the token was rejected",
+                X::InvalidGrant(_) => "the token was rejected",
                 X::InsufficientScope(_) => "the token does not allow this request",
-                X::ClientRejected(_) | X::BadAnswer(_) | X::Config(_) => "the gateway could not obtain a token",
+                X::ClientRejected(_) | X::ActorRejected(_) | X::OtherError { .. } | X::BadAnswer(_) | X::Config(_) => {
+                    "the gateway could not obtain a token"
+                }
                 X::Unavailable(_) | X::Throttled { .. } | X::CircuitOpen { .. } => {
                     "the authorization server is unavailable"
                 }
                 X::Busy => "the authorization server is busy",
                 X::RateLimited { .. } => "too many new tokens requested; retry later",
             },
-            GatewayError::UpstreamUnavailable(_) => "the upstream is unavailable",
+            GatewayError::UpstreamUnavailable(..) => "the upstream is unavailable",
             GatewayError::UpstreamTimeout => "the upstream did not answer in time",
             GatewayError::AtCapacity => "the gateway is at capacity",
+            GatewayError::BodyTooLarge => "the request body is larger than this route allows",
         }
     }
 }

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         },
     };
     match command {
-        Command::Check => check(&path),
+        Command::Check => check(&path, cli.log_format),
         _ => run(&path, &log("info"), cli.log_format),
     }
 }
@@ -122,37 +122,83 @@ fn dev_sts(args: tokex::dev_sts::cli::DevStsArgs, log: &str, format: LogFormat) 
     tokex::dev_sts::cli::run(args)
 }
 
-fn check(path: &Path) -> ExitCode {
+/// `tokex check`: every problem on its own line, as text or (with
+/// `--log-format json`) one JSON object per line, then a summary line.
+fn check(path: &Path, format: LogFormat) -> ExitCode {
+    let out = Report { format, file: path.display().to_string() };
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            println!("{e}");
-            println!("{}: {} error(s)", path.display(), e.errors.len());
+            for d in &e.errors {
+                out.diagnostic("error", d);
+            }
+            out.summary(false, &format!("{} error(s)", e.errors.len()));
             return ExitCode::from(1);
         }
     };
     for w in &config.warnings {
-        println!("warning: {w}");
+        out.diagnostic("warning", w);
     }
+    let mut problems = Vec::new();
     if let Some(tls) = &config.listen.tls {
-        if let Err(e) = tokex::proxy::tls::server_config(tls) {
-            println!("error: {e}");
-            return ExitCode::from(1);
+        if let Err(e) = tokex::proxy::tls::listener(tls, Default::default()) {
+            problems.push(e);
         }
     }
-    // Build what `run` would build (clients, secret and actor files), without binding.
+    // Build what `run` would build (clients, secret and actor files, TLS
+    // files), without binding.
     if let Err(e) = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None) {
-        println!("error: {e}");
-        return ExitCode::from(1);
+        problems.push(e.to_string());
     }
-    println!(
-        "{}: ok ({} routes, {} authorization servers, {} warnings)",
-        path.display(),
+    for p in &problems {
+        out.diagnostic("error", &config::Diagnostic { path: String::new(), line: None, message: p.clone() });
+    }
+    let counts = format!(
+        "{} routes, {} authorization servers, {} warnings",
         config.routes.len(),
         config.servers.len(),
         config.warnings.len()
     );
-    ExitCode::SUCCESS
+    out.summary(problems.is_empty(), &counts);
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Where `check` writes (stdout), in the chosen format.
+struct Report {
+    format: LogFormat,
+    file: String,
+}
+
+impl Report {
+    fn diagnostic(&self, level: &str, d: &config::Diagnostic) {
+        match self.format {
+            LogFormat::Text => println!("{level}: {}", one_line(&d.to_string())),
+            LogFormat::Json => println!(
+                "{}",
+                serde_json::json!({"level": level, "file": self.file, "path": d.path, "line": d.line, "message": d.message})
+            ),
+        }
+    }
+
+    fn summary(&self, ok: bool, detail: &str) {
+        match self.format {
+            LogFormat::Text if ok => println!("{}: ok ({detail})", self.file),
+            LogFormat::Text => println!("{}: {detail}", self.file),
+            LogFormat::Json => println!(
+                "{}",
+                serde_json::json!({"level": if ok { "info" } else { "error" }, "file": self.file, "result": if ok { "ok" } else { "invalid" }, "message": detail})
+            ),
+        }
+    }
+}
+
+/// Text for one log line: line breaks become `; `.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 fn run(path: &Path, log: &str, format: LogFormat) -> ExitCode {
@@ -163,12 +209,15 @@ fn run(path: &Path, log: &str, format: LogFormat) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            // One event per problem, in the log format asked for.
+            for d in &e.errors {
+                tracing::error!(path = %d.path, line = d.line, "config: {}", d.message);
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     for w in &config.warnings {
-        tracing::warn!("config: {w}");
+        tracing::warn!(path = %w.path, line = w.line, "config: {}", w.message);
     }
     let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // One worker: a current-thread runtime (no work-stealing machinery, no

@@ -63,7 +63,38 @@ pub struct Metrics {
     in_flight: Family<ServerLabels, Gauge>,
     rate_limited: Family<LimitLabels, Counter>,
     token_retries: Family<CacheLabels, Counter>,
+    cache_evictions: Family<ReasonLabels, Counter>,
+    upstream_errors: Family<KindLabels, Counter>,
+    upstream_duration: HistogramFamily<RouteLabels>,
+    last_reload_success: Gauge,
+    last_reload_timestamp: Gauge,
+    tls_reloads: Family<TlsLabels, Counter>,
+    connections_open: Gauge,
+    connections: Counter,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    route: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// `tokex_upstream_errors_total{kind}` values.
+pub const UPSTREAM_ERROR_KINDS: [&str; 6] = ["connect", "tls", "reset", "protocol", "timeout", "at_capacity"];
+
+/// `tokex_cache_evictions_total{reason}` values.
+pub const EVICTION_REASONS: [&str; 4] = ["expired", "size", "invalidated", "replaced"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
@@ -109,6 +140,53 @@ impl Metrics {
         let in_flight = Family::<ServerLabels, Gauge>::default();
         let rate_limited = Family::<LimitLabels, Counter>::default();
         let token_retries = Family::<CacheLabels, Counter>::default();
+        let cache_evictions = Family::<ReasonLabels, Counter>::default();
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        let upstream_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
+        let last_reload_success = Gauge::default();
+        let last_reload_timestamp = Gauge::default();
+        let tls_reloads = Family::<TlsLabels, Counter>::default();
+        let connections_open = Gauge::default();
+        let connections = Counter::default();
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "1, labelled with the running tokex version", build_info);
+        registry.register(
+            "cache_evictions",
+            "Entries leaving the token cache, by reason: expired (lifetime over), size (max_entries), invalidated (a backend refused the token, or a purge), replaced (a fresh token took its place)",
+            cache_evictions.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Requests the backend did not answer, by route and kind: connect, tls, reset (the connection failed mid-request), protocol, timeout (no answer within the route timeout), at_capacity (no upstream slot)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to the backend to its answer's head, by route",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last configuration reload (or the start) succeeded, 0 when it was rejected",
+            last_reload_success.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last configuration reload attempt (or the start)",
+            last_reload_timestamp.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate files that changed and were re-read, by source (listener, upstream) and result (ok, rejected: the old ones are kept)",
+            tls_reloads.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open on the proxy listener",
+            connections_open.clone(),
+        );
+        registry.register("connections", "Client connections accepted on the proxy listener", connections.clone());
         registry.register(
             "circuit_breaker_open",
             "1 while the authorization server's circuit breaker is open (or probing), else 0",
@@ -171,7 +249,48 @@ impl Metrics {
             in_flight,
             rate_limited,
             token_retries,
+            cache_evictions,
+            upstream_errors,
+            upstream_duration,
+            last_reload_success,
+            last_reload_timestamp,
+            tls_reloads,
+            connections_open,
+            connections,
         }
+    }
+
+    /// The configuration was loaded at start (`ok`), or a reload was tried.
+    fn reload_state(&self, ok: bool) {
+        self.last_reload_success.set(i64::from(ok));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_reload_timestamp.set(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// The configuration loaded at start.
+    pub fn started(&self) {
+        self.reload_state(true);
+    }
+
+    /// Handles for `tokex_tls_reloads_total{source}` (`ok`, `rejected`).
+    pub fn tls_reloads(&self, source: &'static str) -> Counters {
+        let c = |result| (result, self.tls_reloads.get_or_create(&TlsLabels { source, result }).clone());
+        Counters(std::sync::Arc::new([c("ok"), c("rejected")]))
+    }
+
+    /// Handles for `tokex_cache_evictions_total`, one per reason.
+    pub fn cache_evictions(&self) -> Counters {
+        Counters(
+            EVICTION_REASONS
+                .iter()
+                .map(|&reason| (reason, self.cache_evictions.get_or_create(&ReasonLabels { reason }).clone()))
+                .collect(),
+        )
+    }
+
+    /// The open-connections gauge and the accepted-connections counter.
+    pub fn connections(&self) -> (Gauge, Counter) {
+        (self.connections_open.clone(), self.connections.clone())
     }
 
     /// Handles for one authorization server.
@@ -223,7 +342,18 @@ impl Metrics {
         let retried =
             |result| self.token_retries.get_or_create(&CacheLabels { route: route.to_owned(), result }).clone();
         let (retried_ok, retried_refused) = (retried("ok"), retried("refused"));
+        let upstream_duration = self.upstream_duration.get_or_create(&RouteLabels { route: route.to_owned() }).clone();
+        let upstream_errors = Counters(
+            UPSTREAM_ERROR_KINDS
+                .iter()
+                .map(|&kind| {
+                    (kind, self.upstream_errors.get_or_create(&KindLabels { route: route.to_owned(), kind }).clone())
+                })
+                .collect(),
+        );
         RouteMetrics {
+            upstream_duration,
+            upstream_errors,
             route: route.to_owned(),
             requests: self.requests.clone(),
             by_status: (0..500).map(|_| OnceLock::new()).collect(),
@@ -245,6 +375,7 @@ impl Metrics {
     }
 
     pub fn reload(&self, ok: bool) {
+        self.reload_state(ok);
         self.config_reloads.get_or_create(&ReloadLabels { result: if ok { "ok" } else { "rejected" } }).inc();
     }
 
@@ -270,6 +401,8 @@ pub struct RouteMetrics {
     limited_client: Counter,
     retried_ok: Counter,
     retried_refused: Counter,
+    upstream_duration: Histogram,
+    upstream_errors: Counters,
 }
 
 /// Per authorization server: the breaker state and requests in flight.
@@ -296,6 +429,14 @@ impl RouteMetrics {
     /// client's rate limit.
     pub fn rate_limited(&self, per_client: bool) {
         if per_client { &self.limited_client } else { &self.limited_route }.inc();
+    }
+
+    /// The backend answered (a head) after `elapsed`, or failed (`kind`).
+    pub fn upstream(&self, elapsed: Duration, failed: Option<&str>) {
+        match failed {
+            None => self.upstream_duration.observe(elapsed.as_secs_f64()),
+            Some(kind) => self.upstream_errors.inc(kind),
+        }
     }
 
     /// A retry after a backend `invalid_token`; `refused`: the fresh token was refused too.

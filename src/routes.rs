@@ -46,6 +46,8 @@ pub struct Route {
     pub timeout: Duration,
     /// A backend `401 invalid_token` to a bodiless idempotent request: retry once with a fresh token.
     pub retry_on_invalid_token: bool,
+    /// Longer request bodies get `413` (`None`: no limit).
+    pub max_body_bytes: Option<u64>,
     pub metrics: RouteMetrics,
 }
 

@@ -37,6 +37,10 @@ pub struct Config {
     /// Local validation of the caller's token on `auth: exchange` routes.
     pub inbound: Option<InboundConfig>,
     pub cache: CacheConfig,
+    /// Connections to backends.
+    pub pool: PoolConfig,
+    /// OpenTelemetry span export (`tracing.otlp`), off when absent.
+    pub otlp: Option<OtlpConfig>,
     pub routes: Vec<RouteConfig>,
     /// Problems that do not stop the gateway (e.g. a shadowed route).
     pub warnings: Vec<Diagnostic>,
@@ -64,6 +68,45 @@ pub struct ListenTls {
     pub key_file: PathBuf,
     /// When set, callers must present a certificate issued by one of these CAs.
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// `upstream_pool:` the pooled connections to backends (every route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle connections kept per backend (scheme, host and port) at most.
+    pub max_idle_per_host: usize,
+    /// An idle pooled connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Time allowed to open a connection (TCP, then TLS) to a backend.
+    pub connect_timeout: Duration,
+}
+
+/// `routes[].upstream_tls:` how tokex checks an https backend and which
+/// certificate it presents. Files are re-read when they change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamTlsConfig {
+    /// Trust only these CAs (PEM) for the backend, instead of the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM, leaf first) and key: mTLS to the backend.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name sent (SNI) and checked against the backend's certificate,
+    /// instead of the upstream URL's host.
+    pub server_name: Option<String>,
+}
+
+/// `tracing.otlp:` OTLP/HTTP (protobuf) export of one span per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// The traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: Url,
+    pub service_name: String,
+    /// Share of new traces recorded (0..=1); a caller's sampled `traceparent` is followed.
+    pub sample_ratio: f64,
+    /// Budget for one export request.
+    pub timeout: Duration,
+    /// Extra trust for an https collector.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +262,10 @@ pub struct RouteConfig {
     /// A backend `401 invalid_token` to a bodiless idempotent request:
     /// evict, exchange again and retry once.
     pub retry_on_invalid_token: bool,
+    /// TLS toward an https upstream (default: web PKI, SNI = the URL's host).
+    pub upstream_tls: Option<UpstreamTlsConfig>,
+    /// Larger request bodies get `413` (`None`: no limit).
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

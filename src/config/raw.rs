@@ -23,7 +23,59 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: Option<RawCache>,
     #[serde(default)]
+    pub upstream_pool: Option<RawPool>,
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `upstream_pool:` the connections tokex keeps to backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default)]
+    pub max_idle_per_host: Option<usize>,
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+}
+
+/// `tracing:` span export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    #[serde(default)]
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: Text,
+    #[serde(default)]
+    pub service_name: Option<Text>,
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+}
+
+/// `routes[].upstream_tls:` trust and client certificate toward an https backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub cert_file: Option<Text>,
+    #[serde(default)]
+    pub key_file: Option<Text>,
+    #[serde(default)]
+    pub server_name: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +208,10 @@ pub struct RawRoute {
     pub timeout: Option<Dur>,
     #[serde(default)]
     pub retry_on_invalid_token: Option<bool>,
+    #[serde(default)]
+    pub upstream_tls: Option<RawUpstreamTls>,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

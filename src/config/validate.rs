@@ -15,6 +15,7 @@ use super::*;
 use crate::routes::{HostMatch, Matcher, PathMatch};
 
 mod inbound;
+mod ops;
 mod routes;
 
 #[derive(Default)]
@@ -64,6 +65,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
     let inbound = raw.inbound.and_then(|i| inbound::inbound(&mut cx, i, &servers));
 
     let cache = cache(&mut cx, raw.cache);
+    let pool = ops::pool(&mut cx, raw.upstream_pool);
+    let otlp = ops::tracing(&mut cx, raw.tracing);
 
     let mut routes: Vec<RouteConfig> = Vec::new();
     let mut names = BTreeSet::new();
@@ -118,6 +121,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
         servers,
         inbound,
         cache,
+        pool,
+        otlp,
         routes,
         warnings: cx.warnings,
     })

@@ -213,7 +213,7 @@ impl State {
             client_id = %client.id,
             grant = if grant == TOKEN_EXCHANGE { "token_exchange" } else { "client_credentials" },
             sub = %issued.sub,
-            aud = ?issued.aud,
+            aud = %issued.aud.join(" "),
             scope = %issued.scope.join(" "),
             expires_in = issued.expires_in,
             "dev-sts: token issued"

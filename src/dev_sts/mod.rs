@@ -57,7 +57,7 @@ pub use clients::{ClientSpec, JWT_BEARER};
 pub use endpoint::MAX_FORM_BYTES;
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
 
-use crate::proxy::server::{serve, Limits, Phase};
+use crate::proxy::server::{serve, Limits, Listening, Phase};
 use clients::Registry;
 use keys::SigningKey;
 
@@ -179,7 +179,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     });
     let (shutdown, rx) = watch::channel(Phase::Serving);
     let limits = Limits::internal(16 * 1024);
-    let task = tokio::spawn(serve(listener, None, limits, state.clone(), rx, Duration::from_secs(1)));
+    let task = tokio::spawn(serve(listener, Listening::plain(), limits, state.clone(), rx, Duration::from_secs(1)));
     tracing::info!(%addr, issuer = %state.issuer, kid = %state.key.kid, "dev-sts (development only) listening");
     Ok(DevSts { addr, state, shutdown, task: Some(task) })
 }

@@ -134,11 +134,22 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(max_entries: u64) -> Self {
+    /// `evictions` counts entries leaving, by reason (`expired`, `size`,
+    /// `invalidated`, `replaced`).
+    pub fn new(max_entries: u64, evictions: crate::metrics::Counters) -> Self {
+        use moka::notification::RemovalCause;
         TokenCache {
             inner: moka::future::Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(PerEntry)
+                .eviction_listener(move |_, _, cause| {
+                    evictions.inc(match cause {
+                        RemovalCause::Expired => "expired",
+                        RemovalCause::Size => "size",
+                        RemovalCause::Explicit => "invalidated",
+                        RemovalCause::Replaced => "replaced",
+                    })
+                })
                 .build_with_hasher(KeyHash),
         }
     }
@@ -178,6 +189,11 @@ impl TokenCache {
                 std::future::ready(op)
             })
             .await;
+    }
+
+    /// Removes whatever is under `key`.
+    pub async fn remove(&self, key: &Key) {
+        self.inner.invalidate(key).await;
     }
 
     pub fn entry_count(&self) -> u64 {

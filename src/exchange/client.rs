@@ -15,8 +15,9 @@ use url::Url;
 
 use super::client_auth::{client_certificate, AssertionSigner, JWT_BEARER_ASSERTION};
 use super::discovery::{EndpointSlot, Endpoints};
+use super::error::sanitize_code;
 use super::guard::{whole_seconds, AsGuard, Health};
-use super::ExchangeError;
+use super::{ExchangeError, Refusal};
 use crate::config::{AsLocation, AuthServerConfig, ClientAuthConfig};
 use crate::error::error_chain;
 use crate::secret::{Secret, SecretString};
@@ -439,6 +440,7 @@ struct Answer {
     expires_in: Option<serde_json::Value>,
     scope: Option<String>,
     error: Option<String>,
+    error_description: Option<String>,
 }
 
 /// Parses a token endpoint answer (RFC 6749 §5.1/§5.2, RFC 8693 §2.2).
@@ -446,13 +448,13 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
     let answer: Answer = serde_json::from_slice(body)
         .map_err(|_| ExchangeError::BadAnswer(format!("HTTP {status} with a body that is not a JSON token answer")))?;
     if status != 200 {
-        let code = answer.error.as_deref().map(sanitize_code).unwrap_or_default();
-        return Err(match code.as_str() {
-            "invalid_grant" => ExchangeError::InvalidGrant,
-            "invalid_scope" | "invalid_target" => ExchangeError::InsufficientScope(code),
-            "invalid_client" | "unauthorized_client" => ExchangeError::ClientRejected(code),
+        let refusal = Refusal::new(answer.error.as_deref().unwrap_or(""), answer.error_description.as_deref());
+        return Err(match refusal.error.as_str() {
+            "invalid_grant" => ExchangeError::InvalidGrant(refusal),
+            "invalid_scope" | "invalid_target" => ExchangeError::InsufficientScope(refusal),
+            "invalid_client" | "unauthorized_client" => ExchangeError::ClientRejected(refusal),
             "" => ExchangeError::BadAnswer(format!("HTTP {status} without an error code")),
-            _ => ExchangeError::BadAnswer(format!("HTTP {status} error {code}")),
+            _ => ExchangeError::OtherError { status, refusal },
         });
     }
     let access_token = answer
@@ -486,11 +488,6 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
     })
 }
 
-/// Error codes are logged and labelled: keep them short and plain.
-fn sanitize_code(code: &str) -> String {
-    code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(48).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,12 +509,12 @@ mod tests {
     #[test]
     fn maps_errors() {
         let e = |body: &[u8]| parse_answer(400, body).unwrap_err();
-        assert!(matches!(e(br#"{"error":"invalid_grant"}"#), ExchangeError::InvalidGrant));
+        assert!(matches!(e(br#"{"error":"invalid_grant"}"#), ExchangeError::InvalidGrant(_)));
         assert!(matches!(e(br#"{"error":"invalid_scope"}"#), ExchangeError::InsufficientScope(_)));
         assert!(matches!(e(br#"{"error":"invalid_target"}"#), ExchangeError::InsufficientScope(_)));
         assert!(matches!(e(br#"{"error":"invalid_client"}"#), ExchangeError::ClientRejected(_)));
         assert!(matches!(e(br#"{"error":"unauthorized_client"}"#), ExchangeError::ClientRejected(_)));
-        assert!(matches!(e(br#"{"error":"whatever"}"#), ExchangeError::BadAnswer(_)));
+        assert!(matches!(e(br#"{"error":"whatever"}"#), ExchangeError::OtherError { .. }));
         assert!(matches!(e(b"<html>"), ExchangeError::BadAnswer(_)));
     }
 

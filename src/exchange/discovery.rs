@@ -180,10 +180,10 @@ fn spawn(client: &Arc<AsClient>) {
                     let pause = backoff(attempt);
                     match &e {
                         DiscoveryError::Unavailable { .. } => {
-                            tracing::warn!(server = %client.name, %issuer, error = %e, retry_in = ?pause, "authorization server metadata discovery failed")
+                            tracing::warn!(server = %client.name, %issuer, error = %e, retry_in_ms = pause.as_millis() as u64, "authorization server metadata discovery failed")
                         }
                         DiscoveryError::IssuerMismatch { .. } | DiscoveryError::Invalid { .. } => {
-                            tracing::error!(server = %client.name, %issuer, error = %e, retry_in = ?pause, "authorization server metadata refused")
+                            tracing::error!(server = %client.name, %issuer, error = %e, retry_in_ms = pause.as_millis() as u64, "authorization server metadata refused")
                         }
                     }
                     drop(client);

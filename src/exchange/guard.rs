@@ -192,11 +192,15 @@ impl AsGuard {
             Some(Change::Opened(failures)) => tracing::warn!(
                 server,
                 failures,
-                open_for = ?cfg.open_for,
+                open_for_ms = cfg.open_for.as_millis() as u64,
                 "circuit breaker opened: uncached requests answer 503 without calling the server"
             ),
             Some(Change::Reopened) => {
-                tracing::warn!(server, open_for = ?cfg.open_for, "circuit breaker re-opened: the probe failed")
+                tracing::warn!(
+                    server,
+                    open_for_ms = cfg.open_for.as_millis() as u64,
+                    "circuit breaker re-opened: the probe failed"
+                )
             }
             Some(Change::Closed) => tracing::warn!(server, "circuit breaker closed: the probe was answered"),
             None => {}

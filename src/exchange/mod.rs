@@ -2,10 +2,12 @@
 //! RFC 8693 request. `Exchanger::token` is the one entry point of the
 //! request path.
 
+pub mod audit;
 pub mod cache;
 pub mod client;
 pub mod client_auth;
 pub mod discovery;
+mod error;
 pub mod guard;
 pub mod rate;
 
@@ -22,74 +24,19 @@ use crate::config::{
 };
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretString};
-use crate::telemetry::{clip, MAX_LOGGED_CLAIM};
+use audit::Audit;
 use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
 use client::{AsClient, Issued};
 use rate::RateLimit;
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ExchangeError {
-    #[error("the authorization server refused the subject token (invalid_grant)")]
-    InvalidGrant,
-    #[error("the authorization server refused the scope or audience ({0})")]
-    InsufficientScope(String),
-    #[error("the authorization server refused tokex's client credentials ({0})")]
-    ClientRejected(String),
-    #[error("unusable answer from the authorization server: {0}")]
-    BadAnswer(String),
-    #[error("exchange set-up problem: {0}")]
-    Config(String),
-    #[error("authorization server unavailable: {0}")]
-    Unavailable(String),
-    /// The server asked (429/503 `Retry-After`) for a wait beyond the budget.
-    #[error("the authorization server asked to retry after {retry_after}s")]
-    Throttled { retry_after: u64 },
-    /// `max_concurrent` requests were in flight at the server for the whole budget.
-    #[error("too many requests in flight at the authorization server")]
-    Busy,
-    #[error("the authorization server's circuit breaker is open")]
-    CircuitOpen { retry_after: u64 },
-    /// `exchange.max_rate`: the route's bucket, or the client's, is empty.
-    #[error("too many new exchanges on this route{}", if *per_client { " from this client" } else { "" })]
-    RateLimited { retry_after: u64, per_client: bool },
-}
+pub use error::{ExchangeError, Refusal};
 
-impl ExchangeError {
-    /// Outcome label for metrics, logs and audit events.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ExchangeError::InvalidGrant => "invalid_grant",
-            ExchangeError::InsufficientScope(_) => "insufficient_scope",
-            ExchangeError::ClientRejected(_) => "client_rejected",
-            ExchangeError::BadAnswer(_) => "bad_answer",
-            ExchangeError::Config(_) => "config",
-            ExchangeError::Unavailable(_) => "unavailable",
-            ExchangeError::Throttled { .. } => "throttled",
-            ExchangeError::Busy => "busy",
-            ExchangeError::CircuitOpen { .. } => "circuit_open",
-            ExchangeError::RateLimited { .. } => "rate_limited",
-        }
-    }
-
-    /// Refused before any call to the authorization server.
-    pub fn made_no_call(&self) -> bool {
-        matches!(self, ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. })
-    }
-
-    /// Seconds the caller is asked to wait (`Retry-After`), for errors that pass.
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            ExchangeError::Unavailable(_) | ExchangeError::Busy => Some(1),
-            ExchangeError::Throttled { retry_after }
-            | ExchangeError::CircuitOpen { retry_after }
-            | ExchangeError::RateLimited { retry_after, .. } => Some(*retry_after),
-            ExchangeError::InvalidGrant
-            | ExchangeError::InsufficientScope(_)
-            | ExchangeError::ClientRejected(_)
-            | ExchangeError::BadAnswer(_)
-            | ExchangeError::Config(_) => None,
-        }
-    }
+/// Who asked for an exchange: the client address (for `max_rate`) and the
+/// request id (for the audit event).
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    pub client: IpAddr,
+    pub request_id: &'a str,
 }
 
 /// A route's exchange policy, built once per configuration.
@@ -299,17 +246,6 @@ impl std::fmt::Display for Fingerprint {
     }
 }
 
-/// What an audit event names (never a token).
-struct Audit<'a> {
-    grant: &'static str,
-    route: &'a str,
-    server: &'a str,
-    sub: Option<&'a str>,
-    actor: Option<&'a str>,
-    audience: &'a [String],
-    scope: &'a str,
-}
-
 /// How a request's token was obtained.
 pub struct Lookup {
     pub entry: Arc<Entry>,
@@ -327,7 +263,7 @@ pub struct Exchanger {
 
 impl Exchanger {
     pub fn new(settings: CacheConfig, metrics: Arc<Metrics>) -> Self {
-        Exchanger { cache: TokenCache::new(settings.max_entries), settings, metrics }
+        Exchanger { cache: TokenCache::new(settings.max_entries, metrics.cache_evictions()), settings, metrics }
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -343,14 +279,14 @@ impl Exchanger {
         policy: &Arc<Policy>,
         subject: &str,
         key: Key,
-        client: IpAddr,
+        origin: Origin<'_>,
     ) -> Result<Lookup, ExchangeError> {
         if let Some(entry) = self.cache.get(&key).await {
             self.maybe_refresh(policy, subject, key, &entry);
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let exchange = self.exchange(policy, subject, Some(client));
+        let exchange = self.exchange(policy, subject, Some(origin));
         let (entry, hit) = self.cache.get_or_try_insert(key, exchange).await.map_err(|e| (*e).clone())?;
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
@@ -359,7 +295,7 @@ impl Exchanger {
     fn hit(entry: Arc<Entry>, hit: bool, exchange_time: Option<Duration>) -> Result<Lookup, ExchangeError> {
         match entry.kind {
             EntryKind::Token(_) => Ok(Lookup { entry, hit, exchange_time }),
-            EntryKind::Rejected => Err(ExchangeError::InvalidGrant),
+            EntryKind::Rejected => Err(ExchangeError::InvalidGrant(Refusal::new("invalid_grant", None))),
         }
     }
 
@@ -394,21 +330,21 @@ impl Exchanger {
     /// becomes a short negative entry; other errors are not cached.
     /// The whole of it — tokex's own actor token when it needs one, then the
     /// exchange — stays within the exchange server's budget.
-    /// `client` started it (a background refresh has none): the route's
+    /// `origin` started it (a background refresh has none): the route's
     /// rate limit counts it.
     async fn exchange(
         &self,
         policy: &Policy,
         subject: &str,
-        client: Option<IpAddr>,
+        origin: Option<Origin<'_>>,
     ) -> Result<Arc<Entry>, ExchangeError> {
         let started = Instant::now();
         let deadline = started + policy.client.timeout();
         let peeked = unverified::peek(subject);
         // Refusals that cost the AS nothing come first: an open breaker (so
         // the route's rate limit spends no token on it), then the rate limit.
-        let admitted = match (client, &policy.limit) {
-            (Some(client), Some(limit)) => policy.client.guard().check().and_then(|()| limit.admit(client)),
+        let admitted = match (origin, &policy.limit) {
+            (Some(origin), Some(limit)) => policy.client.guard().check().and_then(|()| limit.admit(origin.client)),
             _ => Ok(()),
         };
         let actor = match (admitted, &policy.actor) {
@@ -418,7 +354,8 @@ impl Exchanger {
                 secret.get().map(Some).map_err(|e| ExchangeError::Config(format!("actor token: {e}")))
             }
             (Ok(()), Some(Actor::Machine(m))) => {
-                match tokio::time::timeout_at(deadline.into(), self.machine_token(m)).await {
+                let request_id = origin.map(|o| o.request_id);
+                match tokio::time::timeout_at(deadline.into(), self.machine_token(m, request_id)).await {
                     Ok(lookup) => lookup,
                     Err(_) => {
                         Err(ExchangeError::Unavailable("tokex's own actor token did not come within the budget".into()))
@@ -434,12 +371,27 @@ impl Exchanger {
                 })
             }
         };
-        let actor_sub = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose())?.sub);
+        let actor_claims = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose()));
+        let actor_sub = actor_claims.as_ref().and_then(|c| c.sub.clone());
         let result = match actor {
             Ok(actor) => {
                 policy.client.request(policy.form(subject, actor.as_ref().map(|a| a.expose())), deadline.into()).await
             }
             Err(e) => Err(e),
+        };
+        // An `invalid_grant` that is about the actor token is the gateway's
+        // problem, not the caller's: no negative entry for the caller's
+        // token, and tokex's own actor token is fetched anew next time.
+        let result = match result {
+            Err(ExchangeError::InvalidGrant(r))
+                if policy.actor.is_some() && blames_actor(&r, actor_claims.as_ref()) =>
+            {
+                if let Some(Actor::Machine(m)) = &policy.actor {
+                    self.cache.remove(&m.key).await;
+                }
+                Err(ExchangeError::ActorRejected(r))
+            }
+            other => other,
         };
         let ttls = (policy.cfg.default_ttl, policy.cfg.max_ttl);
         let subject_exp = peeked.as_ref().and_then(|c| c.exp);
@@ -451,12 +403,19 @@ impl Exchanger {
             actor: actor_sub.as_deref(),
             audience: &policy.cfg.audience,
             scope: &policy.scope,
+            token: Some(Fingerprint::of(&Sha256::digest(subject.as_bytes()))),
+            request_id: origin.map(|o| o.request_id),
         };
         self.finish(audit, started, result, ttls, subject_exp)
     }
 
-    /// tokex's own token for `m`, from the cache or one client_credentials request.
-    pub async fn machine_token(&self, m: &Arc<MachinePolicy>) -> Result<Lookup, ExchangeError> {
+    /// tokex's own token for `m`, from the cache or one client_credentials
+    /// request (audited with `request_id`, the request that needed it).
+    pub async fn machine_token(
+        &self,
+        m: &Arc<MachinePolicy>,
+        request_id: Option<&str>,
+    ) -> Result<Lookup, ExchangeError> {
         if let Some(entry) = self.cache.get(&m.key).await {
             return Self::hit(entry, true, None);
         }
@@ -471,6 +430,8 @@ impl Exchanger {
                 actor: None,
                 audience: &m.cfg.audience,
                 scope: &m.scope,
+                token: None,
+                request_id,
             };
             self.finish(audit, started, result, (m.cfg.default_ttl, m.cfg.max_ttl), None)
         };
@@ -498,26 +459,20 @@ impl Exchanger {
         // A refusal that made no call is in the metrics and the access line,
         // not in the audit trail of token requests.
         if !result.as_ref().is_err_and(ExchangeError::made_no_call) {
-            tracing::info!(
-                target: "tokex::audit",
-                grant = audit.grant,
-                route = audit.route,
-                server = audit.server,
-                sub = clip(audit.sub.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
-                actor = clip(audit.actor.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
-                audience = %audit.audience.join(" "),
-                scope = audit.scope,
-                outcome,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "token request"
-            );
+            audit.record(outcome, elapsed, result.as_ref().err());
         }
         match result {
             Ok(issued) => Ok(self.entry_for(issued, default_ttl, max_ttl, subject_exp)),
-            Err(ExchangeError::InvalidGrant) => Ok(Entry::new(EntryKind::Rejected, self.settings.negative_ttl)),
+            Err(ExchangeError::InvalidGrant(_)) => Ok(Entry::new(EntryKind::Rejected, self.settings.negative_ttl)),
             Err(e) => {
                 match &e {
-                    ExchangeError::ClientRejected(_) | ExchangeError::BadAnswer(_) | ExchangeError::Config(_) => {
+                    ExchangeError::ActorRejected(_) => {
+                        tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: the authorization server refused the actor token (tokex's own credential)")
+                    }
+                    ExchangeError::ClientRejected(_)
+                    | ExchangeError::OtherError { .. }
+                    | ExchangeError::BadAnswer(_)
+                    | ExchangeError::Config(_) => {
                         tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: gateway misconfigured or AS misbehaving")
                     }
                     // Refused without a call: the breaker's and the bound's own
@@ -533,7 +488,7 @@ impl Exchanger {
                     | ExchangeError::RateLimited { .. } => {
                         tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
                     }
-                    ExchangeError::InvalidGrant | ExchangeError::InsufficientScope(_) => {}
+                    ExchangeError::InvalidGrant(_) | ExchangeError::InsufficientScope(_) => {}
                 }
                 Err(e)
             }
@@ -563,6 +518,14 @@ impl Exchanger {
         bearer.set_sensitive(true);
         Entry::new(EntryKind::Token(CachedToken { bearer, raw }), ttl)
     }
+}
+
+/// Whether an `invalid_grant` answer to a delegation is about the actor
+/// token: the AS's description names it, or the actor token (a JWT) has
+/// expired. RFC 8693 gives no field to say which token was refused.
+fn blames_actor(r: &Refusal, actor: Option<&unverified::PeekedClaims>) -> bool {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    r.description.to_ascii_lowercase().contains("actor") || actor.and_then(|c| c.exp).is_some_and(|exp| exp <= now)
 }
 
 #[cfg(test)]

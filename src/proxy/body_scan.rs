@@ -1,5 +1,7 @@
 //! The request body as forwarded. On every route, trailers lose the fields
-//! the head loses. On exchange routes the body is scanned for the caller's
+//! the head loses, and a body longer than the route's `max_body_bytes`
+//! stops with an error as the byte past the limit arrives (the forwarder
+//! answers `413`); nothing is buffered to count it. On exchange routes the body is scanned for the caller's
 //! token as it streams (`token_scan.rs`: raw, and percent-decoded for a form
 //! body, across chunk boundaries), and trailers too. Bytes that could still
 //! be the beginning of the token are held back until the next chunk shows
@@ -42,10 +44,24 @@ pub struct Guarded<B = Incoming> {
 struct Guard {
     removed: Arc<[HeaderName]>,
     scan: Option<Scan>,
+    limit: Option<Limit>,
     /// Frames ready to go before the inner body is polled again.
     queued: VecDeque<Frame<Bytes>>,
     ended: bool,
 }
+
+/// `max_body_bytes`: bytes allowed, bytes seen, and the flag set when the
+/// body went past the limit.
+struct Limit {
+    max: u64,
+    seen: u64,
+    over: Arc<AtomicBool>,
+}
+
+/// The body went past the route's `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the route allows")]
+pub struct BodyTooLarge;
 
 /// What the scanner is told about the request.
 pub struct ScanFor<'a> {
@@ -88,7 +104,13 @@ pub fn is_form(headers: &HeaderMap) -> bool {
 pub struct TokenInBody;
 
 impl<B: Body> Guarded<B> {
-    pub fn new(inner: B, removed: Arc<[HeaderName]>, scan: Option<ScanFor<'_>>) -> Self {
+    /// `limit`: the most bytes the body may have, and the flag to set when it has more.
+    pub fn new(
+        inner: B,
+        removed: Arc<[HeaderName]>,
+        scan: Option<ScanFor<'_>>,
+        limit: Option<(u64, Arc<AtomicBool>)>,
+    ) -> Self {
         if inner.is_end_stream() {
             return Guarded { inner, guard: None };
         }
@@ -98,7 +120,8 @@ impl<B: Body> Guarded<B> {
             release: None,
             found: s.found,
         });
-        let guard = Guard { removed, scan, queued: VecDeque::new(), ended: false };
+        let limit = limit.map(|(max, over)| Limit { max, seen: 0, over });
+        let guard = Guard { removed, scan, limit, queued: VecDeque::new(), ended: false };
         Guarded { inner, guard: Some(Box::new(guard)) }
     }
 }
@@ -223,6 +246,13 @@ where
             };
             let frame = match frame.into_data() {
                 Ok(data) => {
+                    if let Some(l) = &mut g.limit {
+                        l.seen += data.len() as u64;
+                        if l.seen > l.max {
+                            l.over.store(true, Ordering::Release);
+                            return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                        }
+                    }
                     let Some(scan) = &mut g.scan else { return Poll::Ready(Some(Ok(Frame::data(data)))) };
                     if !scan.take(data, &mut g.queued) {
                         return g.trip();
@@ -293,6 +323,7 @@ mod tests {
             http_body_util::StreamBody::new(stream),
             super::super::credentials::DEFAULT_REMOVED.to_vec().into(),
             scan.then(|| ScanFor { token: TOKEN, form, found: found.clone() }),
+            None,
         );
         let (mut data, mut trailers, mut failed) = (Vec::new(), None, false);
         while let Some(frame) = body.frame().await {
@@ -350,6 +381,7 @@ mod tests {
             http_body_util::StreamBody::new(Box::pin(stream)),
             super::super::credentials::DEFAULT_REMOVED.to_vec().into(),
             Some(ScanFor { token: TOKEN, form: false, found }),
+            None,
         );
         (tx, body)
     }

@@ -79,7 +79,24 @@ pub struct ConnState {
     owing: [AtomicU32; 3],
     /// Wakes the watchdog for a request to end the connection (draining).
     wake: Notify,
-    _slot: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, Option<OpenConnection>),
+}
+
+/// Counts a connection in `tokex_connections_open` while it lives (an
+/// upgraded tunnel included).
+pub struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    pub fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Why the watchdog ends (or winds down) a connection.
@@ -94,7 +111,7 @@ pub enum Expired {
 }
 
 impl ConnState {
-    pub fn new(slot: OwnedSemaphorePermit) -> Arc<Self> {
+    pub fn new(slot: OwnedSemaphorePermit, open: Option<OpenConnection>) -> Arc<Self> {
         Arc::new(ConnState {
             started: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -107,7 +124,7 @@ impl ConnState {
             epoch: AtomicU64::new(0),
             owing: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
             wake: Notify::new(),
-            _slot: slot,
+            _slot: (slot, open),
         })
     }
 
@@ -409,7 +426,7 @@ mod tests {
     const T: Timeouts = Timeouts { header_read: Duration::from_millis(200), idle: Duration::from_millis(600) };
 
     fn state() -> Arc<ConnState> {
-        ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap())
+        ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(), None)
     }
 
     #[tokio::test]
@@ -495,7 +512,7 @@ mod stall_tests {
     #[tokio::test]
     async fn an_answer_not_taken_is_found_whatever_other_streams_do() {
         let t = Timeouts { header_read: Duration::from_millis(100), idle: Duration::from_millis(200) };
-        let s = ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap());
+        let s = ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(), None);
         let mut held = s.begin().track(Endless);
         poll_once(&mut held); // handed a piece out; never asked again
         let mut reading = s.begin().track(Endless);
@@ -512,7 +529,7 @@ mod stall_tests {
         assert!(started.elapsed() < Duration::from_millis(700), "{:?}", started.elapsed());
         // Taken in time, nothing is stalled.
         drop(held);
-        let s2 = ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap());
+        let s2 = ConnState::new(Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(), None);
         let mut only = s2.begin().track(Endless);
         let watchdog = s2.watchdog(t);
         tokio::pin!(watchdog);

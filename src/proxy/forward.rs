@@ -1,5 +1,5 @@
-//! The upstream side: a pooled hyper-util client for http and https
-//! upstreams, request rewriting, streaming both ways, and upgrades.
+//! The upstream side: request rewriting, the request-body limit, streaming
+//! both ways, and upgrades, over the route's pooled client (`pool.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,29 +12,29 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use url::Url;
 
 use super::body_scan::{is_form, Guarded, ScanFor};
 use super::headers;
+use super::pool::UpstreamClient;
 use super::target::Authority as Target;
 use super::{Body, RequestBody};
 use crate::error::{error_chain, GatewayError};
 
-/// Where a route sends requests: scheme, authority and an optional base path.
-#[derive(Debug, Clone)]
+/// Where a route sends requests: scheme, authority and an optional base
+/// path, and the pooled client that reaches it.
+#[derive(Clone)]
 pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     /// Prepended to the request path; empty or `/x` (no trailing slash).
     base: String,
+    pub client: Arc<UpstreamClient>,
 }
 
 impl Upstream {
-    pub fn from_url(url: &Url) -> Result<Self, String> {
+    pub fn new(url: &Url, client: Arc<UpstreamClient>) -> Result<Self, String> {
         let scheme = if url.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP };
         let host = url.host_str().ok_or("upstream URL has no host")?;
         let authority = match url.port() {
@@ -42,7 +42,7 @@ impl Upstream {
             None => host.to_owned(),
         };
         let authority = Authority::try_from(authority.as_str()).map_err(|e| format!("upstream {url}: {e}"))?;
-        Ok(Upstream { scheme, authority, base: url.path().trim_end_matches('/').to_owned() })
+        Ok(Upstream { scheme, authority, base: url.path().trim_end_matches('/').to_owned(), client })
     }
 
     fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, GatewayError> {
@@ -72,11 +72,16 @@ pub struct Rewrite<'a> {
     pub remove: &'a Arc<[HeaderName]>,
     /// Exchange routes: the caller's token, which the body must not carry.
     pub caller_token: Option<&'a str>,
+    /// Longer request bodies are cut off and answered `413`.
+    pub max_body: Option<u64>,
+    /// `x-request-id` for the backend.
+    pub request_id: &'a HeaderValue,
+    /// `traceparent` for the backend, replacing the caller's (tracing on).
+    pub traceparent: Option<HeaderValue>,
 }
 
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Guarded<RequestBody>>,
     /// `X-Forwarded-Proto`: the listener's scheme.
     proto: &'static str,
     /// An upgraded connection with no byte either way this long is closed.
@@ -115,31 +120,10 @@ impl http_body::Body for UpstreamBody {
 
 impl Forwarder {
     /// `upstream_slots`: how many requests may be at upstreams at once
-    /// (`None`: no bound); also the idle connections kept per upstream.
-    pub fn new(
-        tls: rustls::ClientConfig,
-        proto: &'static str,
-        tunnel_idle: Duration,
-        upstream_slots: Option<usize>,
-    ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60)).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
-        if let Some(n) = upstream_slots {
-            builder.pool_max_idle_per_host(n);
-        }
-        let client = builder.build(connector);
+    /// (`None`: no bound).
+    pub fn new(proto: &'static str, tunnel_idle: Duration, upstream_slots: Option<usize>) -> Self {
         let slots = upstream_slots.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS))));
-        Forwarder { client, proto, tunnel_idle, slots }
+        Forwarder { proto, tunnel_idle, slots }
     }
 
     /// Rewrites `req` for the upstream as `rewrite` says and sends it: the
@@ -158,6 +142,7 @@ impl Forwarder {
             _ => None,
         };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let client = upstream.client.http(upgrade.is_some());
         *req.uri_mut() = upstream.uri(req.uri().path_and_query())?;
         *req.version_mut() = Version::HTTP_11;
         let h = req.headers_mut();
@@ -168,6 +153,10 @@ impl Forwarder {
         }
         if let Some((name, value)) = rewrite.credential {
             h.insert(name.clone(), value);
+        }
+        h.insert(super::ids::X_REQUEST_ID, rewrite.request_id.clone());
+        if let Some(tp) = rewrite.traceparent {
+            h.insert(super::ids::TRACEPARENT, tp);
         }
         let host = rewrite.authority.map(|a| a.value().clone());
         match &host {
@@ -185,7 +174,9 @@ impl Forwarder {
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
         let scan =
             rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form: is_form(h), found });
-        let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan));
+        let too_large = rewrite.max_body.map(|max| (max, Arc::new(AtomicBool::new(false))));
+        let limit = too_large.as_ref().map(|(max, flag)| (*max, flag.clone()));
+        let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan, limit));
         // A slot at the upstreams, then the answer's head, within `timeout`.
         let deadline = tokio::time::Instant::now() + timeout;
         let slot = match &self.slots {
@@ -195,12 +186,15 @@ impl Forwarder {
                 Ok(Err(_)) | Err(_) => return Err(GatewayError::AtCapacity),
             },
         };
-        let mut resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+        let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) if leaked.is_some_and(|l| l.load(Ordering::Acquire)) => {
                 return Err(GatewayError::InvalidRequest("the bearer token is also in the request body"))
             }
-            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(&e))),
+            Ok(Err(_)) if too_large.is_some_and(|(_, l)| l.load(Ordering::Acquire)) => {
+                return Err(GatewayError::BodyTooLarge)
+            }
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(failure_kind(&e), error_chain(&e))),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -218,11 +212,35 @@ impl Forwarder {
                 return Ok(resp.map(|body| Body::Left(UpstreamBody { body, _slot: None })));
             }
             return Err(GatewayError::UpstreamUnavailable(
+                "protocol",
                 "upstream switched protocols without an upgrade request".into(),
             ));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), None);
         Ok(resp.map(|body| Body::Left(UpstreamBody { body, _slot: slot })))
+    }
+}
+
+/// What went wrong with a request the backend did not answer: `connect`
+/// (TCP), `tls` (the handshake or the backend's certificate), `reset` (the
+/// connection failed mid-request).
+fn failure_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<rustls::Error>() {
+            return "tls";
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return "tls";
+            }
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        "connect"
+    } else {
+        "reset"
     }
 }
 
@@ -232,10 +250,16 @@ mod tests {
 
     #[test]
     fn upstream_uri_keeps_path_and_query() {
-        let u = Upstream::from_url(&Url::parse("http://127.0.0.1:8081").unwrap()).unwrap();
+        let pool = crate::config::PoolConfig {
+            max_idle_per_host: 1,
+            idle_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let client = Arc::new(UpstreamClient::new(None, pool, &Default::default()).unwrap());
+        let u = Upstream::new(&Url::parse("http://127.0.0.1:8081").unwrap(), client.clone()).unwrap();
         let pq = PathAndQuery::from_static("/orders/1?x=1");
         assert_eq!(u.uri(Some(&pq)).unwrap().to_string(), "http://127.0.0.1:8081/orders/1?x=1");
-        let b = Upstream::from_url(&Url::parse("https://api.example.com/base/").unwrap()).unwrap();
+        let b = Upstream::new(&Url::parse("https://api.example.com/base/").unwrap(), client).unwrap();
         assert_eq!(b.uri(Some(&pq)).unwrap().to_string(), "https://api.example.com/base/orders/1?x=1");
     }
 }

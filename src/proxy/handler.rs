@@ -15,13 +15,13 @@ use sha2::{Digest, Sha256};
 
 use super::forward::{Forwarder, Rewrite};
 use super::target::{self, Authority};
-use super::{credentials, headers};
+use super::{credentials, headers, ids};
 use super::{Body, RequestBody};
 use crate::auth::{bearer, Inbound};
 use crate::error::GatewayError;
 use crate::exchange::cache::{Entry, EntryKind};
 use crate::exchange::client::AsClient;
-use crate::exchange::{ExchangeError, Exchanger, Fingerprint};
+use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
 use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::telemetry::{clip, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
@@ -44,8 +44,13 @@ pub struct Gateway {
 }
 
 /// What the access line reports about one request.
-#[derive(Default)]
 struct Trace {
+    /// `x-request-id`: the caller's, or generated.
+    request_id: HeaderValue,
+    /// The W3C trace id of the caller's `traceparent`.
+    trace_id: Option<[u8; 32]>,
+    /// From sending to the backend to its answer's head (the last send).
+    upstream_time: Option<Duration>,
     route: Option<Arc<Route>>,
     fingerprint: Option<Fingerprint>,
     cache: Option<bool>,
@@ -77,11 +82,21 @@ impl Gateway {
         let uri = req.uri().clone(); // cheap: shares the request's bytes
 
         // A request line that holds the caller's token is never logged.
-        let mut trace =
-            Trace { redact: credentials::bearer_in_request_line(&method, &uri, req.headers()), ..Trace::default() };
+        let mut trace = Trace {
+            request_id: ids::request_id(req.headers()),
+            trace_id: ids::trace_id(req.headers()).and_then(|t| t.as_bytes().try_into().ok()),
+            upstream_time: None,
+            route: None,
+            fingerprint: None,
+            cache: None,
+            exchange_time: None,
+            evicted: false,
+            retried: false,
+            redact: credentials::bearer_in_request_line(&method, &uri, req.headers()),
+        };
         let runtime = self.runtime();
         let result = self.process(&runtime, req, peer, &mut trace).await;
-        let (resp, error) = match result {
+        let (mut resp, error) = match result {
             Ok(resp) => (resp, None),
             Err(e) => {
                 let scope = trace.route.as_ref().map_or("", |r| r.auth.scope());
@@ -98,6 +113,12 @@ impl Gateway {
         if let Some(GatewayError::Exchange(ExchangeError::RateLimited { per_client, .. })) = &error {
             metrics.rate_limited(*per_client);
         }
+        if let Some(kind) = error.as_ref().and_then(GatewayError::upstream_kind) {
+            metrics.upstream(Duration::ZERO, Some(kind));
+        }
+        if !resp.headers().contains_key(ids::X_REQUEST_ID) {
+            resp.headers_mut().insert(ids::X_REQUEST_ID, trace.request_id.clone());
+        }
         if tracing::enabled!(target: "tokex::access", tracing::Level::INFO) {
             let (method, path) = match trace.redact {
                 true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
@@ -108,14 +129,19 @@ impl Gateway {
                 // Display, not the quoting of a string field: a method is a
                 // token and a parsed path holds no space or control character,
                 // so neither can forge a field, and this is the hot path.
+                client = %peer.ip(),
                 method = %method,
                 path = %path,
                 route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
                 status,
-                latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                latency_us = micros(elapsed),
+                upstream_us = trace.upstream_time.map(micros),
                 cache = match trace.cache { Some(true) => "hit", Some(false) => "miss", None => "-" },
-                exchange_us = trace.exchange_time.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                exchange_us = trace.exchange_time.map(micros),
                 token = %OrDash(trace.fingerprint),
+                // Checked: visible ASCII without quote or space.
+                request_id = request_id_str(&trace.request_id),
+                trace_id = trace.trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
                 evicted = trace.evicted,
                 retried = trace.retried.then_some(true),
                 error = error.as_ref().map(|e| e.reason()),
@@ -143,6 +169,11 @@ impl Gateway {
         trace.route = Some(route.clone());
         if headers::has_dot_segments(req.uri().path()) {
             return Err(GatewayError::BadPath);
+        }
+        // A body declared longer than the route allows: refused before any
+        // exchange or backend call (one sent longer is cut off while it streams).
+        if route.max_body_bytes.is_some_and(|max| hyper::body::Body::size_hint(req.body()).lower() > max) {
+            return Err(GatewayError::BodyTooLarge);
         }
         if credentials::url_names_token(req.uri()) {
             return Err(GatewayError::InvalidRequest("an access_token parameter in the URL is refused"));
@@ -173,7 +204,8 @@ impl Gateway {
                     inbound.check(subject, &subject_hash, &route.require_scopes).await?;
                 }
                 let key = policy.key(&subject_hash);
-                let lookup = self.exchanger.token(policy, subject, key, peer.ip()).await?;
+                let origin = Origin { client: peer.ip(), request_id: request_id_str(&trace.request_id) };
+                let lookup = self.exchanger.token(policy, subject, key, origin).await?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
                 if route.retry_on_invalid_token {
@@ -183,7 +215,7 @@ impl Gateway {
             }
             // Egress: whatever the caller sent is dropped by the forwarder.
             RouteAuth::ClientCredentials(machine) => {
-                let lookup = self.exchanger.machine_token(machine).await?;
+                let lookup = self.exchanger.machine_token(machine, Some(request_id_str(&trace.request_id))).await?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
                 Some((lookup.entry, None))
@@ -191,15 +223,19 @@ impl Gateway {
         };
 
         // 5. Rewrite and forward with the exchanged token.
+        let request_id = trace.request_id.clone();
         let rewrite = |credential, caller_token| Rewrite {
             authority: authority.as_ref(),
             credential,
             remove: &route.remove_headers,
             caller_token,
+            max_body: route.max_body_bytes,
+            request_id: &request_id,
+            traceparent: None,
         };
         let first = rewrite(token.as_ref().and_then(|(entry, _)| credential(route, entry)), caller_token.as_deref());
         let req = req.map(RequestBody::Left);
-        let resp = self.forwarder.forward(&route.upstream, req, peer, first, route.timeout).await?;
+        let resp = self.send(route, req, peer, first, trace).await?;
 
         // 6. A backend that calls the token invalid gets a fresh one next
         // time — or at once, for a request that can be sent again.
@@ -212,7 +248,8 @@ impl Gateway {
         let (Some(replay), RouteAuth::Exchange(policy)) = (replay, &route.auth) else { return Ok(resp) };
         let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };
         // The fresh token, or else the backend's answer stands.
-        let lookup = match self.exchanger.token(policy, subject, *key, peer.ip()).await {
+        let origin = Origin { client: peer.ip(), request_id: request_id_str(&request_id) };
+        let lookup = match self.exchanger.token(policy, subject, *key, origin).await {
             Ok(lookup) => lookup,
             Err(_) => return Ok(resp),
         };
@@ -223,7 +260,7 @@ impl Gateway {
         };
         drop(resp);
         let again = rewrite(credential(route, &lookup.entry), None);
-        let resp = self.forwarder.forward(&route.upstream, replay.request(), peer, again, route.timeout).await?;
+        let resp = self.send(route, replay.request(), peer, again, trace).await?;
         let refused_again = refused(&resp);
         if refused_again {
             self.exchanger.evict(key, &lookup.entry).await;
@@ -231,6 +268,34 @@ impl Gateway {
         route.metrics.token_retry(refused_again);
         Ok(resp)
     }
+}
+
+impl Gateway {
+    /// Forwards to the route's backend, timing the wait for its answer.
+    async fn send(
+        &self,
+        route: &Route,
+        req: Request<RequestBody>,
+        peer: SocketAddr,
+        rewrite: Rewrite<'_>,
+        trace: &mut Trace,
+    ) -> Result<Response<Body>, GatewayError> {
+        let sent = Instant::now();
+        let resp = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await?;
+        let waited = sent.elapsed();
+        route.metrics.upstream(waited, None);
+        trace.upstream_time = Some(waited);
+        Ok(resp)
+    }
+}
+
+/// A request id as text: [`ids::request_id`] returns visible ASCII only.
+fn request_id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The header carrying the exchanged token to the backend.

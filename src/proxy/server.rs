@@ -23,8 +23,32 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::conn::{ConnState, Expired, Timeouts, Watched};
+use super::conn::{ConnState, Expired, OpenConnection, Timeouts, Watched};
+use super::reload::FileBacked;
 use super::Body;
+
+/// HTTP/2 streams a client may reset before the server has seen them
+/// (the "rapid reset" flood, CVE-2023-44487), per connection; more closes it.
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2 streams the server may reset because of the client's protocol
+/// errors, per connection; more closes it with `GOAWAY` (CVE-2024-27316 class).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// HTTP/1.1 header fields in a request head at most.
+pub const H1_MAX_HEADERS: usize = 200;
+
+/// What a listener serves with besides its limits: TLS (re-read when its
+/// files change) and, for the proxy listener, connection metrics.
+pub struct Listening {
+    pub tls: Option<Arc<FileBacked<tokio_rustls::TlsAcceptor>>>,
+    /// `tokex_connections_open`, `tokex_connections_total`.
+    pub connections: Option<(prometheus_client::metrics::gauge::Gauge, prometheus_client::metrics::counter::Counter)>,
+}
+
+impl Listening {
+    pub fn plain() -> Self {
+        Listening { tls: None, connections: None }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -105,7 +129,7 @@ struct Shared<H> {
     handler: Arc<H>,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    listening: Listening,
     /// Answers carry `Connection: close` (HTTP/1.1) or end with `GOAWAY`.
     draining: AtomicBool,
     /// The listener's phase, for connections to follow.
@@ -123,7 +147,7 @@ const SHED_EVERY: Duration = Duration::from_millis(250);
 /// its connections have finished (or `grace` has passed).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    listening: Listening,
     limits: Limits,
     handler: Arc<H>,
     mut phase: watch::Receiver<Phase>,
@@ -137,18 +161,21 @@ pub async fn serve<H: Handler>(
         // keep-alive connections after header_read_timeout.
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(H1_MAX_HEADERS)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let shared = Arc::new(Shared {
         handler,
         builder,
         timeouts: Timeouts { header_read: limits.header_read_timeout, idle: limits.idle_timeout },
-        tls,
+        listening,
         draining: AtomicBool::new(*phase.borrow() != Phase::Serving),
         phase: phase.clone(),
         shed: Notify::new(),
@@ -201,7 +228,10 @@ pub async fn serve<H: Handler>(
     match drained {
         Ok(_) => tracing::debug!("all connections drained"),
         Err(_) => {
-            tracing::warn!(?grace, "drain grace period over; closing remaining connections");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "drain grace period over; closing remaining connections"
+            );
             let _ = shared.killed.send(true);
         }
     }
@@ -226,8 +256,13 @@ async fn connection<H: Handler>(
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
 ) {
-    let state = ConnState::new(slot);
-    match shared.tls.clone() {
+    let open = shared.listening.connections.as_ref().map(|(open, total)| {
+        total.inc();
+        OpenConnection::new(open.clone())
+    });
+    let state = ConnState::new(slot, open);
+    // The certificate of the moment: a rotation applies to new handshakes.
+    match shared.listening.tls.as_ref().map(|t| t.get()) {
         None => serve_http(&shared, stream, peer, state).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream));

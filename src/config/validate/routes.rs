@@ -88,6 +88,7 @@ pub(super) fn route(
         },
     };
     let timeout = r.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    let upstream_tls = super::ops::upstream_tls(cx, base, r.upstream_tls, upstream.as_ref());
     let auth = auth?;
     Some(RouteConfig {
         name,
@@ -101,6 +102,8 @@ pub(super) fn route(
         remove_headers,
         timeout,
         retry_on_invalid_token: r.retry_on_invalid_token.unwrap_or(true),
+        upstream_tls,
+        max_body_bytes: super::ops::max_body(r.max_body_bytes),
     })
 }
 
