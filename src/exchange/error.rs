@@ -44,9 +44,9 @@ pub fn sanitize_code(code: &str) -> String {
 fn sanitize_description(text: &str) -> String {
     // RFC 6749 §5.2: %x20-21 / %x23-5B / %x5D-7E.
     let allowed = |c: char| matches!(c, ' '..='!' | '#'..='[' | ']'..='~');
-    // base64url, base64 and hex characters; `.` and `/` split a run (a JWT's
-    // segments are each long enough, a URL's parts are not).
-    let token_char = |c: char| c.is_ascii_alphanumeric() || "-_~+=".contains(c);
+    // base64url, base64 and hex characters, and `.` (a JWT is one run);
+    // `/` splits a run, so a URL's path segments are kept.
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+=".contains(c);
     let mut out = String::with_capacity(text.len().min(MAX_DESCRIPTION + 16));
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
@@ -171,7 +171,7 @@ mod tests {
         let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWhlcmUtbG9uZ2VyLXRoYW4tdHdlbnR5";
         let r = Refusal::new("invalid_grant\n", Some(&format!("token {jwt} expired\r\n\"x\"\\ é")));
         assert_eq!(r.error, "invalid_grant");
-        assert_eq!(r.description, "token [redacted].[redacted].[redacted] expired???x?? ?");
+        assert_eq!(r.description, "token [redacted] expired???x?? ?");
         assert!(!r.to_string().contains("eyJ"));
         let long = "word ".repeat(100);
         let d = Refusal::new("x", Some(&long)).description;
