@@ -1,0 +1,510 @@
+//! Optional OpenTelemetry trace export: one SERVER span per request and
+//! CLIENT spans for the calls made for it, sent as OTLP over HTTP with
+//! protobuf (`POST {endpoint}`, `Content-Type: application/x-protobuf`).
+//!
+//! Ending a span never waits for the network: the span goes into a bounded
+//! queue (and is dropped, counted, when the queue is full). A background
+//! task on the tokio runtime takes spans from the queue and exports them in
+//! batches of up to [`MAX_BATCH`], at the latest [`EXPORT_DELAY`] after the
+//! first one arrived, each export bounded by the configured timeout.
+//! [`Tracer::shutdown`] exports what is queued, bounded by the same timeout.
+//!
+//! The export goes through our own reqwest client (rustls with ring, the
+//! webpki roots plus an optional CA file), like the exchange client.
+//!
+//! Only values tokex chooses become attributes: the method (or `_OTHER`),
+//! the path without its query, the route name, the status, the client's
+//! address, the cache outcome and the request id. Never a header value, a
+//! token or a query string.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::exchange::client::tls_config;
+
+/// Spans waiting for export; past this, ended spans are dropped (and counted).
+pub const MAX_QUEUE: usize = 2048;
+/// Most spans in one export request.
+pub const MAX_BATCH: usize = 512;
+/// Longest time an ended span waits for its batch to fill before export.
+pub const EXPORT_DELAY: Duration = Duration::from_secs(5);
+/// Longest `url.path` attribute, in bytes.
+const MAX_PATH: usize = 1024;
+/// Longest `tracestate` taken from a caller (the size W3C asks to propagate).
+const MAX_TRACESTATE: usize = 512;
+/// Most `tracestate` list members (W3C Trace Context).
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// `tracing.otlp` settings (plain data; validation is done by the config module).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// http(s) URL of the OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: url::Url,
+    /// Resource attribute `service.name`.
+    pub service_name: String,
+    /// 0.0..=1.0 for root spans; parent-based: a caller's sampled flag in `traceparent` is followed.
+    pub sample_ratio: f64,
+    /// Per export request (connect, send and answer), and the bound of [`Tracer::shutdown`].
+    pub timeout: Duration,
+    /// Extra trust for an https collector.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Starts request spans and exports them in the background. Cheap to clone.
+#[derive(Clone)]
+pub struct Tracer {
+    tracer: SdkTracer,
+    worker: Arc<Worker>,
+}
+
+/// The background export task of one [`Tracer`].
+struct Worker {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("timeout", &self.worker.timeout).finish_non_exhaustive()
+    }
+}
+
+impl Tracer {
+    /// Starts the exporter (call inside a tokio runtime). Errors are plain text naming the cause.
+    pub fn start(cfg: &OtlpConfig) -> Result<Tracer, String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "OTLP exporter: must be started inside a tokio runtime".to_owned())?;
+        if !matches!(cfg.endpoint.scheme(), "http" | "https") {
+            return Err(format!("OTLP endpoint {}: the scheme must be http or https", cfg.endpoint));
+        }
+        if !cfg.endpoint.username().is_empty() || cfg.endpoint.password().is_some() {
+            return Err("OTLP endpoint: credentials in the URL are not supported".to_owned());
+        }
+        if !(0.0..=1.0).contains(&cfg.sample_ratio) {
+            return Err(format!("OTLP sample ratio {} is not within 0.0..=1.0", cfg.sample_ratio));
+        }
+        if cfg.timeout.is_zero() {
+            return Err("OTLP timeout must be more than zero".to_owned());
+        }
+        let tls = tls_config(cfg.ca_file.as_deref()).map_err(|e| format!("OTLP exporter: {e}"))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(cfg.timeout)
+            .timeout(cfg.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tokex/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("OTLP exporter: {e}"))?;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(http)
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(cfg.endpoint.as_str())
+            .with_timeout(cfg.timeout)
+            .build()
+            .map_err(|e| format!("OTLP exporter: {e}"))?;
+        let resource = Resource::builder_empty()
+            .with_service_name(cfg.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        exporter.set_resource(&resource);
+
+        let (queue, spans) = mpsc::channel(MAX_QUEUE);
+        let (stop, stopped) = oneshot::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let processor = Enqueue { queue, dropped: dropped.clone() };
+        let task = runtime.spawn(export_loop(exporter, spans, stopped, dropped, cfg.timeout));
+        Ok(Tracer {
+            tracer: sdk_tracer(processor, cfg.sample_ratio, resource),
+            worker: Arc::new(Worker {
+                stop: Mutex::new(Some(stop)),
+                task: Mutex::new(Some(task)),
+                timeout: cfg.timeout,
+            }),
+        })
+    }
+
+    /// Flushes what is buffered and stops the exporter (bounded by cfg.timeout; never hangs).
+    /// Spans ended afterwards are dropped. A second call returns at once.
+    pub async fn shutdown(&self) {
+        if let Some(stop) = lock(&self.worker.stop).take() {
+            let _ = stop.send(());
+        }
+        let Some(mut task) = lock(&self.worker.task).take() else { return };
+        if tokio::time::timeout(self.worker.timeout, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!(timeout = ?self.worker.timeout, "OTLP export: the last spans were not sent in time");
+        }
+    }
+
+    /// Starts the SERVER span of one request. Its parent is the W3C `traceparent`
+    /// (+ `tracestate`) of `headers` when valid (then the trace id is the caller's);
+    /// otherwise a new root trace. Span name: "{method} {route}" is set at end; start it as "request".
+    pub fn request(&self, headers: &HeaderMap, method: &Method) -> RequestSpan {
+        let parent = match remote_parent(headers) {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => Context::new(),
+        };
+        let method = known_method(method);
+        let span = self
+            .tracer
+            .span_builder("request")
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("http.request.method", method.unwrap_or("_OTHER"))])
+            .start_with_context(&self.tracer, &parent);
+        RequestSpan { cx: Context::new().with_span(span), tracer: self.tracer.clone(), method }
+    }
+}
+
+/// The SERVER span of one request; ended by [`RequestSpan::end`], or when dropped.
+pub struct RequestSpan {
+    /// Holds the span, so that children name it as their (local) parent.
+    cx: Context,
+    tracer: SdkTracer,
+    /// The method when it is a standard one.
+    method: Option<&'static str>,
+}
+
+/// What is known of a request when its span ends.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAttrs<'a> {
+    /// The route name, or "-".
+    pub route: &'a str,
+    /// The request path; anything from a `?` or `#` on is never recorded.
+    pub path: &'a str,
+    pub status: u16,
+    pub client: IpAddr,
+    /// `Some(true)`: the exchanged token came from the cache; `Some(false)`: it did not.
+    pub cache: Option<bool>,
+    pub request_id: &'a str,
+}
+
+impl std::fmt::Debug for RequestSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let span = self.cx.span();
+        let sc = span.span_context();
+        f.debug_struct("RequestSpan").field("trace_id", &sc.trace_id()).field("span_id", &sc.span_id()).finish()
+    }
+}
+
+impl RequestSpan {
+    /// The trace id as 32 lowercase hex chars.
+    pub fn trace_id(&self) -> String {
+        self.cx.span().span_context().trace_id().to_string()
+    }
+
+    /// A CLIENT child span, e.g. "token exchange" or "upstream".
+    pub fn child(&self, name: &'static str) -> ChildSpan {
+        let span =
+            self.tracer.span_builder(name).with_kind(SpanKind::Client).start_with_context(&self.tracer, &self.cx);
+        ChildSpan { span }
+    }
+
+    /// Ends the span. Attributes set: http.request.method, url.path (never the query), http.route
+    /// (the route name or "-"), http.response.status_code, client.address, tokex.cache ("hit"/"miss"/absent),
+    /// tokex.request_id; span status Error for 5xx (OTel HTTP server semantic conventions).
+    pub fn end(self, attrs: RequestAttrs<'_>) {
+        let span = self.cx.span();
+        let route = if attrs.route.is_empty() { "-" } else { attrs.route };
+        // HTTP server semantic conventions: "HTTP" stands for a method that is not a standard one.
+        span.update_name(format!("{} {route}", self.method.unwrap_or("HTTP")));
+        let path = attrs.path.split(['?', '#']).next().unwrap_or_default();
+        span.set_attributes([
+            KeyValue::new("url.path", clip(path, MAX_PATH).to_owned()),
+            KeyValue::new("http.route", route.to_owned()),
+            KeyValue::new("http.response.status_code", i64::from(attrs.status)),
+            KeyValue::new("client.address", attrs.client.to_canonical().to_string()),
+            KeyValue::new("tokex.request_id", attrs.request_id.to_owned()),
+        ]);
+        if let Some(hit) = attrs.cache {
+            span.set_attribute(KeyValue::new("tokex.cache", if hit { "hit" } else { "miss" }));
+        }
+        if attrs.status >= 500 {
+            span.set_attribute(KeyValue::new("error.type", attrs.status.to_string()));
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+}
+
+/// A CLIENT span (a call made for a request); ended by [`ChildSpan::end`], or when dropped.
+pub struct ChildSpan {
+    span: opentelemetry_sdk::trace::Span,
+}
+
+impl std::fmt::Debug for ChildSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sc = self.span.span_context();
+        f.debug_struct("ChildSpan").field("trace_id", &sc.trace_id()).field("span_id", &sc.span_id()).finish()
+    }
+}
+
+impl ChildSpan {
+    /// The `traceparent` value to send to the backend: same trace id, this span as parent, sampled flag kept.
+    pub fn traceparent(&self) -> HeaderValue {
+        let sc = self.span.span_context();
+        let flags = if sc.is_sampled() { "01" } else { "00" };
+        let value = format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id());
+        // Only hex digits and dashes: always a valid header value.
+        HeaderValue::from_str(&value)
+            .unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
+    }
+
+    /// Adds a string attribute (e.g. "tokex.as.server", "server.address", "tokex.outcome").
+    pub fn set(&mut self, key: &'static str, value: String) {
+        self.span.set_attribute(KeyValue::new(key, value));
+    }
+
+    /// Ends it; `error`: a short reason (span status Error with that description) or None (Ok/unset).
+    pub fn end(mut self, status: Option<u16>, error: Option<&'static str>) {
+        if let Some(status) = status {
+            self.span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        }
+        if let Some(reason) = error {
+            self.span.set_attribute(KeyValue::new("error.type", reason));
+            self.span.set_status(Status::error(reason));
+        }
+        self.span.end();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parenting
+
+/// The caller's span from a valid W3C `traceparent` (one header only), with
+/// its `tracestate` when that is valid too; `None` for anything else.
+fn remote_parent(headers: &HeaderMap) -> Option<SpanContext> {
+    let mut all = headers.get_all("traceparent").iter();
+    let value = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let b = value.as_bytes();
+    // version "-" trace-id "-" parent-id "-" trace-flags: 2+1+32+1+16+1+2 = 55 bytes.
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let version = lower_hex(&b[..2])?;
+    // Version 00 is exactly 55 bytes; a later version may add fields after a dash.
+    if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+        return None;
+    }
+    let trace_id = lower_hex(&b[3..35])?;
+    let span_id = u64::try_from(lower_hex(&b[36..52])?).ok()?;
+    let flags = u8::try_from(lower_hex(&b[53..55])?).ok()?;
+    if trace_id == 0 || span_id == 0 {
+        return None;
+    }
+    let sampled = if flags & 1 == 1 { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    let sc = SpanContext::new(TraceId::from(trace_id), SpanId::from(span_id), sampled, true, trace_state(headers));
+    sc.is_valid().then_some(sc)
+}
+
+/// Lowercase hex only (W3C), at most 32 digits.
+fn lower_hex(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 32 {
+        return None;
+    }
+    digits.iter().try_fold(0u128, |acc, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u128::from(d))
+    })
+}
+
+/// The caller's `tracestate` (several headers are one list), or none when it
+/// is malformed, longer than 512 bytes or has more than 32 members.
+fn trace_state(headers: &HeaderMap) -> TraceState {
+    let mut list = String::new();
+    for value in headers.get_all("tracestate") {
+        let Ok(value) = value.to_str() else { return TraceState::NONE };
+        if !list.is_empty() {
+            list.push(',');
+        }
+        list.push_str(value);
+        if list.len() > MAX_TRACESTATE {
+            return TraceState::NONE;
+        }
+    }
+    let mut members = Vec::new();
+    for member in list.split(',').map(|m| m.trim_matches([' ', '\t'])).filter(|m| !m.is_empty()) {
+        let Some((key, value)) = member.split_once('=') else { return TraceState::NONE };
+        if value.is_empty() || value.ends_with(' ') || members.len() == MAX_TRACESTATE_MEMBERS {
+            return TraceState::NONE;
+        }
+        members.push((key, value));
+    }
+    TraceState::from_key_value(members).unwrap_or(TraceState::NONE)
+}
+
+/// The method's name when it is one of the standard ones (semantic conventions).
+fn known_method(method: &Method) -> Option<&'static str> {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    KNOWN.into_iter().find(|m| *m == method.as_str())
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Batching and export
+
+/// A tracer whose ended spans go to `processor`; root spans sampled at
+/// `ratio`, children following their parent.
+fn sdk_tracer(processor: impl SpanProcessor + 'static, ratio: f64, resource: Resource) -> SdkTracer {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+        .with_resource(resource)
+        .with_span_processor(processor)
+        .build();
+    let scope = InstrumentationScope::builder("tokex").with_version(env!("CARGO_PKG_VERSION")).build();
+    provider.tracer_with_scope(scope)
+}
+
+/// The span processor: puts each ended, sampled span in the export queue
+/// without waiting; a full queue drops the span.
+#[derive(Debug)]
+struct Enqueue {
+    queue: mpsc::Sender<SpanData>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SpanProcessor for Enqueue {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() && self.queue.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Flushing is [`Tracer::shutdown`]'s work: done here it would block.
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    /// The export task stops with [`Tracer::shutdown`], or by itself once
+    /// every span and tracer is gone; nothing to wait for here.
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The background task: exports full batches at once, others after
+/// [`EXPORT_DELAY`]; on `stop`, exports what is queued and ends. When the
+/// `stop` sender is dropped without a send, it goes on until the queue closes.
+async fn export_loop(
+    mut exporter: opentelemetry_otlp::SpanExporter,
+    mut spans: mpsc::Receiver<SpanData>,
+    mut stop: oneshot::Receiver<()>,
+    dropped: Arc<AtomicU64>,
+    timeout: Duration,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut health = Health::default();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EXPORT_DELAY, EXPORT_DELAY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop_armed = true;
+    loop {
+        tokio::select! {
+            biased;
+            asked = &mut stop, if stop_armed => {
+                if asked.is_ok() {
+                    break;
+                }
+                stop_armed = false;
+            }
+            span = spans.recv() => {
+                let Some(span) = span else { break };
+                batch.push(span);
+                if batch.len() >= MAX_BATCH {
+                    health.export(&exporter, std::mem::take(&mut batch), timeout).await;
+                }
+            }
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    health.export(&exporter, std::mem::take(&mut batch), timeout).await;
+                }
+                health.report_dropped(&dropped);
+            }
+        }
+    }
+    spans.close();
+    while let Ok(span) = spans.try_recv() {
+        batch.push(span);
+        if batch.len() >= MAX_BATCH {
+            health.export(&exporter, std::mem::take(&mut batch), timeout).await;
+        }
+    }
+    if !batch.is_empty() {
+        health.export(&exporter, batch, timeout).await;
+    }
+    health.report_dropped(&dropped);
+    let _ = exporter.shutdown();
+}
+
+/// Logs when export starts failing and when it works again, not each failure.
+#[derive(Default)]
+struct Health {
+    failing: bool,
+}
+
+impl Health {
+    async fn export(&mut self, exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData>, timeout: Duration) {
+        let spans = batch.len();
+        let result = match tokio::time::timeout(timeout, exporter.export(batch)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        match result {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("OTLP export works again");
+            }
+            Ok(()) => {}
+            Err(error) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(%error, spans, "OTLP export failed; spans are lost until the collector answers");
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn report_dropped(&self, dropped: &AtomicU64) {
+        let n = dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(spans = n, "OTLP export: spans dropped, the export queue was full");
+        }
+    }
+}
