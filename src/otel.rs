@@ -1,21 +1,13 @@
-//! Optional OpenTelemetry trace export: one SERVER span per request and
-//! CLIENT spans for the calls made for it, sent as OTLP over HTTP with
-//! protobuf (`POST {endpoint}`, `Content-Type: application/x-protobuf`).
+//! Optional OpenTelemetry trace export: a SERVER span per request and CLIENT
+//! spans for its calls, sent as OTLP over HTTP with protobuf through our own
+//! reqwest client (rustls with ring, webpki roots plus an optional CA file).
 //!
-//! Ending a span never waits for the network: the span goes into a bounded
-//! queue (and is dropped, counted, when the queue is full). A background
-//! task on the tokio runtime takes spans from the queue and exports them in
-//! batches of up to [`MAX_BATCH`], at the latest [`EXPORT_DELAY`] after the
-//! first one arrived, each export bounded by the configured timeout.
-//! [`Tracer::shutdown`] exports what is queued, bounded by the same timeout.
-//!
-//! The export goes through our own reqwest client (rustls with ring, the
-//! webpki roots plus an optional CA file), like the exchange client.
-//!
-//! Only values tokex chooses become attributes: the method (or `_OTHER`),
-//! the path without its query, the route name, the status, the client's
-//! address, the cache outcome and the request id. Never a header value, a
-//! token or a query string.
+//! Ending a span never waits for the network: it goes into a bounded queue
+//! (dropped, and counted, when full). A tokio task exports the queue in
+//! batches: at once when [`MAX_BATCH`] are waiting, else every [`EXPORT_DELAY`],
+//! each export bounded by the configured timeout; [`Tracer::shutdown`]
+//! exports what is left within that timeout. Attributes are values tokex
+//! chooses; never a header value, a token or a query string.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,7 +123,9 @@ impl Tracer {
         let (stop, stopped) = oneshot::channel();
         let dropped = Arc::new(AtomicU64::new(0));
         let processor = Enqueue { queue, dropped: dropped.clone() };
-        let task = runtime.spawn(export_loop(exporter, spans, stopped, dropped, cfg.timeout));
+        let batch = Vec::with_capacity(MAX_BATCH);
+        let out = Batcher { exporter, batch, timeout: cfg.timeout, failing: false, dropped };
+        let task = runtime.spawn(export_loop(out, spans, stopped));
         Ok(Tracer {
             tracer: sdk_tracer(processor, cfg.sample_ratio, resource),
             worker: Arc::new(Worker {
@@ -197,14 +191,6 @@ pub struct RequestAttrs<'a> {
     pub request_id: &'a str,
 }
 
-impl std::fmt::Debug for RequestSpan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let span = self.cx.span();
-        let sc = span.span_context();
-        f.debug_struct("RequestSpan").field("trace_id", &sc.trace_id()).field("span_id", &sc.span_id()).finish()
-    }
-}
-
 impl RequestSpan {
     /// The trace id as 32 lowercase hex chars.
     pub fn trace_id(&self) -> String {
@@ -248,13 +234,6 @@ impl RequestSpan {
 /// A CLIENT span (a call made for a request); ended by [`ChildSpan::end`], or when dropped.
 pub struct ChildSpan {
     span: opentelemetry_sdk::trace::Span,
-}
-
-impl std::fmt::Debug for ChildSpan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sc = self.span.span_context();
-        f.debug_struct("ChildSpan").field("trace_id", &sc.trace_id()).field("span_id", &sc.span_id()).finish()
-    }
 }
 
 impl ChildSpan {
@@ -350,7 +329,10 @@ fn trace_state(headers: &HeaderMap) -> TraceState {
     let mut members = Vec::new();
     for member in list.split(',').map(|m| m.trim_matches([' ', '\t'])).filter(|m| !m.is_empty()) {
         let Some((key, value)) = member.split_once('=') else { return TraceState::NONE };
-        if value.is_empty() || value.ends_with(' ') || members.len() == MAX_TRACESTATE_MEMBERS {
+        if value.is_empty()
+            || !value.bytes().all(|b| (0x20..0x7f).contains(&b))
+            || members.len() == MAX_TRACESTATE_MEMBERS
+        {
             return TraceState::NONE;
         }
         members.push((key, value));
@@ -424,87 +406,80 @@ impl SpanProcessor for Enqueue {
 /// The background task: exports full batches at once, others after
 /// [`EXPORT_DELAY`]; on `stop`, exports what is queued and ends. When the
 /// `stop` sender is dropped without a send, it goes on until the queue closes.
-async fn export_loop(
-    mut exporter: opentelemetry_otlp::SpanExporter,
-    mut spans: mpsc::Receiver<SpanData>,
-    mut stop: oneshot::Receiver<()>,
-    dropped: Arc<AtomicU64>,
-    timeout: Duration,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut health = Health::default();
+async fn export_loop(mut out: Batcher, mut spans: mpsc::Receiver<SpanData>, mut stop: oneshot::Receiver<()>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EXPORT_DELAY, EXPORT_DELAY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_armed = true;
     loop {
         tokio::select! {
             biased;
-            asked = &mut stop, if stop_armed => {
-                if asked.is_ok() {
-                    break;
-                }
-                stop_armed = false;
-            }
-            span = spans.recv() => {
-                let Some(span) = span else { break };
-                batch.push(span);
-                if batch.len() >= MAX_BATCH {
-                    health.export(&exporter, std::mem::take(&mut batch), timeout).await;
-                }
-            }
+            asked = &mut stop, if stop_armed => match asked {
+                Ok(()) => break,
+                Err(_) => stop_armed = false,
+            },
             _ = tick.tick() => {
-                if !batch.is_empty() {
-                    health.export(&exporter, std::mem::take(&mut batch), timeout).await;
-                }
-                health.report_dropped(&dropped);
+                out.flush().await;
+                out.report_dropped();
             }
+            span = spans.recv() => match span {
+                Some(span) => out.push(span).await,
+                None => break,
+            },
         }
     }
     spans.close();
     while let Ok(span) = spans.try_recv() {
-        batch.push(span);
-        if batch.len() >= MAX_BATCH {
-            health.export(&exporter, std::mem::take(&mut batch), timeout).await;
+        out.push(span).await;
+    }
+    out.flush().await;
+    out.report_dropped();
+    let _ = out.exporter.shutdown();
+}
+
+/// The spans waiting for export, and the exporter. Logs when export starts
+/// failing and when it works again, not each failure.
+struct Batcher {
+    exporter: opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    timeout: Duration,
+    failing: bool,
+    /// Spans the full queue refused, counted by [`Enqueue`].
+    dropped: Arc<AtomicU64>,
+}
+
+impl Batcher {
+    async fn push(&mut self, span: SpanData) {
+        self.batch.push(span);
+        if self.batch.len() >= MAX_BATCH {
+            self.flush().await;
         }
     }
-    if !batch.is_empty() {
-        health.export(&exporter, batch, timeout).await;
+
+    fn report_dropped(&self) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(spans = dropped, "OTLP export: spans dropped, the export queue was full");
+        }
     }
-    health.report_dropped(&dropped);
-    let _ = exporter.shutdown();
-}
 
-/// Logs when export starts failing and when it works again, not each failure.
-#[derive(Default)]
-struct Health {
-    failing: bool,
-}
-
-impl Health {
-    async fn export(&mut self, exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData>, timeout: Duration) {
-        let spans = batch.len();
-        let result = match tokio::time::timeout(timeout, exporter.export(batch)).await {
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (spans, timeout) = (self.batch.len(), self.timeout);
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
+        let result = match tokio::time::timeout(timeout, self.exporter.export(batch)).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
+        let failed = result.is_err();
         match result {
-            Ok(()) if self.failing => {
-                self.failing = false;
-                tracing::info!("OTLP export works again");
-            }
-            Ok(()) => {}
+            Ok(()) if self.failing => tracing::info!("OTLP export works again"),
             Err(error) if !self.failing => {
-                self.failing = true;
-                tracing::warn!(%error, spans, "OTLP export failed; spans are lost until the collector answers");
+                tracing::warn!(%error, spans, "OTLP export failed; spans are lost until the collector answers")
             }
-            Err(_) => {}
+            _ => {}
         }
-    }
-
-    fn report_dropped(&self, dropped: &AtomicU64) {
-        let n = dropped.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            tracing::warn!(spans = n, "OTLP export: spans dropped, the export queue was full");
-        }
+        self.failing = failed;
     }
 }
