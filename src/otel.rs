@@ -483,3 +483,175 @@ impl Batcher {
         self.failing = failed;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    /// Keeps the sampled spans the tracer ends.
+    #[derive(Debug, Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Recorder {
+        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            lock(&self.0).extend(span.span_context.is_sampled().then_some(span));
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn tracer(ratio: f64) -> (Tracer, Recorder) {
+        let rec = Recorder::default();
+        let tracer = sdk_tracer(rec.clone(), ratio, Resource::builder_empty().build());
+        let timeout = Duration::from_secs(1);
+        (Tracer { tracer, worker: Arc::new(Worker { stop: Mutex::new(None), task: Mutex::new(None), timeout }) }, rec)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_bytes(v.as_bytes()).unwrap());
+        }
+        h
+    }
+
+    fn caller(flags: &str) -> HeaderMap {
+        headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-{flags}"))])
+    }
+
+    fn end(span: RequestSpan) {
+        let client = IpAddr::from([127, 0, 0, 1]);
+        span.end(RequestAttrs { route: "r", path: "/", status: 200, client, cache: None, request_id: "1" });
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_the_parent() {
+        let (t, rec) = tracer(1.0);
+        for tp in [format!("00-{TRACE}-{SPAN}-01"), format!("cc-{TRACE}-{SPAN}-03-later-fields")] {
+            let span = t.request(&headers(&[("traceparent", &tp)]), &Method::GET);
+            assert_eq!(span.trace_id(), TRACE);
+            end(span);
+            let s = rec.0.lock().unwrap().pop().unwrap();
+            assert_eq!((s.parent_span_id.to_string().as_str(), s.parent_span_is_remote), (SPAN, true));
+            assert_eq!(s.span_kind, SpanKind::Server);
+        }
+    }
+
+    #[test]
+    fn an_invalid_traceparent_starts_a_new_root() {
+        let (t, rec) = tracer(1.0);
+        let (zeros32, zeros16, upper) = ("0".repeat(32), "0".repeat(16), TRACE.to_uppercase());
+        let bad = [
+            "garbage".to_owned(),
+            String::new(),
+            "00-abc-def-01".to_owned(),
+            format!("00-{zeros32}-{SPAN}-01"),
+            format!("00-{TRACE}-{zeros16}-01"),
+            format!("00-{upper}-{SPAN}-01"),
+            format!("ff-{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-01-extra"),
+            format!("00-{TRACE}-{SPAN}-1"),
+            format!("00-{TRACE}-{SPAN}-0x"),
+            format!("00_{TRACE}_{SPAN}_01"),
+            format!("00-+{}-{SPAN}-01", &TRACE[1..]),
+            format!("cc-{TRACE}-{SPAN}-01x"),
+            format!("00-{TRACE}-{SPAN}-01\u{e9}"),
+        ];
+        for tp in &bad {
+            let span = t.request(&headers(&[("traceparent", tp)]), &Method::GET);
+            let id = span.trace_id();
+            assert!(id != TRACE && id != zeros32 && id.len() == 32, "{tp:?}");
+            end(span);
+            assert_eq!(rec.0.lock().unwrap().pop().unwrap().parent_span_id, SpanId::INVALID, "{tp:?}");
+        }
+        let tp = format!("00-{TRACE}-{SPAN}-01");
+        let two = headers(&[("traceparent", &tp), ("traceparent", &tp)]);
+        assert_ne!(t.request(&two, &Method::GET).trace_id(), TRACE);
+    }
+
+    #[test]
+    fn tracestate_is_kept_only_when_well_formed() {
+        let (t, rec) = tracer(1.0);
+        let tp = format!("00-{TRACE}-{SPAN}-01");
+        let many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+        let long = format!("k={}", "v".repeat(600));
+        let cases = [
+            (vec![("traceparent", tp.as_str()), ("tracestate", "a=1, b@v=2"), ("tracestate", "c=3")], "a=1,b@v=2,c=3"),
+            (vec![("traceparent", &tp), ("tracestate", "a=1,Bad=2")], ""),
+            (vec![("traceparent", &tp), ("tracestate", "novalue")], ""),
+            (vec![("traceparent", &tp), ("tracestate", &many)], ""),
+            (vec![("traceparent", &tp), ("tracestate", &long)], ""),
+            (vec![("tracestate", "a=1")], ""),
+        ];
+        for (pairs, want) in cases {
+            end(t.request(&headers(&pairs), &Method::GET));
+            assert_eq!(rec.0.lock().unwrap().pop().unwrap().span_context.trace_state().header(), want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_child_traceparent_names_the_child_and_keeps_the_flag() {
+        let (t, rec) = tracer(1.0);
+        for flags in ["01", "00"] {
+            let req = t.request(&caller(flags), &Method::POST);
+            let child = req.child("upstream");
+            let tp = child.traceparent().to_str().unwrap().to_owned();
+            let parts: Vec<&str> = tp.split('-').collect();
+            assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2], "{tp}");
+            assert!(tp.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{tp}");
+            assert_eq!([parts[0], parts[1], parts[3]], ["00", TRACE, flags]);
+            assert_eq!(parts[2], child.span.span_context().span_id().to_string());
+            child.end(Some(200), None);
+            end(req);
+        }
+        let spans = rec.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 2, "the unsampled caller's spans are not recorded");
+        let (c, r) = (&spans[0], &spans[1]);
+        assert_eq!((c.parent_span_id, c.parent_span_is_remote), (r.span_context.span_id(), false));
+        assert_eq!((c.span_kind.clone(), c.name.as_ref()), (SpanKind::Client, "upstream"));
+    }
+
+    #[test]
+    fn ratio_zero_drops_roots_but_follows_a_sampled_parent() {
+        let (t, rec) = tracer(0.0);
+        for _ in 0..50 {
+            let req = t.request(&HeaderMap::new(), &Method::GET);
+            assert!(req.trace_id().len() == 32 && req.trace_id() != "0".repeat(32));
+            let child = req.child("upstream");
+            assert!(child.traceparent().to_str().unwrap().ends_with("-00"));
+            child.end(None, None);
+            end(req);
+        }
+        assert!(rec.0.lock().unwrap().is_empty());
+        let req = t.request(&caller("01"), &Method::GET);
+        req.child("upstream").end(Some(204), None);
+        end(req);
+        assert_eq!(rec.0.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ratio_one_follows_an_unsampled_parent() {
+        let (t, rec) = tracer(1.0);
+        end(t.request(&caller("00"), &Method::GET));
+        end(t.request(&HeaderMap::new(), &Method::GET));
+        assert_eq!(rec.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dropped_spans_are_still_ended() {
+        let (t, rec) = tracer(1.0);
+        let req = t.request(&caller("01"), &Method::GET);
+        drop(req.child("upstream"));
+        drop(req);
+        let names: Vec<String> = rec.0.lock().unwrap().iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["upstream", "request"]);
+    }
+}
