@@ -209,6 +209,9 @@ impl RequestSpan {
     /// tokex.request_id; span status Error for 5xx (OTel HTTP server semantic conventions).
     pub fn end(self, attrs: RequestAttrs<'_>) {
         let span = self.cx.span();
+        if !span.is_recording() {
+            return; // not sampled: nothing to record (dropping it is ending it)
+        }
         let route = if attrs.route.is_empty() { "-" } else { attrs.route };
         // HTTP server semantic conventions: "HTTP" stands for a method that is not a standard one.
         span.update_name(format!("{} {route}", self.method.unwrap_or("HTTP")));
