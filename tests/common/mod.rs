@@ -4,6 +4,7 @@
 
 pub mod faulty;
 pub mod jwt;
+pub mod otlp;
 pub mod process;
 pub mod wire;
 
