@@ -143,7 +143,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proto = if tls.is_some() { "https" } else { "http" };
     let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(config.listen.max_connections);
     let forwarder = Forwarder::new(proto, config.listen.idle_timeout, upstream_slots);
-    let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-")));
+    let tracer = match &config.otlp {
+        Some(c) => Some(crate::otel::Tracer::start(c).map_err(StartError::Setup)?),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-"), tracer));
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
@@ -255,6 +259,10 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Spans still queued go out (bounded by the exporter's timeout).
+        if let Some(tracer) = self.gateway.tracer() {
+            tracer.shutdown().await;
         }
     }
 }

@@ -42,20 +42,7 @@ const MAX_TRACESTATE: usize = 512;
 /// Most `tracestate` list members (W3C Trace Context).
 const MAX_TRACESTATE_MEMBERS: usize = 32;
 
-/// `tracing.otlp` settings (plain data; validation is done by the config module).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OtlpConfig {
-    /// http(s) URL of the OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
-    pub endpoint: url::Url,
-    /// Resource attribute `service.name`.
-    pub service_name: String,
-    /// 0.0..=1.0 for root spans; parent-based: a caller's sampled flag in `traceparent` is followed.
-    pub sample_ratio: f64,
-    /// Per export request (connect, send and answer), and the bound of [`Tracer::shutdown`].
-    pub timeout: Duration,
-    /// Extra trust for an https collector.
-    pub ca_file: Option<std::path::PathBuf>,
-}
+pub use crate::config::OtlpConfig;
 
 /// Starts request spans and exports them in the background. Cheap to clone.
 #[derive(Clone)]

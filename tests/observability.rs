@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::otlp;
 use common::process::*;
 use common::*;
 use serde_json::{json, Value};
@@ -345,4 +346,55 @@ fn check_writes_json_lines_when_asked() {
     let last: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(last["result"], "ok");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `tracing.otlp`: one server span per request with children for the
+/// exchange and the upstream call, parented on the caller's `traceparent`;
+/// the backend gets tokex's upstream span as its parent, same trace.
+#[tokio::test]
+async fn spans_are_exported_for_each_request() {
+    let receiver = otlp::OtlpReceiver::start().await;
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "tracing:\n  otlp: {{ endpoint: \"{}\", service_name: gw-test }}\n{}",
+        receiver.url(),
+        config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("orders", "/orders", backend, ""))
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client()
+        .get(format!("{}/orders/1?token-in-query=SECRET-Q", gw.url))
+        .bearer_auth("SUBJECT-SECRET-TOKEN")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = echoed(&resp.text().await.unwrap());
+    let forwarded = seen(&echo, "traceparent");
+    assert!(forwarded[0].starts_with(&format!("00-{trace}-")), "{forwarded:?}");
+    assert!(!forwarded[0].contains("00f067aa0ba902b7"), "the backend's parent is tokex's upstream span");
+    gw.running.shutdown().await;
+
+    let spans = receiver.wait_for(3, Duration::from_secs(5)).await;
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    assert_eq!(server.trace_id, trace);
+    assert_eq!(server.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(server.service_name, "gw-test");
+    assert_eq!(server.attr("http.route"), Some("orders"));
+    assert_eq!(server.attr("url.path"), Some("/orders/1"));
+    assert_eq!(server.attr("http.response.status_code"), Some("200"));
+    let child = |name: &str| spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} in {spans:?}"));
+    let (exchange, upstream) = (child("token exchange"), child("upstream"));
+    for c in [exchange, upstream] {
+        assert_eq!(c.trace_id, trace);
+        assert_eq!(c.parent_span_id, server.span_id);
+    }
+    assert_eq!(exchange.attr("tokex.cache"), Some("miss"));
+    assert!(forwarded[0].contains(&upstream.span_id), "{forwarded:?} vs {}", upstream.span_id);
+    for export in receiver.exports() {
+        let bytes = String::from_utf8_lossy(&export.body);
+        assert!(!bytes.contains("SECRET"), "a token or the query was exported");
+    }
 }

@@ -45,6 +45,11 @@ impl Upstream {
         Ok(Upstream { scheme, authority, base: url.path().trim_end_matches('/').to_owned(), client })
     }
 
+    /// `host[:port]` of the backend.
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+
     fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, GatewayError> {
         let pq = pq.map_or("/", |p| p.as_str());
         let path_and_query = if self.base.is_empty() {

@@ -23,6 +23,7 @@ use crate::exchange::cache::{Entry, EntryKind};
 use crate::exchange::client::AsClient;
 use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
+use crate::otel::{RequestAttrs, RequestSpan, Tracer};
 use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::telemetry::{clip, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
 
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub exchanger: Exchanger,
     forwarder: Forwarder,
     unmatched: RouteMetrics,
+    /// OpenTelemetry export (`tracing.otlp`); none: no span is made.
+    tracer: Option<Tracer>,
 }
 
 /// What the access line reports about one request.
@@ -60,11 +63,23 @@ struct Trace {
     retried: bool,
     /// The caller's token is in the method or the target: log neither.
     redact: bool,
+    /// The request's span, when tracing is on.
+    span: Option<RequestSpan>,
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime, exchanger: Exchanger, forwarder: Forwarder, unmatched: RouteMetrics) -> Self {
-        Gateway { runtime: RwLock::new(Arc::new(runtime)), exchanger, forwarder, unmatched }
+    pub fn new(
+        runtime: Runtime,
+        exchanger: Exchanger,
+        forwarder: Forwarder,
+        unmatched: RouteMetrics,
+        tracer: Option<Tracer>,
+    ) -> Self {
+        Gateway { runtime: RwLock::new(Arc::new(runtime)), exchanger, forwarder, unmatched, tracer }
+    }
+
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.tracer.as_ref()
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -93,6 +108,7 @@ impl Gateway {
             evicted: false,
             retried: false,
             redact: credentials::bearer_in_request_line(&method, &uri, req.headers()),
+            span: self.tracer.as_ref().map(|t| t.request(req.headers(), &method)),
         };
         let runtime = self.runtime();
         let result = self.process(&runtime, req, peer, &mut trace).await;
@@ -119,6 +135,21 @@ impl Gateway {
         if !resp.headers().contains_key(ids::X_REQUEST_ID) {
             resp.headers_mut().insert(ids::X_REQUEST_ID, trace.request_id.clone());
         }
+        let started_trace = match (&trace.trace_id, &trace.span) {
+            (None, Some(span)) => Some(span.trace_id()),
+            _ => None,
+        };
+        if let Some(span) = trace.span.take() {
+            let path = if trace.redact { "(redacted)" } else { uri.path() };
+            span.end(RequestAttrs {
+                route: trace.route.as_ref().map_or("-", |r| r.name.as_str()),
+                path,
+                status,
+                client: peer.ip(),
+                cache: trace.cache,
+                request_id: request_id_str(&trace.request_id),
+            });
+        }
         if tracing::enabled!(target: "tokex::access", tracing::Level::INFO) {
             let (method, path) = match trace.redact {
                 true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
@@ -141,7 +172,7 @@ impl Gateway {
                 token = %OrDash(trace.fingerprint),
                 // Checked: visible ASCII without quote or space.
                 request_id = request_id_str(&trace.request_id),
-                trace_id = trace.trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
+                trace_id = trace.trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()).or(started_trace.as_deref()),
                 evicted = trace.evicted,
                 retried = trace.retried.then_some(true),
                 error = error.as_ref().map(|e| e.reason()),
@@ -205,7 +236,16 @@ impl Gateway {
                 }
                 let key = policy.key(&subject_hash);
                 let origin = Origin { client: peer.ip(), request_id: request_id_str(&trace.request_id) };
-                let lookup = self.exchanger.token(policy, subject, key, origin).await?;
+                let child = trace.span.as_ref().map(|s| s.child("token exchange"));
+                let lookup = self.exchanger.token(policy, subject, key, origin).await;
+                if let Some(mut child) = child {
+                    child.set("tokex.as.server", policy.client.name.clone());
+                    if let Ok(l) = &lookup {
+                        child.set("tokex.cache", if l.hit { "hit" } else { "miss" }.to_owned());
+                    }
+                    child.end(None, lookup.as_ref().err().map(ExchangeError::reason));
+                }
+                let lookup = lookup?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
                 if route.retry_on_invalid_token {
@@ -277,11 +317,21 @@ impl Gateway {
         route: &Route,
         req: Request<RequestBody>,
         peer: SocketAddr,
-        rewrite: Rewrite<'_>,
+        mut rewrite: Rewrite<'_>,
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
+        let child = trace.span.as_ref().map(|s| s.child("upstream"));
+        rewrite.traceparent = child.as_ref().map(|c| c.traceparent());
         let sent = Instant::now();
-        let resp = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await?;
+        let result = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await;
+        if let Some(mut child) = child {
+            child.set("server.address", route.upstream.authority().to_owned());
+            match &result {
+                Ok(resp) => child.end(Some(resp.status().as_u16()), None),
+                Err(e) => child.end(None, Some(e.reason())),
+            }
+        }
+        let resp = result?;
         let waited = sent.elapsed();
         route.metrics.upstream(waited, None);
         trace.upstream_time = Some(waited);
