@@ -235,10 +235,14 @@ fn failure_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
         if s.is::<rustls::Error>() {
             return "tls";
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        // hyper-rustls wraps tokio-rustls's `io::Error` (holding the
+        // `rustls::Error`) in another one, and `source()` skips both.
+        let mut io = s.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(std::io::Error::get_ref) {
+            if inner.is::<rustls::Error>() {
                 return "tls";
             }
+            io = inner.downcast_ref::<std::io::Error>();
         }
         source = s.source();
     }

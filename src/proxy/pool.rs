@@ -29,8 +29,13 @@ type Https = HttpsConnector<HttpConnector>;
 #[derive(Clone)]
 pub enum Connector {
     Fixed(Https),
-    /// Rebuilt when the route's CA or client certificate files change.
-    Reloading(Arc<FileBacked<Https>>),
+    /// The route's TLS settings, rebuilt when its CA or client certificate
+    /// files change (shared by its two pools), and how to connect.
+    Reloading {
+        tls: Arc<FileBacked<rustls::ClientConfig>>,
+        connect: Connect,
+        server_name: Option<Arc<str>>,
+    },
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -46,7 +51,9 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         match self {
             Connector::Fixed(c) => c.call(uri),
-            Connector::Reloading(c) => (*c.get()).clone().call(uri),
+            Connector::Reloading { tls, connect, server_name } => {
+                tls::connector(&tls.get(), connect.clone(), server_name.as_deref()).call(uri)
+            }
         }
     }
 }
@@ -69,16 +76,18 @@ impl UpstreamClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(pool.connect_timeout));
+        let files = match tls {
+            Some((route, cfg)) => {
+                Some(Arc::new(tls::upstream(format!("routes[{route}].upstream_tls"), cfg, reloads.clone())?))
+            }
+            None => None,
+        };
+        let server_name: Option<Arc<str>> = tls.and_then(|(_, cfg)| cfg.server_name.as_deref()).map(Arc::from);
         let connector = |h2: bool| -> Result<Connector, String> {
             let connect = Connect { http: http.clone(), h2 };
-            Ok(match tls {
+            Ok(match &files {
                 None => Connector::Fixed(tls::default_connector(connect)),
-                Some((route, cfg)) => Connector::Reloading(Arc::new(tls::upstream(
-                    format!("routes[{route}].upstream_tls"),
-                    cfg,
-                    connect,
-                    reloads.clone(),
-                )?)),
+                Some(files) => Connector::Reloading { tls: files.clone(), connect, server_name: server_name.clone() },
             })
         };
         let mut builder = Client::builder(TokioExecutor::new());

@@ -115,22 +115,16 @@ fn https(config: ClientConfig, connect: Connect, server_name: Option<&str>) -> H
     }
 }
 
-/// The connector of a route with `upstream_tls`, rebuilt when its files change.
-/// `ca_file` replaces the web PKI roots: only those CAs are trusted.
-pub fn upstream(
-    what: String,
-    cfg: &UpstreamTlsConfig,
-    connect: Connect,
-    reloads: Counters,
-) -> Result<FileBacked<HttpsConnector<HttpConnector>>, String> {
+/// The TLS settings of a route with `upstream_tls`, rebuilt when its files
+/// change. `ca_file` replaces the web PKI roots: only those CAs are trusted.
+pub fn upstream(what: String, cfg: &UpstreamTlsConfig, reloads: Counters) -> Result<FileBacked<ClientConfig>, String> {
     let mut paths = Vec::new();
     paths.extend(cfg.ca_file.clone());
     paths.extend(cfg.cert_file.clone());
     paths.extend(cfg.key_file.clone());
     let has_ca = cfg.ca_file.is_some();
     let has_cert = cfg.cert_file.is_some() && cfg.key_file.is_some();
-    let server_name = cfg.server_name.clone();
-    if let Some(name) = &server_name {
+    if let Some(name) = &cfg.server_name {
         ServerName::try_from(name.as_str()).map_err(|e| format!("server_name {name:?}: {e}"))?;
     }
     FileBacked::new(what, paths, reloads, move |files| {
@@ -143,14 +137,18 @@ pub fn upstream(
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots);
-        let config = match has_cert {
+        match has_cert {
             true => {
                 let chain = certs(files.next().map_or(&[][..], Vec::as_slice), "cert_file")?;
                 let key = key(files.next().map_or(&[][..], Vec::as_slice), "key_file")?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| format!("cert_file and key_file: {e}"))?
+                builder.with_client_auth_cert(chain, key).map_err(|e| format!("cert_file and key_file: {e}"))
             }
-            false => builder.with_no_client_auth(),
-        };
-        Ok(https(config, connect.clone(), server_name.as_deref()))
+            false => Ok(builder.with_no_client_auth()),
+        }
     })
+}
+
+/// A connector with the route's TLS settings of the moment.
+pub fn connector(config: &ClientConfig, connect: Connect, server_name: Option<&str>) -> HttpsConnector<HttpConnector> {
+    https(config.clone(), connect, server_name)
 }
