@@ -431,12 +431,14 @@ impl RouteMetrics {
         if per_client { &self.limited_client } else { &self.limited_route }.inc();
     }
 
-    /// The backend answered (a head) after `elapsed`, or failed (`kind`).
-    pub fn upstream(&self, elapsed: Duration, failed: Option<&str>) {
-        match failed {
-            None => self.upstream_duration.observe(elapsed.as_secs_f64()),
-            Some(kind) => self.upstream_errors.inc(kind),
-        }
+    /// The backend answered (a head) after `elapsed`.
+    pub fn upstream_answered(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The backend did not answer: `kind` is one of [`UPSTREAM_ERROR_KINDS`].
+    pub fn upstream_failed(&self, kind: &str) {
+        self.upstream_errors.inc(kind);
     }
 
     /// A retry after a backend `invalid_token`; `refused`: the fresh token was refused too.

@@ -398,3 +398,30 @@ async fn spans_are_exported_for_each_request() {
         assert!(!bytes.contains("SECRET"), "a token or the query was exported");
     }
 }
+
+/// A caller's `x-request-id` that holds its bearer token is replaced, so
+/// the token reaches neither the backend nor the log, even on a route whose
+/// `remove_headers` lets that header skip the token check.
+#[tokio::test]
+async fn a_request_id_holding_the_token_is_replaced() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let extra = "    forward: { remove_headers: [cookie, x-request-id] }\n";
+    let routes = exchange_route("orders", "/orders", backend, extra);
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes)).await;
+    let token = "SUBJECT-TOKEN-0123456789";
+    let resp = client()
+        .get(format!("{}/orders", gw.url))
+        .bearer_auth(token)
+        .header("x-request-id", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(id, token);
+    assert_eq!(id.len(), 36, "a generated id: {id}");
+    let echo = echoed(&resp.text().await.unwrap());
+    assert_eq!(seen(&echo, "x-request-id"), [id.as_str()]);
+    assert!(!echo.to_string().contains(token), "the token reached the backend: {echo}");
+}

@@ -243,18 +243,7 @@ impl TlsBackend {
 fn answer(mut req: Request<Incoming>, seen: &Value) -> Response<TestBody> {
     let version = format!("{:?}", req.version());
     if req.headers().contains_key(http::header::UPGRADE) {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(up) = on.await {
-                let mut io = TokioIo::new(up);
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        echo_upgraded(&mut req);
         return Response::builder()
             .status(101)
             .header("connection", "upgrade")

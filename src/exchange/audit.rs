@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{ExchangeError, Fingerprint};
-use crate::telemetry::{clip, MAX_LOGGED_CLAIM};
+use crate::telemetry::{clip, OrDash, MAX_LOGGED_CLAIM};
 
 /// What an audit event names.
 pub struct Audit<'a> {
@@ -40,7 +40,7 @@ impl Audit<'_> {
             actor = clip(self.actor.unwrap_or("-"), MAX_LOGGED_CLAIM).as_ref(),
             audience = %self.audience.join(" "),
             scope = self.scope,
-            token = %self.token.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            token = %OrDash(self.token),
             request_id = self.request_id.unwrap_or("-"),
             outcome,
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),

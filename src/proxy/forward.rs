@@ -179,7 +179,9 @@ impl Forwarder {
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
         let scan =
             rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form: is_form(h), found });
-        let too_large = rewrite.max_body.map(|max| (max, Arc::new(AtomicBool::new(false))));
+        // A flag only for a body still to come (a GET's has ended: nothing to count).
+        let open_body = !http_body::Body::is_end_stream(req.body());
+        let too_large = rewrite.max_body.filter(|_| open_body).map(|max| (max, Arc::new(AtomicBool::new(false))));
         let limit = too_large.as_ref().map(|(max, flag)| (*max, flag.clone()));
         let req = req.map(|body| Guarded::new(body, rewrite.remove.clone(), scan, limit));
         // A slot at the upstreams, then the answer's head, within `timeout`.
@@ -230,19 +232,10 @@ impl Forwarder {
 /// (TCP), `tls` (the handshake or the backend's certificate), `reset` (the
 /// connection failed mid-request).
 fn failure_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.is::<rustls::Error>() {
+        if is_tls(s) {
             return "tls";
-        }
-        // hyper-rustls wraps tokio-rustls's `io::Error` (holding the
-        // `rustls::Error`) in another one, and `source()` skips both.
-        let mut io = s.downcast_ref::<std::io::Error>();
-        while let Some(inner) = io.and_then(std::io::Error::get_ref) {
-            if inner.is::<rustls::Error>() {
-                return "tls";
-            }
-            io = inner.downcast_ref::<std::io::Error>();
         }
         source = s.source();
     }
@@ -251,6 +244,13 @@ fn failure_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
     } else {
         "reset"
     }
+}
+
+/// A rustls error, or an `io::Error` wrapping one (hyper-rustls wraps
+/// tokio-rustls's `io::Error` in another, and `source()` skips both).
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.is::<rustls::Error>()
+        || e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref).is_some_and(|inner| is_tls(inner))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
 use crate::otel::{RequestAttrs, RequestSpan, Tracer};
 use crate::routes::{Route, RouteAuth, RouteTable};
-use crate::telemetry::{clip, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
+use crate::telemetry::{clip, OrDash, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
 
 /// Everything that changes with a configuration reload.
 pub struct Runtime {
@@ -130,7 +130,7 @@ impl Gateway {
             metrics.rate_limited(*per_client);
         }
         if let Some(kind) = error.as_ref().and_then(GatewayError::upstream_kind) {
-            metrics.upstream(Duration::ZERO, Some(kind));
+            metrics.upstream_failed(kind);
         }
         if !resp.headers().contains_key(ids::X_REQUEST_ID) {
             resp.headers_mut().insert(ids::X_REQUEST_ID, trace.request_id.clone());
@@ -219,6 +219,14 @@ impl Gateway {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
                 let subject = bearer::extract(req.headers())?;
+                // A request id that holds the token would carry it to the log,
+                // the backend and the answer (even past a `remove_headers`
+                // entry that skips the check below): a new one instead.
+                if subject.len() >= credentials::MIN_SCANNED
+                    && credentials::contains(trace.request_id.as_bytes(), subject.as_bytes())
+                {
+                    trace.request_id = ids::generate();
+                }
                 // The broad token must not ride along anywhere else.
                 let head = (req.method(), req.uri(), authority.as_ref().map(|a| a.value().as_bytes()));
                 let skipped = (&route.remove_headers[..], &route.forward_header);
@@ -308,9 +316,7 @@ impl Gateway {
         route.metrics.token_retry(refused_again);
         Ok(resp)
     }
-}
 
-impl Gateway {
     /// Forwards to the route's backend, timing the wait for its answer.
     async fn send(
         &self,
@@ -333,7 +339,7 @@ impl Gateway {
         }
         let resp = result?;
         let waited = sent.elapsed();
-        route.metrics.upstream(waited, None);
+        route.metrics.upstream_answered(waited);
         trace.upstream_time = Some(waited);
         Ok(resp)
     }
@@ -406,17 +412,5 @@ impl super::server::Handler for Gateway {
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         self.serve(req, peer)
-    }
-}
-
-/// Shows a value, or `-` when there is none (access log fields).
-struct OrDash<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }

@@ -28,7 +28,7 @@ fn valid_request_id(id: &[u8]) -> bool {
 }
 
 /// A random UUID, version 4, in its usual text form.
-fn generate() -> HeaderValue {
+pub fn generate() -> HeaderValue {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -49,11 +49,20 @@ fn generate() -> HeaderValue {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The trace id (32 lowercase hex) of the one valid `traceparent`
-/// (`VERSION-TRACEID-PARENTID-FLAGS`, W3C Trace Context §3.2): version not
-/// `ff`, ids not all zeros; `00` exactly 55 characters, a later version at
-/// least that, with `-` after the flags.
-pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
+/// The parts of the one valid `traceparent` (W3C Trace Context §3.2), as
+/// lowercase hex text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    pub trace_id: &'a str,
+    pub parent_id: &'a str,
+    pub flags: &'a str,
+}
+
+/// The caller's `traceparent` when there is exactly one and it is valid
+/// (`VERSION-TRACEID-PARENTID-FLAGS`): lowercase hex, version not `ff`, ids
+/// not all zeros; `00` exactly 55 characters, a later version at least
+/// that, with `-` after the flags. Used by the access line and by tracing.
+pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
     let mut all = headers.get_all(TRACEPARENT).iter();
     let (Some(v), None) = (all.next(), all.next()) else { return None };
     let b = v.as_bytes();
@@ -75,7 +84,13 @@ pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
             _ => b.len() == 55 || b[55] == b'-',
         };
     // Checked ASCII above.
-    ok.then(|| std::str::from_utf8(trace).ok()).flatten()
+    let text = |s| std::str::from_utf8(s).ok();
+    ok.then(|| Some(TraceParent { trace_id: text(trace)?, parent_id: text(parent)?, flags: text(flags)? })).flatten()
+}
+
+/// The trace id (32 lowercase hex) of the caller's valid `traceparent`.
+pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
+    traceparent(headers).map(|t| t.trace_id)
 }
 
 #[cfg(test)]

@@ -199,18 +199,7 @@ pub async fn echo_backend() -> SocketAddr {
     serve(|mut req: Request<Incoming>| async move {
         let path = req.uri().path().to_owned();
         if path == "/upgrade" && req.headers().contains_key("upgrade") {
-            let on = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(up) = on.await {
-                    let mut io = TokioIo::new(up);
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = io.read(&mut buf).await {
-                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
+            echo_upgraded(&mut req);
             return Response::builder()
                 .status(101)
                 .header("connection", "upgrade")
@@ -259,6 +248,22 @@ pub async fn echo_backend() -> SocketAddr {
         resp
     })
     .await
+}
+
+/// Echoes the bytes of `req`'s connection once it is upgraded (answer 101).
+pub fn echo_upgraded<B>(req: &mut Request<B>) {
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 pub fn hex(b: &[u8]) -> String {
