@@ -1,6 +1,8 @@
 //! `${VAR}` / `${VAR:-default}` interpolation and the string-like config types
 //! that apply it while deserializing, so an error keeps its YAML path and line.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Replaces `${VAR}` and `${VAR:-default}` in `input` using `lookup`.
 /// `$$` is a literal `$`. An unset variable without a default is an error.
-pub fn interpolate(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(input: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
     if !input.contains('$') {
         return Ok(input.to_owned());
     }
@@ -49,12 +51,50 @@ fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+thread_local! {
+    /// `Some` while an offline parse runs on this thread: the variables that
+    /// were not set (deserializing cannot carry context, so this does).
+    static OFFLINE: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with offline interpolation: an unset `${VAR}` is no error; the
+/// value that holds it is marked `unresolved` and its checks are skipped.
+/// Returns the names of the unset variables too.
+pub(super) fn offline<T>(f: impl FnOnce() -> T) -> (T, BTreeSet<String>) {
+    OFFLINE.with(|o| *o.borrow_mut() = Some(BTreeSet::new()));
+    let out = f();
+    let unset = OFFLINE.with(|o| o.borrow_mut().take()).unwrap_or_default();
+    (out, unset)
+}
+
+/// Interpolates `raw` from the environment; offline, an unset variable
+/// leaves the text as written and reports `false` (not resolved).
+fn resolve(raw: &str) -> Result<(String, bool), String> {
+    match interpolate(raw, env_lookup) {
+        Ok(v) => Ok((v, true)),
+        Err(e) => OFFLINE.with(|o| match o.borrow_mut().as_mut() {
+            Some(unset) => {
+                let mut missing = |name: &str| {
+                    unset.insert(name.to_owned());
+                    Some("unset".to_owned())
+                };
+                // Only unset variables are forgiven: a malformed `${` is still an error.
+                interpolate(raw, |n| env_lookup(n).or_else(|| missing(n))).map(|_| (raw.to_owned(), false))
+            }
+            None => Err(e),
+        }),
+    }
+}
+
 /// A config string after interpolation. Also records whether the YAML text
 /// held the value literally (no `${..}`), for `TOKEX_STRICT` secret checks.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Text {
     pub value: String,
     pub literal: bool,
+    /// Offline only: it names a variable that is not set, so `value` is the
+    /// text as written and checks of its form are skipped.
+    pub unresolved: bool,
 }
 
 impl Text {
@@ -73,8 +113,8 @@ impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
         let literal = !raw.contains("${");
-        let value = interpolate(&raw, env_lookup).map_err(serde::de::Error::custom)?;
-        Ok(Text { value, literal })
+        let (value, resolved) = resolve(&raw).map_err(serde::de::Error::custom)?;
+        Ok(Text { value, literal, unresolved: !resolved })
     }
 }
 
@@ -85,6 +125,10 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = Text::deserialize(d)?;
+        if text.unresolved {
+            // Offline and unset: any value would do; one second passes every range.
+            return Ok(Dur(Duration::from_secs(1)));
+        }
         humantime::parse_duration(text.as_str().trim())
             .map(Dur)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {:?}: {e}", text.value)))

@@ -405,15 +405,54 @@ fn plain_message(text: &str) -> String {
     }
 }
 
+/// How a configuration is checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Check structure and references only: files (secrets, keys, actor
+    /// tokens, certificates) are not read and `${VAR}`s need not be set, so
+    /// a pod's config can be checked where those exist only in the pod.
+    pub offline: bool,
+}
+
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Options::default())
+}
+
+/// `load` with options.
+pub fn load_with(path: &Path, options: Options) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
-    parse(&text)
+    parse_with(&text, options)
 }
 
 /// Parses and validates configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with(text, Options::default())
+}
+
+/// `parse` with options. Offline, every variable that is not set is named
+/// in a warning.
+pub fn parse_with(text: &str, options: Options) -> Result<Config, ConfigError> {
+    if !options.offline {
+        return parse_checked(text, false);
+    }
+    let (result, unset) = interp::offline(|| parse_checked(text, true));
+    result.map(|mut config| {
+        for name in unset {
+            config.warnings.push(Diagnostic {
+                path: String::new(),
+                line: None,
+                message: format!(
+                    "environment variable {name} is not set: values that use it were not checked (--offline)"
+                ),
+            });
+        }
+        config
+    })
+}
+
+fn parse_checked(text: &str, offline: bool) -> Result<Config, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -427,5 +466,5 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             }],
         }
     })?;
-    validate::validate(raw).map_err(|errors| ConfigError { errors })
+    validate::validate(raw, offline).map_err(|errors| ConfigError { errors })
 }

@@ -22,6 +22,8 @@ mod routes;
 struct Ctx {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    /// `check --offline`: files are not read.
+    offline: bool,
 }
 
 impl Ctx {
@@ -37,8 +39,8 @@ fn strict() -> bool {
     matches!(std::env::var("TOKEX_STRICT").as_deref(), Ok("1") | Ok("true"))
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
-    let mut cx = Ctx::default();
+pub(super) fn validate(raw: RawConfig, offline: bool) -> Result<Config, Vec<Diagnostic>> {
+    let mut cx = Ctx { offline, ..Ctx::default() };
 
     let listen = listen(&mut cx, raw.listen);
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
@@ -131,6 +133,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Diagnostic>> {
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 fn socket_addr(cx: &mut Ctx, path: &str, t: &Text) -> Option<SocketAddr> {
+    if t.unresolved {
+        return Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+    }
     match t.as_str().parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -178,6 +183,9 @@ fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
 }
 
 fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
+    if t.unresolved {
+        return Url::parse("http://unresolved.invalid/").ok();
+    }
     match Url::parse(t.as_str()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
             if u.fragment().is_some() {
@@ -196,8 +204,16 @@ fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
     }
 }
 
+/// A file the gateway reads; it must exist, except offline (it may be one
+/// that exists only where tokex runs, such as a projected token).
 fn existing_file(cx: &mut Ctx, path: &str, t: &Text) -> PathBuf {
     let p = PathBuf::from(t.as_str());
+    if cx.offline {
+        if p.as_os_str().is_empty() {
+            cx.err(path, "must not be empty");
+        }
+        return p;
+    }
     if let Err(e) = std::fs::metadata(&p) {
         cx.err(path, format!("cannot read {}: {e}", p.display()));
     }
