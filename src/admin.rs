@@ -9,7 +9,6 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::error::json_response;
 use crate::exchange::Exchanger;
 use crate::metrics::Metrics;
 use crate::proxy::server::Handler;
@@ -54,4 +53,12 @@ impl Handler for Admin {
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         self.answer(req)
     }
+}
+
+/// A small JSON answer for paths that are not errors of the request pipeline.
+pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }

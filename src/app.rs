@@ -21,9 +21,9 @@ use crate::metrics::Metrics;
 use crate::proxy::forward::{Forwarder, Upstream};
 use crate::proxy::handler::{Gateway, Runtime};
 use crate::proxy::pool::UpstreamClient;
+use crate::proxy::routes::{Route, RouteAuth, RouteTable};
 use crate::proxy::server::{serve, Limits, Listening, Phase};
 use crate::readiness::Readiness;
-use crate::routes::{Route, RouteAuth, RouteTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::unverified;
 use crate::dev_sts::{self, ClientSpec, DevStsConfig};
+use crate::exchange::unverified;
 use crate::proxy::server::{serve, Handler, Limits, Listening, Phase};
 use crate::proxy::Body;
 

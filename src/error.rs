@@ -5,10 +5,10 @@
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
 
 use crate::auth::InboundError;
 use crate::exchange::ExchangeError;
-use crate::proxy::Body;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -74,7 +74,7 @@ impl GatewayError {
 
     /// The answer sent to the caller. `scope` is the route's exchange scope,
     /// named in `insufficient_scope` challenges.
-    pub fn to_response(&self, scope: &str) -> Response<Body> {
+    pub fn to_response(&self, scope: &str) -> Response<Full<Bytes>> {
         use ExchangeError as X;
         use InboundError as I;
         let (status, code, challenge, retry_after): (StatusCode, &str, Option<String>, Option<u64>) = match self {
@@ -123,7 +123,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None, None),
         };
         let body = format!("{{\"error\":\"{code}\",\"error_description\":\"{}\"}}", self.public_description());
-        let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from(body))));
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -177,25 +177,4 @@ impl GatewayError {
 /// break the quoted-string of the challenge anyway.
 fn scope_attr(s: &str) -> String {
     s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
-}
-
-/// A small JSON answer for paths that are not errors of the request pipeline.
-pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from_static(body.as_bytes()))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-/// An error and its sources, `: `-joined, for logs. Callers pass errors whose
-/// text names URLs and causes, never request bodies or tokens.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }

@@ -15,6 +15,5 @@ pub mod metrics;
 pub mod otel;
 pub mod proxy;
 pub mod readiness;
-pub mod routes;
 pub mod secret;
 pub mod telemetry;

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::exchange::client::tls_config;
-use crate::proxy::ids;
+use crate::telemetry;
 
 /// Spans waiting for export; past this, ended spans are dropped (and counted).
 pub const MAX_QUEUE: usize = 2048;
@@ -263,12 +263,12 @@ impl ChildSpan {
 // ---------------------------------------------------------------------------
 // Parenting
 
-/// The caller's span from its valid W3C `traceparent` ([`ids::traceparent`]).
+/// The caller's span from its valid W3C `traceparent` ([`telemetry::traceparent`]).
 /// The caller's `tracestate` is not taken: it is text from the request, and
 /// a request refused for carrying its token there must not export it. (The
 /// header itself still reaches the backend, checked like every header.)
 fn remote_parent(headers: &HeaderMap) -> Option<SpanContext> {
-    let tp = ids::traceparent(headers)?;
+    let tp = telemetry::traceparent(headers)?;
     let trace_id = u128::from_str_radix(tp.trace_id, 16).ok()?;
     let span_id = u64::from_str_radix(tp.parent_id, 16).ok()?;
     let flags = u8::from_str_radix(tp.flags, 16).ok()?;

@@ -1,7 +1,10 @@
 //! Logging set-up: `tracing` to stderr, text or JSON, filtered by `TOKEX_LOG`.
 //! Access lines use target `tokex::access`, exchange audit events
 //! `tokex::audit`; neither ever carries a token, only an 8-hex fingerprint.
+//! Also what logs and traces share: clipping caller text, error chains, and
+//! the W3C `traceparent` parser.
 
+use http::{HeaderMap, HeaderName};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -58,9 +61,99 @@ impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
     }
 }
 
+/// An error and its sources, `: `-joined, for logs. Callers pass errors whose
+/// text names URLs and causes, never request bodies or tokens.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// W3C Trace Context: the `traceparent` header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The parts of the one valid `traceparent` (W3C Trace Context §3.2), as
+/// lowercase hex text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    pub trace_id: &'a str,
+    pub parent_id: &'a str,
+    pub flags: &'a str,
+}
+
+/// The caller's `traceparent` when there is exactly one and it is valid
+/// (`VERSION-TRACEID-PARENTID-FLAGS`): lowercase hex, version not `ff`, ids
+/// not all zeros; `00` exactly 55 characters, a later version at least
+/// that, with `-` after the flags. Used by the access line and by tracing.
+pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
+    let mut all = headers.get_all(TRACEPARENT).iter();
+    let (Some(v), None) = (all.next(), all.next()) else { return None };
+    let b = v.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&b[..2], &b[3..35], &b[36..52], &b[53..55]);
+    let ok = hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && !zero(trace)
+        && hex(parent)
+        && !zero(parent)
+        && hex(flags)
+        && match version {
+            b"00" => b.len() == 55,
+            _ => b.len() == 55 || b[55] == b'-',
+        };
+    // Checked ASCII above.
+    let text = |s| std::str::from_utf8(s).ok();
+    ok.then(|| Some(TraceParent { trace_id: text(trace)?, parent_id: text(parent)?, flags: text(flags)? })).flatten()
+}
+
+/// The trace id (32 lowercase hex) of the caller's valid `traceparent`.
+pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
+    traceparent(headers).map(|t| t.trace_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
+
+    fn with(name: &HeaderName, values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(name.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn traceparent_gives_the_trace_id_only_when_valid() {
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let good = format!("00-{t}-00f067aa0ba902b7-01");
+        assert_eq!(trace_id(&with(&TRACEPARENT, &[&good])), Some(t));
+        assert_eq!(trace_id(&with(&TRACEPARENT, &[&format!("01-{t}-00f067aa0ba902b7-01-what")])), Some(t));
+        for bad in [
+            format!("ff-{t}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{t}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", t.to_uppercase()),
+            format!("00-{t}-00f067aa0ba902b7-01-extra"),
+            format!("01-{t}-00f067aa0ba902b7-01x"),
+            "00-abc".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(trace_id(&with(&TRACEPARENT, &[&bad])), None, "{bad}");
+        }
+        assert_eq!(trace_id(&with(&TRACEPARENT, &[&good, &good])), None, "two: ignored");
+    }
 
     #[test]
     fn clip_bounds_long_text() {

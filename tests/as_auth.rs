@@ -260,7 +260,7 @@ fn orders_route(backend: SocketAddr) -> String {
 /// The exchanged token the backend received, decoded (unverified).
 fn backend_claims(body: &str) -> Value {
     let auth = seen(&echoed(body), "authorization");
-    tokex::auth::unverified::claims_json(auth[0].strip_prefix("Bearer ").unwrap()).unwrap()
+    tokex::exchange::unverified::claims_json(auth[0].strip_prefix("Bearer ").unwrap()).unwrap()
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ async fn sts() -> dev_sts::DevSts {
 fn claims(body: &str) -> Value {
     let auth = seen(&echoed(body), "authorization");
     let token = auth[0].strip_prefix("Bearer ").unwrap().to_owned();
-    tokex::auth::unverified::claims_json(&token).unwrap()
+    tokex::exchange::unverified::claims_json(&token).unwrap()
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ async fn actor_client_credentials_against_dev_sts_puts_tokex_in_act() {
     let (status, _, body) = get(&format!("{}/orders/1", gw.url), Some(&subject)).await;
     assert_eq!(status, 200, "{body}");
     let token = seen(&echoed(&body), "authorization")[0].trim_start_matches("Bearer ").to_owned();
-    let claims = tokex::auth::unverified::claims_json(&token).unwrap();
+    let claims = tokex::exchange::unverified::claims_json(&token).unwrap();
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["aud"], "orders-api");
     assert_eq!(claims["scope"], "orders:read");

@@ -10,11 +10,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
 use proptest::sample::select;
 
-use tokex::auth::bearer::{self, MAX_TOKEN_BYTES};
 use tokex::config::interpolate;
+use tokex::config::matcher::{HostMatch, PathMatch};
 use tokex::error::GatewayError;
+use tokex::proxy::bearer::{self, MAX_TOKEN_BYTES};
 use tokex::proxy::headers::{is_hop_by_hop, strip_hop_by_hop};
-use tokex::routes::{HostMatch, PathMatch};
 
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 256, ..ProptestConfig::default() }

@@ -10,7 +10,7 @@
 use http::header::{AUTHORIZATION, CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use tokex::auth::bearer;
+use tokex::proxy::bearer;
 use tokex::proxy::{credentials, headers, target};
 
 const METHODS: [&str; 6] = ["GET", "POST", "CONNECT", "OPTIONS", "PURGE", "AVERYLONGMETHODNAMEOVERTHIRTYTWOBYTES"];

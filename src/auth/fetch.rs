@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::error::error_chain;
 use crate::exchange::client::tls_config;
+use crate::telemetry::error_chain;
 
 pub(crate) fn client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, String> {
     let tls = tls_config(ca_file)?;

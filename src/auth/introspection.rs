@@ -18,9 +18,9 @@ use super::fetch::{read_capped, ReadError};
 use super::scopes::Granted;
 use super::{InboundError, Invalid};
 use crate::config::IntrospectionConfig;
-use crate::error::error_chain;
 use crate::exchange::client::{ClientAuth, MAX_ANSWER_BYTES};
 use crate::metrics::{Counters, Metrics};
+use crate::telemetry::error_chain;
 
 /// `tokex_introspections_total` outcomes.
 const OUTCOMES: [&str; 4] = ["active", "inactive", "unavailable", "failed"];

@@ -29,9 +29,9 @@ use super::fetch::Remote;
 use super::fetch::{read_capped, ReadError};
 use super::{InboundError, Invalid};
 use crate::config::JwtConfig;
-use crate::error::error_chain;
 use crate::metrics::Counters;
 use crate::readiness::Gate;
+use crate::telemetry::error_chain;
 
 /// Largest JWK Set read.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;

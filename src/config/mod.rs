@@ -3,6 +3,8 @@
 //! entry point that reads YAML.
 
 mod interp;
+pub mod limits;
+pub mod matcher;
 mod raw;
 mod validate;
 
@@ -15,7 +17,7 @@ use std::time::Duration;
 use http::HeaderName;
 use url::Url;
 
-use crate::routes::Matcher;
+use matcher::Matcher;
 
 pub use interp::interpolate;
 

@@ -10,9 +10,9 @@ use http::{HeaderName, HeaderValue, Method};
 use url::Url;
 
 use super::interp::Text;
+use super::matcher::{HostMatch, Matcher, PathMatch};
 use super::raw::*;
 use super::*;
-use crate::routes::{HostMatch, Matcher, PathMatch};
 
 mod inbound;
 mod ops;
@@ -378,7 +378,7 @@ fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option<ClientAuth
             let algorithm = match ca.algorithm.as_ref().map(|t| t.as_str()) {
                 None => Some(None),
                 Some(a) => match a.parse::<jsonwebtoken::Algorithm>() {
-                    Ok(alg) if crate::exchange::client_auth::ASSERTION_ALGORITHMS.contains(&alg) => Some(Some(alg)),
+                    Ok(alg) if super::limits::ASSERTION_ALGORITHMS.contains(&alg) => Some(Some(alg)),
                     _ => {
                         cx.err(
                             format!("{base}.algorithm"),

@@ -19,8 +19,8 @@ use super::error::sanitize_code;
 use super::guard::{whole_seconds, AsGuard, Health};
 use super::{ExchangeError, Refusal};
 use crate::config::{AsLocation, AuthServerConfig, ClientAuthConfig};
-use crate::error::error_chain;
 use crate::secret::{Secret, SecretString};
+use crate::telemetry::error_chain;
 
 /// Largest answer read from an authorization server.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;

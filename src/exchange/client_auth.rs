@@ -29,8 +29,7 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 60;
 /// Largest key or certificate file read.
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
-/// Algorithms tokex signs client assertions with.
-pub const ASSERTION_ALGORITHMS: &[Algorithm] = crate::auth::ASYMMETRIC_ALGORITHMS;
+pub use crate::config::limits::ASSERTION_ALGORITHMS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

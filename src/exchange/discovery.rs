@@ -14,8 +14,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::client::AsClient;
-use crate::error::error_chain;
 use crate::readiness::{Gate, Readiness};
+use crate::telemetry::error_chain;
 
 /// Largest metadata document read.
 const MAX_METADATA_BYTES: usize = 256 * 1024;

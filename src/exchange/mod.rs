@@ -10,6 +10,7 @@ pub mod discovery;
 mod error;
 pub mod guard;
 pub mod rate;
+pub mod unverified;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-use crate::auth::unverified;
 use crate::config::{
     ActorSource, CacheConfig, ExchangeConfig, MachineConfig, RateConfig, SecretSource, TOKEN_EXCHANGE_GRANT,
 };

@@ -19,15 +19,14 @@
 //!   value is at least as long as the token. Tokens shorter than
 //!   [`MIN_SCANNED`] bytes are not looked for: they would turn up by chance.
 
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName, Method, Uri};
 use memchr::memmem;
 
 /// Shortest caller token whose value is looked for elsewhere in a request.
 pub const MIN_SCANNED: usize = 16;
 
-/// `forward.remove_headers` when a route does not say.
-pub const DEFAULT_REMOVED: [HeaderName; 2] = [COOKIE, HeaderName::from_static("forwarded")];
+pub use crate::config::limits::DEFAULT_REMOVED;
 
 /// True when the query string, or a `;` parameter of a path segment, names
 /// `access_token` in any form a server would read as that name.
@@ -230,6 +229,7 @@ pub fn token_elsewhere(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
 
     fn named(target: &str) -> bool {
         url_names_token(&target.parse().unwrap())

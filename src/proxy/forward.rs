@@ -20,7 +20,8 @@ use super::headers;
 use super::pool::UpstreamClient;
 use super::target::Authority as Target;
 use super::{Body, RequestBody};
-use crate::error::{error_chain, GatewayError};
+use crate::error::GatewayError;
+use crate::telemetry::error_chain;
 
 /// Where a route sends requests: scheme, authority and an optional base
 /// path, and the pooled client that reaches it.
@@ -161,7 +162,7 @@ impl Forwarder {
         }
         h.insert(super::ids::X_REQUEST_ID, rewrite.request_id.clone());
         if let Some(tp) = rewrite.traceparent {
-            h.insert(super::ids::TRACEPARENT, tp);
+            h.insert(crate::telemetry::TRACEPARENT, tp);
         }
         let host = rewrite.authority.map(|a| a.value().clone());
         match &host {

@@ -13,18 +13,19 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, V
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
+use super::bearer;
 use super::forward::{Forwarder, Rewrite};
+use super::routes::{Route, RouteAuth, RouteTable};
 use super::target::{self, Authority};
 use super::{credentials, headers, ids};
 use super::{Body, RequestBody};
-use crate::auth::{bearer, Inbound};
+use crate::auth::Inbound;
 use crate::error::GatewayError;
 use crate::exchange::cache::{Entry, EntryKind};
 use crate::exchange::client::AsClient;
 use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
 use crate::otel::{RequestAttrs, RequestSpan, Tracer};
-use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::telemetry::{clip, OrDash, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
 
 /// Everything that changes with a configuration reload.
@@ -99,7 +100,7 @@ impl Gateway {
         // A request line that holds the caller's token is never logged.
         let mut trace = Trace {
             request_id: ids::request_id(req.headers()),
-            trace_id: ids::trace_id(req.headers()).and_then(|t| t.as_bytes().try_into().ok()),
+            trace_id: crate::telemetry::trace_id(req.headers()).and_then(|t| t.as_bytes().try_into().ok()),
             upstream_time: None,
             route: None,
             fingerprint: None,
@@ -116,7 +117,7 @@ impl Gateway {
             Ok(resp) => (resp, None),
             Err(e) => {
                 let scope = trace.route.as_ref().map_or("", |r| r.auth.scope());
-                (e.to_response(scope), Some(e))
+                (e.to_response(scope).map(Body::Right), Some(e))
             }
         };
         let elapsed = started.elapsed();

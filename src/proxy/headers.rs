@@ -6,26 +6,12 @@ use std::net::IpAddr;
 use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub use crate::config::limits::is_hop_by_hop;
+use crate::config::limits::{KEEP_ALIVE, PROXY_CONNECTION};
+
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &http::header::PROXY_AUTHENTICATE,
-        &http::header::PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ]
-    .contains(&name)
-}
 
 /// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection: upgrade`).
 pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {

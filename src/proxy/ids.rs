@@ -5,7 +5,6 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Longest caller `x-request-id` kept.
 pub const MAX_REQUEST_ID: usize = 128;
@@ -49,50 +48,6 @@ pub fn generate() -> HeaderValue {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The parts of the one valid `traceparent` (W3C Trace Context §3.2), as
-/// lowercase hex text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent<'a> {
-    pub trace_id: &'a str,
-    pub parent_id: &'a str,
-    pub flags: &'a str,
-}
-
-/// The caller's `traceparent` when there is exactly one and it is valid
-/// (`VERSION-TRACEID-PARENTID-FLAGS`): lowercase hex, version not `ff`, ids
-/// not all zeros; `00` exactly 55 characters, a later version at least
-/// that, with `-` after the flags. Used by the access line and by tracing.
-pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
-    let mut all = headers.get_all(TRACEPARENT).iter();
-    let (Some(v), None) = (all.next(), all.next()) else { return None };
-    let b = v.as_bytes();
-    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
-    let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
-    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
-        return None;
-    }
-    let (version, trace, parent, flags) = (&b[..2], &b[3..35], &b[36..52], &b[53..55]);
-    let ok = hex(version)
-        && version != b"ff"
-        && hex(trace)
-        && !zero(trace)
-        && hex(parent)
-        && !zero(parent)
-        && hex(flags)
-        && match version {
-            b"00" => b.len() == 55,
-            _ => b.len() == 55 || b[55] == b'-',
-        };
-    // Checked ASCII above.
-    let text = |s| std::str::from_utf8(s).ok();
-    ok.then(|| Some(TraceParent { trace_id: text(trace)?, parent_id: text(parent)?, flags: text(flags)? })).flatten()
-}
-
-/// The trace id (32 lowercase hex) of the caller's valid `traceparent`.
-pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
-    traceparent(headers).map(|t| t.trace_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,26 +80,5 @@ mod tests {
         assert_eq!(&s[14..15], "4", "version 4: {s}");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
         assert_ne!(generate(), generate());
-    }
-
-    #[test]
-    fn traceparent_gives_the_trace_id_only_when_valid() {
-        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let good = format!("00-{t}-00f067aa0ba902b7-01");
-        assert_eq!(trace_id(&with(&TRACEPARENT, &[&good])), Some(t));
-        assert_eq!(trace_id(&with(&TRACEPARENT, &[&format!("01-{t}-00f067aa0ba902b7-01-what")])), Some(t));
-        for bad in [
-            format!("ff-{t}-00f067aa0ba902b7-01"),
-            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
-            format!("00-{t}-0000000000000000-01"),
-            format!("00-{}-00f067aa0ba902b7-01", t.to_uppercase()),
-            format!("00-{t}-00f067aa0ba902b7-01-extra"),
-            format!("01-{t}-00f067aa0ba902b7-01x"),
-            "00-abc".to_owned(),
-            String::new(),
-        ] {
-            assert_eq!(trace_id(&with(&TRACEPARENT, &[&bad])), None, "{bad}");
-        }
-        assert_eq!(trace_id(&with(&TRACEPARENT, &[&good, &good])), None, "two: ignored");
     }
 }

@@ -1,6 +1,7 @@
 //! The proxy: accept loop (`server`), the request phases (`handler`), the
 //! upstream client (`forward`) and header rules (`headers`).
 
+pub mod bearer;
 pub mod body_scan;
 pub mod conn;
 pub mod credentials;
@@ -10,6 +11,7 @@ pub mod headers;
 pub mod ids;
 pub mod pool;
 pub mod reload;
+pub mod routes;
 pub mod server;
 pub mod target;
 pub mod tls;

@@ -9,10 +9,10 @@ use super::super::interp::Dur;
 use super::*;
 
 /// Algorithms accepted in `inbound.jwt.algorithms`: asymmetric only.
-const ALLOWED: &[Algorithm] = crate::auth::ASYMMETRIC_ALGORITHMS;
+const ALLOWED: &[Algorithm] = super::super::limits::ASYMMETRIC_ALGORITHMS;
 
 /// Largest bearer token the extractor accepts; the JWT cap cannot exceed it.
-const MAX_TOKEN_CAP: usize = crate::auth::bearer::MAX_TOKEN_BYTES;
+const MAX_TOKEN_CAP: usize = super::super::limits::MAX_TOKEN_BYTES;
 
 pub(super) fn inbound(
     cx: &mut Ctx,

@@ -55,7 +55,7 @@ pub(super) fn route(
         None => (None, None),
     };
     let remove_headers = remove_headers.map_or_else(
-        || crate::proxy::credentials::DEFAULT_REMOVED.to_vec(),
+        || super::super::limits::DEFAULT_REMOVED.to_vec(),
         |list| {
             let mut names = Vec::with_capacity(list.len());
             for (i, h) in list.iter().enumerate() {
@@ -76,7 +76,7 @@ pub(super) fn route(
     let forward_header = match forward_header {
         None => Some(http::header::AUTHORIZATION),
         Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
-            Ok(n) if crate::proxy::headers::is_hop_by_hop(&n) => {
+            Ok(n) if super::super::limits::is_hop_by_hop(&n) => {
                 cx.err(format!("{base}.forward.header"), format!("{n} is a hop-by-hop header"));
                 None
             }

@@ -6,8 +6,7 @@ use http::HeaderMap;
 
 use crate::error::GatewayError;
 
-/// Largest bearer token accepted.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub use crate::config::limits::MAX_TOKEN_BYTES;
 
 /// The bearer token of a request: exactly one `Authorization` header with the
 /// `Bearer` scheme (any case) and a b64token.

@@ -1,15 +1,16 @@
-//! Route matching (SPEC §3.1): host exact or `*.suffix`, exact path or
-//! segment-aware prefix, methods, headers. First match wins.
+//! The routes of a running configuration and request matching (SPEC §3.1):
+//! first match wins. The rules are `config::matcher`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, Method};
 
+use super::forward::Upstream;
 use crate::auth::scopes::RequiredScopes;
+use crate::config::matcher::{prefix_matches, HostMatch, Matcher, PathMatch};
 use crate::exchange::{MachinePolicy, Policy};
 use crate::metrics::RouteMetrics;
-use crate::proxy::forward::Upstream;
 
 /// What a route does with credentials.
 pub enum RouteAuth {
@@ -51,52 +52,7 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostMatch {
-    Any,
-    /// Lower-case host without port.
-    Exact(String),
-    /// `*.example.com` stored as `.example.com`: any subdomain, not the apex.
-    Suffix(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathMatch {
-    Any,
-    Exact(String),
-    /// Segment-aware: `/orders` matches `/orders` and `/orders/1`, not `/ordersx`.
-    Prefix(String),
-}
-
-#[derive(Clone, Debug)]
-pub struct Matcher {
-    pub host: HostMatch,
-    pub path: PathMatch,
-    /// Empty means any method.
-    pub methods: Vec<Method>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
 impl HostMatch {
-    pub fn parse(pattern: &str) -> Result<HostMatch, String> {
-        let p = pattern.trim().to_ascii_lowercase();
-        if p.is_empty() {
-            return Err("host must not be empty".into());
-        }
-        let (suffix, name) = match p.strip_prefix("*.") {
-            Some(rest) => (true, rest.to_owned()),
-            None => (false, p.clone()),
-        };
-        let valid = !name.is_empty()
-            && name.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        if !valid {
-            return Err(format!(
-                "invalid host {pattern:?}: expected a host name or *.suffix (no port, no other wildcards)"
-            ));
-        }
-        Ok(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(name) })
-    }
-
     pub fn matches(&self, host: Option<&str>) -> bool {
         match self {
             HostMatch::Any => true,
@@ -106,18 +62,6 @@ impl HostMatch {
                     && x.is_char_boundary(x.len() - s.len())
                     && x[x.len() - s.len()..].eq_ignore_ascii_case(s)
             }),
-        }
-    }
-
-    /// True when every host `other` accepts is accepted by `self`.
-    fn covers(&self, other: &HostMatch) -> bool {
-        match (self, other) {
-            (HostMatch::Any, _) => true,
-            (_, HostMatch::Any) => false,
-            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
-            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
-            (HostMatch::Suffix(s), HostMatch::Exact(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
-            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b.ends_with(a.as_str()),
         }
     }
 }
@@ -130,22 +74,6 @@ impl PathMatch {
             PathMatch::Prefix(p) => prefix_matches(p, path),
         }
     }
-
-    fn covers(&self, other: &PathMatch) -> bool {
-        match (self, other) {
-            (PathMatch::Any, _) => true,
-            (_, PathMatch::Any) => false,
-            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
-            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
-            (PathMatch::Prefix(a), PathMatch::Exact(b)) => prefix_matches(a, b),
-            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => prefix_matches(a, b),
-        }
-    }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix)
-        && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
 }
 
 impl Matcher {
@@ -154,16 +82,6 @@ impl Matcher {
             && self.host.matches(host)
             && (self.methods.is_empty() || self.methods.contains(method))
             && self.headers.iter().all(|(name, want)| headers.get_all(name).iter().any(|v| v == want))
-    }
-
-    /// True when `self` matches every request `other` matches: a route after
-    /// `self` with matcher `other` can never be reached.
-    pub fn shadows(&self, other: &Matcher) -> bool {
-        self.host.covers(&other.host)
-            && self.path.covers(&other.path)
-            && (self.methods.is_empty()
-                || (!other.methods.is_empty() && other.methods.iter().all(|m| self.methods.contains(m))))
-            && self.headers.iter().all(|h| other.headers.contains(h))
     }
 }
 
@@ -191,6 +109,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn m(host: HostMatch, path: PathMatch, methods: &[Method]) -> Matcher {
         Matcher { host, path, methods: methods.to_vec(), headers: vec![] }
@@ -212,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn hosts_exact_and_suffix() {
+    fn hosts_exact_and_suffix_match() {
         let e = HostMatch::parse("API.example.com").unwrap();
         assert!(e.matches(Some("api.example.com")));
         assert!(e.matches(Some("Api.Example.Com")));
@@ -237,21 +156,5 @@ mod tests {
         h.insert("x-tenant", HeaderValue::from_static("acme"));
         assert!(matcher.matches(&Method::GET, "/", None, &h));
         assert!(!matcher.matches(&Method::POST, "/", None, &h));
-    }
-
-    #[test]
-    fn shadowing() {
-        let all = m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]);
-        let orders = m(HostMatch::Any, PathMatch::Prefix("/orders".into()), &[Method::GET]);
-        assert!(all.shadows(&orders));
-        assert!(!orders.shadows(&all));
-        let exact = m(HostMatch::Any, PathMatch::Exact("/orders/1".into()), &[Method::GET]);
-        assert!(orders.shadows(&exact));
-        let post = m(HostMatch::Any, PathMatch::Exact("/orders/1".into()), &[Method::POST]);
-        assert!(!orders.shadows(&post));
-        let wild = m(HostMatch::parse("*.example.com").unwrap(), PathMatch::Any, &[]);
-        let api = m(HostMatch::parse("api.example.com").unwrap(), PathMatch::Any, &[]);
-        assert!(wild.shadows(&api));
-        assert!(!api.shadows(&wild));
     }
 }
