@@ -12,7 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use tokex::auth::claims::{Claims, Expected};
-use tokex::auth::{jwt, unverified};
+use tokex::auth::jwt;
+use tokex::exchange::unverified;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
