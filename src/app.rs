@@ -120,6 +120,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     shutdown_delay: Duration,
+    /// What a reload cannot change (warned about when it tries).
+    started: crate::config::StartSettings,
     /// The listeners' phase (draining, then stopping).
     phase: watch::Sender<Phase>,
     /// Background tasks (JWKS refresh, ...) stop when this turns true.
@@ -200,6 +202,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         readiness,
         shutdown_delay: config.shutdown_delay,
+        started: config.start_settings(),
         phase,
         shutdown,
         tasks,
@@ -231,6 +234,13 @@ impl Running {
                 self.gateway.replace(runtime);
                 self.metrics.reload(true);
                 tracing::info!(reason, routes = config.routes.len(), "configuration reloaded");
+                let ignored = self.started.changed(&config.start_settings());
+                if !ignored.is_empty() {
+                    tracing::warn!(
+                        settings = ignored.join(", "),
+                        "these settings changed but need a restart; the running values are kept"
+                    );
+                }
                 true
             }
             Err(e) => {

@@ -110,3 +110,223 @@ fn check_without_a_config_exits_1_with_a_clear_message() {
         tokex(&["check", "--offline"], &[("TOKEX_CONFIG", example.to_str().unwrap()), ("TOKEX_CLIENT_SECRET", "x")]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Each problem once, at its line, saying what is expected.
+#[test]
+fn errors_name_their_line_and_one_mistake_is_one_error() {
+    let yaml = r#"listen: { address: "0.0.0.0:8080" }
+admin:
+  address: "0.0.0.0:8080"
+authorization_servers:
+  corp:
+    token_endpoint: "not a url"
+  other: { token_endpoint: "https://as.example.com/token" }
+routes:
+  - name: a
+    match:
+      path_prefix: /
+      methods: [get, "GE T"]
+    upstream: 127.0.0.1:8081
+    exchange:
+      authorization_server: corp
+  - name: b
+    upstream: http://127.0.0.1:1
+    exchange: { authorization_server: nowhere }
+"#;
+    let (code, out) = check_file(yaml, &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    for line in &errors {
+        assert!(line.contains(" (line "), "every error carries its line: {line}");
+    }
+    for want in [
+        "admin.address (line 3): 0.0.0.0:8080 overlaps listen.address",
+        "authorization_servers.corp.token_endpoint (line 6): invalid URL \"not a url\"",
+        "routes[0].match.methods[1] (line 12): invalid method \"GE T\": expected an HTTP method",
+        "routes[0].upstream (line 13): invalid URL \"127.0.0.1:8081\"",
+        "expected http://host:port",
+        "routes[1].exchange.authorization_server (line 18): unknown authorization server \"nowhere\" (defined: corp, other)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // The bad token endpoint is one error: the route that names `corp` is
+    // not also told the server is unknown.
+    assert!(!out.contains("unknown authorization server \"corp\""), "{out}");
+    assert_eq!(errors.len(), 5, "{out}");
+
+    // Methods are upper-cased; a free port pair is fine.
+    let ok = "listen: { address: \"127.0.0.1:8080\" }\nadmin: { address: \"127.0.0.1:9901\" }\nroutes:\n  - { name: r, auth: none, upstream: \"http://127.0.0.1:1\", match: { methods: [get, Post] } }\n";
+    let (code, out) = check_file(ok, &[], &[]);
+    assert_eq!(code, 0, "{out}");
+    // Same port on another address of the host still collides with 0.0.0.0.
+    let clash = ok.replace("127.0.0.1:9901", "127.0.0.2:8080").replace("127.0.0.1:8080", "0.0.0.0:8080");
+    let (code, out) = check_file(&clash, &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    // No servers at all: the error says so.
+    let none = "listen: { address: \"127.0.0.1:8080\" }\nroutes:\n  - { name: r, upstream: \"http://127.0.0.1:1\", exchange: { authorization_server: corp } }\n";
+    let (_, out) = check_file(none, &[], &[]);
+    assert!(
+        out.contains("unknown authorization server \"corp\" (none is defined under authorization_servers)"),
+        "{out}"
+    );
+    // Warnings carry their line too.
+    let shadow = "listen: { address: \"127.0.0.1:8080\" }\nroutes:\n  - { name: all, auth: none, upstream: \"http://127.0.0.1:1\" }\n  - name: never\n    match: { path: /x }\n    auth: none\n    upstream: http://127.0.0.1:1\n";
+    let (code, out) = check_file(shadow, &[], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: routes[1].match (line 5)"), "{out}");
+}
+
+/// A reload applies routes and servers; a changed listener, worker count
+/// or cache size is named in a warning, since it needs a restart.
+#[tokio::test]
+async fn a_reload_that_changes_a_restart_only_setting_says_so() {
+    let dir = temp_dir("restart-only");
+    let route = "routes:\n  - { name: r, auth: none, upstream: \"http://127.0.0.1:1\" }\n";
+    let file = write_config(&dir, route);
+    let gw = Proc::start(&file, "info").await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("name: r,", "name: r2,") + "cache: { max_entries: 10 }\nruntime: { workers: 3 }\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = gw.log();
+        if log.contains("need a restart") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(log.contains("configuration reloaded"), "{log}");
+    let warning = log.lines().find(|l| l.contains("need a restart")).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(warning.contains("runtime.workers") && warning.contains("cache.max_entries"), "{warning}");
+    assert!(!warning.contains("listen.address"), "{warning}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One edit of config.example.yaml: uncomment the block that starts at the
+/// line holding the anchor, or delete the active line (and its children)
+/// holding it.
+enum Edit {
+    Uncomment(&'static str),
+    Delete(&'static str),
+}
+
+/// Column of the first non-space character and the rest of the line.
+fn indent(line: &str) -> (usize, &str) {
+    let rest = line.trim_start_matches(' ');
+    (line.len() - rest.len(), rest)
+}
+
+/// For a commented line `<col>#<sp><content>`: the `#` column and the
+/// content's own indentation.
+fn commented(line: &str) -> Option<(usize, usize)> {
+    let (col, rest) = indent(line);
+    let body = rest.strip_prefix('#')?;
+    let body = body.strip_prefix(' ').unwrap_or(body);
+    Some((col, indent(body).0))
+}
+
+fn the_line(lines: &[String], anchor: &str) -> usize {
+    let found: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].contains(anchor)).collect();
+    assert_eq!(found.len(), 1, "anchor {anchor:?} must be on exactly one line");
+    found[0]
+}
+
+/// Applies the edits; returns the text and the original line numbers uncommented.
+fn apply(text: &str, edits: &[Edit]) -> (String, Vec<usize>) {
+    // Each line keeps its original number, for coverage.
+    let mut lines: Vec<(usize, String)> = text.lines().map(str::to_owned).enumerate().collect();
+    let mut uncommented = Vec::new();
+    for edit in edits {
+        let plain: Vec<String> = lines.iter().map(|(_, l)| l.clone()).collect();
+        match edit {
+            Edit::Uncomment(anchor) => {
+                let start = the_line(&plain, anchor);
+                let (col, depth) = commented(&plain[start]).unwrap_or_else(|| panic!("{anchor:?} is not commented"));
+                let mut end = start + 1;
+                while end < plain.len() && commented(&plain[end]).is_some_and(|(c, d)| c == col && d > depth) {
+                    end += 1;
+                }
+                for (number, line) in &mut lines[start..end] {
+                    let cut = if line[col..].starts_with("# ") { 2 } else { 1 };
+                    line.replace_range(col..col + cut, "");
+                    uncommented.push(*number);
+                }
+            }
+            Edit::Delete(anchor) => {
+                let start = the_line(&plain, anchor);
+                let (depth, _) = indent(&plain[start]);
+                let mut end = start + 1;
+                while end < plain.len() && (plain[end].trim().is_empty() || indent(&plain[end]).0 > depth) {
+                    end += 1;
+                }
+                lines.drain(start..end);
+            }
+        }
+    }
+    (lines.into_iter().map(|(_, l)| l + "\n").collect(), uncommented)
+}
+
+/// The commented-out blocks of config.example.yaml are valid once
+/// uncommented (alone, or in place of what they replace); every commented
+/// line that looks like a setting is in one of them.
+#[test]
+fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
+    use Edit::*;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let variants: &[(&str, &[Edit])] = &[
+        ("listen.tls", &[Uncomment("# tls:")]),
+        ("runtime.workers", &[Uncomment("# workers: 2")]),
+        ("issuer", &[Delete("token_endpoint: https://as.example.com/oauth2/token"), Uncomment("# issuer: https://")]),
+        ("ca_file", &[Uncomment("# ca_file: /etc/tokex/as-ca.pem")]),
+        (
+            "inbound.jwt with every option and require_scopes",
+            &[
+                Uncomment("# inbound:"),
+                Uncomment("# max_token_bytes:"),
+                Uncomment("# jwks_refresh_min:"),
+                Uncomment("# jwks_refresh_max:"),
+                Uncomment("# unknown_kid_cooldown:"),
+                Uncomment("# require_scopes: [orders:read]"),
+            ],
+        ),
+        ("inbound.introspection", &[Uncomment("# inbound:"), Delete("  jwt:"), Uncomment("# introspection:")]),
+        ("tracing", &[Uncomment("# tracing:")]),
+        (
+            "https upstream with upstream_tls",
+            &[
+                Delete("# or, instead, the https backend below"),
+                Uncomment("# upstream: https://orders.internal:8443"),
+                Uncomment("# upstream_tls:"),
+            ],
+        ),
+        ("actor", &[Uncomment("# actor:")]),
+    ];
+    let mut covered = std::collections::BTreeSet::new();
+    let dir = temp_dir("example-variants");
+    for (name, edits) in variants {
+        let (variant, uncommented) = apply(&text, edits);
+        covered.extend(uncommented);
+        let file = dir.join("variant.yaml");
+        std::fs::write(&file, &variant).unwrap();
+        let (code, out) = tokex(&["check", "--offline", "-c", file.to_str().unwrap()], &[("TOKEX_CLIENT_SECRET", "x")]);
+        assert_eq!(code, 0, "variant {name:?} does not check:\n{out}\n--- the variant:\n{variant}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Every commented line that looks like `key: value` is exercised.
+    for (number, line) in text.lines().enumerate() {
+        let Some(body) = line.trim_start().strip_prefix('#') else { continue };
+        let body = body.trim_start_matches(['#', ' ']);
+        let key: String = body.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+        let looks_like_setting = !key.is_empty() && body[key.len()..].starts_with(':');
+        assert!(
+            !looks_like_setting || covered.contains(&number),
+            "line {} of config.example.yaml is a commented setting no variant uncomments: {line}",
+            number + 1
+        );
+    }
+}

@@ -4,8 +4,10 @@
 
 mod interp;
 pub mod limits;
+mod lines;
 pub mod matcher;
 mod raw;
+mod restart;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use url::Url;
 use matcher::Matcher;
 
 pub use interp::interpolate;
+pub use restart::StartSettings;
 
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -48,7 +51,7 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
     pub address: SocketAddr,
     /// TLS on the listener (HTTP/1.1 and h2 by ALPN).
@@ -62,7 +65,7 @@ pub struct ListenConfig {
     pub http2_max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenTls {
     /// PEM certificate chain, leaf first.
     pub cert_file: PathBuf,
@@ -227,7 +230,7 @@ impl fmt::Debug for SecretSource {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub max_entries: u64,
     pub expiry_skew: Duration,
@@ -468,5 +471,18 @@ fn parse_checked(text: &str, offline: bool) -> Result<Config, ConfigError> {
             }],
         }
     })?;
-    validate::validate(raw, offline).map_err(|errors| ConfigError { errors })
+    // Validation knows paths; the lines are looked up in the text.
+    let with_lines = |mut found: Vec<Diagnostic>| {
+        for d in found.iter_mut().filter(|d| d.line.is_none()) {
+            d.line = lines::line_of(text, &d.path);
+        }
+        found
+    };
+    match validate::validate(raw, offline) {
+        Ok(mut config) => {
+            config.warnings = with_lines(std::mem::take(&mut config.warnings));
+            Ok(config)
+        }
+        Err(errors) => Err(ConfigError { errors: with_lines(errors) }),
+    }
 }

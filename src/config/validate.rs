@@ -24,6 +24,8 @@ struct Ctx {
     warnings: Vec<Diagnostic>,
     /// `check --offline`: files are not read.
     offline: bool,
+    /// Every `authorization_servers` name, valid or not.
+    declared_servers: BTreeSet<String>,
 }
 
 impl Ctx {
@@ -32,6 +34,20 @@ impl Ctx {
     }
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Diagnostic { path: path.into(), line: None, message: message.into() });
+    }
+    /// A reference to a server that did not validate. One mistake, one
+    /// error: a server that is declared already has its own.
+    fn unknown_server(&mut self, path: impl Into<String>, name: &str) {
+        if self.declared_servers.contains(name) {
+            return;
+        }
+        let defined = match self.declared_servers.len() {
+            0 => "none is defined under authorization_servers".to_owned(),
+            _ => {
+                format!("defined: {}", self.declared_servers.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
+            }
+        };
+        self.err(path, format!("unknown authorization server {name:?} ({defined})"));
     }
 }
 
@@ -57,6 +73,18 @@ pub(super) fn validate(raw: RawConfig, offline: bool) -> Result<Config, Vec<Diag
         }
         None => (None, DEFAULT_GRACE, Duration::ZERO),
     };
+    if let (Some(l), Some(a)) = (&listen, admin) {
+        let overlap = l.address.port() == a.port()
+            && a.port() != 0
+            && (l.address.ip() == a.ip() || l.address.ip().is_unspecified() || a.ip().is_unspecified());
+        if overlap {
+            cx.err(
+                "admin.address",
+                format!("{a} overlaps listen.address {}: give the admin listener its own port, e.g. 9901", l.address),
+            );
+        }
+    }
+    cx.declared_servers = raw.authorization_servers.keys().cloned().collect();
     let mut servers = BTreeMap::new();
     for (name, s) in raw.authorization_servers {
         if let Some(server) = auth_server(&mut cx, &name, s) {
@@ -183,6 +211,11 @@ fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
 }
 
 fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
+    http_url_as(cx, path, t, "an http:// or https:// URL with a host, e.g. https://as.example.com/token")
+}
+
+/// An http(s) URL; `expected` says what one looks like when it is not.
+fn http_url_as(cx: &mut Ctx, path: &str, t: &Text, expected: &str) -> Option<Url> {
     if t.unresolved {
         return Url::parse("http://unresolved.invalid/").ok();
     }
@@ -194,11 +227,11 @@ fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
             Some(u)
         }
         Ok(_) => {
-            cx.err(path, format!("invalid URL {:?}: expected an http:// or https:// URL with a host", t.value));
+            cx.err(path, format!("invalid URL {:?}: expected {expected}", t.value));
             None
         }
         Err(e) => {
-            cx.err(path, format!("invalid URL {:?}: {e}", t.value));
+            cx.err(path, format!("invalid URL {:?} ({e}): expected {expected}", t.value));
             None
         }
     }

@@ -66,10 +66,7 @@ fn discoverable(
                 (None, None)
             }
             None => {
-                cx.err(
-                    format!("{base}.authorization_server"),
-                    format!("unknown authorization server {:?}", name.value),
-                );
+                cx.unknown_server(format!("{base}.authorization_server"), &name.value);
                 (None, None)
             }
         },

@@ -14,7 +14,12 @@ pub(super) fn route(
         cx.err(format!("{base}.name"), "route names use letters, digits, '-', '_' and '.' (they appear in metrics)");
     }
     let matcher = matcher(cx, &format!("{base}.match"), r.matcher.unwrap_or_default());
-    let upstream = http_url(cx, &format!("{base}.upstream"), &r.upstream);
+    let upstream = http_url_as(
+        cx,
+        &format!("{base}.upstream"),
+        &r.upstream,
+        "http://host:port or https://host:port, optionally with a path prefix (e.g. http://127.0.0.1:8081)",
+    );
     if let Some(u) = &upstream {
         if u.query().is_some() {
             cx.err(format!("{base}.upstream"), "upstream URL must not have a query");
@@ -144,7 +149,13 @@ fn matcher(cx: &mut Ctx, base: &str, m: RawMatch) -> Option<Matcher> {
         match Method::from_bytes(t.as_str().to_ascii_uppercase().as_bytes()) {
             Ok(mth) => methods.push(mth),
             Err(_) => {
-                cx.err(format!("{base}.methods[{i}]"), format!("invalid method {:?}", t.value));
+                cx.err(
+                    format!("{base}.methods[{i}]"),
+                    format!(
+                        "invalid method {:?}: expected an HTTP method such as GET or POST (a token, no spaces)",
+                        t.value
+                    ),
+                );
                 ok = false;
             }
         }
@@ -171,7 +182,7 @@ fn exchange(
     let server = x.authorization_server.value;
     let mut ok = true;
     if !servers.contains_key(&server) {
-        cx.err(format!("{base}.authorization_server"), format!("unknown authorization server {server:?}"));
+        cx.unknown_server(format!("{base}.authorization_server"), &server);
         ok = false;
     }
     let list = |cx: &mut Ctx, key: &str, items: Vec<Text>, ok: &mut bool| -> Vec<String> {
