@@ -45,6 +45,7 @@ mod clients;
 mod endpoint;
 mod keys;
 mod mint;
+pub mod mint_cli;
 mod token;
 
 use std::net::SocketAddr;
