@@ -53,14 +53,14 @@ pub enum DevStsCommand {
     /// dev-sts may mint a token for any sub, audience and scope. Exit 0 with the token on
     /// stdout, 1 when the dev-sts refuses or cannot be reached (its error on stderr), 64 for
     /// bad flags.
-    Mint(MintArgs),
+    Mint(Box<MintArgs>),
 }
 
 /// Runs the server until SIGINT or SIGTERM, or the subcommand. Logging
 /// must already be set up.
 pub fn run(mut args: DevStsArgs) -> ExitCode {
     if let Some(DevStsCommand::Mint(m)) = args.command.take() {
-        return mint(m);
+        return mint(*m);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
