@@ -19,14 +19,14 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Configuration file.
-    #[arg(short, long, env = "TOKEX_CONFIG", global = true)]
+    #[arg(short, long, env = "TOKEX_CONFIG", global = true, display_order = 100)]
     config: Option<PathBuf>,
     /// Log filter (EnvFilter syntax), e.g. `info` or `debug,hyper=info`
     /// [default: info; warn for `demo`].
-    #[arg(long, env = "TOKEX_LOG", global = true)]
+    #[arg(long, env = "TOKEX_LOG", global = true, display_order = 100)]
     log: Option<String>,
     /// Log format.
-    #[arg(long, env = "TOKEX_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(long, env = "TOKEX_LOG_FORMAT", value_enum, default_value = "text", global = true, display_order = 100)]
     log_format: LogFormat,
 }
 
@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, JWKS, discovery).
+    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, JWKS, discovery);
+    /// `dev-sts mint` gets a user token from a running one.
     DevSts(tokex::dev_sts::cli::DevStsArgs),
     /// Walk through a token exchange: dev authorization server, echo backend and gateway, all on 127.0.0.1.
     Demo {
@@ -53,7 +54,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_answer(&e),
+    };
     let log = |default: &str| cli.log.clone().unwrap_or_else(|| default.to_owned());
     let command = cli.command.unwrap_or(Command::Run);
     let path = match command {
@@ -73,6 +77,20 @@ fn main() -> ExitCode {
         Command::Check { offline } => check(&path, offline, cli.log_format),
         _ => run(&path, &log("info"), cli.log_format),
     }
+}
+
+/// Help and version (exit 0) or a usage error (clap's exit 2, except
+/// under `dev-sts mint`, whose exit codes are 0 token, 1 refused, 64 bad
+/// flags: a script tells a mistyped flag from a refusal).
+fn clap_answer(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let minting = args.windows(2).any(|w| w[0] == "dev-sts" && w[1] == "mint");
+    let code = if minting { EXIT_CONFIG } else { u8::try_from(e.exit_code()).unwrap_or(2) };
+    ExitCode::from(code)
 }
 
 fn demo(serve: bool, log: &str, format: LogFormat) -> ExitCode {

@@ -33,6 +33,14 @@ fn example_config_passes_check() {
 }
 
 #[test]
+fn dev_example_config_passes_check() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dev/config.yaml");
+    let (code, out) = check(&example, &[("TOKEX_CLIENT_SECRET", "from-env")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (1 routes"), "{out}");
+}
+
+#[test]
 fn check_prints_every_error_with_path_and_exits_1() {
     let dir = temp_dir("check");
     let file = dir.join("bad.yaml");

@@ -1,5 +1,7 @@
 //! `tokex dev-sts`: runs the development authorization server alone, prints
-//! where it listens and a ready-to-paste `curl`, and stops on SIGINT/SIGTERM.
+//! where it listens and ready-to-paste commands, and stops on SIGINT/SIGTERM.
+//! `tokex dev-sts mint` asks a running one for a user token (`POST /mint`)
+//! and prints only the token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,14 +10,19 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use super::mint_cli::{mint, MintArgs};
 use super::{start, ClientSpec, DevStsConfig};
 
 /// Exit code for unusable flags or files (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 /// Flags of `tokex dev-sts` (no `Debug`: `--client` values hold secrets).
+/// Without a subcommand it runs the server.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DevStsArgs {
+    #[command(subcommand)]
+    pub command: Option<DevStsCommand>,
     /// Address to listen on. DEVELOPMENT ONLY: keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:9400")]
     pub listen: SocketAddr,
@@ -37,8 +44,24 @@ pub struct DevStsArgs {
     pub key_file: Option<PathBuf>,
 }
 
-/// Runs until SIGINT or SIGTERM. Logging must already be set up.
-pub fn run(args: DevStsArgs) -> ExitCode {
+#[derive(clap::Subcommand)]
+pub enum DevStsCommand {
+    /// Mint a user (subject) token at a running dev-sts (POST /mint) and print only the token.
+    ///
+    /// For hand testing: `TOKEN=$(tokex dev-sts mint --client-id ID --sub alice --aud tokex)`
+    /// with the client's secret in TOKEX_DEV_CLIENT_SECRET. Any client registered at the
+    /// dev-sts may mint a token for any sub, audience and scope. Exit 0 with the token on
+    /// stdout, 1 when the dev-sts refuses or cannot be reached (its error on stderr), 64 for
+    /// bad flags.
+    Mint(Box<MintArgs>),
+}
+
+/// Runs the server until SIGINT or SIGTERM, or the subcommand. Logging
+/// must already be set up.
+pub fn run(mut args: DevStsArgs) -> ExitCode {
+    if let Some(DevStsCommand::Mint(m)) = args.command.take() {
+        return mint(*m);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -113,6 +136,7 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
         }
     };
     let hint = curl_hint(&clients);
+    let mint_hint = mint_hint(&clients);
     let summary: Vec<String> = clients
         .iter()
         .map(|(c, _)| {
@@ -148,6 +172,9 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
     if let Some(hint) = hint {
         println!("try:\n  {hint} {}", sts.token_endpoint());
     }
+    if let Some(hint) = mint_hint {
+        println!("{}", hint.render(&issuer));
+    }
 
     signals.recv().await;
     tracing::info!("dev-sts: shutting down");
@@ -159,6 +186,18 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
 /// secret (without the URL).
 fn curl_hint(clients: &[(ClientSpec, Origin)]) -> Option<String> {
     let (client, origin) = clients.iter().find(|(c, _)| c.secret.is_some())?;
+    let mut cmd = curl_with_credentials(client, origin);
+    cmd.push_str(" -d grant_type=client_credentials");
+    let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).filter(|s| *s != "*").collect();
+    if !scopes.is_empty() {
+        cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("scope={}", scopes.join(" ")))));
+    }
+    Some(cmd)
+}
+
+/// `curl -s` and the client's credentials; a secret from a file is not
+/// printed.
+fn curl_with_credentials(client: &ClientSpec, origin: &Origin) -> String {
     let secret = match origin {
         Origin::Flag | Origin::Generated => client.secret.clone().unwrap_or_default(),
         Origin::File => "<secret from the clients file>".to_owned(),
@@ -172,12 +211,58 @@ fn curl_hint(clients: &[(ClientSpec, Origin)]) -> Option<String> {
         cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("client_id={}", client.id))));
         cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("client_secret={secret}"))));
     }
-    cmd.push_str(" -d grant_type=client_credentials");
-    let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).filter(|s| *s != "*").collect();
-    if !scopes.is_empty() {
-        cmd.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("scope={}", scopes.join(" ")))));
+    cmd
+}
+
+/// The audience of the sample user token: the demo's, and
+/// `examples/dev/config.yaml`'s `inbound.jwt.audiences`.
+const HINT_AUDIENCE: &str = "tokex";
+
+/// Ready-to-paste commands that mint a user token (`curl` and
+/// `tokex dev-sts mint`), with the first client that has a secret.
+struct MintHint {
+    /// Without the URL.
+    curl: String,
+    /// Without `--url`; `--client-secret` only when it may be printed.
+    command: String,
+    secret_from_file: bool,
+}
+
+impl MintHint {
+    fn render(&self, issuer: &str) -> String {
+        let mut out = String::from(
+            "mint a user token for hand testing (choose sub, aud, scope; lifetime 1 h unless -d expires_in=SECONDS):\n",
+        );
+        out.push_str(&format!("  {} {issuer}/mint\n", self.curl));
+        if self.secret_from_file {
+            out.push_str("  (set TOKEX_DEV_CLIENT_SECRET to the client's secret from the clients file)\n");
+        }
+        out.push_str(&format!("  TOKEN=$(tokex dev-sts mint --url {} {})", shell_quote(issuer), self.command));
+        out
     }
-    Some(cmd)
+}
+
+fn mint_hint(clients: &[(ClientSpec, Origin)]) -> Option<MintHint> {
+    let (client, origin) = clients.iter().find(|(c, _)| c.secret.is_some())?;
+    let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).filter(|s| *s != "*").collect();
+    let scope = scopes.join(" ");
+    let mut curl = curl_with_credentials(client, origin);
+    curl.push_str(&format!(" -d sub=alice -d aud={HINT_AUDIENCE}"));
+    if !scope.is_empty() {
+        curl.push_str(&format!(" --data-urlencode {}", shell_quote(&format!("scope={scope}"))));
+    }
+    let mut command = format!("--client-id {}", shell_quote(&client.id));
+    let secret_from_file = matches!(origin, Origin::File);
+    if !secret_from_file {
+        if let Some(secret) = &client.secret {
+            command.push_str(&format!(" --client-secret {}", shell_quote(secret)));
+        }
+    }
+    command.push_str(&format!(" --sub alice --aud {HINT_AUDIENCE}"));
+    if !scope.is_empty() {
+        command.push_str(&format!(" --scope {}", shell_quote(&scope)));
+    }
+    Some(MintHint { curl, command, secret_from_file })
 }
 
 /// Single-quotes `s` for a POSIX shell.
@@ -207,5 +292,30 @@ mod tests {
         let hint = curl_hint(&[(c, Origin::File)]).unwrap();
         assert!(!hint.contains("odd"), "{hint}");
         assert!(curl_hint(&[]).is_none());
+    }
+
+    #[test]
+    fn mint_hint_prints_curl_and_the_command() {
+        let c =
+            ClientSpec::parse_flag("id=tokex,secret=dev-secret,audiences=orders-api,scopes=orders:read|orders:write")
+                .unwrap();
+        let text = mint_hint(&[(c, Origin::Flag)]).unwrap().render("http://127.0.0.1:9400");
+        assert!(text.contains(
+            "  curl -s -u 'tokex:dev-secret' -d sub=alice -d aud=tokex --data-urlencode 'scope=orders:read orders:write' http://127.0.0.1:9400/mint\n"
+        ), "{text}");
+        assert!(text.ends_with(
+            "  TOKEN=$(tokex dev-sts mint --url 'http://127.0.0.1:9400' --client-id 'tokex' --client-secret 'dev-secret' --sub alice --aud tokex --scope 'orders:read orders:write')"
+        ), "{text}");
+    }
+
+    #[test]
+    fn mint_hint_never_prints_a_secret_from_a_file() {
+        let c = ClientSpec::parse_flag("id=gw,secret=from-the-file,scopes=*").unwrap();
+        let text = mint_hint(&[(c, Origin::File)]).unwrap().render("http://127.0.0.1:9400");
+        assert!(!text.contains("from-the-file"), "{text}");
+        assert!(!text.contains("--client-secret"), "{text}");
+        assert!(text.contains("set TOKEX_DEV_CLIENT_SECRET"), "{text}");
+        assert!(!text.contains("--scope") && !text.contains("scope="), "a wildcard is no sample scope: {text}");
+        assert!(mint_hint(&[]).is_none());
     }
 }

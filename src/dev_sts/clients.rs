@@ -210,10 +210,10 @@ impl Client {
     }
 }
 
-/// Where a client assertion must be addressed, and the time.
+/// Where a client assertion may be addressed (the endpoint called, the
+/// token endpoint, the issuer), and the time.
 pub(crate) struct AssertionContext<'a> {
-    pub issuer: &'a str,
-    pub token_endpoint: &'a str,
+    pub audiences: &'a [&'a str],
     pub now: u64,
 }
 
@@ -314,7 +314,7 @@ impl Registry {
     }
 
     /// RFC 7523 §3 / OpenID Connect Core §9: `iss` = `sub` = client_id,
-    /// `aud` = the token endpoint or the issuer, `exp` required and not past,
+    /// `aud` one of the context's audiences, `exp` required and not past,
     /// `jti` required and not seen before within its lifetime.
     fn check_assertion(
         &self,
@@ -342,7 +342,7 @@ impl Registry {
         v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         v.set_issuer(&[client.id.as_str()]);
         v.sub = Some(client.id.clone());
-        v.set_audience(&[ctx.token_endpoint, ctx.issuer]);
+        v.set_audience(ctx.audiences);
         let data = jsonwebtoken::decode::<Value>(assertion, &key.key, &v).map_err(|_| FAILED)?;
         let exp = data.claims.get("exp").and_then(Value::as_u64).ok_or(FAILED)?;
         if exp > ctx.now + MAX_ASSERTION_LIFETIME {

@@ -62,7 +62,7 @@ impl OAuthError {
         }
     }
 
-    fn description(&self) -> &str {
+    pub(crate) fn description(&self) -> &str {
         match self {
             OAuthError::InvalidRequest(d) | OAuthError::InvalidScope(d) | OAuthError::InvalidTarget(d) => d,
             OAuthError::InvalidClient(d) | OAuthError::InvalidGrant(d) => d,
@@ -115,6 +115,8 @@ impl Params {
 
 enum Endpoint {
     Token,
+    /// Not standard, not advertised: see `mint.rs`.
+    Mint,
     Jwks,
     Metadata,
 }
@@ -143,6 +145,7 @@ impl State {
         };
         match rel {
             "/token" => Some(Endpoint::Token),
+            "/mint" => Some(Endpoint::Mint),
             "/jwks.json" | "/.well-known/jwks.json" => Some(Endpoint::Jwks),
             META => Some(Endpoint::Metadata),
             _ => None,
@@ -155,17 +158,9 @@ impl State {
         match endpoint {
             None => json_answer(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
             Some(Endpoint::Token) if method != Method::POST => method_not_allowed("POST"),
-            Some(Endpoint::Token) => match self.token(req).await {
-                Ok(body) => {
-                    let mut resp = json_answer(StatusCode::OK, &body);
-                    no_store(&mut resp);
-                    resp
-                }
-                Err(e) => {
-                    tracing::info!(error = e.code(), reason = e.description(), "dev-sts: token request refused");
-                    e.into_response()
-                }
-            },
+            Some(Endpoint::Token) => token_answer(self.token(req).await, "token request"),
+            Some(Endpoint::Mint) if method != Method::POST => method_not_allowed("POST"),
+            Some(Endpoint::Mint) => token_answer(self.mint(req).await, "mint"),
             Some(_) if method != Method::GET && method != Method::HEAD => method_not_allowed("GET, HEAD"),
             Some(Endpoint::Jwks) => document(&self.jwks),
             Some(Endpoint::Metadata) => document(&self.metadata),
@@ -173,40 +168,17 @@ impl State {
     }
 
     async fn token(&self, req: Request<Incoming>) -> Result<Value, OAuthError> {
-        let (parts, body) = req.into_parts();
-        let form_type = parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-        if !form_type {
-            return Err(OAuthError::InvalidRequest("Content-Type must be application/x-www-form-urlencoded".into()));
-        }
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
-            return Err(OAuthError::TooLarge);
-        }
-        let mut authorizations = parts.headers.get_all(AUTHORIZATION).iter();
-        let authorization = authorizations.next().map(|v| v.as_bytes().to_vec());
-        if authorizations.next().is_some() {
-            return Err(OAuthError::InvalidRequest("several Authorization headers".into()));
-        }
-        let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_FORM_BYTES).collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(OAuthError::TooLarge),
-            Ok(Err(_)) => return Err(OAuthError::InvalidRequest("could not read the request body".into())),
-            Err(_) => return Err(OAuthError::InvalidRequest("request body not received in time".into())),
-        };
-        let params = Params::parse(&body);
+        let form = read_form(req).await?;
+        let params = &form.params;
         let now = unix_now();
-        let ctx = AssertionContext { issuer: &self.issuer, token_endpoint: &self.token_endpoint, now };
-        let client = self.clients.authenticate(authorization.as_deref(), &params, &ctx)?;
+        let audiences = [self.token_endpoint.as_str(), self.issuer.as_str()];
+        let ctx = AssertionContext { audiences: &audiences, now };
+        let client = self.clients.authenticate(form.authorization.as_deref(), params, &ctx)?;
         let grant =
             params.one("grant_type")?.ok_or_else(|| OAuthError::InvalidRequest("grant_type is required".into()))?;
         let issued = match grant {
-            CLIENT_CREDENTIALS => token::client_credentials(self, client, &params, now)?,
-            TOKEN_EXCHANGE => token::token_exchange(self, client, &params, now)?,
+            CLIENT_CREDENTIALS => token::client_credentials(self, client, params, now)?,
+            TOKEN_EXCHANGE => token::token_exchange(self, client, params, now)?,
             _ => return Err(OAuthError::UnsupportedGrantType),
         };
         tracing::info!(
@@ -232,6 +204,60 @@ impl State {
             }
         }
         Ok(answer)
+    }
+}
+
+/// A form POST as the token endpoint reads it: the one `Authorization`
+/// header (if any) and the parameters.
+pub(crate) struct Form {
+    pub authorization: Option<Vec<u8>>,
+    pub params: Params,
+}
+
+/// Reads a token-endpoint style request (also `/mint`): an
+/// `application/x-www-form-urlencoded` body of at most [`MAX_FORM_BYTES`],
+/// received within [`BODY_TIMEOUT`], and at most one `Authorization` header.
+pub(crate) async fn read_form(req: Request<Incoming>) -> Result<Form, OAuthError> {
+    let (parts, body) = req.into_parts();
+    let form_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form_type {
+        return Err(OAuthError::InvalidRequest("Content-Type must be application/x-www-form-urlencoded".into()));
+    }
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
+        return Err(OAuthError::TooLarge);
+    }
+    let mut authorizations = parts.headers.get_all(AUTHORIZATION).iter();
+    let authorization = authorizations.next().map(|v| v.as_bytes().to_vec());
+    if authorizations.next().is_some() {
+        return Err(OAuthError::InvalidRequest("several Authorization headers".into()));
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_FORM_BYTES).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(OAuthError::TooLarge),
+        Ok(Err(_)) => return Err(OAuthError::InvalidRequest("could not read the request body".into())),
+        Err(_) => return Err(OAuthError::InvalidRequest("request body not received in time".into())),
+    };
+    Ok(Form { authorization, params: Params::parse(&body) })
+}
+
+/// A token answer (`Cache-Control: no-store`), or the error answer, logged.
+fn token_answer(result: Result<Value, OAuthError>, what: &'static str) -> Response<Body> {
+    match result {
+        Ok(body) => {
+            let mut resp = json_answer(StatusCode::OK, &body);
+            no_store(&mut resp);
+            resp
+        }
+        Err(e) => {
+            tracing::info!(error = e.code(), reason = e.description(), "dev-sts: {what} refused");
+            e.into_response()
+        }
     }
 }
 

@@ -10,6 +10,10 @@
 //!   `private_key_jwt` (RFC 7523) client authentication. Issues JWT access
 //!   tokens (RFC 9068: `typ: at+jwt`, `kid`; claims `iss sub aud scope
 //!   client_id iat exp jti`, and `act` for delegation).
+//! - `POST /mint`: a user (subject) token for any `sub`, `aud`, `scope`
+//!   and lifetime, for a caller authenticated as any registered client, so
+//!   the gateway can be tried by hand with curl (`tokex dev-sts mint`). Not
+//!   standard and not advertised in the metadata.
 //! - `GET /jwks.json` (also `/.well-known/jwks.json`): the public key.
 //! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
 //!
@@ -40,6 +44,8 @@ pub mod cli;
 mod clients;
 mod endpoint;
 mod keys;
+mod mint;
+pub mod mint_cli;
 mod token;
 
 use std::net::SocketAddr;
@@ -55,6 +61,7 @@ use tokio::task::JoinHandle;
 
 pub use clients::{ClientSpec, JWT_BEARER};
 pub use endpoint::MAX_FORM_BYTES;
+pub use mint::{DEFAULT_MINT_LIFETIME, MAX_MINT_LIFETIME};
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
 
 use crate::proxy::server::{serve, Limits, Listening, Phase};
@@ -105,6 +112,8 @@ pub(crate) struct State {
     /// The issuer URL's path without a trailing `/` (often empty).
     issuer_path: String,
     token_endpoint: String,
+    /// `<issuer>/mint` (not advertised).
+    mint_endpoint: String,
     key: SigningKey,
     clients: Registry,
     expires_in: Duration,
@@ -149,6 +158,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     };
     let clients = Registry::new(cfg.clients)?;
     let token_endpoint = format!("{issuer}/token");
+    let mint_endpoint = format!("{issuer}/mint");
     let jwks_uri = format!("{issuer}/jwks.json");
     let jwks = json!({"keys": [key.jwk.clone()]}).to_string();
     let mut scopes: Vec<&str> = clients.iter().flat_map(|c| c.listed_scopes()).collect();
@@ -170,6 +180,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         issuer,
         issuer_path,
         token_endpoint,
+        mint_endpoint,
         key,
         clients,
         expires_in: cfg.expires_in,
@@ -212,6 +223,11 @@ impl DevSts {
     /// `<issuer>/token`.
     pub fn token_endpoint(&self) -> String {
         self.state.token_endpoint.clone()
+    }
+
+    /// `<issuer>/mint`: user tokens for hand testing (`tokex dev-sts mint`).
+    pub fn mint_endpoint(&self) -> String {
+        self.state.mint_endpoint.clone()
     }
 
     /// `<issuer>/jwks.json`.

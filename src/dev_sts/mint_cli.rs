@@ -1,0 +1,261 @@
+//! `tokex dev-sts mint`: asks a running development authorization server
+//! for a user token (`POST /mint`, see `mint.rs`) and prints only the token,
+//! so that `TOKEN=$(tokex dev-sts mint ...)` works.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::HeaderValue;
+use serde_json::Value;
+
+use super::endpoint::Params;
+use super::mint::MintRequest;
+use super::MAX_MINT_LIFETIME;
+
+/// Exit code for unusable flags (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// Flags of `tokex dev-sts mint` (no `Debug`: the secret).
+#[derive(clap::Args)]
+pub struct MintArgs {
+    /// The dev-sts: its issuer URL (or its /mint or /token URL).
+    #[arg(long, default_value = "http://127.0.0.1:9400")]
+    pub url: String,
+    /// A client registered at the dev-sts (authenticates with client_secret_basic).
+    #[arg(long, default_value = "dev")]
+    pub client_id: String,
+    /// That client's secret.
+    #[arg(long, env = "TOKEX_DEV_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+    /// `sub` of the token: the user.
+    #[arg(long)]
+    pub sub: String,
+    /// `aud`; repeatable, at least one (e.g. what the gateway's inbound.jwt.audiences expects).
+    #[arg(long, required = true, value_name = "AUD")]
+    pub aud: Vec<String>,
+    /// Scopes, space-separated; repeatable.
+    #[arg(long, value_name = "SCOPES")]
+    pub scope: Vec<String>,
+    /// Lifetime, from 1s to 24h [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// An actor's `sub`: the token is already delegated (`act: {sub}`).
+    #[arg(long, value_name = "SUB")]
+    pub act: Option<String>,
+}
+
+/// Largest answer read from the dev-sts.
+const MAX_MINT_ANSWER_BYTES: usize = 64 * 1024;
+/// Time allowed for the whole mint request.
+const MINT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `tokex dev-sts mint`: only the token goes to stdout (exit 0); a refusal
+/// or an unreachable dev-sts exits 1, unusable flags 64, messages on stderr.
+pub fn mint(args: MintArgs) -> ExitCode {
+    let (endpoint, form) = match mint_form(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(request_mint(&endpoint, &args.client_id, &args.client_secret, form)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `/mint` URL and the form body, checked as the dev-sts checks it.
+fn mint_form(args: &MintArgs) -> Result<(url::Url, String), String> {
+    let endpoint = mint_endpoint(&args.url)?;
+    if args.client_id.is_empty() {
+        return Err("--client-id must not be empty".into());
+    }
+    if args.client_secret.is_empty() {
+        return Err("--client-secret (or TOKEX_DEV_CLIENT_SECRET) must not be empty".into());
+    }
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("sub", &args.sub);
+    for a in &args.aud {
+        form.append_pair("aud", a);
+    }
+    let scope = args.scope.join(" ");
+    if !scope.trim().is_empty() {
+        form.append_pair("scope", &scope);
+    }
+    if let Some(d) = args.expires_in {
+        if d.subsec_nanos() != 0 || d.is_zero() || d > MAX_MINT_LIFETIME {
+            return Err("--expires-in must be whole seconds from 1s to 24h".into());
+        }
+        form.append_pair("expires_in", &d.as_secs().to_string());
+    }
+    if let Some(a) = &args.act {
+        form.append_pair("act", a);
+    }
+    let body = form.finish();
+    MintRequest::from_params(&Params::parse(body.as_bytes())).map_err(|e| format!("bad flags: {}", e.description()))?;
+    Ok((endpoint, body))
+}
+
+/// `--url`: the issuer URL, or its `/mint` URL (or its `/token` URL,
+/// which is what a gateway configuration names).
+fn mint_endpoint(url: &str) -> Result<url::Url, String> {
+    let bad = |why: &str| format!("--url {url}: {why}");
+    let mut u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(u.scheme(), "http" | "https") || u.query().is_some() || u.fragment().is_some() {
+        return Err(bad("must be an http(s) URL without query or fragment"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(bad("give the credentials with --client-id and --client-secret"));
+    }
+    let path = u.path().trim_end_matches('/');
+    let base = path.strip_suffix("/mint").or_else(|| path.strip_suffix("/token")).unwrap_or(path);
+    let path = format!("{base}/mint");
+    u.set_path(&path);
+    Ok(u)
+}
+
+/// Posts the form with client_secret_basic (id and secret form-encoded,
+/// RFC 6749 §2.3.1) and returns the token, or what to tell the user.
+async fn request_mint(endpoint: &url::Url, id: &str, secret: &str, form: String) -> Result<String, String> {
+    let tls = crate::exchange::client::tls_config(None)?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(MINT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokex/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let credentials = STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
+    let mut basic = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
+    basic.set_sensitive(true);
+    let resp = http
+        .post(endpoint.clone())
+        .header(AUTHORIZATION, basic)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(ACCEPT, "application/json")
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the dev-sts at {endpoint}: {}", crate::error::error_chain(&e)))?;
+    let status = resp.status();
+    let body = read_capped(resp).await.map_err(|e| format!("{endpoint}: {e}"))?;
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    let field = |name: &str| json.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str);
+    if status.is_success() {
+        return field("access_token")
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{endpoint} answered {status} without an access_token: is it a tokex dev-sts?"));
+    }
+    if status == http::StatusCode::NOT_FOUND {
+        return Err(format!("{endpoint} answered 404: is --url the issuer URL of a tokex dev-sts?"));
+    }
+    match field("error") {
+        Some(code) => Err(format!(
+            "the dev-sts refused (HTTP {}): {}: {}",
+            status.as_u16(),
+            printable(code),
+            printable(field("error_description").unwrap_or("-"))
+        )),
+        None => Err(format!("{endpoint} answered HTTP {}", status.as_u16())),
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::error::error_chain(&e))? {
+        if body.len() + chunk.len() > MAX_MINT_ANSWER_BYTES {
+            return Err("answer too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Text from the server, safe for a terminal: no control characters, at
+/// most 300 characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mint_url_is_the_issuer_or_an_endpoint() {
+        for (given, want) in [
+            ("http://127.0.0.1:9400", "http://127.0.0.1:9400/mint"),
+            ("http://127.0.0.1:9400/", "http://127.0.0.1:9400/mint"),
+            ("http://127.0.0.1:9400/mint", "http://127.0.0.1:9400/mint"),
+            ("http://127.0.0.1:9400/token", "http://127.0.0.1:9400/mint"),
+            ("https://sts.example/dev/", "https://sts.example/dev/mint"),
+            ("https://sts.example/dev/token", "https://sts.example/dev/mint"),
+        ] {
+            assert_eq!(mint_endpoint(given).unwrap().as_str(), want, "{given}");
+        }
+        for bad in ["ftp://x", "http://x/?a=b", "http://x/#f", "http://u:p@x/", "not a url"] {
+            assert!(mint_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn mint_args() -> MintArgs {
+        MintArgs {
+            url: "http://127.0.0.1:9400".into(),
+            client_id: "dev".into(),
+            client_secret: "s".into(),
+            sub: "alice".into(),
+            aud: vec!["tokex".into(), "orders-api".into()],
+            scope: vec!["orders:read".into(), "orders:write billing:read".into()],
+            expires_in: Some(Duration::from_secs(600)),
+            act: Some("agent-7".into()),
+        }
+    }
+
+    #[test]
+    fn mint_flags_make_the_form() {
+        let (url, body) = mint_form(&mint_args()).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:9400/mint");
+        assert_eq!(
+            body,
+            "sub=alice&aud=tokex&aud=orders-api&scope=orders%3Aread+orders%3Awrite+billing%3Aread&expires_in=600&act=agent-7"
+        );
+        let bare = MintArgs { scope: vec![], expires_in: None, act: None, ..mint_args() };
+        assert_eq!(mint_form(&bare).unwrap().1, "sub=alice&aud=tokex&aud=orders-api");
+    }
+
+    #[test]
+    fn bad_mint_flags_are_refused_before_sending() {
+        let refused = |a: MintArgs| mint_form(&a).err().unwrap_or_else(|| panic!("accepted"));
+        for d in [Duration::from_millis(1500), Duration::ZERO, Duration::from_secs(86_401)] {
+            assert!(refused(MintArgs { expires_in: Some(d), ..mint_args() }).contains("--expires-in"));
+        }
+        assert!(refused(MintArgs { client_secret: String::new(), ..mint_args() }).contains("--client-secret"));
+        assert!(refused(MintArgs { client_id: String::new(), ..mint_args() }).contains("--client-id"));
+        assert!(refused(MintArgs { sub: String::new(), ..mint_args() }).contains("sub is required"));
+        assert!(refused(MintArgs { sub: "a\u{7}".into(), ..mint_args() }).contains("sub"));
+        assert!(refused(MintArgs { aud: vec![" ".into()], ..mint_args() }).contains("aud"));
+        assert!(refused(MintArgs { scope: vec!["a\"b".into()], ..mint_args() }).contains("scope"));
+        assert!(refused(MintArgs { url: "ftp://x".into(), ..mint_args() }).contains("--url"));
+        let ok = mint_form(&MintArgs { expires_in: Some(Duration::from_secs(86_400)), ..mint_args() });
+        assert!(ok.is_ok());
+    }
+}
