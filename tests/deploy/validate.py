@@ -295,7 +295,7 @@ def check_pod(d: dict, o: str, pod: dict, by_kind: dict, examples: bool) -> None
     if m.get("subPath") or m.get("subPathExpr"):
         fail(f"{where}: the config is mounted with subPath; the kubelet never updates it, so hot reload cannot work")
     cm_name = volumes[m["name"]]["configMap"]["name"]
-    key = cfg_path[len(m["mountPath"].rstrip("/")) + 1:]
+    key = m.get("subPath") or cfg_path[len(m["mountPath"].rstrip("/")) + 1:]
     cm = (by_kind.get("ConfigMap") or {}).get(cm_name)
     if not cm:
         fail(f"{where}: ConfigMap {cm_name} is not among the objects applied with it")
