@@ -16,6 +16,20 @@ if ! "$VENV/bin/authgent-server" --help >/dev/null 2>&1 \
 fi
 export AUTHGENT_BIN="$PWD/$VENV/bin/authgent-server"
 
+# tests/kubernetes.rs runs tests/deploy/validate.py with these (pinned: the
+# bundled Kubernetes schemas change with kubernetes-validate's version).
+K8S_PACKAGES="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3"
+if ! "$VENV/bin/python" - $K8S_PACKAGES >/dev/null 2>&1 <<'EOF'
+import importlib.metadata as m, sys
+sys.exit(any(m.version(n) != v for n, v in (s.split("==") for s in sys.argv[1:])))
+EOF
+then
+  echo "==> installing $K8S_PACKAGES into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check $K8S_PACKAGES
+fi
+export TOKEX_PYTHON="$PWD/$VENV/bin/python"
+
 echo "==> cargo fetch"
 cargo fetch --locked 2>/dev/null || cargo fetch
 echo "==> cargo fmt --check"

@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process serves), `/readyz` (config
-//! loaded, listeners bound, not draining), `/metrics` (Prometheus text).
+//! The admin listener: `/healthz` (the process serves), `/readyz` (listeners
+//! bound, every start-up dependency up — `issuer:` discovery, the inbound
+//! JWKS — and not draining: see `readiness`), `/metrics` (Prometheus text).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

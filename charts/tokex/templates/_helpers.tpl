@@ -52,7 +52,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "tokex.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if not $tag -}}
+{{- fail "image.tag is required (the tokex sidecar template was called without the chart's appVersion)" -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
 {{/*
@@ -83,11 +87,20 @@ Fail early on values that can only produce a broken pod.
 {{- if and .Values.actorToken.enabled (not .Values.actorToken.audience) }}
 {{- fail "actorToken.audience is required when actorToken.enabled (the audience your authorization server expects)" }}
 {{- end }}
+{{- if and .Values.autoscaling.enabled (not (dig "requests" "cpu" "" .Values.resources)) }}
+{{- fail "autoscaling.enabled needs resources.requests.cpu (the HPA's utilisation is a share of it)" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.service.admin.enabled) }}
+{{- fail "serviceMonitor.enabled needs service.admin.enabled (it scrapes the admin Service's port \"admin\")" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
 {{- end }}
 
 {{/*
 Environment of the tokex container (shared by the edge Deployment and the
-sidecar snippet in NOTES.txt).
+sidecar template in _sidecar.tpl).
 */}}
 {{- define "tokex.env" -}}
 - name: TOKEX_CONFIG
