@@ -154,7 +154,7 @@ async fn request_mint(endpoint: &url::Url, id: &str, secret: &str, form: String)
         .body(form)
         .send()
         .await
-        .map_err(|e| format!("cannot reach the dev-sts at {endpoint}: {}", crate::error::error_chain(&e)))?;
+        .map_err(|e| format!("cannot reach the dev-sts at {endpoint}: {}", crate::telemetry::error_chain(&e)))?;
     let status = resp.status();
     let body = read_capped(resp).await.map_err(|e| format!("{endpoint}: {e}"))?;
     let json: Option<Value> = serde_json::from_slice(&body).ok();
@@ -181,7 +181,7 @@ async fn request_mint(endpoint: &url::Url, id: &str, secret: &str, form: String)
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::error::error_chain(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::telemetry::error_chain(&e))? {
         if body.len() + chunk.len() > MAX_MINT_ANSWER_BYTES {
             return Err("answer too large".into());
         }
