@@ -66,10 +66,10 @@ routes:
     let (code, out) = check(&file, &[]);
     assert_eq!(code, 1, "{out}");
     for needle in [
-        "authorization_servers.corp.token_endpoint",
-        "routes[0].exchange.authorization_server: unknown authorization server \"nowhere\"",
-        "routes[1].name: duplicate route name \"a\"",
-        "routes[1]: auth: exchange needs an exchange: section",
+        "authorization_servers.corp.token_endpoint (line 3)",
+        "routes[0].exchange.authorization_server (line 8): unknown authorization server \"nowhere\"",
+        "routes[1].name (line 9): duplicate route name \"a\"",
+        "routes[1] (line 9): auth: exchange needs an exchange: section",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
@@ -82,7 +82,7 @@ routes:
     .unwrap();
     let (code, out) = check(&file, &[]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("warning: routes[1].match") && out.contains("can never match"), "{out}");
+    assert!(out.contains("warning: routes[1].match (line 7)") && out.contains("can never match"), "{out}");
 
     // Syntax errors carry a line.
     std::fs::write(&file, "listen: { address: \"0.0.0.0:8080\" }\nroutes:\n  - name: a\n    upstreem: http://x\n")

@@ -292,7 +292,7 @@ fn example_config(sts: &DevSts, backend: std::net::SocketAddr) -> String {
 fn backend_claims(body: &str) -> Value {
     let auth = seen(&echoed(body), "authorization");
     assert_eq!(auth.len(), 1, "{body}");
-    tokex::auth::unverified::claims_json(auth[0].strip_prefix("Bearer ").unwrap()).unwrap()
+    tokex::exchange::unverified::claims_json(auth[0].strip_prefix("Bearer ").unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -467,7 +467,7 @@ async fn the_banner_mint_commands_work_as_printed() {
         tokio::process::Command::new("sh").args(["-c", &script]).env_remove("TOKEX_CONFIG").output().await.unwrap();
     assert!(run.status.success(), "{script}: {}", String::from_utf8_lossy(&run.stderr));
     let token = String::from_utf8(run.stdout).unwrap();
-    let claims = tokex::auth::unverified::claims_json(token.trim_end()).unwrap();
+    let claims = tokex::exchange::unverified::claims_json(token.trim_end()).unwrap();
     assert_eq!((claims["sub"].as_str(), claims["aud"].as_str()), (Some("alice"), Some("tokex")));
     assert_eq!(claims["scope"], "orders:read orders:write");
 
