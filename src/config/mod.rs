@@ -376,6 +376,14 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+#[cfg(test)]
+impl Diagnostic {
+    /// `path: message`, for tests that pin the message and not the line.
+    fn unlined(&self) -> String {
+        Diagnostic { line: None, ..self.clone() }.to_string()
+    }
+}
+
 /// Every error found in a configuration.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {

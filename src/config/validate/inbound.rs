@@ -303,7 +303,7 @@ routes:
     fn errors(yaml: &str) -> String {
         match parse(yaml) {
             Ok(_) => String::new(),
-            Err(e) => e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+            Err(e) => e.errors.iter().map(|d| d.unlined()).collect::<Vec<_>>().join("\n"),
         }
     }
 

@@ -351,7 +351,7 @@ mod tests {
         );
         match parse(&yaml) {
             Ok(_) => String::new(),
-            Err(e) => e.to_string(),
+            Err(e) => e.errors.iter().map(|d| format!("error: {}", d.unlined())).collect::<Vec<_>>().join("\n"),
         }
     }
 
