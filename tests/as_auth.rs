@@ -674,10 +674,7 @@ fn client_auth_configuration_errors() {
         let yaml = format!(
             "listen: {{ address: \"127.0.0.1:0\" }}\nauthorization_servers:\n  corp:\n{server}routes:\n  - name: a\n    upstream: http://127.0.0.1:1\n    exchange: {{ authorization_server: corp }}\n"
         );
-        match tokex::config::parse(&yaml) {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
+        common::config_errors(&yaml)
     };
     let k = key.display();
     for (server, want) in [

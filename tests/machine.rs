@@ -152,7 +152,7 @@ fn egress_and_actor_config_errors() {
         ),
     ];
     for (routes, want) in bad {
-        let err = tokex::config::parse(&format!("{base}{routes}")).unwrap_err().to_string();
+        let err = common::config_errors(&format!("{base}{routes}"));
         assert!(err.contains(want), "{want:?} not in:\n{err}");
     }
 }

@@ -371,3 +371,12 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> 
     }
     check()
 }
+
+/// A config's errors as `path: message` lines, for tests that pin the
+/// message and not the line (`check` prints `path (line N): message`).
+pub fn config_errors(yaml: &str) -> String {
+    match tokex::config::parse(yaml) {
+        Ok(_) => String::new(),
+        Err(e) => e.errors.iter().map(|d| format!("{}: {}", d.path, d.message)).collect::<Vec<_>>().join("\n"),
+    }
+}
