@@ -31,6 +31,20 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Setup(String),
+    /// A setting whose files or values cannot be used: its YAML path.
+    #[error("{path}: {message}")]
+    At { path: String, message: String },
+}
+
+impl StartError {
+    /// Names the setting that failed (`routes[2]`), unless already named.
+    fn at(path: impl Into<String>) -> impl FnOnce(StartError) -> StartError {
+        let path = path.into();
+        move |e| match e {
+            StartError::Setup(message) => StartError::At { path, message },
+            named => named,
+        }
+    }
 }
 
 /// Builds the routes of `config`: exchange clients, policies (actor tokens
@@ -40,6 +54,9 @@ pub enum StartError {
 /// breaker and concurrency bound, and a route's rate limit, carry over
 /// when their settings are unchanged.
 pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runtime>) -> Result<Runtime, StartError> {
+    if config.offline {
+        return Err(StartError::Setup("a configuration checked --offline cannot be run".into()));
+    }
     let mut clients = BTreeMap::new();
     for (name, server) in &config.servers {
         let kept = previous.and_then(|p| p.servers.get(name)).map(|c| c.guard()).filter(|g| g.same_settings(server));
@@ -47,7 +64,10 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             Some(g) => g.clone(),
             None => Arc::new(AsGuard::new(server, metrics.server(name))),
         };
-        clients.insert(name.clone(), Arc::new(AsClient::new(server, guard).map_err(StartError::Setup)?));
+        let client = AsClient::new(server, guard)
+            .map_err(StartError::Setup)
+            .map_err(StartError::at(format!("authorization_servers.{name}")))?;
+        clients.insert(name.clone(), Arc::new(client));
     }
     let client = |route: &str, server: &str| {
         clients.get(server).cloned().ok_or_else(|| format!("route {route}: unknown authorization server {server}"))
@@ -56,7 +76,9 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
         Ok(Arc::new(MachinePolicy::new(m.clone(), client(route, &m.authorization_server)?)))
     };
     let inbound = match &config.inbound {
-        Some(c) => Some(Arc::new(Inbound::new(c, metrics, &clients).map_err(StartError::Setup)?)),
+        Some(c) => Some(Arc::new(
+            Inbound::new(c, metrics, &clients).map_err(StartError::Setup).map_err(StartError::at("inbound"))?,
+        )),
         None => None,
     };
     // One pooled client per TLS setting, kept across a reload when unchanged.
@@ -74,7 +96,8 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
         Ok(client)
     };
     let mut routes = Vec::with_capacity(config.routes.len());
-    for r in &config.routes {
+    for (i, r) in config.routes.iter().enumerate() {
+        let exchange_path = format!("routes[{i}].exchange");
         let missing = || StartError::Setup(format!("route {}: no exchange section", r.name));
         let auth = match r.auth {
             AuthMode::None => RouteAuth::None,
@@ -88,11 +111,13 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
                     }
                 });
                 let policy = Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m), before.as_deref());
-                RouteAuth::Exchange(Arc::new(policy.map_err(StartError::Setup)?))
+                RouteAuth::Exchange(Arc::new(policy.map_err(StartError::Setup).map_err(StartError::at(exchange_path))?))
             }
             AuthMode::ClientCredentials => {
                 let m = r.machine.as_ref().ok_or_else(missing)?;
-                RouteAuth::ClientCredentials(machine(&r.name, m).map_err(StartError::Setup)?)
+                RouteAuth::ClientCredentials(
+                    machine(&r.name, m).map_err(StartError::Setup).map_err(StartError::at(exchange_path))?,
+                )
             }
         };
         routes.push(Arc::new(Route {
@@ -100,7 +125,12 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             matcher: r.matcher.clone(),
             auth,
             require_scopes: RequiredScopes::new(&r.require_scopes),
-            upstream: Upstream::new(&r.upstream, upstream_client(r)?).map_err(StartError::Setup)?,
+            upstream: Upstream::new(
+                &r.upstream,
+                upstream_client(r).map_err(StartError::at(format!("routes[{i}].upstream_tls")))?,
+            )
+            .map_err(StartError::Setup)
+            .map_err(StartError::at(format!("routes[{i}].upstream")))?,
             forward_header: r.forward_header.clone(),
             remove_headers: r.remove_headers.clone().into(),
             timeout: r.timeout,

@@ -165,21 +165,26 @@ fn check(path: &Path, offline: bool, format: LogFormat) -> ExitCode {
     for w in &config.warnings {
         out.diagnostic("warning", w);
     }
-    let mut problems = Vec::new();
     // Offline, nothing is read; otherwise build what `run` would build
-    // (clients, secret and actor files, TLS files), without binding.
+    // (clients, secret and actor files, TLS files), without binding. The
+    // first failure stops the build; it names its setting.
+    let mut problems: Vec<(String, String)> = Vec::new();
     if !offline {
         if let Some(tls) = &config.listen.tls {
             if let Err(e) = tokex::proxy::tls::listener(tls, Default::default()) {
-                problems.push(e);
+                problems.push(("listen.tls".into(), e));
             }
         }
-        if let Err(e) = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None) {
-            problems.push(e.to_string());
+        match tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None) {
+            Err(tokex::app::StartError::At { path, message }) => problems.push((path, message)),
+            Err(e) => problems.push((String::new(), e.to_string())),
+            Ok(_) => {}
         }
     }
-    for p in &problems {
-        out.diagnostic("error", &config::Diagnostic { path: String::new(), line: None, message: p.clone() });
+    let text = if problems.is_empty() { String::new() } else { std::fs::read_to_string(path).unwrap_or_default() };
+    for (at, message) in &problems {
+        let line = config::line_of(&text, at);
+        out.diagnostic("error", &config::Diagnostic { path: at.clone(), line, message: message.clone() });
     }
     let counts = format!(
         "{} routes, {} authorization servers, {} warnings{}",

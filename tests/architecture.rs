@@ -23,22 +23,39 @@ fn module_of(src: &Path, file: &Path) -> String {
     first.trim_end_matches(".rs").to_owned()
 }
 
-/// `crate::name` references in code (comments skipped).
+/// `crate::name` and `crate::{a, b::c}` references in code (comment lines
+/// skipped; a trailing comment may add a reference, never hide one).
 fn references(text: &str) -> BTreeSet<String> {
+    let ident =
+        |s: &str| -> String { s.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
     let mut out = BTreeSet::new();
     for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
         while let Some(i) = rest.find("crate::") {
             let after = &rest[i + "crate::".len()..];
-            let name: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            if !name.is_empty() {
-                out.insert(name);
+            if let Some(group) = after.strip_prefix('{') {
+                let inner = group.split('}').next().unwrap_or("");
+                out.extend(inner.split(',').map(ident).filter(|n| !n.is_empty()));
+            } else {
+                let name = ident(after);
+                if !name.is_empty() {
+                    out.insert(name);
+                }
             }
             rest = after;
         }
     }
     out
+}
+
+#[test]
+fn references_are_read_in_every_form() {
+    let text = "use crate::config::Config;\nuse crate::{proxy, exchange::cache};\n// crate::admin\nlet x = \"http://a\"; crate::otel::f();\n";
+    let found: Vec<String> = references(text).into_iter().collect();
+    assert_eq!(found, ["config", "exchange", "otel", "proxy"]);
 }
 
 fn graph() -> BTreeMap<String, BTreeSet<String>> {

@@ -140,7 +140,7 @@ routes:
         assert!(line.contains(" (line "), "every error carries its line: {line}");
     }
     for want in [
-        "admin.address (line 3): 0.0.0.0:8080 overlaps listen.address",
+        "admin.address (line 3): 0.0.0.0:8080 takes the port of listen.address",
         "authorization_servers.corp.token_endpoint (line 6): invalid URL \"not a url\"",
         "routes[0].match.methods[1] (line 12): invalid method \"GE T\": expected an HTTP method",
         "routes[0].upstream (line 13): invalid URL \"127.0.0.1:8081\"",
@@ -329,4 +329,90 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
             number + 1
         );
     }
+}
+
+/// Offline, a `${VAR}` may stand anywhere a string does: its value's checks
+/// are skipped, whatever the field; the rest is still checked.
+#[test]
+fn offline_skips_the_checks_of_every_unset_value_and_cannot_be_run() {
+    let yaml = r#"listen: { address: "${TKX_OFF_LISTEN}" }
+authorization_servers:
+  corp:
+    token_endpoint: ${TKX_OFF_AS_URL}
+    client_auth: { method: "${TKX_OFF_METHOD}", client_id: tokex, client_secret: "${TKX_OFF_SECRET}" }
+  mtls:
+    token_endpoint: ${TKX_OFF_AS2}
+    client_auth: { method: tls_client_auth, client_id: x, cert_file: /absent/c.pem, key_file: /absent/k.pem }
+routes:
+  - name: "${TKX_OFF_NAME}"
+    match: { path_prefix: "${TKX_OFF_PREFIX}", methods: ["${TKX_OFF_M}"], headers: { x-tenant: "${TKX_OFF_T}" } }
+    upstream: ${TKX_OFF_U}
+    upstream_tls: { ca_file: /absent/ca.pem }
+    exchange: { authorization_server: corp, resource: ["${TKX_OFF_RES}"] }
+    forward: { header: "${TKX_OFF_H}" }
+  - name: other
+    upstream: http://127.0.0.1:1
+    exchange: { authorization_server: mtls, audience: [""] }
+"#;
+    let (code, out) = check_file(yaml, &["--offline"], &[]);
+    assert_eq!(code, 1, "{out}");
+    // Only the one real mistake: an empty audience.
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(errors[0].contains("routes[1].exchange.audience[0] (line 18)"), "{out}");
+
+    let fixed = yaml.replace("audience: [\"\"]", "audience: [api]");
+    let (code, out) = check_file(&fixed, &["--offline"], &[]);
+    assert_eq!(code, 0, "{out}");
+    // Each unset variable is named where it is first used.
+    assert!(out.contains("warning: routes[0].upstream (line 12): environment variable TKX_OFF_U is not set"), "{out}");
+
+    // Such a config is for reporting only: it is never built into a gateway.
+    let options = tokex::config::Options { offline: true };
+    let config = tokex::config::parse_with(&fixed, options).unwrap();
+    let err = tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None).err().unwrap();
+    assert!(err.to_string().contains("--offline"), "{err}");
+    // And offline parsing leaves no trace on the thread: a normal parse
+    // refuses the unset variables again.
+    assert!(tokex::config::parse(&fixed).is_err());
+}
+
+/// Errors found when the files are read (a runtime build) name their
+/// setting and line too.
+#[test]
+fn file_errors_name_their_setting() {
+    let dir = temp_dir("check-files");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let yaml = format!(
+        "listen: {{ address: \"127.0.0.1:8080\" }}\nauthorization_servers:\n  corp:\n    token_endpoint: https://as.example.com/token\n    ca_file: {}\nroutes:\n  - {{ name: r, upstream: \"http://127.0.0.1:1\", exchange: {{ authorization_server: corp }} }}\n",
+        ca.display()
+    );
+    let (code, out) = check_file(&yaml, &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: authorization_servers.corp (line 3): ") && out.contains("no PEM certificate"),
+        "{out}"
+    );
+    // Offline does not read it.
+    assert_eq!(check_file(&yaml, &["--offline"], &[]).0, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A JWKS from a server that is in error is one error, not two.
+#[test]
+fn inbound_from_a_broken_server_is_one_error() {
+    let yaml = r#"listen: { address: "127.0.0.1:8080" }
+authorization_servers:
+  corp: { issuer: "not a url" }
+inbound:
+  jwt: { authorization_server: corp, audiences: [gw] }
+routes:
+  - { name: r, upstream: "http://127.0.0.1:1", exchange: { authorization_server: corp } }
+"#;
+    let (code, out) = check_file(yaml, &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(errors[0].contains("authorization_servers.corp.issuer (line 3)"), "{out}");
 }

@@ -2,7 +2,7 @@
 //! that apply it while deserializing, so an error keeps its YAML path and line.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -61,10 +61,54 @@ thread_local! {
 /// value that holds it is marked `unresolved` and its checks are skipped.
 /// Returns the names of the unset variables too.
 pub(super) fn offline<T>(f: impl FnOnce() -> T) -> (T, BTreeSet<String>) {
-    OFFLINE.with(|o| *o.borrow_mut() = Some(BTreeSet::new()));
+    /// Puts back what was there before, even when `f` panics: a later
+    /// parse on this thread must not be offline by accident.
+    struct Restore(Option<BTreeSet<String>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            OFFLINE.with(|o| *o.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(OFFLINE.with(|o| o.replace(Some(BTreeSet::new()))));
     let out = f();
     let unset = OFFLINE.with(|o| o.borrow_mut().take()).unwrap_or_default();
     (out, unset)
+}
+
+/// Offline: the YAML paths (`routes[0].upstream`) of the strings that name
+/// a variable that is not set, with the text, so errors on them can be left
+/// out and the warning can say where each variable is used.
+pub(super) fn unresolved_paths(text: &str) -> BTreeMap<String, String> {
+    fn walk(v: &serde_yaml::Value, path: &str, out: &mut BTreeMap<String, String>) {
+        match v {
+            serde_yaml::Value::String(s) if s.contains("${") && interpolate(s, env_lookup).is_err() => {
+                out.insert(path.to_owned(), s.clone());
+            }
+            serde_yaml::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let key = match k {
+                        serde_yaml::Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+                    };
+                    let child = if path.is_empty() { key } else { format!("{path}.{key}") };
+                    walk(v, &child, out);
+                }
+            }
+            serde_yaml::Value::Sequence(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            serde_yaml::Value::Tagged(t) => walk(&t.value, path, out),
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        walk(&v, "", &mut out);
+    }
+    out
 }
 
 /// Interpolates `raw` from the environment; offline, an unset variable

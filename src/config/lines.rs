@@ -77,14 +77,29 @@ impl<'de> Visitor<'de> for Seek<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Some((Seg::Key(want), rest)) = self.path.split_first() else {
-            return found(self.path);
-        };
-        while let Some(is_it) = map.next_key_seed(Key { want, last: rest.is_empty() })? {
-            if is_it {
-                return map.next_value_seed(Seek { path: rest });
+        // A key may itself hold dots (a server named `corp.example`): the
+        // next one, two, ... key segments joined are each a candidate.
+        let mut candidates = Vec::new();
+        let mut joined = String::new();
+        for (i, seg) in self.path.iter().enumerate() {
+            let Seg::Key(k) = seg else { break };
+            if i > 0 {
+                joined.push('.');
             }
-            map.next_value::<IgnoredAny>()?;
+            joined.push_str(k);
+            candidates.push((joined.clone(), i + 1));
+        }
+        if candidates.is_empty() {
+            return found(self.path);
+        }
+        let key = Key { candidates: &candidates, len: self.path.len() };
+        while let Some(taken) = map.next_key_seed(key)? {
+            match taken {
+                Some(n) => return map.next_value_seed(Seek { path: &self.path[n..] }),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
         }
         Err(de::Error::custom("absent"))
     }
@@ -129,55 +144,57 @@ fn found<E: de::Error>(rest: &[Seg]) -> Result<(), E> {
     Err(E::custom(if rest.is_empty() { FOUND } else { "absent" }))
 }
 
-/// A mapping key: `Ok(true)` when it is the one sought (and, when it ends
-/// the path, the marker error on the key itself).
-struct Key<'w> {
-    want: &'w str,
-    last: bool,
+/// A mapping key: `Ok(Some(n))` when it is the first `n` segments sought
+/// (and, when those end the path, the marker error on the key itself).
+#[derive(Clone, Copy)]
+struct Key<'c> {
+    candidates: &'c [(String, usize)],
+    len: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = bool;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Key<'_> {
-    type Value = bool;
+    type Value = Option<usize>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a key")
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
-        match key == self.want {
-            true if self.last => Err(E::custom(FOUND)),
-            same => Ok(same),
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        match self.candidates.iter().find(|(c, _)| c == key) {
+            Some(&(_, n)) if n == self.len => Err(E::custom(FOUND)),
+            Some(&(_, n)) => Ok(Some(n)),
+            None => Ok(None),
         }
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<usize>, E> {
         self.visit_str(if v { "true" } else { "false" })
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<usize>, E> {
         self.visit_str(&v.to_string())
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<usize>, E> {
         self.visit_str(&v.to_string())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-        Ok(false)
+    fn visit_unit<E: de::Error>(self) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<usize>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(false)
+        Ok(None)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<usize>, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -208,6 +225,14 @@ routes:
         assert_eq!(line_of(YAML, "routes[0].exchange.authorization_server"), Some(9));
         assert_eq!(line_of(YAML, "routes[0].exchange.audience[1]"), Some(10));
         assert_eq!(line_of(YAML, "routes[1].upstream"), Some(11));
+    }
+
+    #[test]
+    fn keys_with_dots() {
+        let yaml = "servers:\n  a: 1\n  corp.example:\n    url: x\n  corp: { url: y }\n";
+        assert_eq!(line_of(yaml, "servers.corp.example.url"), Some(4));
+        assert_eq!(line_of(yaml, "servers.corp.example"), Some(3));
+        assert_eq!(line_of(yaml, "servers.corp.url"), Some(5));
     }
 
     #[test]

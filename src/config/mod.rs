@@ -10,7 +10,7 @@ mod raw;
 mod restart;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use url::Url;
 use matcher::Matcher;
 
 pub use interp::interpolate;
+pub use lines::line_of;
 pub use restart::StartSettings;
 
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -49,6 +50,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Problems that do not stop the gateway (e.g. a shadowed route).
     pub warnings: Vec<Diagnostic>,
+    /// Checked `--offline`: files unread, variables maybe unset. Only for
+    /// reporting; the gateway refuses to run it.
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -448,14 +452,19 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 /// in a warning.
 pub fn parse_with(text: &str, options: Options) -> Result<Config, ConfigError> {
     if !options.offline {
-        return parse_checked(text, false);
+        return parse_checked(text, None);
     }
-    let (result, unset) = interp::offline(|| parse_checked(text, true));
+    let unresolved = interp::unresolved_paths(text);
+    let paths = unresolved.keys().cloned().collect();
+    let (result, unset) = interp::offline(|| parse_checked(text, Some(paths)));
     result.map(|mut config| {
-        for name in unset {
+        for (i, name) in unset.into_iter().enumerate() {
+            // Named where it is first used.
+            let used = |v: &String| v.contains(&format!("${{{name}}}")) || v.contains(&format!("${{{name}:-"));
+            let path = unresolved.iter().find(|(_, v)| used(v)).map(|(p, _)| p.clone()).unwrap_or_default();
             config.warnings.push(Diagnostic {
-                path: String::new(),
-                line: None,
+                line: if i < MAX_LINE_LOOKUPS { lines::line_of(text, &path) } else { None },
+                path,
                 message: format!(
                     "environment variable {name} is not set: values that use it were not checked (--offline)"
                 ),
@@ -465,7 +474,12 @@ pub fn parse_with(text: &str, options: Options) -> Result<Config, ConfigError> {
     })
 }
 
-fn parse_checked(text: &str, offline: bool) -> Result<Config, ConfigError> {
+/// Diagnostics that get their line looked up, at most: each lookup parses
+/// the text again, so thousands of them would make `check` quadratic.
+const MAX_LINE_LOOKUPS: usize = 64;
+
+/// `offline`: the paths of values that name an unset variable.
+fn parse_checked(text: &str, offline: Option<BTreeSet<String>>) -> Result<Config, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -480,8 +494,11 @@ fn parse_checked(text: &str, offline: bool) -> Result<Config, ConfigError> {
         }
     })?;
     // Validation knows paths; the lines are looked up in the text.
+    let budget = std::cell::Cell::new(MAX_LINE_LOOKUPS);
     let with_lines = |mut found: Vec<Diagnostic>| {
         for d in found.iter_mut().filter(|d| d.line.is_none()) {
+            let Some(left) = budget.get().checked_sub(1) else { break };
+            budget.set(left);
             d.line = lines::line_of(text, &d.path);
         }
         found

@@ -2,7 +2,7 @@
 //! collected with its YAML path; nothing stops at the first one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use super::matcher::{HostMatch, Matcher, PathMatch};
 use super::raw::*;
 use super::*;
 
+mod client_auth;
 mod inbound;
 mod ops;
 mod routes;
@@ -24,13 +25,20 @@ struct Ctx {
     warnings: Vec<Diagnostic>,
     /// `check --offline`: files are not read.
     offline: bool,
+    /// Offline: paths of values that name an unset variable; their errors
+    /// are left out (the warning names the variable).
+    unresolved: BTreeSet<String>,
     /// Every `authorization_servers` name, valid or not.
     declared_servers: BTreeSet<String>,
 }
 
 impl Ctx {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(Diagnostic { path: path.into(), line: None, message: message.into() });
+        let path = path.into();
+        if self.unresolved.contains(&path) {
+            return;
+        }
+        self.errors.push(Diagnostic { path, line: None, message: message.into() });
     }
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Diagnostic { path: path.into(), line: None, message: message.into() });
@@ -55,8 +63,9 @@ fn strict() -> bool {
     matches!(std::env::var("TOKEX_STRICT").as_deref(), Ok("1") | Ok("true"))
 }
 
-pub(super) fn validate(raw: RawConfig, offline: bool) -> Result<Config, Vec<Diagnostic>> {
-    let mut cx = Ctx { offline, ..Ctx::default() };
+/// `offline`: the paths of values that name an unset variable.
+pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Result<Config, Vec<Diagnostic>> {
+    let mut cx = Ctx { offline: offline.is_some(), unresolved: offline.unwrap_or_default(), ..Ctx::default() };
 
     let listen = listen(&mut cx, raw.listen);
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
@@ -74,13 +83,13 @@ pub(super) fn validate(raw: RawConfig, offline: bool) -> Result<Config, Vec<Diag
         None => (None, DEFAULT_GRACE, Duration::ZERO),
     };
     if let (Some(l), Some(a)) = (&listen, admin) {
-        let overlap = l.address.port() == a.port()
-            && a.port() != 0
-            && (l.address.ip() == a.ip() || l.address.ip().is_unspecified() || a.ip().is_unspecified());
-        if overlap {
+        if binds_overlap(l.address, a) {
             cx.err(
                 "admin.address",
-                format!("{a} overlaps listen.address {}: give the admin listener its own port, e.g. 9901", l.address),
+                format!(
+                    "{a} takes the port of listen.address {}: give the admin listener a port of its own",
+                    l.address
+                ),
             );
         }
     }
@@ -155,7 +164,24 @@ pub(super) fn validate(raw: RawConfig, offline: bool) -> Result<Config, Vec<Diag
         otlp,
         routes,
         warnings: cx.warnings,
+        offline: cx.offline,
     })
+}
+
+/// Two listeners that cannot both bind: the same port on the same address,
+/// or on a wildcard of the same family; `[::]` is dual-stack (Linux's
+/// default) and also takes the IPv4 port. Port 0 is always free.
+fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    match (x, y) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+            x == y || x.is_unspecified() || y.is_unspecified()
+        }
+        (IpAddr::V6(v6), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
+    }
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -217,7 +243,7 @@ fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
 /// An http(s) URL; `expected` says what one looks like when it is not.
 fn http_url_as(cx: &mut Ctx, path: &str, t: &Text, expected: &str) -> Option<Url> {
     if t.unresolved {
-        return Url::parse("http://unresolved.invalid/").ok();
+        return Url::parse("https://unresolved.invalid/").ok();
     }
     match Url::parse(t.as_str()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
@@ -268,7 +294,7 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         }
     };
     let client_auth = match s.client_auth {
-        Some(ca) => client_auth(cx, &format!("{base}.client_auth"), ca),
+        Some(ca) => client_auth::client_auth(cx, &format!("{base}.client_auth"), ca),
         None => Some(ClientAuthConfig::None { client_id: None }),
     };
     match (&client_auth, &location) {
@@ -328,145 +354,6 @@ fn issuer(cx: &mut Ctx, path: &str, t: &Text) -> Option<String> {
     Some(t.value.clone())
 }
 
-fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option<ClientAuthConfig> {
-    let method = ca.method.as_str();
-    let id = ca.client_id.map(|t| t.value);
-    for (key, present, used_by) in [
-        ("private_key_file", ca.private_key_file.is_some(), "private_key_jwt"),
-        ("key_id", ca.key_id.is_some(), "private_key_jwt"),
-        ("algorithm", ca.algorithm.is_some(), "private_key_jwt"),
-        ("assertion_audience", ca.assertion_audience.is_some(), "private_key_jwt"),
-        ("cert_file", ca.cert_file.is_some(), "tls_client_auth"),
-        ("key_file", ca.key_file.is_some(), "tls_client_auth"),
-    ] {
-        if present && method != used_by {
-            cx.err(format!("{base}.{key}"), format!("not used by method {method} (only by {used_by})"));
-        }
-    }
-    if matches!(method, "private_key_jwt" | "tls_client_auth")
-        && (ca.client_secret.is_some() || ca.client_secret_file.is_some())
-    {
-        cx.err(base, format!("method {method} sends no secret: remove client_secret / client_secret_file"));
-    }
-    let secret = |cx: &mut Ctx| -> Option<SecretSource> {
-        match (&ca.client_secret, &ca.client_secret_file) {
-            (Some(s), None) => {
-                if s.literal && strict() {
-                    cx.err(
-                        format!("{base}.client_secret"),
-                        "client_secret is written in clear in the file (TOKEX_STRICT=1): use ${VAR} or client_secret_file",
-                    );
-                }
-                if s.value.is_empty() {
-                    cx.err(format!("{base}.client_secret"), "must not be empty");
-                }
-                Some(SecretSource::Inline(s.value.clone()))
-            }
-            (None, Some(f)) => Some(SecretSource::File(existing_file(cx, &format!("{base}.client_secret_file"), f))),
-            (Some(_), Some(_)) => {
-                cx.err(base, "set either client_secret or client_secret_file, not both");
-                None
-            }
-            (None, None) => {
-                cx.err(base, format!("method {method} needs client_secret or client_secret_file"));
-                None
-            }
-        }
-    };
-    let need_id = |cx: &mut Ctx, id: Option<String>| -> Option<String> {
-        match id {
-            Some(id) if !id.is_empty() => Some(id),
-            _ => {
-                cx.err(format!("{base}.client_id"), format!("method {method} needs client_id"));
-                None
-            }
-        }
-    };
-    match method {
-        "client_secret_basic" => {
-            let client_id = need_id(cx, id);
-            let secret = secret(cx);
-            Some(ClientAuthConfig::SecretBasic { client_id: client_id?, secret: secret? })
-        }
-        "client_secret_post" => {
-            let client_id = need_id(cx, id);
-            let secret = secret(cx);
-            Some(ClientAuthConfig::SecretPost { client_id: client_id?, secret: secret? })
-        }
-        "none" => {
-            if ca.client_secret.is_some() || ca.client_secret_file.is_some() {
-                cx.err(base, "method none sends no secret: remove client_secret / client_secret_file");
-            }
-            Some(ClientAuthConfig::None { client_id: id })
-        }
-        "private_key_jwt" => {
-            let client_id = need_id(cx, id);
-            let private_key_file = match &ca.private_key_file {
-                Some(f) => Some(existing_file(cx, &format!("{base}.private_key_file"), f)),
-                None => {
-                    cx.err(base, "method private_key_jwt needs private_key_file (a PKCS#8 PEM key)");
-                    None
-                }
-            };
-            let algorithm = match ca.algorithm.as_ref().map(|t| t.as_str()) {
-                None => Some(None),
-                Some(a) => match a.parse::<jsonwebtoken::Algorithm>() {
-                    Ok(alg) if super::limits::ASSERTION_ALGORITHMS.contains(&alg) => Some(Some(alg)),
-                    _ => {
-                        cx.err(
-                            format!("{base}.algorithm"),
-                            format!("unsupported algorithm {a:?}: expected RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
-                        );
-                        None
-                    }
-                },
-            };
-            let assertion_audience = match ca.assertion_audience.as_ref().map(|t| t.as_str()) {
-                None | Some("token_endpoint") => Some(AssertionAudience::TokenEndpoint),
-                Some("issuer") => Some(AssertionAudience::Issuer),
-                Some(other) => {
-                    cx.err(
-                        format!("{base}.assertion_audience"),
-                        format!("unknown value {other:?}: expected token_endpoint or issuer"),
-                    );
-                    None
-                }
-            };
-            let key_id = ca.key_id.map(|t| t.value);
-            if key_id.as_deref() == Some("") {
-                cx.err(format!("{base}.key_id"), "must not be empty (omit it to send no kid)");
-            }
-            Some(ClientAuthConfig::PrivateKeyJwt {
-                client_id: client_id?,
-                private_key_file: private_key_file?,
-                key_id,
-                algorithm: algorithm?,
-                assertion_audience: assertion_audience?,
-            })
-        }
-        "tls_client_auth" => {
-            let client_id = need_id(cx, id);
-            let file = |cx: &mut Ctx, key: &str, t: &Option<Text>| match t {
-                Some(f) => Some(existing_file(cx, &format!("{base}.{key}"), f)),
-                None => {
-                    cx.err(base, format!("method tls_client_auth needs {key} (PEM)"));
-                    None
-                }
-            };
-            let cert_file = file(cx, "cert_file", &ca.cert_file);
-            let key_file = file(cx, "key_file", &ca.key_file);
-            Some(ClientAuthConfig::TlsClientAuth { client_id: client_id?, cert_file: cert_file?, key_file: key_file? })
-        }
-        other => {
-            cx.err(
-                format!("{base}.method"),
-                format!("unknown method {other:?}: expected client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth or none"),
-            );
-            None
-        }
-    }
-}
-
 fn cache(cx: &mut Ctx, c: Option<RawCache>) -> CacheConfig {
     let c = c.unwrap_or(RawCache { max_entries: None, expiry_skew: None, refresh_ahead: None, negative_ttl: None });
     let max_entries = c.max_entries.unwrap_or(100_000);
@@ -523,6 +410,26 @@ routes:
         assert_eq!(errs.len(), 1, "{errs:?}");
         let e = errs[0].to_string();
         assert!(e.contains("routes[0]") && e.contains("upstreem") && e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn listeners_that_cannot_both_bind() {
+        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        for (a, b, clash) in [
+            ("0.0.0.0:8080", "0.0.0.0:8080", true),
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "127.0.0.2:8080", false),
+            ("127.0.0.1:8080", "127.0.0.1:9901", false),
+            ("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080", true),
+            ("0.0.0.0:8080", "[::1]:8080", false),
+            ("[::]:8080", "127.0.0.1:8080", true),
+            ("[::]:8080", "[::1]:8080", true),
+            ("[::1]:8080", "[::2]:8080", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+        ] {
+            assert_eq!(super::binds_overlap(sa(a), sa(b)), clash, "{a} {b}");
+            assert_eq!(super::binds_overlap(sa(b), sa(a)), clash, "{b} {a}");
+        }
     }
 
     #[test]

@@ -126,7 +126,9 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
             "\n!!! WARNING: the DEVELOPMENT authorization server is binding {}, a non-loopback address.",
             args.listen
         );
-        eprintln!("!!! Anyone who can reach it can obtain tokens. It is not meant for real use; prefer 127.0.0.1.\n");
+        eprintln!(
+            "!!! Anyone who can reach it can obtain tokens, and any registered client can mint a user token for\n!!! any subject at /mint. It is not meant for real use; prefer 127.0.0.1.\n"
+        );
     }
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,

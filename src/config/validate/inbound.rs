@@ -94,7 +94,21 @@ fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) ->
     let issuer = match (j.issuer.map(|t| t.value), default_issuer) {
         (Some(i), _) if !i.is_empty() => i,
         (None, Some(d)) => d,
-        _ => {
+        // The JWKS source is in error (a bad or unknown server): that one
+        // error says it; no second one for the issuer it would have given.
+        (None, None) if jwks.is_none() => {
+            ok = false;
+            String::new()
+        }
+        (None, None) => {
+            cx.err(
+                format!("{BASE}.issuer"),
+                "required: the exact iss of accepted tokens (or use authorization_server: an issuer: server)",
+            );
+            ok = false;
+            String::new()
+        }
+        (Some(_), _) => {
             cx.err(format!("{BASE}.issuer"), "must not be empty");
             ok = false;
             String::new()
@@ -210,7 +224,7 @@ fn introspection(
         None => Some(ClientAuthConfig::None { client_id: None }),
         Some(ca) => {
             let path = format!("{BASE}.client_auth");
-            match client_auth(cx, &path, ca) {
+            match super::client_auth::client_auth(cx, &path, ca) {
                 Some(
                     c @ (ClientAuthConfig::SecretBasic { .. }
                     | ClientAuthConfig::SecretPost { .. }
