@@ -523,11 +523,15 @@ def check_config_files(where: str, cm_origin: str, pod: dict, c: dict, cfg: dict
             fail(f"{where}: set the pod's fsGroup: {TOKEX_UID} so tokex can read {path}")
 
 
+# ------------------------------------------------------ bad manifests
+
+
 def check_bad_manifests(versions: list[str]) -> None:
     """Each tests/deploy/bad-manifests/*.yaml patches a good set of objects
     (`base:`, a directory or file of the repository) so that it is wrong in
     one way; the checks above must report that (`# error:` names a part of
-    the message) and nothing else."""
+    the message) and nothing else. `patch:` maps `Kind/name` to a merge
+    patch of that object (maps merge, lists are replaced, null deletes)."""
     cases = sorted(BAD_MANIFESTS.glob("*.yaml"))
     if not cases:
         fail(f"no bad manifests under {rel(BAD_MANIFESTS)}")
@@ -767,16 +771,22 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
 
 
-def helm_template(helm: str, spec: Render, chart: Path) -> subprocess.CompletedProcess:
-    if spec.chart != PARENT_CHART:
-        cmd = [helm, "template", spec.release, str(spec.chart), "--namespace", spec.namespace]
-        return run(cmd + (["-f", str(spec.values)] if spec.values else []))
-    # The parent chart, with tokex as its dependency in charts/ (as after
-    # `helm dependency update`).
+@contextmanager
+def assembled_parent(chart: Path):
+    """A copy of the parent chart with tokex in its charts/ (as after `helm
+    dependency update`)."""
     with tempfile.TemporaryDirectory(prefix="tokex-parent-") as tmp:
         parent = Path(tmp) / "orders"
         shutil.copytree(PARENT_CHART, parent)
         shutil.copytree(chart, parent / "charts" / "tokex")
+        yield parent
+
+
+def helm_template(helm: str, spec: Render, chart: Path) -> subprocess.CompletedProcess:
+    if spec.chart != PARENT_CHART:
+        cmd = [helm, "template", spec.release, str(spec.chart), "--namespace", spec.namespace]
+        return run(cmd + (["-f", str(spec.values)] if spec.values else []))
+    with assembled_parent(chart) as parent:
         return run([helm, "template", spec.release, str(parent), "--namespace", spec.namespace])
 
 
@@ -895,10 +905,7 @@ def check_helm(helm: str, chart: Path, goods: list[Path], bads: list[Path], spec
             fail(f"helm lint {rel(chart)} -f {rel(f)}:\n{r.stdout}{r.stderr}")
         else:
             count("helm lint runs")
-    with tempfile.TemporaryDirectory(prefix="tokex-parent-") as tmp:
-        parent = Path(tmp) / "orders"
-        shutil.copytree(PARENT_CHART, parent)
-        shutil.copytree(chart, parent / "charts" / "tokex")
+    with assembled_parent(chart) as parent:
         r = run([helm, "lint", str(parent)])
         if r.returncode != 0:
             fail(f"helm lint {rel(PARENT_CHART)}:\n{r.stdout}{r.stderr}")
