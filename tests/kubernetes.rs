@@ -1,9 +1,12 @@
 //! What tokex ships for Kubernetes is valid: `tests/deploy/validate.py`
-//! checks the manifests under `examples/kubernetes/` (strict Kubernetes
-//! schemas, selectors, ports, mounts, probes, timers), the chart's values
-//! against `values.schema.json` (good files pass, bad ones fail), every
-//! embedded tokex config with this build's `tokex check --offline`, and, where
-//! `helm` is installed, `helm lint` / `helm template` of the chart.
+//! checks the manifests under `examples/kubernetes/` and the chart's committed
+//! renders under `tests/deploy/rendered/` (strict Kubernetes schemas,
+//! selectors, ports, mounts, probes, timers, security contexts), that the
+//! wrong manifests under `tests/deploy/bad-manifests/` are refused, the
+//! chart's values against `values.schema.json` (good files pass, bad ones
+//! fail), every embedded tokex config with this build's `tokex check
+//! --offline`, and, where `helm` is installed, `helm lint` and that a fresh
+//! `helm template` still gives the committed renders.
 //!
 //! The Python interpreter comes from `TOKEX_PYTHON`, with `kubernetes-validate`,
 //! `jsonschema` and `PyYAML` installed; `scripts/test.sh` sets both up. The
