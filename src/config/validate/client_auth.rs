@@ -32,10 +32,13 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
                         "client_secret is written in clear in the file (TOKEX_STRICT=1): use ${VAR} or client_secret_file",
                     );
                 }
-                if s.value.is_empty() {
+                // Trimmed like a secret file: a Secret made `--from-file`
+                // often ends in a newline, and it reaches `${VAR}` as is.
+                let value = s.value.trim();
+                if value.is_empty() {
                     cx.err(format!("{base}.client_secret"), "must not be empty");
                 }
-                Some(SecretSource::Inline(s.value.clone()))
+                Some(SecretSource::Inline(value.to_owned()))
             }
             (None, Some(f)) => Some(SecretSource::File(existing_file(cx, &format!("{base}.client_secret_file"), f))),
             (Some(_), Some(_)) => {
@@ -139,5 +142,29 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::{parse, ClientAuthConfig, SecretSource};
+
+    fn yaml(secret: &str) -> String {
+        format!(
+            "listen: {{ address: \"127.0.0.1:8080\" }}\nauthorization_servers:\n  corp:\n    token_endpoint: https://as.example.com/token\n    client_auth: {{ method: client_secret_post, client_id: x, client_secret: \"{secret}\" }}\nroutes:\n  - {{ name: r, upstream: \"http://127.0.0.1:1\", exchange: {{ authorization_server: corp }} }}\n"
+        )
+    }
+
+    /// A Secret made `--from-file` often ends in a newline; as `${VAR}` it
+    /// is trimmed, as a secret file is.
+    #[test]
+    fn an_inline_secret_is_trimmed_like_a_file() {
+        let c = parse(&yaml("s3cret\\n")).unwrap();
+        match &c.servers["corp"].client_auth {
+            ClientAuthConfig::SecretPost { secret: SecretSource::Inline(s), .. } => assert_eq!(s, "s3cret"),
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&yaml(" \\n")).unwrap_err().to_string();
+        assert!(e.contains("client_secret") && e.contains("must not be empty"), "{e}");
     }
 }

@@ -221,11 +221,13 @@ fn exchange(
                     token_type,
                 }),
                 (None, Some(t), None) => {
-                    if t.value.is_empty() {
+                    // Trimmed like a token file.
+                    let token = t.value.trim().to_owned();
+                    if token.is_empty() {
                         cx.err(format!("{path}.token"), "must not be empty");
                         ok = false;
                     }
-                    Some(ActorConfig { source: ActorSource::Token(SecretSource::Inline(t.value)), token_type })
+                    Some(ActorConfig { source: ActorSource::Token(SecretSource::Inline(token)), token_type })
                 }
                 (None, None, Some(m)) => {
                     let RawMachine { authorization_server, audience, resource, scope } = m;
