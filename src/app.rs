@@ -163,7 +163,11 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = build_runtime(&config, &metrics, None)?;
-    let exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
+    let mut exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
+    if let Some(shared) = &config.cache.shared {
+        let store = crate::exchange::shared::SharedStore::new(shared, metrics.clone()).map_err(StartError::Setup)?;
+        exchanger = exchanger.with_shared(Arc::new(store));
+    }
     metrics.started();
     let tls = match &config.listen.tls {
         Some(t) => {

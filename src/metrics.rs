@@ -69,6 +69,8 @@ pub struct Metrics {
     last_reload_success: Gauge,
     last_reload_timestamp: Gauge,
     tls_reloads: Family<TlsLabels, Counter>,
+    shared_ops: Family<SharedLabels, Counter>,
+    shared_duration: HistogramFamily<OpLabels>,
     connections_open: Gauge,
     connections: Counter,
 }
@@ -77,6 +79,17 @@ pub struct Metrics {
 struct KindLabels {
     route: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SharedLabels {
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +159,18 @@ impl Metrics {
         let last_reload_success = Gauge::default();
         let last_reload_timestamp = Gauge::default();
         let tls_reloads = Family::<TlsLabels, Counter>::default();
+        let shared_ops = Family::<SharedLabels, Counter>::default();
+        let shared_duration: HistogramFamily<OpLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "shared_cache_operations",
+            "Operations on the shared store (cache.shared), by op (get, put, lease, delete) and result (hit, miss, ok, held, rejected, error, timeout)",
+            shared_ops.clone(),
+        );
+        registry.register(
+            "shared_cache_duration_seconds",
+            "Time of one shared-store operation, by op",
+            shared_duration.clone(),
+        );
         let connections_open = Gauge::default();
         let connections = Counter::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
@@ -255,6 +280,8 @@ impl Metrics {
             last_reload_success,
             last_reload_timestamp,
             tls_reloads,
+            shared_ops,
+            shared_duration,
             connections_open,
             connections,
         }
@@ -276,6 +303,12 @@ impl Metrics {
     pub fn tls_reloads(&self, source: &'static str) -> Counters {
         let c = |result| (result, self.tls_reloads.get_or_create(&TlsLabels { source, result }).clone());
         Counters(std::sync::Arc::new([c("ok"), c("rejected")]))
+    }
+
+    /// One shared-store operation: its result and how long it took.
+    pub fn shared_op(&self, op: &'static str, result: &'static str, took: std::time::Duration) {
+        self.shared_ops.get_or_create(&SharedLabels { op, result }).inc();
+        self.shared_duration.get_or_create(&OpLabels { op }).observe(took.as_secs_f64());
     }
 
     /// Handles for `tokex_cache_evictions_total`, one per reason.

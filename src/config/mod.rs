@@ -219,7 +219,7 @@ pub enum AssertionAudience {
 }
 
 /// Where a secret comes from. A file is re-read when it changes.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Inline(String),
     File(PathBuf),
@@ -240,6 +240,27 @@ pub struct CacheConfig {
     pub expiry_skew: Duration,
     pub refresh_ahead: Duration,
     pub negative_ttl: Duration,
+    /// The L2 shared by every replica, when configured.
+    pub shared: Option<SharedCacheConfig>,
+}
+
+/// `cache.shared:` a store (Redis 7, Valkey 8) shared by every replica:
+/// local cache, then the store, then the AS. It holds keyed hashes and
+/// sealed values only (see `exchange::seal`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedCacheConfig {
+    /// `redis://host:port/db` or `rediss://` (TLS); no credentials in it.
+    pub url: Url,
+    pub username: Option<String>,
+    /// Inline (`${VAR}`) or a file re-read when it changes.
+    pub password: Option<SecretSource>,
+    /// Budget of one store operation: slower is a miss.
+    pub timeout: Duration,
+    pub key_prefix: String,
+    /// Trust only these CAs (PEM) for `rediss://`, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// A deployment secret (the same on every replica) that keys the store keys.
+    pub key_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -187,6 +187,29 @@ pub struct RawCache {
     pub refresh_ahead: Option<Dur>,
     #[serde(default)]
     pub negative_ttl: Option<Dur>,
+    #[serde(default)]
+    pub shared: Option<RawShared>,
+}
+
+/// `cache.shared`: the L2 shared by every replica (Redis protocol).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShared {
+    pub url: Text,
+    #[serde(default)]
+    pub username: Option<Text>,
+    #[serde(default)]
+    pub password: Option<Text>,
+    #[serde(default)]
+    pub password_file: Option<Text>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub key_prefix: Option<Text>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub key_secret_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

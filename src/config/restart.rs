@@ -54,6 +54,7 @@ impl StartSettings {
             ("cache.expiry_skew", c.expiry_skew != d.expiry_skew),
             ("cache.refresh_ahead", c.refresh_ahead != d.refresh_ahead),
             ("cache.negative_ttl", c.negative_ttl != d.negative_ttl),
+            ("cache.shared", c.shared != d.shared),
             ("tracing.otlp", self.otlp != new.otlp),
         ]
         .into_iter()

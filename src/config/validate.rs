@@ -355,7 +355,13 @@ fn issuer(cx: &mut Ctx, path: &str, t: &Text) -> Option<String> {
 }
 
 fn cache(cx: &mut Ctx, c: Option<RawCache>) -> CacheConfig {
-    let c = c.unwrap_or(RawCache { max_entries: None, expiry_skew: None, refresh_ahead: None, negative_ttl: None });
+    let c = c.unwrap_or(RawCache {
+        max_entries: None,
+        expiry_skew: None,
+        refresh_ahead: None,
+        negative_ttl: None,
+        shared: None,
+    });
     let max_entries = c.max_entries.unwrap_or(100_000);
     if max_entries == 0 {
         cx.err("cache.max_entries", "must be at least 1");
@@ -365,6 +371,7 @@ fn cache(cx: &mut Ctx, c: Option<RawCache>) -> CacheConfig {
         expiry_skew: c.expiry_skew.map_or(Duration::from_secs(5), |d| d.0),
         refresh_ahead: c.refresh_ahead.map_or(Duration::ZERO, |d| d.0),
         negative_ttl: c.negative_ttl.map_or(Duration::from_secs(5), |d| d.0),
+        shared: c.shared.and_then(|s| ops::shared_cache(cx, s)),
     }
 }
 

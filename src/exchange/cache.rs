@@ -48,6 +48,24 @@ impl Entry {
         Arc::new(Entry { kind, ttl, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false) })
     }
 
+    /// An issued token, ready to forward, for `ttl`; `None` when the token
+    /// is not a valid header value.
+    pub fn token(token: &str, ttl: Duration) -> Option<Arc<Self>> {
+        let mut raw = HeaderValue::from_str(token).ok()?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        raw.set_sensitive(true);
+        bearer.set_sensitive(true);
+        Some(Entry::new(EntryKind::Token(CachedToken { bearer, raw }), ttl))
+    }
+
+    /// The issued token's text (not for a refusal).
+    pub fn token_text(&self) -> Option<&str> {
+        match &self.kind {
+            EntryKind::Token(t) => t.raw.to_str().ok(),
+            EntryKind::Rejected => None,
+        }
+    }
+
     /// True once per entry: the caller that gets `true` starts the refresh.
     pub fn claim_refresh(&self) -> bool {
         self.refreshing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()

@@ -9,7 +9,10 @@ pub mod client_auth;
 pub mod discovery;
 mod error;
 pub mod guard;
+mod l2;
 pub mod rate;
+pub mod seal;
+pub mod shared;
 pub mod unverified;
 
 use std::net::IpAddr;
@@ -46,8 +49,11 @@ pub struct Policy {
     pub cfg: ExchangeConfig,
     /// `scope` space-joined, as sent and as named in 403 challenges.
     pub scope: String,
-    /// SHA-256 over everything that shapes the issued token.
+    /// SHA-256 over the process's secret salt and `shared_digest`: local keys.
     digest: [u8; 32],
+    /// SHA-256 over everything that shapes the issued token: the same on
+    /// every replica, for the shared store's keys and sealing.
+    shared_digest: [u8; 32],
     actor: Option<Actor>,
     /// `max_rate`, when set.
     limit: Option<Arc<RateLimit>>,
@@ -142,7 +148,6 @@ impl Policy {
             Some(ActorSource::ClientCredentials(m)) => Some(Actor::Machine(machine(m)?)),
         };
         let mut f = Fields::new();
-        f.bytes("salt", cache::salt());
         f.field("server", &cfg.authorization_server);
         f.field("endpoint", client.endpoint().as_str());
         f.list("audience", &cfg.audience);
@@ -167,8 +172,21 @@ impl Policy {
             }
             (_, Some((ActorSource::ClientCredentials(_), _))) | (_, None) => f.field("actor", "none"),
         }
-        let digest = f.finish();
-        Ok(Policy { route: route.to_owned(), scope: cfg.scope.join(" "), client, cfg, digest, actor, limit })
+        let shared_digest = f.finish();
+        let mut salted = Fields::new();
+        salted.bytes("salt", cache::salt());
+        salted.bytes("policy", &shared_digest);
+        let digest = salted.finish();
+        Ok(Policy {
+            route: route.to_owned(),
+            scope: cfg.scope.join(" "),
+            client,
+            cfg,
+            digest,
+            shared_digest,
+            actor,
+            limit,
+        })
     }
 
     /// The cache key of `subject` (given as its SHA-256) under this policy:
@@ -259,11 +277,24 @@ pub struct Exchanger {
     cache: TokenCache,
     settings: CacheConfig,
     metrics: Arc<Metrics>,
+    /// The store shared with the other replicas (`cache.shared`).
+    shared: Option<Arc<shared::SharedStore>>,
 }
 
 impl Exchanger {
     pub fn new(settings: CacheConfig, metrics: Arc<Metrics>) -> Self {
-        Exchanger { cache: TokenCache::new(settings.max_entries, metrics.cache_evictions()), settings, metrics }
+        Exchanger {
+            cache: TokenCache::new(settings.max_entries, metrics.cache_evictions()),
+            settings,
+            metrics,
+            shared: None,
+        }
+    }
+
+    /// Puts the shared store behind the local cache.
+    pub fn with_shared(mut self, store: Arc<shared::SharedStore>) -> Self {
+        self.shared = Some(store);
+        self
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -286,8 +317,8 @@ impl Exchanger {
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let exchange = self.exchange(policy, subject, Some(origin));
-        let (entry, hit) = self.cache.get_or_try_insert(key, exchange).await.map_err(|e| (*e).clone())?;
+        let fill = self.fill(policy, subject, Some(origin));
+        let (entry, hit) = self.cache.get_or_try_insert(key, fill).await.map_err(|e| (*e).clone())?;
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
     }
@@ -318,7 +349,9 @@ impl Exchanger {
         let policy = policy.clone();
         let subject = subject.to_owned();
         tokio::spawn(async move {
-            if let Ok(fresh) = this.exchange(&policy, &subject, None).await {
+            let fresh = this.exchange(&policy, &subject, None).await;
+            this.share(&policy, &subject, &fresh);
+            if let Ok(fresh) = fresh {
                 if matches!(fresh.kind, EntryKind::Token(_)) {
                     this.cache.insert(key, fresh).await;
                 }
@@ -509,14 +542,11 @@ impl Exchanger {
             ttl = ttl.min(Duration::from_secs_f64((exp - now).clamp(0.0, 1e9)));
         }
         let ttl = ttl.saturating_sub(self.settings.expiry_skew);
-        let token = issued.access_token.expose();
         // `parse_answer` checked the token is a valid header value.
-        let mut raw = HeaderValue::from_str(token).unwrap_or_else(|_| HeaderValue::from_static(""));
-        let mut bearer =
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|_| HeaderValue::from_static(""));
-        raw.set_sensitive(true);
-        bearer.set_sensitive(true);
-        Entry::new(EntryKind::Token(CachedToken { bearer, raw }), ttl)
+        Entry::token(issued.access_token.expose(), ttl).unwrap_or_else(|| {
+            let empty = HeaderValue::from_static("");
+            Entry::new(EntryKind::Token(CachedToken { bearer: empty.clone(), raw: empty }), ttl)
+        })
     }
 }
 

@@ -260,7 +260,7 @@ impl Gateway {
                 if route.retry_on_invalid_token {
                     replay = Replay::of(&req);
                 }
-                Some((lookup.entry, Some(key)))
+                Some((lookup.entry, Some((key, subject_hash))))
             }
             // Egress: whatever the caller sent is dropped by the forwarder.
             RouteAuth::ClientCredentials(machine) => {
@@ -288,11 +288,14 @@ impl Gateway {
 
         // 6. A backend that calls the token invalid gets a fresh one next
         // time — or at once, for a request that can be sent again.
-        let Some((entry, Some(key))) = &token else { return Ok(resp) };
+        let Some((entry, Some((key, subject_hash)))) = &token else { return Ok(resp) };
         if !refused(&resp) {
             return Ok(resp);
         }
         self.exchanger.evict(key, entry).await;
+        if let RouteAuth::Exchange(policy) = &route.auth {
+            self.exchanger.forget_shared(policy, subject_hash).await;
+        }
         trace.evicted = true;
         let (Some(replay), RouteAuth::Exchange(policy)) = (replay, &route.auth) else { return Ok(resp) };
         let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };

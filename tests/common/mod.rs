@@ -6,6 +6,7 @@ pub mod faulty;
 pub mod jwt;
 pub mod otlp;
 pub mod process;
+pub mod redis_server;
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -24,6 +24,79 @@ pub(super) fn pool(cx: &mut Ctx, raw: Option<RawPool>) -> PoolConfig {
     PoolConfig { max_idle_per_host, idle_timeout, connect_timeout }
 }
 
+/// `cache.shared`.
+pub(super) fn shared_cache(cx: &mut Ctx, s: RawShared) -> Option<SharedCacheConfig> {
+    const BASE: &str = "cache.shared";
+    let url = match Url::parse(s.url.as_str()) {
+        _ if s.url.unresolved => Url::parse("redis://unresolved.invalid:6379").ok(),
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                cx.err(
+                    format!("{BASE}.url"),
+                    "no credentials in the URL: use username and password_file (or password)",
+                );
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                cx.err(format!("{BASE}.url"), "no query or fragment: redis://host:port/db");
+            }
+            let db = u.path().trim_start_matches('/');
+            if !db.is_empty() && db.parse::<u16>().is_err() {
+                cx.err(format!("{BASE}.url"), format!("database {db:?} is not a number: redis://host:port/0"));
+            }
+            Some(u)
+        }
+        _ => {
+            cx.err(
+                format!("{BASE}.url"),
+                format!(
+                    "invalid store URL {:?}: expected redis://host:port/db or rediss://host:port/db (TLS)",
+                    s.url.value
+                ),
+            );
+            None
+        }
+    };
+    let password = match (&s.password, &s.password_file) {
+        (Some(p), None) => {
+            if p.literal && super::strict() {
+                cx.err(
+                    format!("{BASE}.password"),
+                    "written in clear in the file (TOKEX_STRICT=1): use ${VAR} or password_file",
+                );
+            }
+            Some(SecretSource::Inline(p.value.trim().to_owned()))
+        }
+        (None, Some(f)) => Some(SecretSource::File(existing_file(cx, &format!("{BASE}.password_file"), f))),
+        (Some(_), Some(_)) => {
+            cx.err(BASE, "set either password or password_file, not both");
+            None
+        }
+        (None, None) => None,
+    };
+    let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
+    if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(5) {
+        cx.err(format!("{BASE}.timeout"), "must be between 1ms and 5s (slower answers count as a miss)");
+    }
+    let key_prefix = s.key_prefix.map_or_else(|| "tokex:".to_owned(), |t| t.value);
+    if key_prefix.len() > 64 || !key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        cx.err(format!("{BASE}.key_prefix"), "at most 64 visible ASCII characters, no spaces");
+    }
+    let ca_file = s.ca_file.as_ref().map(|f| existing_file(cx, &format!("{BASE}.ca_file"), f));
+    if ca_file.is_some() && url.as_ref().is_some_and(|u| u.scheme() != "rediss") {
+        cx.err(format!("{BASE}.ca_file"), "only used with a rediss:// URL");
+    }
+    let key_secret_file = s.key_secret_file.as_ref().map(|f| existing_file(cx, &format!("{BASE}.key_secret_file"), f));
+    Some(SharedCacheConfig {
+        url: url?,
+        username: s.username.map(|t| t.value).filter(|u| !u.is_empty()),
+        password,
+        timeout,
+        key_prefix,
+        ca_file,
+        key_secret_file,
+    })
+}
+
 pub(super) fn tracing(cx: &mut Ctx, raw: Option<RawTracing>) -> Option<OtlpConfig> {
     let o = raw?.otlp?;
     let endpoint = http_url(cx, "tracing.otlp.endpoint", &o.endpoint);

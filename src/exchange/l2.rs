@@ -1,0 +1,146 @@
+//! The shared store behind the local cache (`cache.shared`): local → store
+//! → AS. On a local miss the store is read; on a store miss one replica
+//! takes a short lease and exchanges while the others wait for its value
+//! (within their budget), so N replicas asking for one new subject make one
+//! exchange. Whatever the store does — down, slow, garbage — the answer is
+//! at worst a local exchange.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use super::cache::{Entry, EntryKind};
+use super::seal::{self, Sealed};
+use super::shared::{Lease, SharedStore};
+use super::{ExchangeError, Exchanger, Origin, Policy};
+
+/// Entries with less left than this are not shared (nor taken from the store).
+const MIN_SHARED_TTL: Duration = Duration::from_secs(1);
+/// First wait between two reads while another replica holds the lease.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl Exchanger {
+    /// A local miss: the store, then one exchange for the whole fleet.
+    pub(super) async fn fill(
+        &self,
+        policy: &Policy,
+        subject: &str,
+        origin: Option<Origin<'_>>,
+    ) -> Result<Arc<Entry>, ExchangeError> {
+        let Some(store) = &self.shared else { return self.exchange(policy, subject, origin).await };
+        let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+        let key = store.key(&subject_hash, &policy.shared_digest);
+        // The read and the lease share one `timeout`: the store never makes
+        // a request wait longer than that.
+        let deadline = store.deadline();
+        if let Some(entry) = read(store, &key, policy, subject, deadline).await {
+            return Ok(entry);
+        }
+        let budget = policy.client.timeout();
+        match store.lease(&key, budget + Duration::from_millis(500), deadline).await {
+            Lease::Held => {
+                // Another replica is exchanging: wait for its value, within
+                // the budget, then exchange here if it never comes.
+                let deadline = Instant::now() + budget;
+                let mut pause = FIRST_POLL;
+                while Instant::now() + pause < deadline {
+                    tokio::time::sleep(pause).await;
+                    if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
+                        return Ok(entry);
+                    }
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+                let result = self.exchange(policy, subject, origin).await;
+                self.publish(store, key, policy, subject, &result, false);
+                result
+            }
+            lease => {
+                let result = self.exchange(policy, subject, origin).await;
+                self.publish(store, key, policy, subject, &result, lease == Lease::Taken);
+                result
+            }
+        }
+    }
+
+    /// Removes a token the backend refused from the store too.
+    pub async fn forget_shared(&self, policy: &Policy, subject_hash: &[u8; 32]) {
+        if let Some(store) = &self.shared {
+            store.delete(&store.key(subject_hash, &policy.shared_digest)).await;
+        }
+    }
+
+    /// Shares a token refreshed in the background.
+    pub(super) fn share(&self, policy: &Policy, subject: &str, result: &Result<Arc<Entry>, ExchangeError>) {
+        if let Some(store) = &self.shared {
+            let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+            self.publish(store, store.key(&subject_hash, &policy.shared_digest), policy, subject, result, false);
+        }
+    }
+}
+
+impl Exchanger {
+    /// Writes a fresh token to the store (and gives the lease back) in the
+    /// background: the caller has its answer already.
+    fn publish(
+        &self,
+        store: &Arc<SharedStore>,
+        key: String,
+        policy: &Policy,
+        subject: &str,
+        result: &Result<Arc<Entry>, ExchangeError>,
+        release: bool,
+    ) {
+        let sealed = sealed(&key, policy, subject, result);
+        if sealed.is_none() && !release {
+            return;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Some((value, ttl)) = sealed {
+                store.put(&key, &value, ttl).await;
+            }
+            if release {
+                store.release(&key).await;
+            }
+        });
+    }
+}
+
+/// The store's entry for `subject`, when there is one that opens and has
+/// time left.
+async fn read(store: &SharedStore, key: &str, policy: &Policy, subject: &str, by: Instant) -> Option<Arc<Entry>> {
+    let sealed = store.get(key, by).await?;
+    let Some(value) = seal::open(subject, &policy.shared_digest, key, &sealed) else {
+        // Another key's value, altered bytes, another format: a miss.
+        return None;
+    };
+    let left = Duration::from_secs(value.expires_at_unix.saturating_sub(unix_now()));
+    if left < MIN_SHARED_TTL {
+        return None;
+    }
+    Entry::token(&value.token, left)
+}
+
+/// A fresh token sealed for the store, with its store lifetime (never
+/// longer than it lives). Refusals stay local.
+fn sealed(
+    key: &str,
+    policy: &Policy,
+    subject: &str,
+    result: &Result<Arc<Entry>, ExchangeError>,
+) -> Option<(Vec<u8>, Duration)> {
+    let entry = result.as_ref().ok()?;
+    if !matches!(entry.kind, EntryKind::Token(_)) {
+        return None;
+    }
+    let left = entry.expires_at.saturating_duration_since(Instant::now());
+    let token = entry.token_text().filter(|_| left >= MIN_SHARED_TTL)?;
+    let value = Sealed { token: token.to_owned(), expires_at_unix: unix_now() + left.as_secs() };
+    Some((seal::seal(subject, &policy.shared_digest, key, &value)?, Duration::from_secs(left.as_secs())))
+}

@@ -1,0 +1,206 @@
+//! The shared store (`cache.shared`): a Redis-protocol server (Redis 7,
+//! Valkey 8) holding sealed entries (see [`super::seal`]) for every
+//! replica. Each operation has the configured budget; an error or a slow
+//! answer is a miss, never a failed request. The connection is made lazily
+//! and re-made in the background by the client's connection manager.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, SetExpiry, SetOptions};
+
+use crate::config::{SecretSource, SharedCacheConfig};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+
+/// Largest value read back (a sealed token is at most ~16 KiB).
+const MAX_VALUE_BYTES: usize = 20 * 1024;
+/// After a failed or slow operation the store is left alone this long, so
+/// an outage costs requests nothing (the connection is re-made meanwhile).
+const BACKOFF: Duration = Duration::from_secs(1);
+
+pub struct SharedStore {
+    conn: ConnectionManager,
+    timeout: Duration,
+    prefix: String,
+    /// Keys the store keys, when configured (re-read when the file changes).
+    key_secret: Option<Secret>,
+    metrics: Arc<Metrics>,
+    /// The settings it was built from.
+    pub settings: SharedCacheConfig,
+    /// Milliseconds after `epoch` until which the store is not asked.
+    down_until: AtomicU64,
+    epoch: Instant,
+}
+
+/// What a lease attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// This replica exchanges; the others wait for its value.
+    Taken,
+    /// Another replica is exchanging.
+    Held,
+    /// The store did not answer: exchange locally.
+    Unavailable,
+}
+
+impl SharedStore {
+    /// Builds the client; nothing is sent until the first operation.
+    pub fn new(cfg: &SharedCacheConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
+            .map_err(|e| format!("cache.shared.url: {e}"))?;
+        let password = match &cfg.password {
+            Some(source) => {
+                let secret = Secret::from_source(source);
+                let p = secret.get().map_err(|e| format!("cache.shared password: {e}"))?;
+                Some(p.expose().to_owned())
+            }
+            None => None,
+        };
+        let mut redis_info = info.redis_settings().clone();
+        if let Some(user) = &cfg.username {
+            redis_info = redis_info.set_username(user);
+        }
+        if let Some(p) = password {
+            redis_info = redis_info.set_password(p);
+        }
+        info = info.set_redis_settings(redis_info);
+        let client = match &cfg.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| format!("cache.shared.ca_file {}: {e}", path.display()))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(info, certs)
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("cache.shared: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("cache.shared: {e}"))?;
+        let key_secret = cfg.key_secret_file.as_ref().map(|p| Secret::from_source(&SecretSource::File(p.clone())));
+        if let Some(s) = &key_secret {
+            s.preload().map_err(|e| format!("cache.shared.key_secret_file: {e}"))?;
+        }
+        Ok(SharedStore {
+            conn,
+            timeout: cfg.timeout,
+            prefix: cfg.key_prefix.clone(),
+            key_secret,
+            metrics,
+            settings: cfg.clone(),
+            down_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The store key of a subject under a policy (see [`super::seal::store_key`]).
+    pub fn key(&self, subject_sha256: &[u8; 32], policy_digest: &[u8; 32]) -> String {
+        let secret = self.key_secret.as_ref().and_then(|s| s.get().ok());
+        super::seal::store_key(
+            &self.prefix,
+            secret.as_ref().map(|s| s.expose().as_bytes()),
+            subject_sha256,
+            policy_digest,
+        )
+    }
+
+    /// The deadline of a request's store operations: one `timeout` in all.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs one operation by `deadline` (and within `timeout`), counting its
+    /// result. While backing off after a failure, nothing is sent.
+    async fn op<T>(
+        &self,
+        op: &'static str,
+        deadline: Instant,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+        result: impl FnOnce(&T) -> &'static str,
+    ) -> Option<T> {
+        if self.now_ms() < self.down_until.load(Ordering::Relaxed) {
+            self.metrics.shared_op(op, "skipped", Duration::ZERO);
+            return None;
+        }
+        let started = Instant::now();
+        let by = deadline.min(started + self.timeout);
+        let (out, label) = match tokio::time::timeout_at(by.into(), f).await {
+            Ok(Ok(v)) => {
+                let label = result(&v);
+                (Some(v), label)
+            }
+            Ok(Err(_)) => (None, "error"),
+            Err(_) => (None, "timeout"),
+        };
+        if out.is_none() {
+            let until = self.now_ms().saturating_add(u64::try_from(BACKOFF.as_millis()).unwrap_or(1000));
+            self.down_until.fetch_max(until, Ordering::Relaxed);
+        }
+        self.metrics.shared_op(op, label, started.elapsed());
+        out
+    }
+
+    /// The sealed value under `key`, if any (and not oversized).
+    pub async fn get(&self, key: &str, deadline: Instant) -> Option<Vec<u8>> {
+        let mut conn = self.conn.clone();
+        let value: Option<Vec<u8>> = self
+            .op("get", deadline, conn.get::<_, Option<Vec<u8>>>(key), |v| if v.is_some() { "hit" } else { "miss" })
+            .await
+            .flatten();
+        value.filter(|v| v.len() <= MAX_VALUE_BYTES)
+    }
+
+    /// Stores `value` under `key` for `ttl` (never longer than the token lives).
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let opts = SetOptions::default().with_expiration(SetExpiry::PX(ms));
+        self.op("put", self.deadline(), conn.set_options::<_, _, ()>(key, value, opts), |_| "ok").await;
+    }
+
+    /// Tries to take the exchange lease of `key` for `ttl` (`SET NX PX`).
+    pub async fn lease(&self, key: &str, ttl: Duration, deadline: Instant) -> Lease {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        let opts = SetOptions::default().conditional_set(redis::ExistenceCheck::NX).with_expiration(SetExpiry::PX(ms));
+        let lease_key = format!("{key}:lease");
+        let taken = self
+            .op("lease", deadline, conn.set_options::<_, _, Option<String>>(&lease_key, 1, opts), |v| {
+                if v.is_some() {
+                    "ok"
+                } else {
+                    "held"
+                }
+            })
+            .await;
+        match taken {
+            Some(Some(_)) => Lease::Taken,
+            Some(None) => Lease::Held,
+            None => Lease::Unavailable,
+        }
+    }
+
+    /// Gives a lease back (after the value is stored, or on failure).
+    pub async fn release(&self, key: &str) {
+        let mut conn = self.conn.clone();
+        self.op("delete", self.deadline(), conn.del::<_, ()>(format!("{key}:lease")), |_| "ok").await;
+    }
+
+    /// Removes the entry under `key` (a token the backend refused, a purge).
+    pub async fn delete(&self, key: &str) {
+        let mut conn = self.conn.clone();
+        self.op("delete", self.deadline(), conn.del::<_, ()>(key), |_| "ok").await;
+    }
+}
