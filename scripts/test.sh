@@ -30,6 +30,17 @@ then
 fi
 export TOKEX_PYTHON="$PWD/$VENV/bin/python"
 
+# tests/shared_cache.rs starts its own redis-server on a free port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "==> installing redis-server (Debian package)"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+# The package may start a system service; the tests never use it.
+export REDIS_SERVER="$(command -v redis-server)"
+
 echo "==> cargo fetch"
 cargo fetch --locked 2>/dev/null || cargo fetch
 echo "==> cargo fmt --check"

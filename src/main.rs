@@ -175,6 +175,11 @@ fn check(path: &Path, offline: bool, format: LogFormat) -> ExitCode {
                 problems.push(("listen.tls".into(), e));
             }
         }
+        if let Some(shared) = &config.cache.shared {
+            if let Err(e) = tokex::exchange::shared::SharedStore::check(shared) {
+                problems.push(("cache.shared".into(), e));
+            }
+        }
         match tokex::app::build_runtime(&config, &tokex::metrics::Metrics::new(), None) {
             Err(tokex::app::StartError::At { path, message }) => problems.push((path, message)),
             Err(e) => problems.push((String::new(), e.to_string())),

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::process::temp_dir;
 use common::redis_server::RedisServer;
 use common::*;
 use serde_json::json;
@@ -175,4 +176,158 @@ async fn a_store_that_dies_under_load_costs_no_request_and_is_used_again() {
     // /readyz never depended on it.
     let (status, _, _) = get(&format!("{}/readyz", gw.admin), None).await;
     assert_eq!(status.as_u16(), 200);
+}
+
+/// `rediss://` to a store whose certificate a private CA signed, trusted
+/// through `ca_file`; without it the store is not trusted and tokex runs
+/// local-only.
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = temp_dir("rediss");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let store = RedisServer::start_tls(&cert_path, &key_path, &ca_path).await;
+    let url = format!("rediss://{}/0", store.addr);
+
+    let as_ = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let trusted = format!("  shared: {{ url: \"{url}\", timeout: 500ms, ca_file: {} }}\n", ca_path.display());
+    let a = TestGateway::start(&config(&as_.token_url(), backend, &trusted)).await;
+    let b = TestGateway::start(&config(&as_.token_url(), backend, &trusted)).await;
+    let t = subject("tls-user");
+    assert_eq!(get(&format!("{}/orders/1", a.url), Some(&t)).await.0.as_u16(), 200);
+    let mut shared = false;
+    for _ in 0..50 {
+        assert_eq!(get(&format!("{}/orders/1", b.url), Some(&t)).await.0.as_u16(), 200);
+        if as_.count() == 1 {
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shared || as_.count() == 1, "the second replica used the TLS store");
+
+    // Without the CA: not trusted, local-only, no request fails.
+    let untrusted = format!("  shared: {{ url: \"{url}\", timeout: 500ms }}\n");
+    let c = TestGateway::start(&config(&as_.token_url(), backend, &untrusted)).await;
+    let before = as_.count();
+    assert_eq!(get(&format!("{}/orders/1", c.url), Some(&t)).await.0.as_u16(), 200);
+    assert_eq!(as_.count(), before + 1, "an untrusted store is not used");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A token the backend refuses leaves the store too: the next replica
+/// exchanges afresh instead of reading it back.
+#[tokio::test]
+async fn a_refused_token_leaves_the_store() {
+    let store = RedisServer::start().await;
+    let as_ = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    // A route whose backend path is the echo backend's `/status/NNN`.
+    let yaml = config(&as_.token_url(), backend, &shared(&store.url()))
+        .replace("routes:\n", &format!("routes:\n{}", exchange_route("st", "/status", backend, "")));
+    let gws = [TestGateway::start(&yaml).await, TestGateway::start(&yaml).await];
+    let t = subject("refused-user");
+    assert_eq!(get(&format!("{}/status/200", gws[0].url), Some(&t)).await.0.as_u16(), 200);
+    for _ in 0..100 {
+        if store.dump().await.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.dump().await.len(), 1);
+    // The backend says 401 invalid_token (a POST: no retry, just eviction).
+    let (status, _, _) = client()
+        .post(format!("{}/status/401", gws[0].url))
+        .bearer_auth(&t)
+        .header("x-echo-www-authenticate", "Bearer error=\"invalid_token\"")
+        .body("x")
+        .send()
+        .await
+        .map(|r| (r.status(), (), ()))
+        .unwrap();
+    assert_eq!(status.as_u16(), 401);
+    assert!(store.dump().await.iter().all(|(k, _)| k.ends_with(":lease")), "the entry is gone from the store");
+    let before = as_.count();
+    assert_eq!(get(&format!("{}/status/200", gws[1].url), Some(&t)).await.0.as_u16(), 200);
+    assert_eq!(as_.count(), before + 1);
+}
+
+/// `password_file` is re-read when it changes: after the store's password
+/// is rotated (and its connections dropped), tokex reconnects with the new
+/// one.
+#[tokio::test]
+async fn a_rotated_password_file_is_used_for_the_next_connection() {
+    let store = RedisServer::start().await;
+    let mut admin = store.connection().await;
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("first-pw").query_async(&mut admin).await.unwrap();
+    let dir = temp_dir("redis-pw");
+    let pw = dir.join("password");
+    std::fs::write(&pw, "first-pw\n").unwrap();
+    let as_ = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let block = format!("  shared: {{ url: \"{}\", timeout: 300ms, password_file: {} }}\n", store.url(), pw.display());
+    let gw = TestGateway::start(&config(&as_.token_url(), backend, &block)).await;
+    let count = |store_dump: &Vec<(String, Vec<u8>)>| store_dump.iter().filter(|(k, _)| !k.ends_with(":lease")).count();
+    let authed = || async {
+        let client = redis::Client::open(format!("redis://:{}@{}/0", "first-pw", store.addr)).unwrap();
+        client.get_multiplexed_async_connection().await.ok()
+    };
+    let dump_with = |pwd: &'static str| {
+        let addr = store.addr;
+        async move {
+            let client = redis::Client::open(format!("redis://:{pwd}@{addr}/0")).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+            keys.into_iter().map(|k| (k, Vec::new())).collect::<Vec<_>>()
+        }
+    };
+    assert!(authed().await.is_some());
+    assert_eq!(get(&format!("{}/orders/1", gw.url), Some(&subject("pw-1"))).await.0.as_u16(), 200);
+    let mut n = 0;
+    for _ in 0..100 {
+        n = count(&dump_with("first-pw").await);
+        if n == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 1, "written with the first password");
+
+    // Rotate: the store takes the new password, the file follows, and the
+    // old connections are dropped.
+    let mut admin = authed().await.unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("second-pw").query_async(&mut admin).await.unwrap();
+    std::fs::write(&pw, "second-pw\n").unwrap();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or(redis::Value::Nil);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut written = false;
+    for i in 0..40 {
+        assert_eq!(get(&format!("{}/orders/1", gw.url), Some(&subject(&format!("pw-2-{i}")))).await.0.as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if count(&dump_with("second-pw").await) > 1 {
+            written = true;
+            break;
+        }
+    }
+    assert!(written, "written again with the second password");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,7 @@
 //! and re-made in the background by the client's connection manager.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -13,7 +13,7 @@ use redis::{AsyncCommands, SetExpiry, SetOptions};
 
 use crate::config::{SecretSource, SharedCacheConfig};
 use crate::metrics::Metrics;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretString};
 
 /// Largest value read back (a sealed token is at most ~16 KiB).
 const MAX_VALUE_BYTES: usize = 20 * 1024;
@@ -22,7 +22,10 @@ const MAX_VALUE_BYTES: usize = 20 * 1024;
 const BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct SharedStore {
-    conn: ConnectionManager,
+    /// The connection and the password it was made with.
+    conn: Mutex<(ConnectionManager, Option<SecretString>)>,
+    /// Re-read when the file changes (a new password, a new connection).
+    password: Option<Secret>,
     timeout: Duration,
     prefix: String,
     /// Keys the store keys, when configured (re-read when the file changes).
@@ -46,48 +49,71 @@ pub enum Lease {
     Unavailable,
 }
 
+/// A client for `cfg` with this password (reads the CA file).
+fn client(cfg: &SharedCacheConfig, password: Option<&SecretString>) -> Result<redis::Client, String> {
+    let info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
+        .map_err(|e| format!("cache.shared.url: {e}"))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &cfg.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(p) = password {
+        settings = settings.set_password(p.expose());
+    }
+    let info = info.set_redis_settings(settings);
+    match &cfg.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("cache.shared.ca_file {}: {e}", path.display()))?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            redis::Client::build_with_tls(info, certs)
+        }
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| format!("cache.shared: {e}"))
+}
+
+/// A connection manager: lazy (nothing is sent until the first operation),
+/// re-connecting in the background.
+fn manager(cfg: &SharedCacheConfig, password: Option<&SecretString>) -> Result<ConnectionManager, String> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
+        .set_response_timeout(Some(cfg.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_lazy_with_config(client(cfg, password)?, config).map_err(|e| format!("cache.shared: {e}"))
+}
+
+fn secrets(cfg: &SharedCacheConfig) -> Result<(Option<Secret>, Option<Secret>), String> {
+    let password = cfg.password.as_ref().map(Secret::from_source);
+    if let Some(p) = &password {
+        p.preload().map_err(|e| format!("cache.shared password: {e}"))?;
+    }
+    let key_secret = cfg.key_secret_file.as_ref().map(|p| Secret::from_source(&SecretSource::File(p.clone())));
+    if let Some(s) = &key_secret {
+        s.preload().map_err(|e| format!("cache.shared.key_secret_file: {e}"))?;
+    }
+    Ok((password, key_secret))
+}
+
 impl SharedStore {
-    /// Builds the client; nothing is sent until the first operation.
+    /// What `tokex check` can tell without a runtime: the files are
+    /// readable and the URL and CA make a client.
+    pub fn check(cfg: &SharedCacheConfig) -> Result<(), String> {
+        let (password, _) = secrets(cfg)?;
+        let password = password.map(|p| p.get()).transpose().map_err(|e| format!("cache.shared password: {e}"))?;
+        client(cfg, password.as_ref()).map(|_| ())
+    }
+
+    /// Builds the client (within a tokio runtime); nothing is sent until
+    /// the first operation.
     pub fn new(cfg: &SharedCacheConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
-            .map_err(|e| format!("cache.shared.url: {e}"))?;
-        let password = match &cfg.password {
-            Some(source) => {
-                let secret = Secret::from_source(source);
-                let p = secret.get().map_err(|e| format!("cache.shared password: {e}"))?;
-                Some(p.expose().to_owned())
-            }
-            None => None,
-        };
-        let mut redis_info = info.redis_settings().clone();
-        if let Some(user) = &cfg.username {
-            redis_info = redis_info.set_username(user);
-        }
-        if let Some(p) = password {
-            redis_info = redis_info.set_password(p);
-        }
-        info = info.set_redis_settings(redis_info);
-        let client = match &cfg.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| format!("cache.shared.ca_file {}: {e}", path.display()))?;
-                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-                redis::Client::build_with_tls(info, certs)
-            }
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| format!("cache.shared: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("cache.shared: {e}"))?;
-        let key_secret = cfg.key_secret_file.as_ref().map(|p| Secret::from_source(&SecretSource::File(p.clone())));
-        if let Some(s) = &key_secret {
-            s.preload().map_err(|e| format!("cache.shared.key_secret_file: {e}"))?;
-        }
+        let (password, key_secret) = secrets(cfg)?;
+        let current =
+            password.as_ref().map(|p| p.get()).transpose().map_err(|e| format!("cache.shared password: {e}"))?;
+        let conn = manager(cfg, current.as_ref())?;
         Ok(SharedStore {
-            conn,
+            conn: Mutex::new((conn, current)),
+            password,
             timeout: cfg.timeout,
             prefix: cfg.key_prefix.clone(),
             key_secret,
@@ -96,6 +122,22 @@ impl SharedStore {
             down_until: AtomicU64::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// The connection, re-made when the password file has changed.
+    fn connection(&self) -> ConnectionManager {
+        let now = self.password.as_ref().and_then(|p| p.get().ok());
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_some() && guard.1 != now {
+            match manager(&self.settings, now.as_ref()) {
+                Ok(conn) => {
+                    tracing::info!("cache.shared: the password file changed; reconnecting with the new password");
+                    *guard = (conn, now);
+                }
+                Err(e) => tracing::warn!(error = %e, "cache.shared: cannot reconnect with the new password"),
+            }
+        }
+        guard.0.clone()
     }
 
     /// The store key of a subject under a policy (see [`super::seal::store_key`]).
@@ -151,7 +193,7 @@ impl SharedStore {
 
     /// The sealed value under `key`, if any (and not oversized).
     pub async fn get(&self, key: &str, deadline: Instant) -> Option<Vec<u8>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let value: Option<Vec<u8>> = self
             .op("get", deadline, conn.get::<_, Option<Vec<u8>>>(key), |v| if v.is_some() { "hit" } else { "miss" })
             .await
@@ -165,7 +207,7 @@ impl SharedStore {
         if ms == 0 {
             return;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let opts = SetOptions::default().with_expiration(SetExpiry::PX(ms));
         self.op("put", self.deadline(), conn.set_options::<_, _, ()>(key, value, opts), |_| "ok").await;
     }
@@ -173,7 +215,7 @@ impl SharedStore {
     /// Tries to take the exchange lease of `key` for `ttl` (`SET NX PX`).
     pub async fn lease(&self, key: &str, ttl: Duration, deadline: Instant) -> Lease {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         let opts = SetOptions::default().conditional_set(redis::ExistenceCheck::NX).with_expiration(SetExpiry::PX(ms));
         let lease_key = format!("{key}:lease");
         let taken = self
@@ -194,13 +236,13 @@ impl SharedStore {
 
     /// Gives a lease back (after the value is stored, or on failure).
     pub async fn release(&self, key: &str) {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         self.op("delete", self.deadline(), conn.del::<_, ()>(format!("{key}:lease")), |_| "ok").await;
     }
 
     /// Removes the entry under `key` (a token the backend refused, a purge).
     pub async fn delete(&self, key: &str) {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection();
         self.op("delete", self.deadline(), conn.del::<_, ()>(key), |_| "ok").await;
     }
 }

@@ -4,7 +4,7 @@
 //! missing binary fails the test.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ impl RedisServer {
     }
 
     /// A TLS-only server with this certificate, key and CA.
-    pub async fn start_tls(cert: &PathBuf, key: &PathBuf, ca: &PathBuf) -> Self {
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
         let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
         Self::start_with(move |port| {
             vec![
