@@ -305,6 +305,10 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
             ],
         ),
         ("actor", &[Uncomment("# actor:")]),
+        (
+            "cache.shared",
+            &[Uncomment("# shared:"), Uncomment("# ca_file: /etc/tokex/redis-ca.pem"), Uncomment("# key_secret_file:")],
+        ),
     ];
     let mut covered = std::collections::BTreeSet::new();
     let dir = temp_dir("example-variants");

@@ -331,3 +331,65 @@ async fn a_rotated_password_file_is_used_for_the_next_connection() {
     assert!(written, "written again with the second password");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The replica holding the lease fails its exchange: the others take over
+/// at once instead of waiting out the budget.
+#[tokio::test]
+async fn a_failed_lease_holder_hands_over() {
+    let store = RedisServer::start().await;
+    let as_ = RecordingAs::start().await;
+    as_.set(|_, n| {
+        if n == 1 {
+            Reply::Delay(
+                Duration::from_millis(200),
+                Box::new(Reply::Json(503, json!({"error": "temporarily_unavailable"}))),
+            )
+        } else {
+            Reply::Delay(Duration::from_millis(100), Box::new(issue(n)))
+        }
+    });
+    let backend = echo_backend().await;
+    let gws = fleet(3, &as_.token_url(), backend, &store.url()).await;
+    let token = subject("handover");
+    let started = std::time::Instant::now();
+    let calls = gws.iter().map(|g| {
+        let url = format!("{}/orders/1", g.url);
+        let token = token.clone();
+        async move { get(&url, Some(&token)).await.0.as_u16() }
+    });
+    let mut statuses = futures_util::future::join_all(calls).await;
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503], "the holder's caller gets the AS's 503; the others a token");
+    assert_eq!(as_.count(), 2, "one failed exchange, then one for the other two");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "no one waited out the 3 s budget: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn shared_cache_settings_are_checked() {
+    let base = |shared: &str| {
+        format!(
+            "listen: {{ address: \"127.0.0.1:8080\" }}\ncache:\n  shared: {shared}\nroutes:\n  - {{ name: r, auth: none, upstream: \"http://127.0.0.1:1\" }}\n"
+        )
+    };
+    let ok = tokex::config::parse(&base("{ url: \"redis://127.0.0.1:6379/0\" }")).unwrap();
+    let s = ok.cache.shared.unwrap();
+    assert_eq!((s.timeout, s.key_prefix.as_str()), (Duration::from_millis(50), "tokex:"));
+    for (shared, want) in [
+        ("{ url: \"http://127.0.0.1:6379\" }", "cache.shared.url: invalid store URL"),
+        ("{ url: \"redis://user:pw@127.0.0.1:6379/0\" }", "cache.shared.url: no credentials in the URL"),
+        ("{ url: \"redis://127.0.0.1:6379/x\" }", "is not a number"),
+        ("{ url: \"redis://127.0.0.1\", password: a, password_file: /x }", "set either password or password_file"),
+        ("{ url: \"redis://127.0.0.1\", timeout: 10s }", "cache.shared.timeout"),
+        ("{ url: \"redis://127.0.0.1\", key_prefix: \"a b\" }", "cache.shared.key_prefix"),
+        ("{ url: \"redis://127.0.0.1\", ca_file: /etc/hostname }", "only used with a rediss:// URL"),
+        ("{ url: \"redis://127.0.0.1\", password_file: /nonexistent/pw }", "cache.shared.password_file: cannot read"),
+        ("{ url: \"redis://127.0.0.1\", bogus: 1 }", "unknown field `bogus`"),
+    ] {
+        let errors = common::config_errors(&base(shared));
+        assert!(errors.contains(want), "{shared}: want {want:?} in:\n{errors}");
+    }
+}

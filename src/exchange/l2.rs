@@ -43,29 +43,34 @@ impl Exchanger {
             return Ok(entry);
         }
         let budget = policy.client.timeout();
-        match store.lease(&key, budget + Duration::from_millis(500), deadline).await {
-            Lease::Held => {
-                // Another replica is exchanging: wait for its value, within
-                // the budget, then exchange here if it never comes.
-                let deadline = Instant::now() + budget;
-                let mut pause = FIRST_POLL;
-                while Instant::now() + pause < deadline {
-                    tokio::time::sleep(pause).await;
-                    if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
-                        return Ok(entry);
-                    }
-                    pause = (pause * 2).min(MAX_POLL);
+        let lease_ttl = budget + Duration::from_millis(500);
+        let mut lease = store.lease(&key, lease_ttl, deadline).await;
+        if lease == Lease::Held {
+            // Another replica is exchanging: wait for its value, within the
+            // budget. A lease given back without a value (its exchange
+            // failed) is taken here at once; past the budget, exchange anyway.
+            let give_up = Instant::now() + budget;
+            let mut pause = FIRST_POLL;
+            while lease == Lease::Held && Instant::now() + pause < give_up {
+                tokio::time::sleep(pause).await;
+                if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
+                    return Ok(entry);
                 }
-                let result = self.exchange(policy, subject, origin).await;
-                self.publish(store, key, policy, subject, &result, false);
-                result
+                lease = store.lease(&key, lease_ttl, store.deadline()).await;
+                pause = (pause * 2).min(MAX_POLL);
             }
-            lease => {
-                let result = self.exchange(policy, subject, origin).await;
-                self.publish(store, key, policy, subject, &result, lease == Lease::Taken);
-                result
+            // Taken just as the holder gave it back with its value stored?
+            if lease == Lease::Taken {
+                if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.release(&key).await });
+                    return Ok(entry);
+                }
             }
         }
+        let result = self.exchange(policy, subject, origin).await;
+        self.publish(store, key, policy, subject, &result, lease == Lease::Taken);
+        result
     }
 
     /// Removes a token the backend refused from the store too.

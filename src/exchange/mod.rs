@@ -8,6 +8,7 @@ pub mod client;
 pub mod client_auth;
 pub mod discovery;
 mod error;
+mod fields;
 pub mod guard;
 mod l2;
 pub mod rate;
@@ -30,6 +31,7 @@ use crate::secret::{Secret, SecretString};
 use audit::Audit;
 use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
 use client::{AsClient, Issued};
+use fields::Fields;
 use rate::RateLimit;
 
 pub use error::{ExchangeError, Refusal};
@@ -63,32 +65,6 @@ pub struct Policy {
 enum Actor {
     Token(Secret),
     Machine(Arc<MachinePolicy>),
-}
-
-/// Writes length-prefixed fields into a hash, so no two inputs hash alike.
-struct Fields(Sha256);
-
-impl Fields {
-    fn new() -> Self {
-        Fields(Sha256::new())
-    }
-    fn field(&mut self, tag: &str, v: &str) {
-        self.bytes(tag, v.as_bytes());
-    }
-    fn bytes(&mut self, tag: &str, v: &[u8]) {
-        self.0.update((tag.len() as u32).to_be_bytes());
-        self.0.update(tag.as_bytes());
-        self.0.update((v.len() as u32).to_be_bytes());
-        self.0.update(v);
-    }
-    fn list(&mut self, tag: &str, vs: &[String]) {
-        for v in vs {
-            self.field(tag, v);
-        }
-    }
-    fn finish(self) -> [u8; 32] {
-        self.0.finalize().into()
-    }
 }
 
 /// tokex's own client_credentials token for one audience/scope: the actor
