@@ -18,8 +18,10 @@ use super::{ExchangeError, Exchanger, Origin, Policy};
 /// Entries with less left than this are not shared (nor taken from the store).
 const MIN_SHARED_TTL: Duration = Duration::from_secs(1);
 /// First wait between two reads while another replica holds the lease.
-const FIRST_POLL: Duration = Duration::from_millis(10);
+const FIRST_POLL: Duration = Duration::from_millis(2);
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// How long a lease outlives the value it stood for.
+const LEASE_AFTER_VALUE: Duration = Duration::from_millis(250);
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
@@ -59,11 +61,9 @@ impl Exchanger {
                 lease = store.lease(&key, lease_ttl, store.deadline()).await;
                 pause = (pause * 2).min(MAX_POLL);
             }
-            // Taken just as the holder gave it back with its value stored?
+            // Taken just as the value was stored and the lease ran out?
             if lease == Lease::Taken {
                 if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
-                    let store = store.clone();
-                    tokio::spawn(async move { store.release(&key).await });
                     return Ok(entry);
                 }
             }
@@ -73,10 +73,13 @@ impl Exchanger {
         result
     }
 
-    /// Removes a token the backend refused from the store too.
+    /// Removes a token the backend refused from the store too, with its
+    /// lease, so that the next request anywhere exchanges at once.
     pub async fn forget_shared(&self, policy: &Policy, subject_hash: &[u8; 32]) {
         if let Some(store) = &self.shared {
-            store.delete(&store.key(subject_hash, &policy.shared_digest)).await;
+            let key = store.key(subject_hash, &policy.shared_digest);
+            store.delete(&key).await;
+            store.release(&key).await;
         }
     }
 
@@ -90,8 +93,12 @@ impl Exchanger {
 }
 
 impl Exchanger {
-    /// Writes a fresh token to the store (and gives the lease back) in the
-    /// background: the caller has its answer already.
+    /// Writes a fresh token to the store in the background (the caller has
+    /// its answer already). The lease then runs out 250 ms later rather than
+    /// at once: a replica that missed the store just before the write finds
+    /// the lease held and reads the value, instead of taking a lease given
+    /// back and exchanging again. With no value to share (the exchange
+    /// failed) it is given back at once, so a waiter takes over.
     fn publish(
         &self,
         store: &Arc<SharedStore>,
@@ -107,11 +114,14 @@ impl Exchanger {
         }
         let store = store.clone();
         tokio::spawn(async move {
-            if let Some((value, ttl)) = sealed {
-                store.put(&key, &value, ttl).await;
-            }
-            if release {
-                store.release(&key).await;
+            match sealed {
+                Some((value, ttl)) => {
+                    store.put(&key, &value, ttl).await;
+                    if release {
+                        store.shorten_lease(&key, LEASE_AFTER_VALUE).await;
+                    }
+                }
+                None => store.release(&key).await,
             }
         });
     }

@@ -234,7 +234,15 @@ impl SharedStore {
         }
     }
 
-    /// Gives a lease back (after the value is stored, or on failure).
+    /// Lets a lease run out soon (its value is stored): long enough for a
+    /// replica that just missed the value to find the lease and read again.
+    pub async fn shorten_lease(&self, key: &str, ttl: Duration) {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let mut conn = self.connection();
+        self.op("lease", self.deadline(), conn.pexpire::<_, ()>(format!("{key}:lease"), ms), |_| "ok").await;
+    }
+
+    /// Gives a lease back (its exchange failed, or its value was refused).
     pub async fn release(&self, key: &str) {
         let mut conn = self.connection();
         self.op("delete", self.deadline(), conn.del::<_, ()>(format!("{key}:lease")), |_| "ok").await;
