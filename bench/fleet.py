@@ -1,0 +1,658 @@
+#!/usr/bin/env python3
+"""Fleet run of the tokex benchmark (`bash bench/run.sh --fleet`): three tokex
+replicas with and without `cache.shared`, one real redis-server, a counting fast
+AS and an nginx backend, all on 127.0.0.1 (free ports, servers pinned to one core,
+load from the other). Measures how many exchanges reach the AS for 10,000 distinct
+subjects each sent to all three replicas, and the per-request latency of a local
+hit, a shared-store hit and an exchange. Prints a Markdown report and writes it to
+bench/results/<date>-fleet.md. See docs/benchmarks.md, "Fleet run (cache.shared)".
+
+Environment (run.sh sets the tool paths):
+  FLEET_SUBJECTS (10000)  FLEET_CONCURRENCY (16: subjects in flight in the count runs)
+  FLEET_STORE_TIMEOUT (50ms: cache.shared.timeout)  BENCH_SERVER_CPU (0)  BENCH_LOAD_CPU (1)
+  TOKEX WRK NGINX REDIS_SERVER REDIS_CLI (binaries)  BENCH_WORK (scratch dir)  BENCH_RESULTS (output dir)
+
+`fleet.py as PORT` is the counting AS itself (started by the run): it answers every
+`POST /token` with one fixed token JSON and counts the calls per subject token;
+`GET /stats` returns the counts since the previous `/stats` and starts again.
+"""
+
+import asyncio
+import datetime
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import parse_qs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (the harness: process handling, tokens, nginx configs, wrk)
+from bench import PROCS, WORK, log  # noqa: E402
+
+N = bench.env_int("FLEET_SUBJECTS", 10000)
+CONC = bench.env_int("FLEET_CONCURRENCY", 16)
+STORE_TIMEOUT = os.environ.get("FLEET_STORE_TIMEOUT") or "50ms"
+REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
+REDIS_CLI = os.environ.get("REDIS_CLI", "redis-cli")
+REPLICAS = 3
+PATH = "/x/fleet"
+
+
+# --------------------------------------------------------------------------- the counting AS
+
+def serve_as(port):
+    answer = json.dumps({
+        "access_token": bench.ISSUED_TOKEN,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "token_type": "Bearer",
+        "expires_in": 3600,
+    }).encode()
+    token_reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+                   b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+    per_subject = Counter()
+
+    def reply(status, body, ctype=b"text/plain"):
+        return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.buf = b""
+
+        def data_received(self, data):
+            self.buf += data
+            while True:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                lines = self.buf[:end].split(b"\r\n")
+                length, close = 0, False
+                for line in lines[1:]:
+                    k, _, v = line.partition(b":")
+                    k = k.strip().lower()
+                    if k == b"content-length":
+                        length = int(v)
+                    elif k == b"connection" and v.strip().lower() == b"close":
+                        close = True
+                    elif k == b"transfer-encoding":
+                        self.t.write(reply(b"501 Not Implemented", b"no chunked bodies\n"))
+                        self.t.close()
+                        return
+                if len(self.buf) < end + 4 + length:
+                    return
+                body = self.buf[end + 4:end + 4 + length]
+                self.buf = self.buf[end + 4 + length:]
+                method, target = (lines[0].split(b" ") + [b"", b""])[:2]
+                if method == b"POST" and target == b"/token":
+                    subject = parse_qs(body.decode("ascii", "replace")).get("subject_token", [""])[0]
+                    per_subject[subject] += 1
+                    self.t.write(token_reply)
+                elif method == b"GET" and target == b"/stats":
+                    counts = Counter(per_subject.values())
+                    stats = {"calls": sum(per_subject.values()), "distinct": len(per_subject),
+                             "per_subject": {str(k): v for k, v in sorted(counts.items())}}
+                    per_subject.clear()
+                    self.t.write(reply(b"200 OK", json.dumps(stats).encode(), b"application/json"))
+                else:
+                    self.t.write(reply(b"404 Not Found", b"not here\n"))
+                if close:
+                    self.t.close()
+                    return
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Proto, "127.0.0.1", port, backlog=4096)
+        stop = asyncio.Event()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, stop.set)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- helpers
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def as_stats(port):
+    return json.loads(bench.http_get(port, "/stats", 30)[1])
+
+
+def metrics(port, name):
+    """{frozenset(labels): value} of one metric family from a tokex admin listener."""
+    _, body = bench.http_get(port, "/metrics", 30)
+    out = {}
+    for line in body.decode().splitlines():
+        if not line.startswith(name):
+            continue
+        rest = line[len(name):]
+        if rest[:1] not in (" ", "{"):
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', rest.split("}")[0])) if rest.startswith("{") else frozenset()
+        out[labels] = out.get(labels, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def fleet_metrics(admins, name):
+    """One family summed over the replicas."""
+    total = {}
+    for a in admins:
+        for k, v in metrics(a, name).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def delta(after, before):
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def total(d, **want):
+    return sum(v for k, v in d.items() if all((lk, lv) in k for lk, lv in want.items()))
+
+
+def tokens(tag, n):
+    return [bench.jwt_like(f"fleet-{tag}-{i}") for i in range(n)]
+
+
+def cpu(pid):
+    return bench.cpu_seconds(bench.tree(pid))
+
+
+# --------------------------------------------------------------------------- servers
+
+def start_backend_and_as(ports):
+    argv = bench.nginx_conf("fleet-backend", f"""  server {{
+    listen 127.0.0.1:{ports['backend']} backlog=4096;
+    location / {{ default_type text/plain; return 200 "{bench.BACKEND_BODY}"; }}
+  }}""")
+    p = PROCS.start("fleet-backend", argv)
+    bench.wait_http(ports["backend"], "/", "fleet-backend", p)
+    p = PROCS.start("fleet-as", [sys.executable, str(Path(__file__).resolve()), "as", str(ports["as"])])
+    bench.wait_http(ports["as"], "/stats", "fleet-as", p)
+
+
+def start_redis(port):
+    argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", str(WORK), "--logfile", ""]
+    p = PROCS.start("fleet-redis", argv)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {p.returncode}; see {WORK}/fleet-redis.log")
+        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), "PING"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+        if r.stdout.strip() == "PONG":
+            return p
+        time.sleep(0.05)
+    raise RuntimeError("redis-server not ready")
+
+
+def redis_cmd(port, *args):
+    return subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(port)] + list(args), stdout=subprocess.PIPE,
+                          text=True, timeout=30).stdout.strip()
+
+
+def tokex_conf(name, port, admin, ports, shared):
+    store = ""
+    if shared:
+        store = (f'  shared: {{ url: "redis://127.0.0.1:{ports["redis"]}/0", timeout: {STORE_TIMEOUT}, '
+                 f'key_prefix: "tokex-bench:" }}\n')
+    conf = f"""runtime:
+  workers: 1
+  shutdown_grace: 2s
+listen:
+  address: 127.0.0.1:{port}
+  max_connections: 4096   # the default (20000) warns when `ulimit -n` is lower
+admin:
+  address: 127.0.0.1:{admin}
+authorization_servers:
+  fast:
+    token_endpoint: http://127.0.0.1:{ports['as']}/token
+    client_auth: {{ method: none, client_id: bench }}
+    timeout: 2s
+    retries: 0
+cache:
+  max_entries: 200000
+{store}routes:
+  - name: exchange
+    match: {{ path_prefix: /x }}
+    upstream: http://127.0.0.1:{ports['backend']}
+    auth: exchange
+    exchange:
+      authorization_server: fast
+      audience: [bench-api]
+      scope: [read]
+      max_ttl: 1h
+"""
+    path = WORK / f"{name}.yaml"
+    path.write_text(conf)
+    return [bench.TOKEX, "run", "-c", str(path)]
+
+
+def start_replicas(ports, shared):
+    tag = "shared" if shared else "local"
+    reps = []
+    for r in range(REPLICAS):
+        name = f"fleet-{tag}-{r + 1}"
+        port, admin = free_port(), free_port()
+        p = PROCS.start(name, tokex_conf(name, port, admin, ports, shared), env=bench.tokex_env(True))
+        bench.wait_http(admin, "/readyz", name, p)
+        reps.append({"name": name, "port": port, "admin": admin, "pid": p.pid})
+    # One exchange through each, so connection set-up is not in the figures
+    # (these warm-up subjects are counted nowhere: the AS stats are reset after).
+    for r in reps:
+        st, body = get(r["port"], bench.jwt_like(f"warm-{r['name']}"))
+        if st != 200:
+            raise RuntimeError(f"{r['name']} answered {st}: {body[:300]!r}")
+    return reps
+
+
+def get(port, token):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", PATH, headers={"Authorization": f"Bearer {token}"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def warn_lines(reps):
+    """WARN/ERROR lines in the replicas' logs (then emptied)."""
+    found = []
+    for r in reps:
+        path = WORK / f"{r['name']}.log"
+        try:
+            for line in path.read_text(errors="replace").splitlines():
+                if re.search(r" (WARN|ERROR) ", line):
+                    found.append(f"{r['name']}: {line[:300]}")
+            os.truncate(path, 0)
+        except OSError:
+            pass
+    return found
+
+
+# --------------------------------------------------------------------------- load: every subject to every replica
+
+async def http_req(conn, port, token):
+    reader, writer = conn
+    writer.write(f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    length, chunked = 0, False
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        k = k.strip().lower()
+        if k == b"content-length":
+            length = int(v)
+        elif k == b"transfer-encoding" and b"chunked" in v.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(reps, toks, concurrent):
+    """Every token to all replicas: in turn (r, r+1, r+2 for subject r, each after the
+    previous answered) or all three at the same moment. CONC subjects in flight, each
+    worker with one keep-alive connection per replica."""
+    ports = [r["port"] for r in reps]
+    statuses, lat = Counter(), []
+    it = iter(enumerate(toks))
+
+    async def one(conns, k, tok):
+        t0 = time.perf_counter()
+        try:
+            st = await http_req(conns[k], ports[k], tok)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+            st = f"error: {type(e).__name__}"
+            conns[k] = await asyncio.open_connection("127.0.0.1", ports[k])
+        lat.append(time.perf_counter() - t0)
+        statuses[st] += 1
+
+    async def worker():
+        conns = [await asyncio.open_connection("127.0.0.1", p) for p in ports]
+        for i, tok in it:
+            order = [(i + k) % len(ports) for k in range(len(ports))]
+            if concurrent:
+                await asyncio.gather(*(one(conns, k, tok) for k in order))
+            else:
+                for k in order:
+                    await one(conns, k, tok)
+        for _, w in conns:
+            w.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONC)))
+    return statuses, lat, time.perf_counter() - t0
+
+
+def count_run(reps, ports, tag, concurrent):
+    admins = [r["admin"] for r in reps]
+    toks = tokens(tag, N)
+    as_stats(ports["as"])  # reset
+    ex0 = fleet_metrics(admins, "tokex_exchanges_total")
+    sh0 = fleet_metrics(admins, "tokex_shared_cache_operations_total")
+    lk0 = fleet_metrics(admins, "tokex_cache_lookups_total")
+    statuses, lat, wall = asyncio.run(drive(reps, toks, concurrent))
+    time.sleep(0.5)  # background writes to the store
+    ex = delta(fleet_metrics(admins, "tokex_exchanges_total"), ex0)
+    sh = delta(fleet_metrics(admins, "tokex_shared_cache_operations_total"), sh0)
+    lk = delta(fleet_metrics(admins, "tokex_cache_lookups_total"), lk0)
+    st = as_stats(ports["as"])
+    lat.sort()
+    res = {"tag": tag, "concurrent": concurrent, "requests": sum(statuses.values()),
+           "non200": sum(v for k, v in statuses.items() if k != 200), "statuses": {str(k): v for k, v in statuses.items()},
+           "as_calls": st["calls"], "as_distinct": st["distinct"], "as_per_subject": st["per_subject"],
+           "exchanges": {"/".join(f"{a}={b}" for a, b in sorted(k)): v for k, v in ex.items()},
+           "exchanges_total": sum(ex.values()), "store_ops": {"/".join(f"{a}={b}" for a, b in sorted(k)): v for k, v in sh.items()},
+           "local_hits": total(lk, result="hit"), "local_misses": total(lk, result="miss"),
+           "wall_s": wall, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+    log(f"  {tag}: {res['requests']} requests ({res['non200']} not 200), AS calls {res['as_calls']} "
+        f"({res['as_distinct']} subjects, per subject {res['as_per_subject']}), tokex exchanges {res['exchanges_total']:.0f}, "
+        f"{wall:.1f}s")
+    return res
+
+
+# --------------------------------------------------------------------------- latency: wrk, one connection
+
+def wrk_pass(rep, tokens_file, n, others):
+    """wrk -t1 -c1, each token of the file once in order (Lua tokens-seq); stopped once
+    the replica has answered them all. CPU of the replica and of `others` (pids) too."""
+    target = {"url": f"http://127.0.0.1:{rep['port']}{PATH}", "header": None}
+    argv = ["taskset", "-c", str(bench.LOAD_CPU)] + bench.wrk_args(target["url"], target, ["tokens-seq", tokens_file], 1, 3600)
+    lk0 = metrics(rep["admin"], "tokex_cache_lookups_total")
+    sh0 = metrics(rep["admin"], "tokex_shared_cache_operations_total")
+    du0 = metrics(rep["admin"], "tokex_shared_cache_duration_seconds_sum")
+    dc0 = metrics(rep["admin"], "tokex_shared_cache_duration_seconds_count")
+    req0 = sum(metrics(rep["admin"], "tokex_requests_total").values())
+    c0 = {p: cpu(p) for p in [rep["pid"]] + others}
+    w = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last, last_change = -1, time.monotonic()
+    while True:
+        time.sleep(0.2)
+        done = sum(metrics(rep["admin"], "tokex_requests_total").values()) - req0
+        if done >= n:
+            break
+        if done != last:
+            last, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > 10:
+            log(f"  wrk stalled at {done:.0f} of {n}")
+            break
+    time.sleep(0.3)  # the last answer reaches wrk
+    c1 = {p: cpu(p) for p in c0}
+    w.send_signal(signal.SIGINT)
+    out, _ = w.communicate(timeout=30)
+    d = bench.parse_wrk(out)
+    lk = delta(metrics(rep["admin"], "tokex_cache_lookups_total"), lk0)
+    sh = delta(metrics(rep["admin"], "tokex_shared_cache_operations_total"), sh0)
+    du = delta(metrics(rep["admin"], "tokex_shared_cache_duration_seconds_sum"), du0)
+    dc = delta(metrics(rep["admin"], "tokex_shared_cache_duration_seconds_count"), dc0)
+    reqs = max(d["requests"], 1)
+    return {"requests": d["requests"], "errors": d["errors"], "p50_ms": d["p50_us"] / 1000, "p90_ms": d["p90_us"] / 1000,
+            "p99_ms": d["p99_us"] / 1000, "mean_ms": d["mean_us"] / 1000, "max_ms": d["max_us"] / 1000,
+            "local_hits": total(lk, result="hit"), "local_misses": total(lk, result="miss"),
+            "store_ops": {"/".join(f"{a}={b}" for a, b in sorted(k)): v for k, v in sh.items()},
+            "store_mean_ms": {dict(k).get("op"): du[k] / dc[k] * 1000 for k in du if dc.get(k)},
+            "cpu_us": (c1[rep["pid"]] - c0[rep["pid"]]) / reqs * 1e6,
+            "others_cpu_us": {p: (c1[p] - c0[p]) / reqs * 1e6 for p in others}}
+
+
+def latency_runs(reps, ports, shared, redis_pid):
+    """Exchange on replica 1 (new subjects); with the store, the same subjects on replica 2
+    (store hits), then again on replica 2 (local hits)."""
+    tag = "lat-shared" if shared else "lat-local"
+    f = WORK / f"{tag}.txt"
+    f.write_text("\n".join(tokens(tag, N)) + "\n")
+    out = {}
+    as_pid = PROCS.running["fleet-as"].pid
+    others = [as_pid] + ([redis_pid] if redis_pid else [])
+    as_stats(ports["as"])
+    out["exchange"] = wrk_pass(reps[0], str(f), N, others)
+    out["exchange"]["as_calls"] = as_stats(ports["as"])["calls"]
+    log(f"  {tag} exchange on replica 1: p50 {out['exchange']['p50_ms']:.3f} ms, p99 {out['exchange']['p99_ms']:.3f} ms, "
+        f"AS calls {out['exchange']['as_calls']}")
+    if shared:
+        # the background writes of replica 1 are all in the store
+        deadline = time.monotonic() + 30
+        while int(redis_cmd(ports["redis"], "DBSIZE") or 0) < N and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out["store_keys"] = int(redis_cmd(ports["redis"], "DBSIZE") or 0)
+        for name in ("shared hit", "local hit"):
+            out[name] = wrk_pass(reps[1], str(f), N, others)
+            out[name]["as_calls"] = as_stats(ports["as"])["calls"]
+            log(f"  {tag} {name} on replica 2: p50 {out[name]['p50_ms']:.3f} ms, p99 {out[name]['p99_ms']:.3f} ms, "
+                f"AS calls {out[name]['as_calls']}")
+    return out
+
+
+def as_direct(ports, seconds=3):
+    target = {"url": f"http://127.0.0.1:{ports['as']}/token", "header": None}
+    rc, out = bench.load(bench.wrk_args(target["url"], target, ["as"], 1, seconds), seconds + 60)
+    d = bench.parse_wrk(out)
+    as_stats(ports["as"])
+    return {"requests": d["requests"], "p50_ms": d["p50_us"] / 1000, "p90_ms": d["p90_us"] / 1000,
+            "p99_ms": d["p99_us"] / 1000, "mean_ms": d["mean_us"] / 1000, "errors": d["errors"]}
+
+
+# --------------------------------------------------------------------------- report
+
+def n0(v):
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def ms(v):
+    return "–" if v is None else f"{v:.3f}"
+
+
+def report(counts, lat, asd, info, t0, t1, load0, load1, anomalies):
+    date = datetime.datetime.fromtimestamp(t0).strftime("%Y-%m-%d %H:%M")
+    L = [f"# tokex fleet run (cache.shared) — {date}", ""]
+    L.append(f"Reproduce: `bash bench/run.sh --fleet` (from the repository root). {N:,} subjects per run, "
+             f"{CONC} subjects in flight in the count runs, `cache.shared.timeout: {STORE_TIMEOUT}`. "
+             f"Wall time {(t1 - t0) / 60:.1f} min.")
+    L.append("")
+    L.append(f"Machine: {info['nproc']} cores, {info['cpu']}, Linux {info['kernel']}. Load average before/after: "
+             f"{load0} / {load1}. Tools: tokex {info['tokex']}; {info['redis']}; nginx {info['nginx']}; {info['wrk']}; "
+             f"Python {info['python']}.")
+    L.append("")
+    L.append(f"Three tokex replicas (`runtime.workers: 1`, access log on), one `redis-server` (`--save \"\" "
+             f"--appendonly no`, a free port), the counting AS (Python asyncio, one fixed token JSON, counts calls per "
+             f"subject token) and the backend (nginx, `return 200`) all run on 127.0.0.1, pinned to core "
+             f"{bench.SERVER_CPU}; the load generators run on core {bench.LOAD_CPU}. Each run uses {N:,} new subjects "
+             f"(JWT-shaped tokens, a distinct `sub` each).")
+    L.append("")
+    L.append("## AS calls: every subject sent to all 3 replicas")
+    L.append("")
+    L.append(f"Python asyncio client, {CONC} subjects in flight, one keep-alive connection per replica per worker. "
+             f"*In turn*: subject i goes to replica i mod 3, then the next, then the next, each request sent when the "
+             f"previous one answered. *At once*: the three requests of a subject are sent at the same moment. AS calls "
+             f"are counted by the AS; `tokex_exchanges_total` is summed over the 3 replicas (all outcomes).")
+    L.append("")
+    L.append("| cache.shared | traffic | requests (not 200) | **AS calls** | tokex_exchanges_total | subjects seen by the AS | subjects by AS calls (calls: subjects) | AS calls ÷ subject | local hits | client p50 / p99 ms | wall s |")
+    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    for c in counts:
+        per = ", ".join(f"{k}: {v:,}" for k, v in sorted(c["as_per_subject"].items(), key=lambda kv: int(kv[0])))
+        L.append(f"| {'on' if c['shared'] else 'off'} | {'at once' if c['concurrent'] else 'in turn'} | "
+                 f"{c['requests']:,} ({c['non200']}) | **{c['as_calls']:,}** | {n0(c['exchanges_total'])} | "
+                 f"{c['as_distinct']:,} | {per} | {c['as_calls'] / N:.3f} | {n0(c['local_hits'])} | "
+                 f"{ms(c['p50_ms'])} / {ms(c['p99_ms'])} | {c['wall_s']:.1f} |")
+    L.append("")
+    L.append("Store operations in the `cache.shared` runs (`tokex_shared_cache_operations_total`, sum over the replicas):")
+    L.append("")
+    L.append("| traffic | operations (op/result: count) |")
+    L.append("|---|---|")
+    for c in counts:
+        if c["shared"]:
+            ops = ", ".join(f"{k.replace('op=', '').replace('/result=', '/')}: {v:,.0f}" for k, v in sorted(c["store_ops"].items()))
+            L.append(f"| {'at once' if c['concurrent'] else 'in turn'} | {ops} |")
+    L.append("")
+    L.append("## Latency: local hit, shared-store hit, exchange")
+    L.append("")
+    L.append(f"`wrk -t1 -c1` (closed loop, one keep-alive connection, wrk's own per-request latency record), each of "
+             f"{N:,} subject tokens once, in order (`bench/wrk.lua` mode `tokens-seq`). Every request is also forwarded "
+             f"to the backend, so the differences between rows are what the cache layers add. CPU µs/req is the "
+             f"replica's utime+stime over the pass divided by requests; AS and redis CPU likewise (their own processes).")
+    L.append("")
+    L.append("| path | what the request does | requests | p50 ms | p90 ms | p99 ms | mean ms | replica CPU µs/req | AS CPU µs/req | redis CPU µs/req | check |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    sh, lo = lat.get("shared", {}), lat.get("local", {})
+    as_pid = str(lat.get("as_pid"))
+    redis_pid = str(lat.get("redis_pid"))
+
+    def row(label, what, r, check):
+        if not r:
+            return
+        oc = {str(k): v for k, v in r["others_cpu_us"].items()}
+        L.append(f"| {label} | {what} | {r['requests']:,} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | {ms(r['p99_ms'])} | "
+                 f"{ms(r['mean_ms'])} | {r['cpu_us']:.1f} | {oc.get(as_pid, 0):.1f} | "
+                 f"{(f'{oc[redis_pid]:.1f}') if redis_pid in oc else '–'} | {check} |")
+
+    def chk(r):
+        ops = ", ".join(f"{k.replace('op=', '').replace('/result=', ' ')} {v:,.0f}" for k, v in sorted(r["store_ops"].items()))
+        return (f"local hit {r['local_hits']:,.0f} / miss {r['local_misses']:,.0f}; AS calls {r['as_calls']:,}"
+                + (f"; store: {ops}" if ops else ""))
+    row("(a) local hit", "replica 2, second pass: found in its own cache", sh.get("local hit"), chk(sh["local hit"]) if sh.get("local hit") else "")
+    row("(b) shared hit", "replica 2, first pass after replica 1 exchanged: local miss, store `GET` hit, unseal", sh.get("shared hit"),
+        chk(sh["shared hit"]) if sh.get("shared hit") else "")
+    row("(c) exchange, cache.shared on", "replica 1, new subject: local miss, store `GET` miss, `SET NX` lease, AS, (then `SET` + lease `DEL` in the background)",
+        sh.get("exchange"), chk(sh["exchange"]) if sh.get("exchange") else "")
+    row("(c′) exchange, no cache.shared", "replica 1 of the fleet without the store: local miss, AS", lo.get("exchange"),
+        chk(lo["exchange"]) if lo.get("exchange") else "")
+    if asd:
+        L.append(f"| AS direct | `POST /token` to the counting AS (`wrk -c1 -d3s`, mode `as`) | {asd['requests']:,} | "
+                 f"{ms(asd['p50_ms'])} | {ms(asd['p90_ms'])} | {ms(asd['p99_ms'])} | {ms(asd['mean_ms'])} | – | – | – | |")
+    L.append("")
+
+    def diff(a, b, label):
+        if a and b:
+            L.append(f"| {label} | {a['p50_ms'] - b['p50_ms']:+.3f} | {a['p99_ms'] - b['p99_ms']:+.3f} | "
+                     f"{a['mean_ms'] - b['mean_ms']:+.3f} |")
+    L.append("| difference | p50 ms | p99 ms | mean ms |")
+    L.append("|---|---:|---:|---:|")
+    diff(sh.get("shared hit"), sh.get("local hit"), "**shared hit − local hit** (what a store hit adds)")
+    diff(sh.get("exchange"), sh.get("shared hit"), "exchange (store on) − shared hit (what a fleet-wide miss costs over a store hit)")
+    diff(sh.get("exchange"), lo.get("exchange"), "exchange with the store − exchange without (the store `GET` miss + lease on a miss)")
+    L.append("")
+    if sh.get("shared hit"):
+        means = sh["shared hit"]["store_mean_ms"]
+        L.append(f"Store `GET` time seen by replica 2 during (b) (`tokex_shared_cache_duration_seconds`, sum ÷ count): "
+                 f"{ms(means.get('get'))} ms. Keys in redis before (b): {lat['shared'].get('store_keys', 0):,}.")
+        L.append("")
+    L.append("## Anomalies")
+    L.append("")
+    L.extend(f"- {a}" for a in anomalies) if anomalies else L.append("- none recorded (no failed or non-200 requests, no WARN/ERROR lines in the replicas' logs)")
+    L.append("")
+    return "\n".join(L) + "\n"
+
+
+def info_():
+    def first(argv, pattern):
+        return bench.version(argv, pattern)
+    git = first(["git", "-C", str(bench.REPO), "rev-parse", "--short", "HEAD"], None)
+    dirty = subprocess.run(["git", "-C", str(bench.REPO), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                           stdout=subprocess.PIPE, text=True).stdout.strip()
+    cpu_model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": os.uname().release,
+            "tokex": first([bench.TOKEX, "--version"], r"tokex (\S+)") + f" (git {git}{', src modified' if dirty else ''}"
+            + (", built by this run)" if os.environ.get("BENCH_BUILT") == "1" else ", binary as found: --no-build)"),
+            "redis": first([REDIS_SERVER, "--version"], r"(Redis server v=\S+)"),
+            "nginx": first([bench.NGINX, "-v"], r"nginx/(\S+)"), "wrk": first([bench.WRK, "-v"], r"(wrk \S+)"),
+            "python": sys.version.split()[0]}
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    os.sched_setaffinity(0, {bench.LOAD_CPU})
+    WORK.mkdir(parents=True, exist_ok=True)
+    bench.RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    load0 = " ".join(open("/proc/loadavg").read().split()[:3])
+    info = info_()
+    log(f"fleet run: {REPLICAS} replicas, {N} subjects per run; work dir {WORK}")
+    ports = {"backend": free_port(), "as": free_port(), "redis": free_port()}
+    start_backend_and_as(ports)
+    counts, lat, anomalies = [], {"as_pid": PROCS.running["fleet-as"].pid}, []
+
+    for shared in (False, True):
+        redis_pid = None
+        if shared:
+            redis_pid = start_redis(ports["redis"]).pid
+            lat["redis_pid"] = redis_pid
+        log(f"3 replicas, cache.shared {'on' if shared else 'off'}")
+        reps = start_replicas(ports, shared)
+        as_stats(ports["as"])
+        for concurrent in (False, True):
+            tag = f"{'shared' if shared else 'local'}-{'once' if concurrent else 'turn'}"
+            res = count_run(reps, ports, tag, concurrent)
+            res["shared"] = shared
+            counts.append(res)
+            if res["non200"]:
+                anomalies.append(f"{tag}: {res['non200']} requests not answered 200: {res['statuses']}")
+        lat["shared" if shared else "local"] = latency_runs(reps, ports, shared, redis_pid)
+        anomalies += warn_lines(reps)[:20]
+        for r in reps:
+            if PROCS.running[r["name"]].poll() is not None:
+                anomalies.append(f"{r['name']} exited during the run")
+            PROCS.stop(r["name"])
+    log("AS direct")
+    asd = as_direct(ports)
+    PROCS.stop_all()
+    t1 = time.time()
+    load1 = " ".join(open("/proc/loadavg").read().split()[:3])
+    md = report(counts, lat, asd, info, t0, t1, load0, load1, anomalies)
+    stamp = datetime.datetime.fromtimestamp(t0).strftime("%Y-%m-%d-%H%M%S") + "-fleet"
+    out = bench.RESULTS / f"{stamp}.md"
+    out.write_text(md)
+    (bench.RESULTS / f"{stamp}.raw.json").write_text(json.dumps(
+        {"counts": counts, "latency": lat, "as_direct": asd, "info": info, "anomalies": anomalies,
+         "subjects": N, "concurrency": CONC, "store_timeout": STORE_TIMEOUT}, indent=1, default=str))
+    print(md)
+    log(f"written {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "as":
+        serve_as(int(sys.argv[2]))
+        sys.exit(0)
+
+    def on_signal(sig, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        main()
+    except KeyboardInterrupt:
+        log("interrupted")
+        sys.exit(130)
+    finally:
+        PROCS.stop_all()
