@@ -9,6 +9,7 @@ bench/results/<date>-fleet.md. See docs/benchmarks.md, "Fleet run (cache.shared)
 
 Environment (run.sh sets the tool paths):
   FLEET_SUBJECTS (10000)  FLEET_CONCURRENCY (16: subjects in flight in the count runs)
+  FLEET_ROUNDS (3: rounds of the latency passes, new subjects each)
   FLEET_STORE_TIMEOUT (50ms: cache.shared.timeout)  BENCH_SERVER_CPU (0)  BENCH_LOAD_CPU (1)
   TOKEX WRK NGINX REDIS_SERVER REDIS_CLI (binaries)  BENCH_WORK (scratch dir)  BENCH_RESULTS (output dir)
 
@@ -25,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -32,12 +34,14 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the harness: process handling, tokens, nginx configs, wrk)
 from bench import PROCS, WORK, log  # noqa: E402
 
 N = bench.env_int("FLEET_SUBJECTS", 10000)
 CONC = bench.env_int("FLEET_CONCURRENCY", 16)
+ROUNDS = bench.env_int("FLEET_ROUNDS", 3)
 STORE_TIMEOUT = os.environ.get("FLEET_STORE_TIMEOUT") or "50ms"
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 REDIS_CLI = os.environ.get("REDIS_CLI", "redis-cli")
@@ -421,31 +425,54 @@ def wrk_pass(rep, tokens_file, n, others):
 
 
 def latency_runs(reps, ports, shared, redis_pid):
-    """Exchange on replica 1 (new subjects); with the store, the same subjects on replica 2
-    (store hits), then again on replica 2 (local hits)."""
-    tag = "lat-shared" if shared else "lat-local"
-    f = WORK / f"{tag}.txt"
-    f.write_text("\n".join(tokens(tag, N)) + "\n")
-    out = {}
+    """ROUNDS rounds, new subjects each: exchange at replica r (local and store miss); with
+    the store, the same subjects at the next replica (store hits), then there again (local
+    hits). Per class: the passes of every round."""
+    out = {"exchange": [], "shared hit": [], "local hit": []}
     as_pid = PROCS.running["fleet-as"].pid
     others = [as_pid] + ([redis_pid] if redis_pid else [])
-    as_stats(ports["as"])
-    out["exchange"] = wrk_pass(reps[0], str(f), N, others)
-    out["exchange"]["as_calls"] = as_stats(ports["as"])["calls"]
-    log(f"  {tag} exchange on replica 1: p50 {out['exchange']['p50_ms']:.3f} ms, p99 {out['exchange']['p99_ms']:.3f} ms, "
-        f"AS calls {out['exchange']['as_calls']}")
-    if shared:
-        # the background writes of replica 1 are all in the store
-        deadline = time.monotonic() + 30
-        while int(redis_cmd(ports["redis"], "DBSIZE") or 0) < N and time.monotonic() < deadline:
-            time.sleep(0.2)
-        out["store_keys"] = int(redis_cmd(ports["redis"], "DBSIZE") or 0)
-        for name in ("shared hit", "local hit"):
-            out[name] = wrk_pass(reps[1], str(f), N, others)
-            out[name]["as_calls"] = as_stats(ports["as"])["calls"]
-            log(f"  {tag} {name} on replica 2: p50 {out[name]['p50_ms']:.3f} ms, p99 {out[name]['p99_ms']:.3f} ms, "
-                f"AS calls {out[name]['as_calls']}")
-    return out
+    for rnd in range(ROUNDS):
+        tag = f"lat-{'shared' if shared else 'local'}-{rnd + 1}"
+        f = WORK / f"{tag}.txt"
+        f.write_text("\n".join(tokens(tag, N)) + "\n")
+        ex, rd = reps[rnd % len(reps)], reps[(rnd + 1) % len(reps)]
+        as_stats(ports["as"])
+        put0 = total(metrics(ex["admin"], "tokex_shared_cache_operations_total"), op="put")
+        passes = [("exchange", ex)] + ([("shared hit", rd), ("local hit", rd)] if shared else [])
+        for name, rep in passes:
+            if name == "shared hit":
+                # replica `ex` writes to the store in the background: wait for all N
+                deadline = time.monotonic() + 30
+                while (total(metrics(ex["admin"], "tokex_shared_cache_operations_total"), op="put") - put0 < N
+                       and time.monotonic() < deadline):
+                    time.sleep(0.1)
+            r = wrk_pass(rep, str(f), N, others)
+            r["as_calls"] = as_stats(ports["as"])["calls"]
+            r["replica"] = rep["name"]
+            out[name].append(r)
+            log(f"  {tag} {name} at {rep['name']}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, "
+                f"AS calls {r['as_calls']}")
+    return {k: v for k, v in out.items() if v}
+
+
+def agg(passes):
+    """The passes of one class over the rounds: medians, the p99 range, summed checks."""
+    if not passes:
+        return None
+    med = lambda key: statistics.median(p[key] for p in passes)  # noqa: E731
+    ops = Counter()
+    for p in passes:
+        ops.update(p["store_ops"])
+    pids = set().union(*(p["others_cpu_us"] for p in passes))
+    get_ms = [p["store_mean_ms"]["get"] for p in passes if p["store_mean_ms"].get("get") is not None]
+    return {"rounds": len(passes), "requests": sum(p["requests"] for p in passes),
+            "errors": sum(p["errors"] for p in passes),
+            **{k: med(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cpu_us")},
+            "p99_min": min(p["p99_ms"] for p in passes), "p99_max": max(p["p99_ms"] for p in passes),
+            "local_hits": sum(p["local_hits"] for p in passes), "local_misses": sum(p["local_misses"] for p in passes),
+            "as_calls": sum(p["as_calls"] for p in passes), "store_ops": dict(ops),
+            "store_get_ms": statistics.median(get_ms) if get_ms else None,
+            "others_cpu_us": {pid: statistics.median(p["others_cpu_us"].get(pid, 0.0) for p in passes) for pid in pids}}
 
 
 def as_direct(ports, seconds=3):
@@ -509,57 +536,68 @@ def report(counts, lat, asd, info, t0, t1, load0, load1, anomalies):
             ops = ", ".join(f"{k.replace('op=', '').replace('/result=', '/')}: {v:,.0f}" for k, v in sorted(c["store_ops"].items()))
             L.append(f"| {'at once' if c['concurrent'] else 'in turn'} | {ops} |")
     L.append("")
+    for c in counts:
+        lease_ok = sum(v for k, v in c["store_ops"].items() if k == "op=lease/result=ok")
+        if c["shared"] and c["as_calls"] > c["as_distinct"]:
+            extra = c["as_calls"] - c["as_distinct"]
+            L.append(f"*{'At once' if c['concurrent'] else 'In turn'}*: {extra:,} extra exchange{'s' if extra != 1 else ''}; "
+                     f"`lease/ok` = {lease_ok:,.0f} for {c['as_calls']:,} AS calls"
+                     + (" — each extra exchange took a lease of its own, i.e. its `SET NX` came after the first "
+                        "replica's lease was released (`DEL`, after its `SET` of the value) while its `GET` had "
+                        "come before that `SET`." if lease_ok == c["as_calls"] else "."))
+            L.append("")
     L.append("## Latency: local hit, shared-store hit, exchange")
     L.append("")
     L.append(f"`wrk -t1 -c1` (closed loop, one keep-alive connection, wrk's own per-request latency record), each of "
-             f"{N:,} subject tokens once, in order (`bench/wrk.lua` mode `tokens-seq`). Every request is also forwarded "
-             f"to the backend, so the differences between rows are what the cache layers add. CPU µs/req is the "
-             f"replica's utime+stime over the pass divided by requests; AS and redis CPU likewise (their own processes).")
+             f"{N:,} new subject tokens once, in order (`bench/wrk.lua` mode `tokens-seq`); {ROUNDS} rounds, new subjects "
+             f"and the next pair of replicas each round (replica r exchanges, replica r+1 reads the store, then its own "
+             f"cache). Values are medians over the rounds (p99 range = min–max). Every request is also forwarded to the "
+             f"backend, so the differences between rows are what the cache layers add. CPU µs/req: the replica's "
+             f"utime+stime over a pass divided by its requests; AS and redis CPU likewise (their own processes). "
+             f"*check*: summed over the rounds, from the replica's metrics and the AS's count.")
     L.append("")
-    L.append("| path | what the request does | requests | p50 ms | p90 ms | p99 ms | mean ms | replica CPU µs/req | AS CPU µs/req | redis CPU µs/req | check |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    sh, lo = lat.get("shared", {}), lat.get("local", {})
-    as_pid = str(lat.get("as_pid"))
-    redis_pid = str(lat.get("redis_pid"))
+    L.append("| path | what the request does | requests | p50 ms | p90 ms | p99 ms | p99 range | mean ms | replica CPU µs/req | AS CPU µs/req | redis CPU µs/req | check |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    sh = {k: agg(v) for k, v in lat.get("shared", {}).items()}
+    lo = {k: agg(v) for k, v in lat.get("local", {}).items()}
+    as_pid = lat.get("as_pid")
+    redis_pid = lat.get("redis_pid")
 
-    def row(label, what, r, check):
+    def row(label, what, r):
         if not r:
             return
-        oc = {str(k): v for k, v in r["others_cpu_us"].items()}
-        L.append(f"| {label} | {what} | {r['requests']:,} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | {ms(r['p99_ms'])} | "
-                 f"{ms(r['mean_ms'])} | {r['cpu_us']:.1f} | {oc.get(as_pid, 0):.1f} | "
-                 f"{(f'{oc[redis_pid]:.1f}') if redis_pid in oc else '–'} | {check} |")
-
-    def chk(r):
+        oc = r["others_cpu_us"]
         ops = ", ".join(f"{k.replace('op=', '').replace('/result=', ' ')} {v:,.0f}" for k, v in sorted(r["store_ops"].items()))
-        return (f"local hit {r['local_hits']:,.0f} / miss {r['local_misses']:,.0f}; AS calls {r['as_calls']:,}"
-                + (f"; store: {ops}" if ops else ""))
-    row("(a) local hit", "replica 2, second pass: found in its own cache", sh.get("local hit"), chk(sh["local hit"]) if sh.get("local hit") else "")
-    row("(b) shared hit", "replica 2, first pass after replica 1 exchanged: local miss, store `GET` hit, unseal", sh.get("shared hit"),
-        chk(sh["shared hit"]) if sh.get("shared hit") else "")
-    row("(c) exchange, cache.shared on", "replica 1, new subject: local miss, store `GET` miss, `SET NX` lease, AS, (then `SET` + lease `DEL` in the background)",
-        sh.get("exchange"), chk(sh["exchange"]) if sh.get("exchange") else "")
-    row("(c′) exchange, no cache.shared", "replica 1 of the fleet without the store: local miss, AS", lo.get("exchange"),
-        chk(lo["exchange"]) if lo.get("exchange") else "")
+        check = (f"local hit {r['local_hits']:,.0f} / miss {r['local_misses']:,.0f}; AS calls {r['as_calls']:,}"
+                 + (f"; store: {ops}" if ops else "") + (f"; {r['errors']} failed" if r["errors"] else ""))
+        L.append(f"| {label} | {what} | {r['requests']:,} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | {ms(r['p99_ms'])} | "
+                 f"{ms(r['p99_min'])}–{ms(r['p99_max'])} | {ms(r['mean_ms'])} | {r['cpu_us']:.1f} | {oc.get(as_pid, 0):.1f} | "
+                 f"{(f'{oc[redis_pid]:.1f}') if redis_pid in oc else '–'} | {check} |")
+    row("(a) local hit", "replica r+1, second pass: its own cache", sh.get("local hit"))
+    row("(b) shared hit", "replica r+1, first pass, after replica r exchanged: local miss, store `GET` hit, unseal",
+        sh.get("shared hit"))
+    row("(c) exchange, cache.shared on", "replica r, new subject: local miss, store `GET` miss, `SET NX PX` lease, AS "
+        "(then `SET` of the sealed value and lease `DEL`, in the background)", sh.get("exchange"))
+    row("(c′) exchange, no cache.shared", "replica r of the fleet without the store, new subject: local miss, AS",
+        lo.get("exchange"))
     if asd:
-        L.append(f"| AS direct | `POST /token` to the counting AS (`wrk -c1 -d3s`, mode `as`) | {asd['requests']:,} | "
-                 f"{ms(asd['p50_ms'])} | {ms(asd['p90_ms'])} | {ms(asd['p99_ms'])} | {ms(asd['mean_ms'])} | – | – | – | |")
+        L.append(f"| AS direct | `POST /token` to the counting AS (`wrk -c1 -d3s`, mode `as`), once | {asd['requests']:,} | "
+                 f"{ms(asd['p50_ms'])} | {ms(asd['p90_ms'])} | {ms(asd['p99_ms'])} | – | {ms(asd['mean_ms'])} | – | – | – | |")
     L.append("")
 
     def diff(a, b, label):
         if a and b:
             L.append(f"| {label} | {a['p50_ms'] - b['p50_ms']:+.3f} | {a['p99_ms'] - b['p99_ms']:+.3f} | "
-                     f"{a['mean_ms'] - b['mean_ms']:+.3f} |")
-    L.append("| difference | p50 ms | p99 ms | mean ms |")
-    L.append("|---|---:|---:|---:|")
+                     f"{a['mean_ms'] - b['mean_ms']:+.3f} | {a['cpu_us'] - b['cpu_us']:+.1f} |")
+    L.append("| difference (medians) | p50 ms | p99 ms | mean ms | replica CPU µs/req |")
+    L.append("|---|---:|---:|---:|---:|")
     diff(sh.get("shared hit"), sh.get("local hit"), "**shared hit − local hit** (what a store hit adds)")
-    diff(sh.get("exchange"), sh.get("shared hit"), "exchange (store on) − shared hit (what a fleet-wide miss costs over a store hit)")
-    diff(sh.get("exchange"), lo.get("exchange"), "exchange with the store − exchange without (the store `GET` miss + lease on a miss)")
+    diff(sh.get("exchange"), sh.get("shared hit"), "exchange (store on) − shared hit (a fleet-wide miss over a store hit)")
+    diff(sh.get("exchange"), lo.get("exchange"), "exchange with the store − without (store `GET` miss + lease on a miss)")
     L.append("")
     if sh.get("shared hit"):
-        means = sh["shared hit"]["store_mean_ms"]
-        L.append(f"Store `GET` time seen by replica 2 during (b) (`tokex_shared_cache_duration_seconds`, sum ÷ count): "
-                 f"{ms(means.get('get'))} ms. Keys in redis before (b): {lat['shared'].get('store_keys', 0):,}.")
+        L.append(f"Store `GET` time seen by the reading replica during (b) (`tokex_shared_cache_duration_seconds`, "
+                 f"sum ÷ count, median over rounds): {ms(sh['shared hit']['store_get_ms'])} ms.")
         L.append("")
     L.append("## Anomalies")
     L.append("")
