@@ -394,21 +394,26 @@ def wrk_pass(rep, tokens_file, n, others):
     req0 = sum(metrics(rep["admin"], "tokex_requests_total").values())
     c0 = {p: cpu(p) for p in [rep["pid"]] + others}
     w = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last, last_change = -1, time.monotonic()
-    while True:
-        time.sleep(0.2)
-        done = sum(metrics(rep["admin"], "tokex_requests_total").values()) - req0
-        if done >= n:
-            break
-        if done != last:
-            last, last_change = done, time.monotonic()
-        elif time.monotonic() - last_change > 10:
-            log(f"  wrk stalled at {done:.0f} of {n}")
-            break
-    time.sleep(0.3)  # the last answer reaches wrk
-    c1 = {p: cpu(p) for p in c0}
-    w.send_signal(signal.SIGINT)
-    out, _ = w.communicate(timeout=30)
+    try:
+        last, last_change = -1, time.monotonic()
+        while True:
+            time.sleep(0.2)
+            done = sum(metrics(rep["admin"], "tokex_requests_total").values()) - req0
+            if done >= n:
+                break
+            if done != last:
+                last, last_change = done, time.monotonic()
+            elif time.monotonic() - last_change > 10:
+                log(f"  wrk stalled at {done:.0f} of {n}")
+                break
+        time.sleep(0.3)  # the last answer reaches wrk
+        c1 = {p: cpu(p) for p in c0}
+        w.send_signal(signal.SIGINT)
+        out, _ = w.communicate(timeout=30)
+    finally:
+        if w.poll() is None:  # interrupted or failed: wrk goes too
+            w.kill()
+            w.wait()
     d = bench.parse_wrk(out)
     lk = delta(metrics(rep["admin"], "tokex_cache_lookups_total"), lk0)
     sh = delta(metrics(rep["admin"], "tokex_shared_cache_operations_total"), sh0)
