@@ -13,9 +13,7 @@ Environment (run.sh sets the tool paths):
   FLEET_STORE_TIMEOUT (50ms: cache.shared.timeout)  BENCH_SERVER_CPU (0)  BENCH_LOAD_CPU (1)
   TOKEX WRK NGINX REDIS_SERVER REDIS_CLI (binaries)  BENCH_WORK (scratch dir)  BENCH_RESULTS (output dir)
 
-`fleet.py as PORT` is the counting AS itself (started by the run): it answers every
-`POST /token` with one fixed token JSON and counts the calls per subject token;
-`GET /stats` returns the counts since the previous `/stats` and starts again.
+The counting AS is bench/fleet_as.py (started by the run).
 """
 
 import asyncio
@@ -32,7 +30,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import parse_qs
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ in the tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,80 +44,6 @@ REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 REDIS_CLI = os.environ.get("REDIS_CLI", "redis-cli")
 REPLICAS = 3
 PATH = "/x/fleet"
-
-
-# --------------------------------------------------------------------------- the counting AS
-
-def serve_as(port):
-    answer = json.dumps({
-        "access_token": bench.ISSUED_TOKEN,
-        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-        "token_type": "Bearer",
-        "expires_in": 3600,
-    }).encode()
-    token_reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-                   b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer)
-    per_subject = Counter()
-
-    def reply(status, body, ctype=b"text/plain"):
-        return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
-
-    class Proto(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.t = transport
-            self.buf = b""
-
-        def data_received(self, data):
-            self.buf += data
-            while True:
-                end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                lines = self.buf[:end].split(b"\r\n")
-                length, close = 0, False
-                for line in lines[1:]:
-                    k, _, v = line.partition(b":")
-                    k = k.strip().lower()
-                    if k == b"content-length":
-                        length = int(v)
-                    elif k == b"connection" and v.strip().lower() == b"close":
-                        close = True
-                    elif k == b"transfer-encoding":
-                        self.t.write(reply(b"501 Not Implemented", b"no chunked bodies\n"))
-                        self.t.close()
-                        return
-                if len(self.buf) < end + 4 + length:
-                    return
-                body = self.buf[end + 4:end + 4 + length]
-                self.buf = self.buf[end + 4 + length:]
-                method, target = (lines[0].split(b" ") + [b"", b""])[:2]
-                if method == b"POST" and target == b"/token":
-                    subject = parse_qs(body.decode("ascii", "replace")).get("subject_token", [""])[0]
-                    per_subject[subject] += 1
-                    self.t.write(token_reply)
-                elif method == b"GET" and target == b"/stats":
-                    counts = Counter(per_subject.values())
-                    stats = {"calls": sum(per_subject.values()), "distinct": len(per_subject),
-                             "per_subject": {str(k): v for k, v in sorted(counts.items())}}
-                    per_subject.clear()
-                    self.t.write(reply(b"200 OK", json.dumps(stats).encode(), b"application/json"))
-                else:
-                    self.t.write(reply(b"404 Not Found", b"not here\n"))
-                if close:
-                    self.t.close()
-                    return
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Proto, "127.0.0.1", port, backlog=4096)
-        stop = asyncio.Event()
-        for s in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(s, stop.set)
-        async with server:
-            await stop.wait()
-
-    asyncio.run(main())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -186,7 +109,7 @@ def start_backend_and_as(ports):
   }}""")
     p = PROCS.start("fleet-backend", argv)
     bench.wait_http(ports["backend"], "/", "fleet-backend", p)
-    p = PROCS.start("fleet-as", [sys.executable, str(Path(__file__).resolve()), "as", str(ports["as"])])
+    p = PROCS.start("fleet-as", [sys.executable, str(Path(__file__).resolve().parent / "fleet_as.py"), str(ports["as"])])
     bench.wait_http(ports["as"], "/stats", "fleet-as", p)
 
 
@@ -683,10 +606,6 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "as":
-        serve_as(int(sys.argv[2]))
-        sys.exit(0)
-
     def on_signal(sig, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_signal)
