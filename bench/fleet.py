@@ -465,14 +465,10 @@ def report(counts, lat, asd, info, t0, t1, load0, load1, anomalies):
             L.append(f"| {'at once' if c['concurrent'] else 'in turn'} | {ops} |")
     L.append("")
     for c in counts:
-        lease_ok = sum(v for k, v in c["store_ops"].items() if k == "op=lease/result=ok")
         if c["shared"] and c["as_calls"] > c["as_distinct"]:
             extra = c["as_calls"] - c["as_distinct"]
-            L.append(f"*{'At once' if c['concurrent'] else 'In turn'}*: {extra:,} extra exchange{'s' if extra != 1 else ''}; "
-                     f"`lease/ok` = {lease_ok:,.0f} for {c['as_calls']:,} AS calls"
-                     + (" — each extra exchange took a lease of its own, i.e. its `SET NX` came after the first "
-                        "replica's lease was released (`DEL`, after its `SET` of the value) while its `GET` had "
-                        "come before that `SET`." if lease_ok == c["as_calls"] else "."))
+            L.append(f"*{'At once' if c['concurrent'] else 'In turn'}*: {extra:,} extra exchange{'s' if extra != 1 else ''} "
+                     "(subjects exchanged by more than one replica; see the store operations above).")
             L.append("")
     L.append("## Latency: local hit, shared-store hit, exchange")
     L.append("")
@@ -505,7 +501,7 @@ def report(counts, lat, asd, info, t0, t1, load0, load1, anomalies):
     row("(b) shared hit", "replica r+1, first pass, after replica r exchanged: local miss, store `GET` hit, unseal",
         sh.get("shared hit"))
     row("(c) exchange, cache.shared on", "replica r, new subject: local miss, store `GET` miss, `SET NX PX` lease, AS "
-        "(then `SET` of the sealed value and lease `DEL`, in the background)", sh.get("exchange"))
+        "(then, in the background, `SET` of the sealed value and the lease cut to 250 ms)", sh.get("exchange"))
     row("(c′) exchange, no cache.shared", "replica r of the fleet without the store, new subject: local miss, AS",
         lo.get("exchange"))
     if asd:
