@@ -163,7 +163,7 @@ impl Metrics {
         let shared_duration: HistogramFamily<OpLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "shared_cache_operations",
-            "Operations on the shared store (cache.shared), by op (get, put, lease, delete) and result (hit, miss, ok, held, rejected, error, timeout)",
+            "Operations on the shared store (cache.shared), by op (get, put, lease, release, delete, key) and result (hit, miss, rejected: a value that did not open, ok, held: another replica's lease, renewed, shortened, error, timeout, skipped: backing off after a failure)",
             shared_ops.clone(),
         );
         registry.register(
@@ -303,6 +303,12 @@ impl Metrics {
     pub fn tls_reloads(&self, source: &'static str) -> Counters {
         let c = |result| (result, self.tls_reloads.get_or_create(&TlsLabels { source, result }).clone());
         Counters(std::sync::Arc::new([c("ok"), c("rejected")]))
+    }
+
+    /// One shared-store operation that sent nothing (`skipped`, a value that
+    /// did not open): counted, not timed.
+    pub fn shared_count(&self, op: &'static str, result: &'static str) {
+        self.shared_ops.get_or_create(&SharedLabels { op, result }).inc();
     }
 
     /// One shared-store operation: its result and how long it took.

@@ -98,7 +98,8 @@ async fn the_store_holds_nothing_usable_and_tampering_is_a_miss() {
         let text = String::from_utf8_lossy(value);
         for (i, t) in tokens.iter().enumerate() {
             let sha = hex(&<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()));
-            for needle in [t.as_str(), &t[..20], &format!("user-{i}"), "exchanged-", &sha[..16]] {
+            for needle in [t.as_str(), t.split('.').nth(1).unwrap_or(t), &format!("user-{i}"), "exchanged-", &sha[..16]]
+            {
                 assert!(!key.contains(needle) && !text.contains(needle), "{needle:?} in the store: {key}");
             }
         }
@@ -227,16 +228,19 @@ async fn rediss_with_a_private_ca() {
     let b = TestGateway::start(&config(&as_.token_url(), backend, &trusted)).await;
     let t = subject("tls-user");
     assert_eq!(get(&format!("{}/orders/1", a.url), Some(&t)).await.0.as_u16(), 200);
-    let mut shared = false;
-    for _ in 0..50 {
-        assert_eq!(get(&format!("{}/orders/1", b.url), Some(&t)).await.0.as_u16(), 200);
-        if as_.count() == 1 {
-            shared = true;
+    // The value is written in the background: wait until it is there.
+    let mut conn_ok = false;
+    for _ in 0..100 {
+        let m = a.metrics().await;
+        if m.contains("tokex_shared_cache_operations_total{op=\"put\",result=\"ok\"} 1") {
+            conn_ok = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(shared || as_.count() == 1, "the second replica used the TLS store");
+    assert!(conn_ok, "replica a stored the token over TLS:\n{}", a.metrics().await);
+    assert_eq!(get(&format!("{}/orders/1", b.url), Some(&t)).await.0.as_u16(), 200);
+    assert_eq!(as_.count(), 1, "the second replica read the TLS store");
 
     // Without the CA: not trusted, local-only, no request fails.
     let untrusted = format!("  shared: {{ url: \"{url}\", timeout: 500ms }}\n");
@@ -244,6 +248,18 @@ async fn rediss_with_a_private_ca() {
     let before = as_.count();
     assert_eq!(get(&format!("{}/orders/1", c.url), Some(&t)).await.0.as_u16(), 200);
     assert_eq!(as_.count(), before + 1, "an untrusted store is not used");
+    let m = c.metrics().await;
+    assert!(m.contains("tokex_shared_cache_operations_total{op=\"get\",result=\"error\"} 1"), "{m}");
+    // A CA file without a certificate is refused when the store is built.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let cfg = tokex::config::parse(&format!(
+        "listen: {{ address: \"127.0.0.1:0\" }}\n{}",
+        config(&as_.token_url(), backend, &format!("  shared: {{ url: \"{url}\", ca_file: {} }}\n", empty.display()))
+    ))
+    .unwrap();
+    let err = tokex::app::start(cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("holds no PEM certificate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -414,4 +430,81 @@ fn shared_cache_settings_are_checked() {
         let errors = common::config_errors(&base(shared));
         assert!(errors.contains(want), "{shared}: want {want:?} in:\n{errors}");
     }
+}
+
+/// A lease whose holder died (planted here, as a crashed replica would leave
+/// it) delays the others by at most its one-second life, not a whole budget.
+#[tokio::test]
+async fn a_dead_lease_holder_costs_at_most_the_lease() {
+    let store = RedisServer::start().await;
+    let as_ = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&config(&as_.token_url(), backend, &shared(&store.url()))).await;
+    let t = subject("orphan");
+    // Find the key the gateway uses: one request, then read it back.
+    assert_eq!(get(&format!("{}/orders/1", gw.url), Some(&t)).await.0.as_u16(), 200);
+    let mut key = None;
+    for _ in 0..100 {
+        key = store.dump().await.into_iter().map(|(k, _)| k).find(|k| !k.ends_with(":lease"));
+        if key.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = key.expect("the entry was stored");
+    // Another replica, same store: the value is gone and a lease is held by
+    // a replica that died (1 s, as tokex sets it).
+    let mut conn = store.connection().await;
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    let _: () =
+        redis::cmd("SET").arg(format!("{key}:lease")).arg(1).arg("PX").arg(1000).query_async(&mut conn).await.unwrap();
+    let other = TestGateway::start(&config(&as_.token_url(), backend, &shared(&store.url()))).await;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&format!("{}/orders/1", other.url), Some(&t)).await.0.as_u16(), 200);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1600), "waited {took:?} for a dead lease (budget 3 s)");
+    assert_eq!(as_.count(), 2);
+}
+
+/// Two routes that ask for the same audience and scope but may keep a token
+/// for different times, or two deployments with different clients, never
+/// share an entry; a refusal is never shared.
+#[tokio::test]
+async fn what_shapes_a_token_separates_entries_and_refusals_stay_local() {
+    let store = RedisServer::start().await;
+    let as_ = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let routes = |max: &str| {
+        format!(
+            "  - name: a\n    match: {{ path_prefix: /a }}\n    upstream: http://{backend}\n    exchange: {{ authorization_server: corp, audience: [x], scope: [s], max_ttl: {max} }}\n"
+        )
+    };
+    let yaml = |client_id: &str, max: &str| {
+        format!(
+            "authorization_servers:\n  corp:\n    token_endpoint: {}\n    client_auth: {{ method: client_secret_basic, client_id: {client_id}, client_secret: s3cret }}\n    timeout: 3s\n    retries: 0\ncache:\n  expiry_skew: 0s\n{}routes:\n{}",
+            as_.token_url(),
+            shared(&store.url()),
+            routes(max)
+        )
+    };
+    let base = TestGateway::start(&yaml("tokex", "60s")).await;
+    let shorter = TestGateway::start(&yaml("tokex", "5s")).await;
+    let other_client = TestGateway::start(&yaml("another-client", "60s")).await;
+    let same = TestGateway::start(&yaml("tokex", "60s")).await;
+    let t = subject("shaped");
+    assert_eq!(get(&format!("{}/a/1", base.url), Some(&t)).await.0.as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(&format!("{}/a/1", shorter.url), Some(&t)).await.0.as_u16(), 200);
+    assert_eq!(get(&format!("{}/a/1", other_client.url), Some(&t)).await.0.as_u16(), 200);
+    assert_eq!(as_.count(), 3, "another max_ttl and another client each exchange");
+    assert_eq!(get(&format!("{}/a/1", same.url), Some(&t)).await.0.as_u16(), 200);
+    assert_eq!(as_.count(), 3, "the same policy shares");
+
+    // invalid_grant: remembered locally, never written to the store.
+    as_.set(|_, _| Reply::Json(400, json!({"error": "invalid_grant"})));
+    let bad = subject("refused-grant");
+    assert_eq!(get(&format!("{}/a/1", base.url), Some(&bad)).await.0.as_u16(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let values = store.dump().await.into_iter().filter(|(k, _)| !k.ends_with(":lease")).count();
+    assert_eq!(values, 3, "only the three tokens are in the store");
 }

@@ -155,6 +155,18 @@ impl AsClient {
 
     /// What identifies this server in cache keys: the configured token
     /// endpoint, or the issuer when the endpoints are discovered.
+    /// Who tokex is at this server: the authentication method and
+    /// `client_id` (part of what shapes an issued token).
+    pub fn client_identity(&self) -> String {
+        match &self.auth {
+            ClientAuth::Basic { client_id, .. } => format!("basic:{client_id}"),
+            ClientAuth::Post { client_id, .. } => format!("post:{client_id}"),
+            ClientAuth::PrivateKeyJwt(s) => format!("private_key_jwt:{}", s.client_id()),
+            ClientAuth::Tls { client_id } => format!("tls:{client_id}"),
+            ClientAuth::None { client_id } => format!("none:{}", client_id.as_deref().unwrap_or("")),
+        }
+    }
+
     pub fn endpoint(&self) -> &Url {
         &self.location
     }

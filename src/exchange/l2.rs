@@ -3,7 +3,7 @@
 //! takes a short lease and exchanges while the others wait for its value
 //! (within their budget), so N replicas asking for one new subject make one
 //! exchange. Whatever the store does — down, slow, garbage — the answer is
-//! at worst a local exchange.
+//! at worst a local exchange within the same budget.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,11 +20,27 @@ const MIN_SHARED_TTL: Duration = Duration::from_secs(1);
 /// First wait between two reads while another replica holds the lease.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// A lease lives this long unless its holder renews it (every half of it,
+/// while its exchange runs): a holder that dies or is cancelled keeps the
+/// others waiting at most this long.
+const LEASE_TTL: Duration = Duration::from_secs(1);
 /// How long a lease outlives the value it stood for.
 const LEASE_AFTER_VALUE: Duration = Duration::from_millis(250);
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+fn unix_now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Gives a lease back if the request holding it is dropped (its caller went
+/// away) before the lease was settled.
+struct LeaseGuard(Option<(Arc<SharedStore>, String)>);
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let (Some((store, key)), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { store.release(&key).await });
+        }
+    }
 }
 
 impl Exchanger {
@@ -35,41 +51,62 @@ impl Exchanger {
         subject: &str,
         origin: Option<Origin<'_>>,
     ) -> Result<Arc<Entry>, ExchangeError> {
-        let Some(store) = &self.shared else { return self.exchange(policy, subject, origin).await };
+        // One budget for the whole miss, waiting included.
+        let give_up = Instant::now() + policy.client.timeout();
+        let Some(store) = &self.shared else { return self.exchange(policy, subject, origin, give_up).await };
         let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-        let key = store.key(&subject_hash, &policy.shared_digest);
+        let Some(key) = store.key(&subject_hash, &policy.shared_digest) else {
+            return self.exchange(policy, subject, origin, give_up).await;
+        };
         // The read and the lease share one `timeout`: the store never makes
-        // a request wait longer than that.
+        // a request wait longer than that, but for another replica's lease.
         let deadline = store.deadline();
         if let Some(entry) = read(store, &key, policy, subject, deadline).await {
             return Ok(entry);
         }
-        let budget = policy.client.timeout();
-        let lease_ttl = budget + Duration::from_millis(500);
-        let mut lease = store.lease(&key, lease_ttl, deadline).await;
+        let mut lease = store.lease(&key, LEASE_TTL, deadline).await;
         if lease == Lease::Held {
-            // Another replica is exchanging: wait for its value, within the
-            // budget. A lease given back without a value (its exchange
-            // failed) is taken here at once; past the budget, exchange anyway.
-            let give_up = Instant::now() + budget;
+            // Another replica is exchanging: wait for its value. A lease
+            // given back or run out without a value is taken here at once.
             let mut pause = FIRST_POLL;
             while lease == Lease::Held && Instant::now() + pause < give_up {
                 tokio::time::sleep(pause).await;
                 if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
                     return Ok(entry);
                 }
-                lease = store.lease(&key, lease_ttl, store.deadline()).await;
+                lease = store.lease(&key, LEASE_TTL, store.deadline()).await;
                 pause = (pause * 2).min(MAX_POLL);
             }
             // Taken just as the value was stored and the lease ran out?
             if lease == Lease::Taken {
                 if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
+                    let (store, key) = (store.clone(), key.clone());
+                    tokio::spawn(async move { store.set_lease_ttl(&key, LEASE_AFTER_VALUE, "shortened").await });
                     return Ok(entry);
                 }
             }
         }
-        let result = self.exchange(policy, subject, origin).await;
-        self.publish(store, key, policy, subject, &result, lease == Lease::Taken);
+        if lease != Lease::Taken {
+            let result = self.exchange(policy, subject, origin, give_up).await;
+            self.publish(store, key, policy, subject, &result, false);
+            return result;
+        }
+        // This replica holds the lease: renew it while the exchange runs,
+        // and give it back if the request is dropped.
+        let mut guard = LeaseGuard(Some((store.clone(), key.clone())));
+        let exchange = self.exchange(policy, subject, origin, give_up);
+        tokio::pin!(exchange);
+        let result = loop {
+            tokio::select! {
+                r = &mut exchange => break r,
+                _ = tokio::time::sleep(LEASE_TTL / 2) => {
+                    let (store, key) = (store.clone(), key.clone());
+                    tokio::spawn(async move { store.set_lease_ttl(&key, LEASE_TTL, "renewed").await });
+                }
+            }
+        };
+        guard.0 = None;
+        self.publish(store, key, policy, subject, &result, true);
         result
     }
 
@@ -77,9 +114,9 @@ impl Exchanger {
     /// lease, so that the next request anywhere exchanges at once.
     pub async fn forget_shared(&self, policy: &Policy, subject_hash: &[u8; 32]) {
         if let Some(store) = &self.shared {
-            let key = store.key(subject_hash, &policy.shared_digest);
-            store.delete(&key).await;
-            store.release(&key).await;
+            if let Some(key) = store.key(subject_hash, &policy.shared_digest) {
+                store.delete(&key).await;
+            }
         }
     }
 
@@ -87,18 +124,19 @@ impl Exchanger {
     pub(super) fn share(&self, policy: &Policy, subject: &str, result: &Result<Arc<Entry>, ExchangeError>) {
         if let Some(store) = &self.shared {
             let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-            self.publish(store, store.key(&subject_hash, &policy.shared_digest), policy, subject, result, false);
+            if let Some(key) = store.key(&subject_hash, &policy.shared_digest) {
+                self.publish(store, key, policy, subject, result, false);
+            }
         }
     }
-}
 
-impl Exchanger {
     /// Writes a fresh token to the store in the background (the caller has
-    /// its answer already). The lease then runs out 250 ms later rather than
-    /// at once: a replica that missed the store just before the write finds
-    /// the lease held and reads the value, instead of taking a lease given
-    /// back and exchanging again. With no value to share (the exchange
-    /// failed) it is given back at once, so a waiter takes over.
+    /// its answer already). A lease this replica holds then runs out 250 ms
+    /// later rather than at once: a replica that missed the store just
+    /// before the write finds the lease held and reads the value, instead of
+    /// taking a lease given back and exchanging again. With no value to
+    /// share (the exchange failed) the lease is given back at once, so a
+    /// waiter takes over.
     fn publish(
         &self,
         store: &Arc<SharedStore>,
@@ -106,10 +144,10 @@ impl Exchanger {
         policy: &Policy,
         subject: &str,
         result: &Result<Arc<Entry>, ExchangeError>,
-        release: bool,
+        holds_lease: bool,
     ) {
         let sealed = sealed(&key, policy, subject, result);
-        if sealed.is_none() && !release {
+        if sealed.is_none() && !holds_lease {
             return;
         }
         let store = store.clone();
@@ -117,8 +155,8 @@ impl Exchanger {
             match sealed {
                 Some((value, ttl)) => {
                     store.put(&key, &value, ttl).await;
-                    if release {
-                        store.shorten_lease(&key, LEASE_AFTER_VALUE).await;
+                    if holds_lease {
+                        store.set_lease_ttl(&key, LEASE_AFTER_VALUE, "shortened").await;
                     }
                 }
                 None => store.release(&key).await,
@@ -133,9 +171,13 @@ async fn read(store: &SharedStore, key: &str, policy: &Policy, subject: &str, by
     let sealed = store.get(key, by).await?;
     let Some(value) = seal::open(subject, &policy.shared_digest, key, &sealed) else {
         // Another key's value, altered bytes, another format: a miss.
+        store.rejected();
         return None;
     };
-    let left = Duration::from_secs(value.expires_at_unix.saturating_sub(unix_now()));
+    let left = Duration::from_millis(value.expires_at_unix_ms.saturating_sub(unix_now_ms()));
+    // Never longer than this route may keep a token (the digest has the
+    // same max_ttl; this also bounds a writer's clock).
+    let left = left.min(policy.cfg.max_ttl);
     if left < MIN_SHARED_TTL {
         return None;
     }
@@ -156,6 +198,7 @@ fn sealed(
     }
     let left = entry.expires_at.saturating_duration_since(Instant::now());
     let token = entry.token_text().filter(|_| left >= MIN_SHARED_TTL)?;
-    let value = Sealed { token: token.to_owned(), expires_at_unix: unix_now() + left.as_secs() };
-    Some((seal::seal(subject, &policy.shared_digest, key, &value)?, Duration::from_secs(left.as_secs())))
+    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    let value = Sealed { token: token.to_owned(), expires_at_unix_ms: unix_now_ms().saturating_add(ms) };
+    Some((seal::seal(subject, &policy.shared_digest, key, &value)?, left))
 }

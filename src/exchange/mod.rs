@@ -126,6 +126,11 @@ impl Policy {
         let mut f = Fields::new();
         f.field("server", &cfg.authorization_server);
         f.field("endpoint", client.endpoint().as_str());
+        // Who asks, and how long the answer may be kept: two routes (or two
+        // deployments on one store) that differ in either never share.
+        f.field("client", &client.client_identity());
+        f.field("max_ttl", &cfg.max_ttl.as_millis().to_string());
+        f.field("default_ttl", &cfg.default_ttl.as_millis().to_string());
         f.list("audience", &cfg.audience);
         f.list("resource", &cfg.resource);
         f.list("scope", &cfg.scope);
@@ -135,18 +140,30 @@ impl Policy {
         // does not invalidate tokens exchanged with the previous one.
         match (&actor, cfg.actor.as_ref().map(|a| (&a.source, &a.token_type))) {
             (Some(Actor::Machine(m)), Some((_, t))) => {
-                f.field("actor_client_credentials", &hex8(&m.key));
+                f.bytes("actor_client_credentials", &m.key);
                 f.field("actor_type", t);
             }
-            (_, Some((ActorSource::Token(SecretSource::File(p)), t))) => {
-                f.field("actor_file", &p.to_string_lossy());
+            (Some(Actor::Token(secret)), Some((ActorSource::Token(SecretSource::File(_)), t))) => {
+                // Who the actor is, as its token says (the same path holds
+                // another service account's token in another pod): `iss`
+                // and `sub` of a JWT, else the token's hash.
+                let token = secret.get().map(|s| s.expose().to_owned()).unwrap_or_default();
+                match unverified::peek_identity(&token) {
+                    Some((iss, sub)) => {
+                        f.field("actor_iss", &iss);
+                        f.field("actor_sub", &sub);
+                    }
+                    None => f.bytes("actor_token", &Sha256::digest(token.as_bytes())),
+                }
                 f.field("actor_type", t);
             }
             (_, Some((ActorSource::Token(SecretSource::Inline(tok)), t))) => {
                 f.field("actor_inline", &hex8(&Sha256::digest(tok.as_bytes())));
                 f.field("actor_type", t);
             }
-            (_, Some((ActorSource::ClientCredentials(_), _))) | (_, None) => f.field("actor", "none"),
+            // (an actor file always makes an `Actor::Token`; the rest has no actor)
+            (_, Some((ActorSource::ClientCredentials(_) | ActorSource::Token(SecretSource::File(_)), _)))
+            | (_, None) => f.field("actor", "none"),
         }
         let shared_digest = f.finish();
         let mut salted = Fields::new();
@@ -325,7 +342,7 @@ impl Exchanger {
         let policy = policy.clone();
         let subject = subject.to_owned();
         tokio::spawn(async move {
-            let fresh = this.exchange(&policy, &subject, None).await;
+            let fresh = this.exchange(&policy, &subject, None, Instant::now() + policy.client.timeout()).await;
             this.share(&policy, &subject, &fresh);
             if let Ok(fresh) = fresh {
                 if matches!(fresh.kind, EntryKind::Token(_)) {
@@ -340,15 +357,16 @@ impl Exchanger {
     /// The whole of it — tokex's own actor token when it needs one, then the
     /// exchange — stays within the exchange server's budget.
     /// `origin` started it (a background refresh has none): the route's
-    /// rate limit counts it.
+    /// rate limit counts it. `deadline` ends the budget (a request that
+    /// waited for another replica's exchange has less of it left).
     async fn exchange(
         &self,
         policy: &Policy,
         subject: &str,
         origin: Option<Origin<'_>>,
+        deadline: Instant,
     ) -> Result<Arc<Entry>, ExchangeError> {
         let started = Instant::now();
-        let deadline = started + policy.client.timeout();
         let peeked = unverified::peek(subject);
         // Refusals that cost the AS nothing come first: an open breaker (so
         // the route's rate limit spends no token on it), then the rate limit.

@@ -40,11 +40,11 @@ pub fn store_key(prefix: &str, secret: Option<&[u8]>, subject_sha256: &[u8; 32],
     out
 }
 
-/// An exchanged token as stored: its text and when it expires (Unix seconds).
+/// An exchanged token as stored: its text and when it expires (Unix milliseconds).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Sealed {
     pub token: String,
-    pub expires_at_unix: u64,
+    pub expires_at_unix_ms: u64,
 }
 
 struct Len;
@@ -63,7 +63,7 @@ fn aead_key(subject: &str, policy_digest: &[u8; 32]) -> Option<LessSafeKey> {
     Some(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).ok()?))
 }
 
-/// `VERSION ‖ nonce ‖ AES-256-GCM(expires_at_unix (8, BE) ‖ token)`, bound to `store_key`.
+/// `VERSION ‖ nonce ‖ AES-256-GCM(expires_at_unix_ms (8, BE) ‖ token)`, bound to `store_key`.
 pub fn seal(subject: &str, policy_digest: &[u8; 32], store_key: &str, value: &Sealed) -> Option<Vec<u8>> {
     if value.token.len() > MAX_TOKEN_BYTES {
         return None;
@@ -72,7 +72,7 @@ pub fn seal(subject: &str, policy_digest: &[u8; 32], store_key: &str, value: &Se
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new().fill(&mut nonce).ok()?;
     let mut body = Vec::with_capacity(8 + value.token.len() + AES_256_GCM.tag_len());
-    body.extend_from_slice(&value.expires_at_unix.to_be_bytes());
+    body.extend_from_slice(&value.expires_at_unix_ms.to_be_bytes());
     body.extend_from_slice(value.token.as_bytes());
     key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(store_key.as_bytes()), &mut body)
         .ok()?;
@@ -96,9 +96,9 @@ pub fn open(subject: &str, policy_digest: &[u8; 32], store_key: &str, stored: &[
     let mut body = body.to_vec();
     let plain = key.open_in_place(nonce, Aad::from(store_key.as_bytes()), &mut body).ok()?;
     let (exp, token) = plain.split_at(8);
-    let expires_at_unix = u64::from_be_bytes(exp.try_into().ok()?);
+    let expires_at_unix_ms = u64::from_be_bytes(exp.try_into().ok()?);
     let token = std::str::from_utf8(token).ok()?.to_owned();
-    Some(Sealed { token, expires_at_unix })
+    Some(Sealed { token, expires_at_unix_ms })
 }
 
 #[cfg(test)]
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn a_value_opens_only_with_its_subject_policy_and_key() {
         let key = store_key("p:", None, &sha("alice"), &DIGEST);
-        let v = Sealed { token: "exchanged-token".into(), expires_at_unix: 1_900_000_000 };
+        let v = Sealed { token: "exchanged-token".into(), expires_at_unix_ms: 1_900_000_000 };
         let sealed = seal("alice", &DIGEST, &key, &v).unwrap();
         assert!(!sealed.windows(9).any(|w| w == b"exchanged"), "the token is not in clear");
         assert_eq!(open("alice", &DIGEST, &key, &sealed), Some(v));
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn nonces_differ() {
-        let v = Sealed { token: "t".into(), expires_at_unix: 1 };
+        let v = Sealed { token: "t".into(), expires_at_unix_ms: 1 };
         assert_ne!(seal("a", &DIGEST, "k", &v), seal("a", &DIGEST, "k", &v));
     }
 }

@@ -64,6 +64,10 @@ fn client(cfg: &SharedCacheConfig, password: Option<&SecretString>) -> Result<re
     match &cfg.ca_file {
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| format!("cache.shared.ca_file {}: {e}", path.display()))?;
+            let n = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
+            if n == 0 {
+                return Err(format!("cache.shared.ca_file {}: holds no PEM certificate", path.display()));
+            }
             let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
             redis::Client::build_with_tls(info, certs)
         }
@@ -77,7 +81,8 @@ fn client(cfg: &SharedCacheConfig, password: Option<&SecretString>) -> Result<re
 fn manager(cfg: &SharedCacheConfig, password: Option<&SecretString>) -> Result<ConnectionManager, String> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
-        .set_response_timeout(Some(cfg.timeout))
+        // Our own per-operation deadline decides (and labels) a slow answer.
+        .set_response_timeout(Some(cfg.timeout * 2))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_lazy_with_config(client(cfg, password)?, config).map_err(|e| format!("cache.shared: {e}"))
@@ -126,8 +131,10 @@ impl SharedStore {
 
     /// The connection, re-made when the password file has changed.
     fn connection(&self) -> ConnectionManager {
-        let now = self.password.as_ref().and_then(|p| p.get().ok());
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock: a request holding an older value never
+        // replaces a newer connection.
+        let now = self.password.as_ref().and_then(|p| p.get().ok());
         if now.is_some() && guard.1 != now {
             match manager(&self.settings, now.as_ref()) {
                 Ok(conn) => {
@@ -140,15 +147,27 @@ impl SharedStore {
         guard.0.clone()
     }
 
-    /// The store key of a subject under a policy (see [`super::seal::store_key`]).
-    pub fn key(&self, subject_sha256: &[u8; 32], policy_digest: &[u8; 32]) -> String {
-        let secret = self.key_secret.as_ref().and_then(|s| s.get().ok());
-        super::seal::store_key(
+    /// The store key of a subject under a policy (see [`super::seal::store_key`]);
+    /// `None` (the store is not used) while `key_secret_file` cannot be read:
+    /// never an unkeyed key in its place.
+    pub fn key(&self, subject_sha256: &[u8; 32], policy_digest: &[u8; 32]) -> Option<String> {
+        let secret = match &self.key_secret {
+            Some(s) => match s.get() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache.shared.key_secret_file cannot be read: the store is not used");
+                    self.metrics.shared_count("key", "error");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(super::seal::store_key(
             &self.prefix,
             secret.as_ref().map(|s| s.expose().as_bytes()),
             subject_sha256,
             policy_digest,
-        )
+        ))
     }
 
     /// The deadline of a request's store operations: one `timeout` in all.
@@ -169,8 +188,12 @@ impl SharedStore {
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
         result: impl FnOnce(&T) -> &'static str,
     ) -> Option<T> {
-        if self.now_ms() < self.down_until.load(Ordering::Relaxed) {
-            self.metrics.shared_op(op, "skipped", Duration::ZERO);
+        // Writes that finish what a request started (its value, its lease)
+        // are sent even while backing off: a lease left behind would make
+        // the other replicas wait.
+        let finishing = matches!(op, "put" | "release" | "delete");
+        if !finishing && self.now_ms() < self.down_until.load(Ordering::Relaxed) {
+            self.metrics.shared_count(op, "skipped");
             return None;
         }
         let started = Instant::now();
@@ -192,13 +215,16 @@ impl SharedStore {
     }
 
     /// The sealed value under `key`, if any (and not oversized).
+    /// At most `MAX_VALUE_BYTES + 1` bytes are read (`GETRANGE`): a huge
+    /// value planted in the store costs nothing; it is a miss.
     pub async fn get(&self, key: &str, deadline: Instant) -> Option<Vec<u8>> {
         let mut conn = self.connection();
-        let value: Option<Vec<u8>> = self
-            .op("get", deadline, conn.get::<_, Option<Vec<u8>>>(key), |v| if v.is_some() { "hit" } else { "miss" })
-            .await
-            .flatten();
-        value.filter(|v| v.len() <= MAX_VALUE_BYTES)
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(key).arg(0).arg(MAX_VALUE_BYTES);
+        let value: Vec<u8> = self
+            .op("get", deadline, cmd.query_async::<Vec<u8>>(&mut conn), |v| if v.is_empty() { "miss" } else { "hit" })
+            .await?;
+        (!value.is_empty() && value.len() <= MAX_VALUE_BYTES).then_some(value)
     }
 
     /// Stores `value` under `key` for `ttl` (never longer than the token lives).
@@ -234,23 +260,31 @@ impl SharedStore {
         }
     }
 
-    /// Lets a lease run out soon (its value is stored): long enough for a
-    /// replica that just missed the value to find the lease and read again.
-    pub async fn shorten_lease(&self, key: &str, ttl: Duration) {
+    /// Sets a held lease to run out `ttl` from now: renewed while its
+    /// exchange runs, cut short once the value is stored (long enough for
+    /// a replica that just missed the value to find the lease and read again).
+    pub async fn set_lease_ttl(&self, key: &str, ttl: Duration, why: &'static str) {
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let mut conn = self.connection();
-        self.op("lease", self.deadline(), conn.pexpire::<_, ()>(format!("{key}:lease"), ms), |_| "ok").await;
+        self.op("release", self.deadline(), conn.pexpire::<_, ()>(format!("{key}:lease"), ms), |_| why).await;
     }
 
-    /// Gives a lease back (its exchange failed, or its value was refused).
+    /// Gives a lease back (its exchange failed or was abandoned).
     pub async fn release(&self, key: &str) {
         let mut conn = self.connection();
-        self.op("delete", self.deadline(), conn.del::<_, ()>(format!("{key}:lease")), |_| "ok").await;
+        self.op("release", self.deadline(), conn.del::<_, ()>(format!("{key}:lease")), |_| "ok").await;
     }
 
-    /// Removes the entry under `key` (a token the backend refused, a purge).
+    /// Counts a value that was read but did not open (another key's,
+    /// altered, another format): a miss.
+    pub fn rejected(&self) {
+        self.metrics.shared_count("get", "rejected");
+    }
+
+    /// Removes the entry under `key` and its lease (a token the backend refused).
     pub async fn delete(&self, key: &str) {
         let mut conn = self.connection();
-        self.op("delete", self.deadline(), conn.del::<_, ()>(key), |_| "ok").await;
+        self.op("delete", self.deadline(), conn.del::<_, ()>(&[key.to_owned(), format!("{key}:lease")]), |_| "ok")
+            .await;
     }
 }

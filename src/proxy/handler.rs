@@ -316,6 +316,7 @@ impl Gateway {
         let refused_again = refused(&resp);
         if refused_again {
             self.exchanger.evict(key, &lookup.entry).await;
+            self.exchanger.forget_shared(policy, subject_hash).await;
         }
         route.metrics.token_retry(refused_again);
         Ok(resp)

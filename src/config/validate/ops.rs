@@ -73,6 +73,9 @@ pub(super) fn shared_cache(cx: &mut Ctx, s: RawShared) -> Option<SharedCacheConf
         }
         (None, None) => None,
     };
+    if s.username.is_some() && password.is_none() && !(s.password.is_some() && s.password_file.is_some()) {
+        cx.err(format!("{BASE}.username"), "needs password or password_file (a user is only sent with its password)");
+    }
     let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
     if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(5) {
         cx.err(format!("{BASE}.timeout"), "must be between 1ms and 5s (slower answers count as a miss)");
