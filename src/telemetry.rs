@@ -121,18 +121,20 @@ pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
     traceparent(headers).map(|t| t.trace_id)
 }
 
+/// A header map with `values` under `name` (tests of header parsing).
+#[cfg(test)]
+pub(crate) fn headers_with(name: &HeaderName, values: &[&str]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for v in values {
+        h.append(name.clone(), http::HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
+    use super::headers_with as with;
     use super::*;
-    use http::HeaderValue;
-
-    fn with(name: &HeaderName, values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(name.clone(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     #[test]
     fn traceparent_gives_the_trace_id_only_when_valid() {

@@ -527,30 +527,17 @@ async fn configured_issuer_and_lifetime() {
 
 #[tokio::test]
 async fn dev_sts_command_serves_and_prints_a_curl() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokex"))
-        .args(["dev-sts", "--listen", &format!("127.0.0.1:{port}"), "--expires-in", "2m"])
-        .args(["--client", "id=demo,secret=demo-secret,audiences=orders-api,scopes=orders:read|billing:read"])
-        .env_remove("TOKEX_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = line.contains("curl ");
-            out.push(line);
-            if done {
-                break;
-            }
-        }
-    })
+    let sts = common::process::DevStsProcess::start(
+        &[
+            "--expires-in",
+            "2m",
+            "--client",
+            "id=demo,secret=demo-secret,audiences=orders-api,scopes=orders:read|billing:read",
+        ],
+        |line| line.contains("curl "),
+    )
     .await;
-    assert!(read.is_ok(), "no curl line printed: {out:?}");
+    let (port, out) = (sts.port, &sts.banner);
     let text = out.join("\n");
     assert!(text.contains(&format!("listening on 127.0.0.1:{port}")), "{text}");
     assert!(text.contains(&format!("http://127.0.0.1:{port}/token")), "{text}");
@@ -568,8 +555,5 @@ async fn dev_sts_command_serves_and_prints_a_curl() {
     let body: Value = json_of(resp).await;
     assert_eq!(body["expires_in"], 120);
 
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status:?}");
+    sts.stop().await;
 }

@@ -431,30 +431,12 @@ async fn the_mint_command_exits_1_when_refused_and_64_for_bad_flags() {
 
 #[tokio::test]
 async fn the_banner_mint_commands_work_as_printed() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["dev-sts", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--client", "id=tokex,secret=dev-secret,audiences=orders-api,scopes=orders:read|orders:write"])
-        .env_remove("TOKEX_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = line.contains("tokex dev-sts mint");
-            out.push(line);
-            if done {
-                break;
-            }
-        }
-    })
+    let sts = common::process::DevStsProcess::start(
+        &["--client", "id=tokex,secret=dev-secret,audiences=orders-api,scopes=orders:read|orders:write"],
+        |line| line.contains("tokex dev-sts mint"),
+    )
     .await;
-    assert!(read.is_ok(), "no mint command printed: {out:?}");
+    let (port, out) = (sts.port, &sts.banner);
     let curl =
         out.iter().find(|l| l.contains("/mint") && l.trim_start().starts_with("curl ")).expect("a curl to /mint");
     let command = out.last().unwrap().trim();
@@ -479,8 +461,5 @@ async fn the_banner_mint_commands_work_as_printed() {
         assert_eq!(body["scope"], "orders:read orders:write");
     }
 
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status:?}");
+    sts.stop().await;
 }

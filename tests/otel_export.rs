@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::otlp::*;
 use http::{HeaderMap, HeaderValue, Method};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokex::otel::{OtlpConfig, RequestAttrs, Tracer};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -195,16 +194,10 @@ async fn a_silent_collector_is_given_up_on_at_the_timeout() {
 
 #[tokio::test]
 async fn an_https_collector_is_trusted_through_ca_file() {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
-    let receiver = OtlpReceiver::start_tls(&cert.pem(), &key.serialize_pem()).await;
+    let pki = common::certs::local_pki();
+    let receiver = OtlpReceiver::start_tls(&pki.cert_pem, &pki.key_pem).await;
     let ca_file = std::env::temp_dir().join(format!("tokex-otel-ca-{}.pem", std::process::id()));
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
 
     // Without the CA the collector is not trusted: nothing arrives, nothing hangs.
     let untrusted = Tracer::start(&config(receiver.url(), Duration::from_secs(2))).unwrap();

@@ -205,19 +205,12 @@ async fn a_store_that_dies_under_load_costs_no_request_and_is_used_again() {
 /// local-only.
 #[tokio::test]
 async fn rediss_with_a_private_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = temp_dir("rediss");
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let pki = common::certs::local_pki();
     let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    std::fs::write(&cert_path, &pki.cert_pem).unwrap();
+    std::fs::write(&key_path, &pki.key_pem).unwrap();
     let store = RedisServer::start_tls(&cert_path, &key_path, &ca_path).await;
     let url = format!("rediss://{}/0", store.addr);
 

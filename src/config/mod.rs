@@ -401,10 +401,9 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-#[cfg(test)]
 impl Diagnostic {
-    /// `path: message`, for tests that pin the message and not the line.
-    fn unlined(&self) -> String {
+    /// `path: message`, without the line (tests pin messages this way).
+    pub fn unlined(&self) -> String {
         Diagnostic { line: None, ..self.clone() }.to_string()
     }
 }

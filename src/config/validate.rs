@@ -263,6 +263,37 @@ fn http_url_as(cx: &mut Ctx, path: &str, t: &Text, expected: &str) -> Option<Url
     }
 }
 
+/// A secret given inline (usually `${VAR}`) or as a file, not both: `Err`
+/// when both are set (reported). Inline, it is trimmed as a secret file is
+/// (a Secret made `--from-file` often ends in a newline, and reaches
+/// `${VAR}` as is), and refused in clear under `TOKEX_STRICT=1`.
+fn secret_source(
+    cx: &mut Ctx,
+    base: &str,
+    (inline_key, inline): (&str, Option<&Text>),
+    (file_key, file): (&str, Option<&Text>),
+) -> Result<Option<SecretSource>, ()> {
+    match (inline, file) {
+        (Some(t), None) => {
+            if t.literal && strict() {
+                cx.err(
+                    format!("{base}.{inline_key}"),
+                    format!(
+                        "{inline_key} is written in clear in the file (TOKEX_STRICT=1): use ${{VAR}} or {file_key}"
+                    ),
+                );
+            }
+            Ok(Some(SecretSource::Inline(t.value.trim().to_owned())))
+        }
+        (None, Some(f)) => Ok(Some(SecretSource::File(existing_file(cx, &format!("{base}.{file_key}"), f)))),
+        (Some(_), Some(_)) => {
+            cx.err(base, format!("set either {inline_key} or {file_key}, not both"));
+            Err(())
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// A file the gateway reads; it must exist, except offline (it may be one
 /// that exists only where tokex runs, such as a projected token).
 fn existing_file(cx: &mut Ctx, path: &str, t: &Text) -> PathBuf {

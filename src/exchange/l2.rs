@@ -49,13 +49,13 @@ impl Exchanger {
         &self,
         policy: &Policy,
         subject: &str,
+        subject_hash: &[u8; 32],
         origin: Option<Origin<'_>>,
     ) -> Result<Arc<Entry>, ExchangeError> {
         // One budget for the whole miss, waiting included.
         let give_up = Instant::now() + policy.client.timeout();
         let Some(store) = &self.shared else { return self.exchange(policy, subject, origin, give_up).await };
-        let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-        let Some(key) = store.key(&subject_hash, &policy.shared_digest) else {
+        let Some(key) = store.key(subject_hash, &policy.shared_digest) else {
             return self.exchange(policy, subject, origin, give_up).await;
         };
         // The read and the lease share one `timeout`: the store never makes

@@ -294,7 +294,8 @@ impl Exchanger {
         &self.cache
     }
 
-    /// The exchanged token for `subject` under `policy`: from the cache, or
+    /// The exchanged token for `subject` (whose SHA-256 is `subject_hash`
+    /// and local cache key `key`) under `policy`: from the cache, or
     /// from one exchange shared by every concurrent request for the same key.
     /// The request that starts the exchange (from `client`) is counted by
     /// the route's rate limit; the others join it.
@@ -302,6 +303,7 @@ impl Exchanger {
         &self,
         policy: &Arc<Policy>,
         subject: &str,
+        subject_hash: &[u8; 32],
         key: Key,
         origin: Origin<'_>,
     ) -> Result<Lookup, ExchangeError> {
@@ -310,7 +312,7 @@ impl Exchanger {
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let fill = self.fill(policy, subject, Some(origin));
+        let fill = self.fill(policy, subject, subject_hash, Some(origin));
         let (entry, hit) = self.cache.get_or_try_insert(key, fill).await.map_err(|e| (*e).clone())?;
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)

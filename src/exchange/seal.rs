@@ -12,6 +12,8 @@
 //!   cannot be opened with another's token; a value copied under another
 //!   key, or altered, fails to open and is a miss.
 
+use std::fmt::Write;
+
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
@@ -35,7 +37,8 @@ pub fn store_key(prefix: &str, secret: Option<&[u8]>, subject_sha256: &[u8; 32],
     out.push_str(prefix);
     out.push_str("t:");
     for b in tag.as_ref() {
-        out.push_str(&format!("{b:02x}"));
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{b:02x}");
     }
     out
 }

@@ -246,7 +246,7 @@ impl Gateway {
                 let key = policy.key(&subject_hash);
                 let origin = Origin { client: peer.ip(), request_id: request_id_str(&trace.request_id) };
                 let child = trace.span.as_ref().map(|s| s.child("token exchange"));
-                let lookup = self.exchanger.token(policy, subject, key, origin).await;
+                let lookup = self.exchanger.token(policy, subject, &subject_hash, key, origin).await;
                 if let Some(mut child) = child {
                     child.set("tokex.as.server", policy.client.name.clone());
                     if let Ok(l) = &lookup {
@@ -301,7 +301,7 @@ impl Gateway {
         let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };
         // The fresh token, or else the backend's answer stands.
         let origin = Origin { client: peer.ip(), request_id: request_id_str(&request_id) };
-        let lookup = match self.exchanger.token(policy, subject, *key, origin).await {
+        let lookup = match self.exchanger.token(policy, subject, subject_hash, *key, origin).await {
             Ok(lookup) => lookup,
             Err(_) => return Ok(resp),
         };

@@ -51,14 +51,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn with(name: &HeaderName, values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(name.clone(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::telemetry::headers_with as with;
 
     #[test]
     fn a_sane_request_id_is_kept_and_anything_else_replaced() {

@@ -2,6 +2,7 @@
 //! backend, and the gateway itself, plus small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod faulty;
 pub mod jwt;
 pub mod otlp;
@@ -378,6 +379,6 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> 
 pub fn config_errors(yaml: &str) -> String {
     match tokex::config::parse(yaml) {
         Ok(_) => String::new(),
-        Err(e) => e.errors.iter().map(|d| format!("{}: {}", d.path, d.message)).collect::<Vec<_>>().join("\n"),
+        Err(e) => e.errors.iter().map(|d| d.unlined()).collect::<Vec<_>>().join("\n"),
     }
 }

@@ -88,3 +88,52 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     .unwrap();
     file
 }
+
+/// `tokex dev-sts` run as its users run it: on a free port with `args`,
+/// its stdout read until a line for which `last` is true (20 s at most).
+pub struct DevStsProcess {
+    pub child: Child,
+    pub port: u16,
+    /// The lines printed, up to and with the one `last` accepted.
+    pub banner: Vec<String>,
+    /// Kept open: what dev-sts prints after that line must not meet a
+    /// closed pipe.
+    _stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl DevStsProcess {
+    pub async fn start(args: &[&str], last: impl Fn(&str) -> bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(BIN)
+            .args(["dev-sts", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env_remove("TOKEX_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let done = last(&line);
+                banner.push(line);
+                if done {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the expected line was not printed: {banner:?}");
+        DevStsProcess { child, port, banner, _stdout: lines }
+    }
+
+    /// SIGTERM, then a clean exit within 10 s.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -24,31 +24,18 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
         cx.err(base, format!("method {method} sends no secret: remove client_secret / client_secret_file"));
     }
     let secret = |cx: &mut Ctx| -> Option<SecretSource> {
-        match (&ca.client_secret, &ca.client_secret_file) {
-            (Some(s), None) => {
-                if s.literal && strict() {
-                    cx.err(
-                        format!("{base}.client_secret"),
-                        "client_secret is written in clear in the file (TOKEX_STRICT=1): use ${VAR} or client_secret_file",
-                    );
-                }
-                // Trimmed like a secret file: a Secret made `--from-file`
-                // often ends in a newline, and it reaches `${VAR}` as is.
-                let value = s.value.trim();
-                if value.is_empty() {
-                    cx.err(format!("{base}.client_secret"), "must not be empty");
-                }
-                Some(SecretSource::Inline(value.to_owned()))
+        let inline = ("client_secret", ca.client_secret.as_ref());
+        match secret_source(cx, base, inline, ("client_secret_file", ca.client_secret_file.as_ref())) {
+            Ok(Some(SecretSource::Inline(v))) if v.is_empty() => {
+                cx.err(format!("{base}.client_secret"), "must not be empty");
+                Some(SecretSource::Inline(v))
             }
-            (None, Some(f)) => Some(SecretSource::File(existing_file(cx, &format!("{base}.client_secret_file"), f))),
-            (Some(_), Some(_)) => {
-                cx.err(base, "set either client_secret or client_secret_file, not both");
-                None
-            }
-            (None, None) => {
+            Ok(Some(source)) => Some(source),
+            Ok(None) => {
                 cx.err(base, format!("method {method} needs client_secret or client_secret_file"));
                 None
             }
+            Err(()) => None,
         }
     };
     let need_id = |cx: &mut Ctx, id: Option<String>| -> Option<String> {

@@ -56,24 +56,10 @@ pub(super) fn shared_cache(cx: &mut Ctx, s: RawShared) -> Option<SharedCacheConf
             None
         }
     };
-    let password = match (&s.password, &s.password_file) {
-        (Some(p), None) => {
-            if p.literal && super::strict() {
-                cx.err(
-                    format!("{BASE}.password"),
-                    "written in clear in the file (TOKEX_STRICT=1): use ${VAR} or password_file",
-                );
-            }
-            Some(SecretSource::Inline(p.value.trim().to_owned()))
-        }
-        (None, Some(f)) => Some(SecretSource::File(existing_file(cx, &format!("{BASE}.password_file"), f))),
-        (Some(_), Some(_)) => {
-            cx.err(BASE, "set either password or password_file, not both");
-            None
-        }
-        (None, None) => None,
-    };
-    if s.username.is_some() && password.is_none() && !(s.password.is_some() && s.password_file.is_some()) {
+    let password =
+        secret_source(cx, BASE, ("password", s.password.as_ref()), ("password_file", s.password_file.as_ref()));
+    // (both set is reported as that; no second error for the user)
+    if s.username.is_some() && matches!(password, Ok(None)) {
         cx.err(format!("{BASE}.username"), "needs password or password_file (a user is only sent with its password)");
     }
     let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
@@ -92,7 +78,7 @@ pub(super) fn shared_cache(cx: &mut Ctx, s: RawShared) -> Option<SharedCacheConf
     Some(SharedCacheConfig {
         url: url?,
         username: s.username.map(|t| t.value).filter(|u| !u.is_empty()),
-        password,
+        password: password.ok().flatten(),
         timeout,
         key_prefix,
         ca_file,
