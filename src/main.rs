@@ -54,6 +54,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let code = command();
+    // Log lines are written in batches: the last ones before leaving.
+    telemetry::flush();
+    code
+}
+
+fn command() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_answer(&e),

@@ -33,6 +33,10 @@ pub(crate) const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-c
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, never a route's
 /// `forward.header`.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Per header of every message: most names are ruled out by length.
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+        return false;
+    }
     [
         &CONNECTION,
         &KEEP_ALIVE,

@@ -238,7 +238,7 @@ pub fn hex8(digest: &[u8]) -> String {
 /// The first 4 bytes of a token's SHA-256, shown as 8 hex characters.
 /// Copy, no allocation: the access log formats it in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fingerprint([u8; 4]);
+pub struct Fingerprint(pub [u8; 4]);
 
 impl Fingerprint {
     pub fn of(digest: &[u8]) -> Self {

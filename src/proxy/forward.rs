@@ -17,21 +17,22 @@ use url::Url;
 
 use super::body_scan::{is_form, Guarded, ScanFor};
 use super::headers;
-use super::pool::UpstreamClient;
+use super::pool::{HostPool, Lease, SendError, UpstreamClient};
 use super::target::Authority as Target;
 use super::{Body, RequestBody};
 use crate::error::GatewayError;
 use crate::telemetry::error_chain;
 
 /// Where a route sends requests: scheme, authority and an optional base
-/// path, and the pooled client that reaches it.
+/// path, and the pool of connections that reaches it.
 #[derive(Clone)]
 pub struct Upstream {
-    scheme: Scheme,
     authority: Authority,
     /// Prepended to the request path; empty or `/x` (no trailing slash).
     base: String,
+    /// The client of the route's TLS setting (kept across a reload when unchanged).
     pub client: Arc<UpstreamClient>,
+    pool: Arc<HostPool>,
 }
 
 impl Upstream {
@@ -43,7 +44,8 @@ impl Upstream {
             None => host.to_owned(),
         };
         let authority = Authority::try_from(authority.as_str()).map_err(|e| format!("upstream {url}: {e}"))?;
-        Ok(Upstream { scheme, authority, base: url.path().trim_end_matches('/').to_owned(), client })
+        let pool = client.host(&scheme, &authority)?;
+        Ok(Upstream { authority, base: url.path().trim_end_matches('/').to_owned(), client, pool })
     }
 
     /// `host[:port]` of the backend.
@@ -51,20 +53,18 @@ impl Upstream {
         self.authority.as_str()
     }
 
+    /// The request target at the backend, in origin form (the pool makes it
+    /// absolute for HTTP/2).
     fn uri(&self, pq: Option<&PathAndQuery>) -> Result<Uri, GatewayError> {
-        let pq = pq.map_or("/", |p| p.as_str());
-        let path_and_query = if self.base.is_empty() {
-            PathAndQuery::try_from(pq)
-        } else {
-            PathAndQuery::try_from(format!("{}{pq}", self.base))
-        }
-        .map_err(|_| GatewayError::InvalidRequest("request target cannot be forwarded"))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| GatewayError::InvalidRequest("request target cannot be forwarded"))
+        let invalid = |_| GatewayError::InvalidRequest("request target cannot be forwarded");
+        let path_and_query = match (pq, self.base.is_empty()) {
+            (Some(pq), true) => pq.clone(),
+            (None, true) => PathAndQuery::from_static("/"),
+            (pq, false) => {
+                PathAndQuery::try_from(format!("{}{}", self.base, pq.map_or("/", |p| p.as_str()))).map_err(invalid)?
+            }
+        };
+        Ok(Uri::from(path_and_query))
     }
 }
 
@@ -98,10 +98,20 @@ pub struct Forwarder {
 }
 
 /// An upstream's answer body; it holds the request's upstream slot until it
-/// is done.
+/// is done, and gives the connection back to its pool once it has ended.
 pub struct UpstreamBody {
     body: Incoming,
+    lease: Option<Lease>,
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl UpstreamBody {
+    /// The body has ended: its connection may take the next request.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
 }
 
 impl http_body::Body for UpstreamBody {
@@ -112,7 +122,15 @@ impl http_body::Body for UpstreamBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.release(),
+            std::task::Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            // A failed body leaves its connection unusable: dropped with the lease.
+            std::task::Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -121,6 +139,15 @@ impl http_body::Body for UpstreamBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An answer without a body (or whose end was not polled) is done too.
+        if http_body::Body::is_end_stream(&self.body) {
+            self.release();
+        }
     }
 }
 
@@ -147,8 +174,8 @@ impl Forwarder {
             Version::HTTP_11 => headers::upgrade_request(req.headers()),
             _ => None,
         };
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let client = upstream.client.http(upgrade.is_some());
+        let upgrading = upgrade.is_some();
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         *req.uri_mut() = upstream.uri(req.uri().path_and_query())?;
         *req.version_mut() = Version::HTTP_11;
         let h = req.headers_mut();
@@ -194,7 +221,7 @@ impl Forwarder {
                 Ok(Err(_)) | Err(_) => return Err(GatewayError::AtCapacity),
             },
         };
-        let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
+        let (mut resp, lease) = match tokio::time::timeout_at(deadline, upstream.pool.send(req, upgrading)).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) if leaked.is_some_and(|l| l.load(Ordering::Acquire)) => {
                 return Err(GatewayError::InvalidRequest("the bearer token is also in the request body"))
@@ -217,7 +244,7 @@ impl Forwarder {
                         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
                 });
-                return Ok(resp.map(|body| Body::Left(UpstreamBody { body, _slot: None })));
+                return Ok(resp.map(|body| Body::Left(UpstreamBody { body, lease: None, _slot: None })));
             }
             return Err(GatewayError::UpstreamUnavailable(
                 "protocol",
@@ -225,14 +252,14 @@ impl Forwarder {
             ));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), None);
-        Ok(resp.map(|body| Body::Left(UpstreamBody { body, _slot: slot })))
+        Ok(resp.map(|body| Body::Left(UpstreamBody { body, lease, _slot: slot })))
     }
 }
 
 /// What went wrong with a request the backend did not answer: `connect`
 /// (TCP), `tls` (the handshake or the backend's certificate), `reset` (the
 /// connection failed mid-request).
-fn failure_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
+fn failure_kind(e: &SendError) -> &'static str {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if is_tls(s) {
@@ -240,10 +267,9 @@ fn failure_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
         }
         source = s.source();
     }
-    if e.is_connect() {
-        "connect"
-    } else {
-        "reset"
+    match e {
+        SendError::Connect(_) => "connect",
+        SendError::Send(_) => "reset",
     }
 }
 
@@ -268,8 +294,14 @@ mod tests {
         let client = Arc::new(UpstreamClient::new(None, pool, &Default::default()).unwrap());
         let u = Upstream::new(&Url::parse("http://127.0.0.1:8081").unwrap(), client.clone()).unwrap();
         let pq = PathAndQuery::from_static("/orders/1?x=1");
-        assert_eq!(u.uri(Some(&pq)).unwrap().to_string(), "http://127.0.0.1:8081/orders/1?x=1");
-        let b = Upstream::new(&Url::parse("https://api.example.com/base/").unwrap(), client).unwrap();
-        assert_eq!(b.uri(Some(&pq)).unwrap().to_string(), "https://api.example.com/base/orders/1?x=1");
+        assert_eq!(u.uri(Some(&pq)).unwrap().to_string(), "/orders/1?x=1");
+        assert_eq!(u.uri(None).unwrap().to_string(), "/");
+        let b = Upstream::new(&Url::parse("https://api.example.com/base/").unwrap(), client.clone()).unwrap();
+        assert_eq!(b.uri(Some(&pq)).unwrap().to_string(), "/base/orders/1?x=1");
+        assert_eq!(b.uri(None).unwrap().to_string(), "/base/");
+        // Routes naming one backend share its pool; another backend has its own.
+        let again = Upstream::new(&Url::parse("http://127.0.0.1:8081/other").unwrap(), client).unwrap();
+        assert!(Arc::ptr_eq(&u.pool, &again.pool));
+        assert!(!Arc::ptr_eq(&u.pool, &b.pool));
     }
 }

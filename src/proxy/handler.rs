@@ -6,9 +6,10 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
@@ -26,7 +27,8 @@ use crate::exchange::client::AsClient;
 use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
 use crate::otel::{RequestAttrs, RequestSpan, Tracer};
-use crate::telemetry::{clip, OrDash, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
+use crate::telemetry::access::{self, AccessLine};
+use crate::telemetry::{clip, MAX_LOGGED_METHOD, MAX_LOGGED_PATH};
 
 /// Everything that changes with a configuration reload.
 pub struct Runtime {
@@ -39,7 +41,8 @@ pub struct Runtime {
 
 /// The gateway: shared by every connection.
 pub struct Gateway {
-    runtime: RwLock<Arc<Runtime>>,
+    /// Read once per request without a lock; swapped whole by a reload.
+    runtime: ArcSwap<Runtime>,
     pub exchanger: Exchanger,
     forwarder: Forwarder,
     unmatched: RouteMetrics,
@@ -76,7 +79,7 @@ impl Gateway {
         unmatched: RouteMetrics,
         tracer: Option<Tracer>,
     ) -> Self {
-        Gateway { runtime: RwLock::new(Arc::new(runtime)), exchanger, forwarder, unmatched, tracer }
+        Gateway { runtime: ArcSwap::from_pointee(runtime), exchanger, forwarder, unmatched, tracer }
     }
 
     pub fn tracer(&self) -> Option<&Tracer> {
@@ -84,12 +87,12 @@ impl Gateway {
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.load_full()
     }
 
     /// Publishes a new configuration; requests in flight keep the old one.
     pub fn replace(&self, runtime: Runtime) {
-        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+        self.runtime.store(Arc::new(runtime));
     }
 
     async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -156,29 +159,34 @@ impl Gateway {
                 true => (Cow::Borrowed("(redacted)"), Cow::Borrowed("(redacted)")),
                 false => (clip(method.as_str(), MAX_LOGGED_METHOD), clip(uri.path(), MAX_LOGGED_PATH)),
             };
-            tracing::info!(
-                target: "tokex::access",
-                // Display, not the quoting of a string field: a method is a
-                // token and a parsed path holds no space or control character,
-                // so neither can forge a field, and this is the hot path.
-                client = %peer.ip(),
-                method = %method,
-                path = %path,
-                route = trace.route.as_ref().map_or("-", |r| r.name.as_str()),
+            access::write(&AccessLine {
+                client: peer.ip(),
+                // A method is a token and a parsed path holds no space or
+                // control character, so neither can forge a field.
+                method: &method,
+                path: &path,
+                route: trace.route.as_ref().map_or("-", |r| r.name.as_str()),
                 status,
-                latency_us = micros(elapsed),
-                upstream_us = trace.upstream_time.map(micros),
-                cache = match trace.cache { Some(true) => "hit", Some(false) => "miss", None => "-" },
-                exchange_us = trace.exchange_time.map(micros),
-                token = %OrDash(trace.fingerprint),
+                latency_us: micros(elapsed),
+                upstream_us: trace.upstream_time.map(micros),
+                cache: match trace.cache {
+                    Some(true) => "hit",
+                    Some(false) => "miss",
+                    None => "-",
+                },
+                exchange_us: trace.exchange_time.map(micros),
+                token: trace.fingerprint.map(|f| f.0),
                 // Checked: visible ASCII without quote or space.
-                request_id = request_id_str(&trace.request_id),
-                trace_id = trace.trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()).or(started_trace.as_deref()),
-                evicted = trace.evicted,
-                retried = trace.retried.then_some(true),
-                error = error.as_ref().map(|e| e.reason()),
-                "request"
-            );
+                request_id: request_id_str(&trace.request_id),
+                trace_id: trace
+                    .trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .or(started_trace.as_deref()),
+                evicted: trace.evicted,
+                retried: trace.retried,
+                error: error.as_ref().map(|e| e.reason()),
+            });
         }
         resp
     }

@@ -69,20 +69,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
 /// Appends the peer to `X-Forwarded-For`; sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the caller asked for).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
-    use std::fmt::Write;
+    use std::io::Write;
     // Repeated lines form one list (RFC 9110 §5.3): keep every hop, in order.
-    let mut chain = String::new();
+    let mut chain = Vec::with_capacity(48);
     for v in headers.get_all(X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            if !s.trim().is_empty() {
-                chain.push_str(s.trim());
-                chain.push_str(", ");
-            }
+        // Visible ASCII only (what `to_str` accepts): other hops are dropped.
+        let Ok(hop) = v.to_str() else { continue };
+        let hop = hop.trim().as_bytes();
+        if !hop.is_empty() {
+            chain.extend_from_slice(hop);
+            chain.extend_from_slice(b", ");
         }
     }
-    let _ = write!(chain, "{peer}");
+    match peer {
+        IpAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    chain.push(b'.');
+                }
+                chain.extend_from_slice(num.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(chain, "{v6}");
+        }
+    }
     headers.remove(X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -167,6 +181,22 @@ mod tests {
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(h.get(X_FORWARDED_HOST).unwrap(), "api.example.com");
+        // IPv6 peers; a hop that is not visible ASCII, or blank, is dropped.
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_bytes(b"10.0.0.1\xff").unwrap());
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("  "));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static(" 10.0.0.3 "));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), "https", None);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["10.0.0.3, 2001:db8::1"]);
+        assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "https");
+        assert!(h.get(X_FORWARDED_HOST).is_none());
+        for name in ["connection", "te", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "trailer"] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["accept", "tea", "x-connection", "content-length", "proxy-authorization-x"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]

@@ -1,19 +1,31 @@
-//! Connections to backends: a pooled hyper-util client per TLS setting
-//! (routes without `upstream_tls` share one), HTTP/1.1, and h2 when a TLS
-//! backend offers it by ALPN. Upgrade requests (WebSocket) always go on an
-//! HTTP/1.1 connection of a pool of their own.
+//! Connections to backends, on hyper's connection API: one pool per backend
+//! (scheme, host and port), with its idle HTTP/1.1 connections kept per
+//! worker thread, so a request takes and gives back a connection under a
+//! lock no other thread touches: no shared map lookup, no task per request.
+//! An https backend that offers h2 by ALPN gets one shared HTTP/2 connection
+//! instead. Upgrade requests (WebSocket) use HTTP/1.1 only: an idle
+//! connection, or a new one that offers no h2.
+//!
+//! A connection goes back to its pool when its answer's body has ended
+//! ([`Lease`]); idle ones are closed after `idle_timeout` by a sweeper task
+//! per pool (nothing on the request path). A request the backend never saw
+//! (a reused connection closed under it) is sent again on another.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use http::Uri;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tower_service::Service;
 
 use super::body_scan::Guarded;
 use super::reload::FileBacked;
@@ -24,13 +36,16 @@ use crate::metrics::Counters;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Https = HttpsConnector<HttpConnector>;
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+/// What is sent to a backend: the caller's body, checked as it streams.
+pub type Outgoing = Guarded<RequestBody>;
 
 /// Opens a backend connection with the TLS settings of the moment.
 #[derive(Clone)]
 pub enum Connector {
     Fixed(Https),
     /// The route's TLS settings, rebuilt when its CA or client certificate
-    /// files change (shared by its two pools), and how to connect.
+    /// files change (shared by its two connectors), and how to connect.
     Reloading {
         tls: Arc<FileBacked<rustls::ClientConfig>>,
         connect: Connect,
@@ -38,35 +53,38 @@ pub enum Connector {
     },
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Both inner connectors are always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
+impl Connector {
+    async fn connect(&self, dest: Uri) -> Result<Io, BoxError> {
         match self {
-            Connector::Fixed(c) => c.call(uri),
+            Connector::Fixed(c) => c.clone().call(dest).await,
             Connector::Reloading { tls, connect, server_name } => {
-                tls::connector(&tls.get(), connect.clone(), server_name.as_deref()).call(uri)
+                tls::connector(&tls.get(), connect.clone(), server_name.as_deref()).call(dest).await
             }
         }
     }
 }
 
-pub type UpstreamHttp = Client<Connector, Guarded<RequestBody>>;
+/// Why a backend did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Opening the connection failed (TCP, TLS or the HTTP/2 handshake).
+    #[error("connecting to the backend")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was under way.
+    #[error("sending to the backend")]
+    Send(#[source] hyper::Error),
+}
 
-/// The pools of one TLS setting.
+/// The connectors and pools of one TLS setting.
 pub struct UpstreamClient {
     /// What it was built from (a reload keeps a client whose settings did not change).
     pub settings: (Option<UpstreamTlsConfig>, PoolConfig),
-    any: UpstreamHttp,
-    /// HTTP/1.1 only, for upgrades; the same as `any` without TLS settings.
-    h1: Option<UpstreamHttp>,
+    /// Offers h2 by ALPN to https backends.
+    any: Connector,
+    /// HTTP/1.1 only, for upgrades; none without TLS settings (`any` is used).
+    h1: Option<Connector>,
+    /// One pool per backend, shared by the routes that name it.
+    hosts: Mutex<HashMap<(bool, Authority), Arc<HostPool>>>,
 }
 
 impl UpstreamClient {
@@ -83,32 +101,262 @@ impl UpstreamClient {
             None => None,
         };
         let server_name: Option<Arc<str>> = tls.and_then(|(_, cfg)| cfg.server_name.as_deref()).map(Arc::from);
-        let connector = |h2: bool| -> Result<Connector, String> {
+        let connector = |h2: bool| -> Connector {
             let connect = Connect { http: http.clone(), h2 };
-            Ok(match &files {
+            match &files {
                 None => Connector::Fixed(tls::default_connector(connect)),
                 Some(files) => Connector::Reloading { tls: files.clone(), connect, server_name: server_name.clone() },
-            })
+            }
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(pool.idle_timeout)
-            .pool_max_idle_per_host(pool.max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        let any = builder.build(connector(true)?);
-        let h1 = match tls {
-            None => None,
-            Some(_) => Some(builder.build(connector(false)?)),
-        };
-        Ok(UpstreamClient { settings: (tls.map(|(_, t)| t.clone()), pool), any, h1 })
+        Ok(UpstreamClient {
+            settings: (tls.map(|(_, t)| t.clone()), pool),
+            any: connector(true),
+            h1: tls.map(|_| connector(false)),
+            hosts: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// The client for a request; `upgrade`: it asks for a protocol upgrade.
-    pub fn http(&self, upgrade: bool) -> &UpstreamHttp {
-        match (&self.h1, upgrade) {
+    /// The pool of the backend at `scheme://authority` (made on first use).
+    pub fn host(&self, scheme: &Scheme, authority: &Authority) -> Result<Arc<HostPool>, String> {
+        let https = *scheme == Scheme::HTTPS;
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = hosts.get(&(https, authority.clone())) {
+            return Ok(pool.clone());
+        }
+        let dest = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("upstream {authority}: {e}"))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| format!("upstream {authority}: {e}"))?;
+        let pool = self.settings.1;
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_SHARDS);
+        let made = Arc::new(HostPool {
+            dest,
+            host,
+            any: self.any.clone(),
+            h1: self.h1.clone(),
+            idle: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            max_idle: pool.max_idle_per_host,
+            idle_timeout: pool.idle_timeout,
+            h2: Mutex::new(None),
+            h2_seen: AtomicBool::new(false),
+            sweeping: AtomicBool::new(false),
+        });
+        hosts.insert((https, authority.clone()), made.clone());
+        Ok(made)
+    }
+}
+
+/// Idle-connection lists per backend, at most (one per worker thread).
+const MAX_SHARDS: usize = 64;
+
+/// An idle HTTP/1.1 connection and when it became idle.
+struct Idle {
+    tx: http1::SendRequest<Outgoing>,
+    since: Instant,
+}
+
+/// The connections to one backend.
+pub struct HostPool {
+    /// `scheme://authority/`: what the connector is called with.
+    dest: Uri,
+    /// `Host` for HTTP/1.1 requests that have none.
+    host: HeaderValue,
+    any: Connector,
+    h1: Option<Connector>,
+    /// Idle HTTP/1.1 connections, per worker thread (most recent last).
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Idle connections kept per worker thread at most.
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// The shared HTTP/2 connection, once the backend chose h2.
+    h2: Mutex<Option<http2::SendRequest<Outgoing>>>,
+    /// The backend has chosen h2 at least once (so `h2` is worth a look).
+    h2_seen: AtomicBool,
+    /// The idle sweeper runs.
+    sweeping: AtomicBool,
+}
+
+/// This thread's idle list index.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SHARD.with(|s| *s)
+}
+
+enum Fresh {
+    H1(http1::SendRequest<Outgoing>),
+    H2(http2::SendRequest<Outgoing>),
+}
+
+impl HostPool {
+    /// Sends `req` (origin-form target) on an idle connection or a new one;
+    /// the [`Lease`] gives an HTTP/1.1 connection back once the answer's
+    /// body has ended. `upgrade`: the request asks for a protocol upgrade.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Outgoing>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if !upgrade && self.h2_seen.load(Ordering::Relaxed) {
+            if let Some(tx) = self.shared_h2() {
+                return self.send_h2(tx, req).await;
+            }
+        }
+        // HTTP/1.1 needs a `Host` (HTTP/2 takes the target's authority).
+        let added_host = !req.headers().contains_key(HOST);
+        if added_host {
+            req.headers_mut().insert(HOST, self.host.clone());
+        }
+        // Idle connections first; one the backend closed meanwhile is
+        // skipped, and a request it refused unseen goes on the next.
+        while let Some(mut tx) = self.take_idle() {
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(Lease { pool: self.clone(), tx }))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Send(e.into_error())),
+                },
+            }
+        }
+        match self.connect(upgrade).await? {
+            Fresh::H1(mut tx) => match tx.send_request(req).await {
+                Ok(resp) => Ok((resp, Some(Lease { pool: self.clone(), tx }))),
+                Err(e) => Err(SendError::Send(e)),
+            },
+            Fresh::H2(tx) => {
+                if added_host {
+                    req.headers_mut().remove(HOST);
+                }
+                self.send_h2(tx, req).await
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        mut tx: http2::SendRequest<Outgoing>,
+        mut req: Request<Outgoing>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        // HTTP/2 takes the scheme and authority from the target.
+        let mut parts = self.dest.clone().into_parts();
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::Connect(e.into()))?;
+        let resp = tx.send_request(req).await.map_err(SendError::Send)?;
+        Ok((resp, None))
+    }
+
+    /// The HTTP/2 connection, while it is open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<Outgoing>> {
+        let mut slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The most recently used idle connection of this thread that is still
+    /// fresh; older ones are dropped (which closes them).
+    fn take_idle(&self) -> Option<http1::SendRequest<Outgoing>> {
+        let mut idle = self.shard().lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < self.idle_timeout && !i.tx.is_closed() {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    fn shard(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[shard_index() % self.idle.len()]
+    }
+
+    /// Keeps `tx` for the next request (the oldest idle one goes when the
+    /// list is full).
+    fn put(self: &Arc<Self>, tx: http1::SendRequest<Outgoing>) {
+        if self.max_idle == 0 || tx.is_closed() {
+            return;
+        }
+        {
+            let mut idle = self.shard().lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() >= self.max_idle {
+                idle.remove(0);
+            }
+            idle.push(Idle { tx, since: Instant::now() });
+        }
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+
+    async fn connect(&self, upgrade: bool) -> Result<Fresh, SendError> {
+        let connector = match (&self.h1, upgrade) {
             (Some(h1), true) => h1,
             _ => &self.any,
+        };
+        let io = connector.connect(self.dest.clone()).await.map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            // Shared by the requests to come, unless nothing is to be kept.
+            if self.max_idle > 0 {
+                *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+                self.h2_seen.store(true, Ordering::Relaxed);
+            }
+            return Ok(Fresh::H2(tx));
         }
+        let (tx, conn) = http1::handshake(io).await.map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Fresh::H1(tx))
+    }
+}
+
+/// Closes idle connections older than `idle_timeout` (and closed ones), for
+/// as long as the pool lives.
+async fn sweep(pool: Weak<HostPool>, idle_timeout: Duration) {
+    let every = (idle_timeout / 2).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        for shard in pool.idle.iter() {
+            let mut idle = shard.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|i| i.since.elapsed() < idle_timeout && !i.tx.is_closed());
+        }
+    }
+}
+
+/// An HTTP/1.1 connection lent to one request: back to its pool when the
+/// answer's body has ended, closed when dropped before.
+pub struct Lease {
+    pool: Arc<HostPool>,
+    tx: http1::SendRequest<Outgoing>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.pool.put(self.tx);
     }
 }

@@ -1,4 +1,6 @@
-//! Logging set-up: `tracing` to stderr, text or JSON, filtered by `TOKEX_LOG`.
+//! Logging set-up: `tracing` to stderr through a batching buffer (`sink`),
+//! text or JSON, filtered by `TOKEX_LOG`; the access line's own formatter
+//! (`access`).
 //! Access lines use target `tokex::access`, exchange audit events
 //! `tokex::audit`; neither ever carries a token, only an 8-hex fingerprint.
 //! Also what logs and traces share: clipping caller text, error chains, and
@@ -13,16 +15,28 @@ pub enum LogFormat {
     Json,
 }
 
+pub mod access;
+pub mod sink;
+
 /// Installs the global subscriber. `filter` uses `EnvFilter` syntax, e.g.
-/// `info` or `info,tokex::access=off`.
+/// `info` or `info,tokex::access=off`. Lines are buffered (`sink.rs`): call
+/// [`flush`] before the process exits.
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid TOKEX_LOG {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
+    sink::start().map_err(|e| format!("cannot start the log writer: {e}"))?;
+    access::set_format(format);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(sink::Writer::new(false)).with_target(true);
     let result = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Writes the log lines still buffered (before the process exits).
+pub fn flush() {
+    sink::flush();
 }
 
 /// Longest caller-derived text (a token's `sub`, a request path, an
