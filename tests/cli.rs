@@ -254,6 +254,63 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert!(client().get(&gw.addr).send().await.is_err());
 }
 
+/// Log lines are written in batches by a thread of their own: none is lost
+/// or reordered, the last ones are written at exit, and every line is whole.
+#[tokio::test]
+async fn batched_log_lines_keep_their_order_and_are_all_written_by_exit() {
+    let backend = echo_backend().await;
+    let dir = temp_dir("log-batches");
+    let file = write_config(
+        &dir,
+        &format!("runtime: {{ workers: 2, shutdown_delay: 0s }}\nroutes:\n  - name: e\n    auth: none\n    upstream: http://{backend}\n"),
+    );
+    let mut gw = Proc::start(&file, "info").await;
+    let c = client();
+    // One client in turn (so the order is known), then eight at once.
+    for i in 0..300 {
+        let resp = c.get(format!("{}/seq", gw.addr)).header("x-request-id", format!("seq-{i}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let burst: Vec<_> = (0..8)
+        .map(|t| {
+            let (c, url) = (c.clone(), gw.addr.clone());
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let id = format!("par-{t}-{i}");
+                    assert_eq!(
+                        c.get(format!("{url}/par")).header("x-request-id", id).send().await.unwrap().status(),
+                        200
+                    );
+                }
+            })
+        })
+        .collect();
+    for b in burst {
+        b.await.unwrap();
+    }
+    // Stopped at once: what is still buffered is written on the way out.
+    gw.signal("TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(5), gw.child.wait()).await.expect("exits").unwrap();
+    assert_eq!(exit.code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = gw.lines.lock().unwrap().clone();
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a whole JSON line: {l}")))
+        .collect();
+    let ids: Vec<&str> =
+        events.iter().filter(|v| v["target"] == "tokex::access").filter_map(|v| v["request_id"].as_str()).collect();
+    let seq: Vec<String> = (0..300).map(|i| format!("seq-{i}")).collect();
+    assert_eq!(ids.len(), 1100, "every access line is written");
+    assert_eq!(ids[..300], seq.iter().map(String::as_str).collect::<Vec<_>>()[..], "in order");
+    for t in 0..8 {
+        let mine: Vec<&str> = ids.iter().copied().filter(|id| id.starts_with(&format!("par-{t}-"))).collect();
+        let want: Vec<String> = (0..100).map(|i| format!("par-{t}-{i}")).collect();
+        assert_eq!(mine, want.iter().map(String::as_str).collect::<Vec<_>>(), "one client's lines in its order");
+    }
+    assert_eq!(events.last().map(|v| v["message"].clone()), Some(json!("stopped")), "the last line is the last event");
+}
+
 #[tokio::test]
 async fn sighup_reloads_routes_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let backend = echo_backend().await;
