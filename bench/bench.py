@@ -75,6 +75,10 @@ PORTS = {
 
 BACKEND_BODY = "ok tokex-bench backend\\n"
 ISSUED_TOKEN = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9." + "Z" * 180 + ".exchanged-" + "x" * 64
+# What the AS answers the RSS-fill instance (at /token-jwt): a JWT-sized
+# exchanged token of 800 bytes, the size the memory goal is stated for.
+FILL_TOKEN = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9." + "Z" * 600 + ".fill-" + "x" * 153
+assert len(FILL_TOKEN) == 800
 
 
 def log(msg):
@@ -280,18 +284,24 @@ def backend_argv():
 
 
 def as_argv():
-    answer = json.dumps({
-        "access_token": ISSUED_TOKEN,
-        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-        "token_type": "Bearer",
-        "expires_in": 3600,
-    })
+    def answer(token):
+        return json.dumps({
+            "access_token": token,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "token_type": "Bearer",
+            "expires_in": 3600,
+        })
     return nginx_conf("as", f"""  server {{
     listen 127.0.0.1:{PORTS['as']} backlog=4096;
     location = /token {{
       if ($request_method != POST) {{ return 405; }}
       default_type application/json;
-      return 200 '{answer}';
+      return 200 '{answer(ISSUED_TOKEN)}';
+    }}
+    location = /token-jwt {{
+      if ($request_method != POST) {{ return 405; }}
+      default_type application/json;
+      return 200 '{answer(FILL_TOKEN)}';
     }}
   }}""")
 
@@ -367,7 +377,7 @@ static_resources:
             "--disable-hot-restart", "--use-dynamic-base-id"]
 
 
-def tokex_conf(name, port, admin, max_entries=200000):
+def tokex_conf(name, port, admin, max_entries=200000, token_path="/token"):
     conf = f"""runtime:
   workers: 1
   shutdown_grace: 2s
@@ -377,7 +387,7 @@ admin:
   address: 127.0.0.1:{admin}
 authorization_servers:
   fast:
-    token_endpoint: http://127.0.0.1:{PORTS['as']}/token
+    token_endpoint: http://127.0.0.1:{PORTS['as']}{token_path}
     client_auth: {{ method: none, client_id: bench }}
     timeout: 2s
     retries: 0
@@ -601,7 +611,8 @@ def rss_fill():
     out = []
     if not RSS_FILLS:
         return out
-    argv = tokex_conf("fill", PORTS["fresh"], PORTS["fresh_admin"], max_entries=max(RSS_FILLS) * 2)
+    argv = tokex_conf("fill", PORTS["fresh"], PORTS["fresh_admin"], max_entries=max(RSS_FILLS) * 2,
+                      token_path="/token-jwt")
     p = PROCS.start("fill", argv, env=tokex_env(False))
     wait_http(PORTS["fresh_admin"], "/readyz", "fill", p)
     time.sleep(0.5)
@@ -834,7 +845,8 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
             L.append(f"| RSS of the fill instance before filling | {kib / 1024:.1f} MiB |")
         else:
             per = f", ≈ {(kib - base_kib) * 1024 / entries:.0f} B/entry" if base_kib and entries else ""
-            L.append(f"| RSS with {n:,} distinct tokens requested ({entries:,} cached) | {kib / 1024:.1f} MiB{per} |")
+            L.append(f"| RSS with {n:,} distinct tokens requested ({entries:,} cached, exchanged token "
+                     f"{len(FILL_TOKEN)} B) | {kib / 1024:.1f} MiB{per} |")
     L.append("")
 
     L.append("## Exchange-miss added latency")

@@ -6,18 +6,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::HeaderValue;
 use moka::Expiry;
 
 pub type Key = [u8; 32];
 
-/// An issued token ready to forward. Its header values are marked sensitive
-/// and nothing here implements `Display`.
+/// An issued token ready to forward: one buffer, `Bearer <token>`, seen
+/// whole and past its scheme (the token is stored once). Both header values
+/// are marked sensitive and nothing here implements `Display`.
 pub struct CachedToken {
     /// `Bearer <token>`, for the `authorization` header.
     pub bearer: HeaderValue,
-    /// The bare token, for any other configured header.
+    /// The bare token, for any other configured header: a view of `bearer`.
     pub raw: HeaderValue,
+}
+
+const SCHEME: &[u8] = b"Bearer ";
+
+impl CachedToken {
+    /// `None` when `token` is not a valid header value.
+    fn new(token: &str) -> Option<Self> {
+        let mut buf = Vec::with_capacity(SCHEME.len() + token.len());
+        buf.extend_from_slice(SCHEME);
+        buf.extend_from_slice(token.as_bytes());
+        // Exact capacity: the buffer is the allocation the bytes share, with
+        // no spare room; `slice` shares it rather than copying.
+        let whole = Bytes::from(buf);
+        let mut raw = HeaderValue::from_maybe_shared(whole.slice(SCHEME.len()..)).ok()?;
+        let mut bearer = HeaderValue::from_maybe_shared(whole).ok()?;
+        raw.set_sensitive(true);
+        bearer.set_sensitive(true);
+        Some(CachedToken { bearer, raw })
+    }
 }
 
 pub enum EntryKind {
@@ -26,9 +47,11 @@ pub enum EntryKind {
     Rejected,
 }
 
+/// A cache entry. Kept small: a million of them is the sizing case
+/// (`examples/cache_memory.rs` measures one), and the lifetime moka
+/// enforces is read from `expires_at`, not kept beside it.
 pub struct Entry {
     pub kind: EntryKind,
-    ttl: Duration,
     pub expires_at: Instant,
     refreshing: AtomicBool,
 }
@@ -39,23 +62,20 @@ impl std::fmt::Debug for Entry {
             EntryKind::Token(_) => "token",
             EntryKind::Rejected => "rejected",
         };
-        f.debug_struct("Entry").field("kind", &kind).field("ttl", &self.ttl).finish()
+        let left = self.expires_at.saturating_duration_since(Instant::now());
+        f.debug_struct("Entry").field("kind", &kind).field("left", &left).finish()
     }
 }
 
 impl Entry {
     pub fn new(kind: EntryKind, ttl: Duration) -> Arc<Self> {
-        Arc::new(Entry { kind, ttl, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false) })
+        Arc::new(Entry { kind, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false) })
     }
 
     /// An issued token, ready to forward, for `ttl`; `None` when the token
     /// is not a valid header value.
     pub fn token(token: &str, ttl: Duration) -> Option<Arc<Self>> {
-        let mut raw = HeaderValue::from_str(token).ok()?;
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-        raw.set_sensitive(true);
-        bearer.set_sensitive(true);
-        Some(Entry::new(EntryKind::Token(CachedToken { bearer, raw }), ttl))
+        Some(Entry::new(EntryKind::Token(CachedToken::new(token)?), ttl))
     }
 
     /// The issued token's text (not for a refusal).
@@ -72,20 +92,15 @@ impl Entry {
     }
 }
 
+/// An entry lives until its `expires_at`, from whenever it enters the cache.
 struct PerEntry;
 
 impl Expiry<Key, Arc<Entry>> for PerEntry {
-    fn expire_after_create(&self, _: &Key, v: &Arc<Entry>, _: std::time::Instant) -> Option<Duration> {
-        Some(v.ttl)
+    fn expire_after_create(&self, _: &Key, v: &Arc<Entry>, now: Instant) -> Option<Duration> {
+        Some(v.expires_at.saturating_duration_since(now))
     }
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        v: &Arc<Entry>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.ttl)
+    fn expire_after_update(&self, _: &Key, v: &Arc<Entry>, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(v.expires_at.saturating_duration_since(now))
     }
 }
 
@@ -221,5 +236,46 @@ impl TokenCache {
     /// Applies pending evictions and counts (tests and metrics use this).
     pub async fn sync(&self) {
         self.inner.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_stored_once_and_forwarded_sensitive() {
+        let e = Entry::token("abc.def", Duration::from_secs(60)).unwrap();
+        let EntryKind::Token(t) = &e.kind else { panic!("a token entry") };
+        assert_eq!(t.bearer.as_bytes(), b"Bearer abc.def");
+        assert_eq!(t.raw.as_bytes(), b"abc.def");
+        // The bare token is a view of the `Bearer` buffer, not a copy.
+        assert_eq!(t.raw.as_bytes().as_ptr(), t.bearer.as_bytes()[SCHEME.len()..].as_ptr());
+        assert!(t.bearer.is_sensitive() && t.raw.is_sensitive());
+        assert_eq!(e.token_text(), Some("abc.def"));
+        assert!(Entry::token("a\nb", Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn an_entry_lives_until_its_expiry() {
+        let e = Entry::new(EntryKind::Rejected, Duration::from_secs(30));
+        let now = Instant::now();
+        let left = PerEntry.expire_after_create(&[0; 32], &e, now).unwrap();
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(29));
+        let later = now + Duration::from_secs(10);
+        let left = PerEntry.expire_after_update(&[0; 32], &e, later, None).unwrap();
+        assert!(left <= Duration::from_secs(20) && left > Duration::from_secs(19));
+        assert_eq!(PerEntry.expire_after_create(&[0; 32], &e, now + Duration::from_secs(31)), Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn an_expired_entry_is_gone() {
+        let cache = TokenCache::new(10, crate::metrics::Metrics::new().cache_evictions());
+        cache.insert([1; 32], Entry::new(EntryKind::Rejected, Duration::from_millis(50))).await;
+        cache.insert([2; 32], Entry::new(EntryKind::Rejected, Duration::from_secs(60))).await;
+        assert!(cache.get(&[1; 32]).await.is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(cache.get(&[1; 32]).await.is_none());
+        assert!(cache.get(&[2; 32]).await.is_some());
     }
 }
