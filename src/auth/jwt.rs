@@ -85,7 +85,7 @@ impl JwtValidator {
         }
         let claims = Claims::parse(signed.split_once('.').map_or("", |(_, p)| p))?;
         let want = Expected { issuer: &self.cfg.issuer, audiences: &self.cfg.audiences, leeway: self.cfg.leeway };
-        Ok(claims.check(&want)?)
+        Ok(claims.check(&want)?.granted)
     }
 }
 
