@@ -12,9 +12,11 @@
 //!   a reload) verifies every token again on its next request.
 //! - An entry lives until `exp` plus leeway, and never longer than
 //!   [`MAX_AGE`] (the JWKS refresh interval without `Cache-Control`).
-//! - At most [`MAX_ENTRIES`] entries (moka's TinyLFU keeps the busy ones);
-//!   one is about 0.3 KiB, so the whole cache stays within a few MiB. Only
-//!   validly signed tokens get in, so a flood of garbage cannot fill it.
+//! - At most [`MAX_ENTRIES`] entries (moka's TinyLFU keeps the busy ones).
+//!   One is about 0.6 KiB with moka's bookkeeping (measured: +62 MiB
+//!   resident for 100,000 entries of two scopes), so the cache stays within
+//!   about 6 MiB; a busier edge only verifies more often. Only validly signed
+//!   tokens get in, so a flood of garbage cannot fill it.
 //! - One cache per validator: a reload that changes `inbound.jwt` (issuer,
 //!   audiences, algorithms, `typ`, leeway, ...) starts with an empty one.
 
