@@ -59,6 +59,7 @@ pub struct Metrics {
     inbound_rejections: Family<ReasonLabels, Counter>,
     jwks_fetches: Family<OutcomeLabels, Counter>,
     introspections: Family<OutcomeLabels, Counter>,
+    inbound_cache: Family<ReloadLabels, Counter>,
     breaker_open: Family<ServerLabels, Gauge>,
     in_flight: Family<ServerLabels, Gauge>,
     rate_limited: Family<LimitLabels, Counter>,
@@ -125,6 +126,7 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// A `result` label (config reloads, the verified-token cache).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
@@ -149,6 +151,7 @@ impl Metrics {
         let inbound_rejections = Family::<ReasonLabels, Counter>::default();
         let jwks_fetches = Family::<OutcomeLabels, Counter>::default();
         let introspections = Family::<OutcomeLabels, Counter>::default();
+        let inbound_cache = Family::<ReloadLabels, Counter>::default();
         let breaker_open = Family::<ServerLabels, Gauge>::default();
         let in_flight = Family::<ServerLabels, Gauge>::default();
         let rate_limited = Family::<LimitLabels, Counter>::default();
@@ -258,6 +261,11 @@ impl Metrics {
         );
         registry.register("jwks_fetches", "JWKS fetches, by outcome", jwks_fetches.clone());
         registry.register("introspections", "Token introspection requests, by outcome", introspections.clone());
+        registry.register(
+            "inbound_cache",
+            "inbound.jwt verified-token cache lookups, by result (hit: no signature check; miss: the token was verified)",
+            inbound_cache.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -270,6 +278,7 @@ impl Metrics {
             inbound_rejections,
             jwks_fetches,
             introspections,
+            inbound_cache,
             breaker_open,
             in_flight,
             rate_limited,
@@ -365,6 +374,16 @@ impl Metrics {
             outcomes
                 .iter()
                 .map(|&outcome| (outcome, self.introspections.get_or_create(&OutcomeLabels { outcome }).clone()))
+                .collect(),
+        )
+    }
+
+    /// Handles for `tokex_inbound_cache_total`, one per result.
+    pub fn inbound_cache(&self, results: &[&'static str]) -> Counters {
+        Counters(
+            results
+                .iter()
+                .map(|&result| (result, self.inbound_cache.get_or_create(&ReloadLabels { result }).clone()))
                 .collect(),
         )
     }

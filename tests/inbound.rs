@@ -1,6 +1,7 @@
 //! Inbound validation: the JWT attack suite (each refused with 401 and no
 //! call to the authorization server), JWKS rotation and unknown-kid floods,
-//! readiness, `require_scopes`, and RFC 7662 introspection.
+//! readiness, `require_scopes`, the verified-token cache, and RFC 7662
+//! introspection.
 
 mod common;
 
@@ -413,6 +414,140 @@ async fn require_scopes_reads_scope_and_scp() {
         }
     }
     assert_eq!(rejections(&s.gw.metrics().await, "insufficient_scope"), 3);
+}
+
+/// `tokex_inbound_cache_total`: (hits, misses). A miss is a signature check.
+fn verifications(m: &str) -> (u64, u64) {
+    let n = |result: &str| metric(m, &format!("tokex_inbound_cache_total{{result=\"{result}\"}}"));
+    (n("hit"), n("miss"))
+}
+
+/// Waits until tokex has stored `n` more JWKS fetches than `before`.
+async fn jwks_stored(gw: &TestGateway, before: u64, n: u64) {
+    let ok = |m: &str| metric(m, "tokex_jwks_fetches_total{outcome=\"ok\"}");
+    for _ in 0..100 {
+        if ok(&gw.metrics().await) >= before + n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no JWKS refresh within 5 s");
+}
+
+#[tokio::test]
+async fn a_verified_token_is_not_verified_again_and_another_token_is() {
+    let ec = EcSigner::new("ec-1");
+    let s = setup(vec![ec.jwk.clone()], "[ES256]", "", "    require_scopes: [orders:read]\n").await;
+    let token = ec.token(&claims(json!({})));
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    assert_eq!(verifications(&s.gw.metrics().await), (0, 1), "the first request verifies");
+    for _ in 0..3 {
+        assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    }
+    assert_eq!(verifications(&s.gw.metrics().await), (3, 1), "the same token is not verified again");
+
+    // Another token of the same caller (another jti) is verified.
+    assert_eq!(get(&s.gw.url, Some(&ec.token(&claims(json!({}))))).await.0, 200);
+    assert_eq!(verifications(&s.gw.metrics().await), (3, 2));
+
+    // A cached verification still answers to the route's require_scopes.
+    let narrow = ec.token(&claims(json!({"scope": "profile"})));
+    assert_eq!(get(&s.gw.url, Some(&narrow)).await.0, 403);
+    assert_eq!(get(&s.gw.url, Some(&narrow)).await.0, 403);
+    assert_eq!(verifications(&s.gw.metrics().await), (4, 3));
+
+    // Refusals are not remembered: each is checked (and counted) again.
+    let forged = EcSigner::new("ec-1").token(&claims(json!({})));
+    let early = ec.token(&claims(json!({"nbf": now() + 60})));
+    for _ in 0..2 {
+        assert_eq!(get(&s.gw.url, Some(&forged)).await.0, 401);
+        assert_eq!(get(&s.gw.url, Some(&early)).await.0, 401);
+    }
+    let m = s.gw.metrics().await;
+    assert_eq!(verifications(&m), (4, 7));
+    assert_eq!((rejections(&m, "bad_signature"), rejections(&m, "not_yet_valid")), (2, 2));
+    assert_eq!(s.auth_server.count(), 2, "one exchange per accepted token");
+}
+
+/// A scheduled refresh that drops the key a cached token was verified with
+/// refuses that token on the very next request; a refresh that brings the
+/// same keys keeps the cache.
+#[tokio::test]
+async fn a_cached_token_is_refused_on_the_next_request_after_its_key_leaves_the_jwks() {
+    let old = EcSigner::new("key-2025");
+    let new = EcSigner::new("key-2026");
+    let refresh = "    jwks_refresh_min: 1s\n    jwks_refresh_max: 1s\n";
+    let s = setup(vec![old.jwk.clone(), new.jwk.clone()], "[ES256]", refresh, "").await;
+    let (old_token, new_token) = (old.token(&claims(json!({}))), new.token(&claims(json!({}))));
+    for t in [&old_token, &new_token, &old_token, &new_token] {
+        assert_eq!(get(&s.gw.url, Some(t)).await.0, 200);
+    }
+    assert_eq!(verifications(&s.gw.metrics().await), (2, 2));
+
+    // Refreshes that bring the same keys: still cached.
+    let ok = |m: &str| metric(m, "tokex_jwks_fetches_total{outcome=\"ok\"}");
+    jwks_stored(&s.gw, ok(&s.gw.metrics().await), 2).await;
+    assert_eq!(get(&s.gw.url, Some(&old_token)).await.0, 200);
+    assert_eq!(verifications(&s.gw.metrics().await), (3, 2));
+
+    // The old key is removed; a fetch that began before may still bring it,
+    // the one after cannot.
+    *s.jwks.keys.lock().unwrap() = vec![new.jwk.clone()];
+    jwks_stored(&s.gw, ok(&s.gw.metrics().await), 2).await;
+    let (status, headers, _) = get(&s.gw.url, Some(&old_token)).await;
+    assert_eq!(status, 401, "a token of a removed key was served from the cache");
+    assert_eq!(headers.get("www-authenticate").unwrap(), INVALID_TOKEN);
+    let m = s.gw.metrics().await;
+    assert_eq!(verifications(&m), (3, 3), "verified again, not served from the cache");
+    assert_eq!(rejections(&m, "unknown_kid"), 1);
+    // The other key is still there: its token is verified again once, then cached.
+    assert_eq!(get(&s.gw.url, Some(&new_token)).await.0, 200);
+    assert_eq!(get(&s.gw.url, Some(&new_token)).await.0, 200);
+    assert_eq!(verifications(&s.gw.metrics().await), (4, 4));
+    assert_eq!(s.auth_server.count(), 2, "no exchange for the refused token");
+}
+
+#[tokio::test]
+async fn a_cached_token_expires_at_exp_plus_leeway() {
+    let ec = EcSigner::new("ec-1");
+    let s = setup(vec![ec.jwk.clone()], "[ES256]", "", "").await;
+    // exp 3 s ago, within the 5 s leeway: accepted for 1 to 2 s more.
+    let token = ec.token(&claims(json!({"exp": now() - 3})));
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    assert_eq!(verifications(&s.gw.metrics().await), (1, 1));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let exchanges = s.auth_server.count();
+    let (status, headers, _) = get(&s.gw.url, Some(&token)).await;
+    assert_eq!(status, 401, "the cache kept an expired token valid");
+    assert_eq!(headers.get("www-authenticate").unwrap(), INVALID_TOKEN);
+    assert_eq!(rejections(&s.gw.metrics().await, "expired"), 1);
+    assert_eq!(s.auth_server.count(), exchanges, "the expired token reached the AS");
+}
+
+/// A reload that changes `inbound.jwt` starts with an empty cache: a token
+/// verified for an audience that is no longer accepted is refused at once.
+#[tokio::test]
+async fn a_reload_that_changes_inbound_jwt_verifies_again() {
+    let ec = EcSigner::new("ec-1");
+    let s = setup(vec![ec.jwk.clone()], "[ES256]", "", "").await;
+    let token = ec.token(&claims(json!({"aud": "other-edge"})));
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 200);
+    assert_eq!(verifications(&s.gw.metrics().await), (1, 1));
+
+    let dir = std::env::temp_dir().join(format!("tokex-verified-reload-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokex.yaml");
+    let narrowed = s.yaml.replace("audiences: [edge, other-edge]", "audiences: [edge]");
+    assert_ne!(narrowed, s.yaml);
+    std::fs::write(&path, format!("listen: {{ address: \"127.0.0.1:0\" }}\n{narrowed}")).unwrap();
+    assert!(s.gw.running.reload(&path, "test"));
+    assert_eq!(get(&s.gw.url, Some(&token)).await.0, 401);
+    let m = s.gw.metrics().await;
+    assert_eq!(verifications(&m), (1, 2));
+    assert_eq!(rejections(&m, "wrong_audience"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A recording AS that also answers RFC 7662 introspection at `/introspect`:

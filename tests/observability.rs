@@ -37,6 +37,7 @@ const FAMILIES: &[&str] = &[
     "tokex_inbound_rejections_total",
     "tokex_jwks_fetches_total",
     "tokex_introspections_total",
+    "tokex_inbound_cache_total",
 ];
 
 /// A sample: name, labels, value.

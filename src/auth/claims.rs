@@ -51,6 +51,50 @@ pub struct Expected<'a> {
     pub leeway: Duration,
 }
 
+/// The current time as a NumericDate (seconds since the epoch).
+pub fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// When a token may be used: its `exp` and `nbf`. The one time check, for a
+/// token just verified and for one found in the verified-token cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub exp: f64,
+    pub nbf: Option<f64>,
+}
+
+impl Window {
+    /// `exp` (plus `leeway`) not past and `nbf` (minus `leeway`) reached at `now`.
+    pub fn check_at(&self, leeway: Duration, now: f64) -> Result<(), Invalid> {
+        let leeway = leeway.as_secs_f64();
+        if self.exp + leeway < now {
+            return Err(Invalid::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(Invalid::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// How long after `now` the token is still accepted (until `exp` plus
+    /// `leeway`), at most `cap`; zero when that is past.
+    pub fn remaining(&self, leeway: Duration, now: f64, cap: Duration) -> Duration {
+        let secs = self.exp + leeway.as_secs_f64() - now;
+        if secs >= cap.as_secs_f64() {
+            return cap;
+        }
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Claims that passed [`Claims::check`].
+#[derive(Clone, Debug)]
+pub struct Valid {
+    pub granted: Granted,
+    pub window: Window,
+}
+
 impl Claims {
     /// The claims of a JWS payload (base64url, no padding): a JSON object
     /// (RFC 7519 §7.2) — serde would also read an array by position.
@@ -63,22 +107,16 @@ impl Claims {
     }
 
     /// Checks the claims against `want` at the current time; the scopes the
-    /// token grants.
-    pub fn check(&self, want: &Expected<'_>) -> Result<Granted, Invalid> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        self.check_at(want, now)
+    /// token grants and when it may be used.
+    pub fn check(&self, want: &Expected<'_>) -> Result<Valid, Invalid> {
+        self.check_at(want, now())
     }
 
-    fn check_at(&self, want: &Expected<'_>, now: f64) -> Result<Granted, Invalid> {
+    fn check_at(&self, want: &Expected<'_>, now: f64) -> Result<Valid, Invalid> {
         self.types()?;
-        let leeway = want.leeway.as_secs_f64();
         let exp = self.exp.as_ref().and_then(Value::as_f64).ok_or(Invalid::MissingClaim)?;
-        if exp + leeway < now {
-            return Err(Invalid::Expired);
-        }
-        if self.nbf.as_ref().and_then(Value::as_f64).is_some_and(|nbf| nbf > now + leeway) {
-            return Err(Invalid::NotYetValid);
-        }
+        let window = Window { exp, nbf: self.nbf.as_ref().and_then(Value::as_f64) };
+        window.check_at(want.leeway, now)?;
         match self.iss.as_ref().and_then(Value::as_str) {
             None => return Err(Invalid::MissingClaim),
             Some(iss) if iss != want.issuer => return Err(Invalid::WrongIssuer),
@@ -91,7 +129,7 @@ impl Claims {
             Some(Value::Array(list)) if list.iter().filter_map(Value::as_str).any(named) => {}
             Some(_) => return Err(Invalid::WrongAudience),
         }
-        Ok(Granted::from_claims(self.scope.as_ref(), self.scp.as_ref()))
+        Ok(Valid { granted: Granted::from_claims(self.scope.as_ref(), self.scp.as_ref()), window })
     }
 
     /// Every present registered claim has its registered type: NumericDate
@@ -128,6 +166,10 @@ mod tests {
     const NOW: f64 = 1_800_000_000.0;
 
     fn check(extra: Value) -> Result<Granted, Invalid> {
+        check_valid(extra).map(|v| v.granted)
+    }
+
+    fn check_valid(extra: Value) -> Result<Valid, Invalid> {
         let mut c = json!({"iss": "https://iss", "aud": "edge", "exp": NOW + 60.0, "sub": "alice", "scope": "a b"});
         for (k, v) in extra.as_object().unwrap() {
             if v == &json!("<absent>") {
@@ -149,6 +191,28 @@ mod tests {
         assert!(check(json!({"aud": ["x", "other"], "nbf": NOW, "iat": NOW - 1.5, "jti": "j"})).is_ok());
         // Leeway on both ends.
         assert!(check(json!({"exp": NOW - 4.0, "nbf": NOW + 4.0})).is_ok());
+    }
+
+    #[test]
+    fn the_window_is_the_check_of_exp_and_nbf() {
+        let v = check_valid(json!({"exp": NOW + 10.0, "nbf": NOW - 1.0})).unwrap();
+        assert_eq!(v.window, Window { exp: NOW + 10.0, nbf: Some(NOW - 1.0) });
+        assert_eq!(check_valid(json!({})).unwrap().window.nbf, None);
+        let leeway = Duration::from_secs(5);
+        let w = v.window;
+        // Accepted up to exp + leeway exactly, refused just after.
+        assert_eq!(w.check_at(leeway, NOW + 15.0), Ok(()));
+        assert_eq!(w.check_at(leeway, NOW + 15.001), Err(Invalid::Expired));
+        assert_eq!(w.check_at(Duration::ZERO, NOW + 10.001), Err(Invalid::Expired));
+        let early = Window { exp: NOW + 60.0, nbf: Some(NOW + 10.0) };
+        assert_eq!(early.check_at(leeway, NOW), Err(Invalid::NotYetValid));
+        assert_eq!(early.check_at(leeway, NOW + 5.0), Ok(()));
+        // What is left, capped; never negative, whatever the numbers.
+        let cap = Duration::from_secs(300);
+        assert_eq!(w.remaining(leeway, NOW, cap), Duration::from_secs(15));
+        assert_eq!(w.remaining(leeway, NOW + 20.0, cap), Duration::ZERO);
+        assert_eq!(Window { exp: 1e300, nbf: None }.remaining(leeway, NOW, cap), cap);
+        assert_eq!(Window { exp: f64::NAN, nbf: None }.remaining(leeway, NOW, cap), Duration::ZERO);
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Inbound {
         required: &RequiredScopes,
     ) -> Result<(), InboundError> {
         let granted = match &self.check {
-            Check::Jwt(v) => v.validate(token).await,
+            Check::Jwt(v) => v.validate(token, token_hash).await,
             Check::Introspection(i) => i.check(token, token_hash).await,
         };
         let result = granted.and_then(|g| required.check(&g));

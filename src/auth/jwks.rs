@@ -9,6 +9,10 @@
 //! P-256/P-384, OKP Ed25519); `oct` keys, encryption keys and keys whose
 //! `alg` does not suit their type are skipped. A key serves a token only when
 //! its type (and its `alg`, when it names one) matches the token's `alg`.
+//!
+//! The key generation counts the changes of the key set in use (a fetch that
+//! brings other keys than the ones held, or keys taken over on a reload): a
+//! token verified under one generation is verified again under the next.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -22,6 +26,7 @@ use http::header::{ACCEPT, CACHE_CONTROL};
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -85,6 +90,9 @@ impl Key {
 struct KeySet {
     by_kid: HashMap<String, Vec<Arc<Key>>>,
     all: Vec<Arc<Key>>,
+    /// SHA-256 over what decides verification (each kept key's `kid`,
+    /// `kty`, `crv`, `alg` and key material, in order): equal for the same keys.
+    fingerprint: [u8; 32],
 }
 
 enum Found {
@@ -132,6 +140,9 @@ pub struct Jwks {
     keys: RwLock<Arc<KeySet>>,
     /// Bumped by every stored fetch; 0 until the first one.
     generation: AtomicU64,
+    /// Bumped when the keys in use change (other keys fetched, or adopted);
+    /// 0 until the first keys are held.
+    key_generation: AtomicU64,
     /// Serialises fetches; holds when an unknown `kid` last caused one.
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     /// Opened by the first good fetch.
@@ -153,6 +164,7 @@ impl Jwks {
             cooldown: cfg.unknown_kid_cooldown,
             keys: RwLock::new(Arc::new(KeySet::default())),
             generation: AtomicU64::new(0),
+            key_generation: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(None),
             gate: Mutex::new(None),
             fetches,
@@ -165,6 +177,24 @@ impl Jwks {
 
     pub fn is_loaded(&self) -> bool {
         self.generation.load(Ordering::Acquire) > 0
+    }
+
+    /// The generation of the keys in use: a result verified under another
+    /// one must be verified again. Read it before choosing a key: a change
+    /// is counted only once the new keys are in place.
+    pub fn key_generation(&self) -> u64 {
+        self.key_generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the keys; a set that differs from the one held starts a new
+    /// key generation.
+    fn store(&self, set: Arc<KeySet>) {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let changed = keys.fingerprint != set.fingerprint;
+        *keys = set;
+        if changed {
+            self.key_generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub fn uri(&self) -> &Remote {
@@ -180,7 +210,7 @@ impl Jwks {
     /// Starts with the keys `from` holds (after a reload that keeps the JWKS).
     pub fn adopt_keys(&self, from: &Jwks) {
         if from.is_loaded() {
-            *self.keys.write().unwrap_or_else(|p| p.into_inner()) = from.snapshot();
+            self.store(from.snapshot());
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -288,7 +318,7 @@ impl Jwks {
         match self.fetch().await {
             Ok((set, max_age)) => {
                 let n = set.all.len();
-                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+                self.store(Arc::new(set));
                 let first = self.generation.fetch_add(1, Ordering::AcqRel) == 0;
                 self.fetches.inc("ok");
                 if first {
@@ -365,9 +395,16 @@ fn parse_set(body: &[u8]) -> Result<KeySet, String> {
     let v: Value = serde_json::from_slice(body).map_err(|_| "not JSON".to_owned())?;
     let keys = v.get("keys").and_then(Value::as_array).ok_or("no \"keys\" array")?;
     let mut set = KeySet::default();
+    let mut fingerprint = Sha256::new();
     for (i, jwk) in keys.iter().take(MAX_KEYS).enumerate() {
         match parse_key(jwk) {
             Ok(Some((kid, key))) => {
+                for name in ["kid", "kty", "crv", "alg", "n", "e", "x", "y"] {
+                    // Length-prefixed, absent distinct from empty: no two keys read alike.
+                    let v = jwk.get(name).and_then(Value::as_str).map(str::as_bytes);
+                    fingerprint.update(v.map_or(u64::MAX, |v| v.len() as u64).to_be_bytes());
+                    fingerprint.update(v.unwrap_or_default());
+                }
                 let key = Arc::new(key);
                 if let Some(kid) = kid {
                     set.by_kid.entry(kid).or_default().push(key.clone());
@@ -381,6 +418,7 @@ fn parse_set(body: &[u8]) -> Result<KeySet, String> {
     if set.all.is_empty() {
         return Err("no usable signature key (RSA 2048+, EC P-256/P-384, Ed25519)".into());
     }
+    set.fingerprint = fingerprint.finalize().into();
     Ok(set)
 }
 
@@ -514,6 +552,22 @@ mod tests {
         let set = parse_set(json!({"keys": [k]}).to_string().as_bytes()).unwrap();
         assert!(matches!(set.find(Some("r"), Algorithm::RS256), Found::Key(_)));
         assert!(matches!(set.find(Some("r"), Algorithm::PS256), Found::Mismatch));
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_keys_in_use_only() {
+        let fp = |keys: Value| parse_set(json!({ "keys": keys }).to_string().as_bytes()).unwrap().fingerprint;
+        let both = fp(json!([ec("a"), rsa("r")]));
+        assert_eq!(both, fp(json!([ec("a"), rsa("r"), {"kty": "oct", "k": "c2VjcmV0", "kid": "h"}])));
+        let mut annotated = ec("a");
+        annotated["x5t"] = json!("ignored");
+        assert_eq!(both, fp(json!([annotated, rsa("r")])));
+        for other in
+            [json!([ec("a")]), json!([rsa("r"), ec("a")]), json!([ec("b"), rsa("r")]), json!([ec("a"), rsa("")])]
+        {
+            assert_ne!(both, fp(other.clone()), "{other}");
+        }
+        assert_ne!(KeySet::default().fingerprint, fp(json!([ec("a")])));
     }
 
     #[test]

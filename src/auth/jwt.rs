@@ -4,7 +4,8 @@
 //! key from the issuer's JWKS by `kid`, of a type that suits `alg`; then the
 //! signature (jsonwebtoken's ring verifier, nothing else of it) and the
 //! registered claims, parsed and checked by us (`claims.rs`: types, `exp`,
-//! `nbf`, `iss`, `aud`, with leeway).
+//! `nbf`, `iss`, `aud`, with leeway). A token that passed is remembered by
+//! its SHA-256 (`verified.rs`), for the key generation it was verified under.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::claims::{Claims, Expected};
+use super::claims::{Claims, Expected, Valid};
 use super::jwks::{self, Jwks};
 use super::scopes::Granted;
+use super::verified::VerifiedCache;
 use super::{InboundError, Invalid};
 use crate::config::JwtConfig;
 use crate::metrics::Metrics;
@@ -27,6 +29,8 @@ pub struct JwtValidator {
     jwks: Arc<Jwks>,
     /// `require_typ`, lower-case, without `application/`.
     typ: Option<String>,
+    /// Tokens that passed, for this configuration only.
+    verified: VerifiedCache,
 }
 
 /// The JOSE header fields we decide on.
@@ -48,7 +52,12 @@ impl JwtValidator {
         let http =
             super::fetch::client(cfg.ca_file.as_deref(), cfg.timeout).map_err(|e| format!("inbound.jwt: {e}"))?;
         let jwks = Jwks::new(uri, http, cfg, metrics.jwks_fetches(&jwks::OUTCOMES));
-        Ok(JwtValidator { cfg: cfg.clone(), jwks: Arc::new(jwks), typ: cfg.require_typ.as_deref().map(normalize_typ) })
+        Ok(JwtValidator {
+            cfg: cfg.clone(),
+            jwks: Arc::new(jwks),
+            typ: cfg.require_typ.as_deref().map(normalize_typ),
+            verified: VerifiedCache::new(cfg.leeway, metrics),
+        })
     }
 
     pub fn config(&self) -> &JwtConfig {
@@ -59,8 +68,22 @@ impl JwtValidator {
         &self.jwks
     }
 
-    /// Validates `token`; the scopes it grants.
-    pub async fn validate(&self, token: &str) -> Result<Granted, InboundError> {
+    /// Validates `token` (`hash`: its SHA-256); the scopes it grants. A token
+    /// verified before under the keys in use is only checked for `exp` and `nbf`.
+    pub async fn validate(&self, token: &str, hash: &[u8; 32]) -> Result<Granted, InboundError> {
+        // Read before the key is chosen: an entry never claims a generation
+        // newer than the keys that verified it.
+        let generation = self.jwks.key_generation();
+        if let Some(granted) = self.verified.get(hash, generation).await? {
+            return Ok(granted);
+        }
+        let valid = self.verify(token).await?;
+        self.verified.insert(*hash, &valid, generation).await;
+        Ok(valid.granted)
+    }
+
+    /// The whole check of `token`, signature included.
+    async fn verify(&self, token: &str) -> Result<Valid, InboundError> {
         if token.len() > self.cfg.max_token_bytes {
             return Err(Invalid::TooLarge.into());
         }

@@ -9,6 +9,7 @@ pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod scopes;
+mod verified;
 
 pub use inbound::{Inbound, InboundError, Invalid};
 
