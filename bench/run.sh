@@ -33,7 +33,7 @@ for arg in "$@"; do
     --quick) QUICK=1 ;;
     --fleet) FLEET=1 ;;      # bench/fleet.py: 3 replicas, cache.shared on and off
     --no-install) INSTALL=0 ;;
-    --no-build) BUILD=0 ;;   # use target/release/tokex as it is
+    --no-build) BUILD=0 ;;   # use the tokex binary as it is ($TOKEX or <target dir>/release/tokex)
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -94,7 +94,9 @@ else
   done
 fi
 
-TOKEX="$REPO/target/release/tokex"
+# An exported TOKEX names the binary (meant with --no-build); else the build's output,
+# in CARGO_TARGET_DIR when that is set (a shared or per-worktree target dir).
+TOKEX="${TOKEX:-${CARGO_TARGET_DIR:-$REPO/target}/release/tokex}"
 if [ "$BUILD" = 1 ]; then
   say "cargo build --release (the target dir may be shared: waiting for its lock is normal)"
   cargo build --release --quiet
