@@ -390,10 +390,9 @@ static_resources:
             "--disable-hot-restart", "--use-dynamic-base-id"]
 
 
-def tokex_conf(name, port, admin, max_entries=200000, workers=1, inbound=""):
-    """inbound: an `inbound:` YAML section (or ""), verified on every exchange route."""
+def tokex_conf(name, port, admin, max_entries=200000):
     conf = f"""runtime:
-  workers: {workers}
+  workers: 1
   shutdown_grace: 2s
 listen:
   address: 127.0.0.1:{port}
@@ -405,7 +404,7 @@ authorization_servers:
     client_auth: {{ method: none, client_id: bench }}
     timeout: 2s
     retries: 0
-{inbound}cache:
+cache:
   max_entries: {max_entries}
 routes:
   - name: none
@@ -425,6 +424,21 @@ routes:
     path = WORK / f"{name}.yaml"
     path.write_text(conf)
     return [TOKEX, "run", "-c", str(path)]
+
+
+def tokex_conf_variant(name, port, admin, workers=1, inbound=""):
+    """tokex_conf's config with `runtime.workers` set and an `inbound:` YAML section
+    (or "") added, verified on every exchange route."""
+    argv = tokex_conf(name, port, admin)
+    path = Path(argv[-1])
+    conf = path.read_text()
+    for old, new in (("runtime:\n  workers: 1\n", f"runtime:\n  workers: {workers}\n"),
+                     ("\ncache:\n", f"\n{inbound}cache:\n")):
+        if old not in conf:
+            raise RuntimeError(f"tokex_conf_variant: {old!r} not in {path}")
+        conf = conf.replace(old, new, 1)
+    path.write_text(conf)
+    return argv
 
 
 def jwt_inbound():
@@ -1096,13 +1110,13 @@ def main():
         servers.append(("sts", sts_argv(sts_secret), None, (PORTS["sts"], "/jwks.json")))
         for k, log_on in (("jwt_on", True), ("jwt_off", False)):
             if k in wanted:
-                servers.append((k, tokex_conf(k, PORTS[k], PORTS[k + "_admin"], inbound=jwt_inbound()),
+                servers.append((k, tokex_conf_variant(k, PORTS[k], PORTS[k + "_admin"], inbound=jwt_inbound()),
                                 tokex_env(log_on), (PORTS[k + "_admin"], "/readyz")))
     if "nginx2" in wanted:
         servers.append(("nginx2", nginx_proxy_argv("nginx2", PORTS["nginx2"], workers=2), None,
                         (PORTS["nginx2"], "/"), WORKERS_CPUS))
     if "tokex2" in wanted:
-        servers.append(("tokex2", tokex_conf("tokex2", PORTS["tokex2"], PORTS["tokex2_admin"], workers=2),
+        servers.append(("tokex2", tokex_conf_variant("tokex2", PORTS["tokex2"], PORTS["tokex2_admin"], workers=2),
                         tokex_env(False), (PORTS["tokex2_admin"], "/readyz"), WORKERS_CPUS))
     for name, argv, env, ready, *cpus in servers:
         p = PROCS.start(name, argv, env=env, cpu=cpus[0] if cpus else SERVER_CPU)
