@@ -3,11 +3,23 @@
 builds tokex). Starts every server itself on 127.0.0.1, pinned to one core, drives
 load from the other core, and writes a Markdown report. See docs/benchmarks.md.
 
+Rows besides the single-worker proxies: "tokex JWT hit, 1 token (log on|off)", a
+tokex with `inbound.jwt` whose user token is minted by a `tokex dev-sts` (also the
+JWKS; started only when a JWT row is selected, idle on the server core); the harness
+checks that token gets 200 and that no token, an unsigned one and a tampered
+signature get 401 before measuring. "nginx proxy, 2 workers" and "tokex hit, 1 token,
+2 workers (log off)" run on BENCH_WORKERS_CPUS (default: the server and the load
+core, i.e. shared with the backend and the load generator on a 2-core machine):
+saturation rps and CPU/request only, plus the rps scaling over one worker.
+
 Environment (run.sh sets the tool paths):
   BENCH_SECONDS (5)  ROUNDS (3)  BENCH_QUICK (0)  BENCH_RATE (5000)
   BENCH_CONNECTIONS (32)  BENCH_PORT_BASE (27000)  BENCH_SERVER_CPU (0)  BENCH_LOAD_CPU (1)
+  BENCH_WORKERS_CPUS ("<server cpu>,<load cpu>": cores of the 2-worker servers)
   BENCH_RSS_FILLS ("100000,1000000"; quick: "100000")  BENCH_STARTS (5; quick: 3)
-  BENCH_TARGETS (comma list, default all)  BENCH_SKIP (comma list of: h1,fixed,h2,c1,rss,start)
+  BENCH_TARGETS (comma list of substrings of row names, default all; e.g. "JWT,2 workers,nginx proxy,1 token (log":
+                the JWT and 2-worker rows and the rows they are compared with)
+  BENCH_SKIP (comma list of: h1,fixed,h2,c1,rss,start)
   TOKEX OHA ENVOY WRK H2LOAD NGINX (binaries)  BENCH_WORK (scratch dir)  BENCH_RESULTS (output dir)
 """
 
@@ -17,6 +29,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import secrets
 import shlex
 import signal
@@ -45,6 +58,8 @@ CONNS = env_int("BENCH_CONNECTIONS", 32)
 PORT_BASE = env_int("BENCH_PORT_BASE", 27000)
 SERVER_CPU = env_int("BENCH_SERVER_CPU", 0)
 LOAD_CPU = env_int("BENCH_LOAD_CPU", 1)
+WORKERS_CPUS = sorted({int(x) for x in (os.environ.get("BENCH_WORKERS_CPUS") or f"{SERVER_CPU},{LOAD_CPU}").split(",")
+                       if x.strip()})
 RSS_FILLS = [int(x) for x in (os.environ.get("BENCH_RSS_FILLS") or ("100000" if QUICK else "100000,1000000")).split(",") if x.strip()]
 STARTS = env_int("BENCH_STARTS", 3 if QUICK else 5)
 N_TOKENS = 10000
@@ -71,7 +86,13 @@ PORTS = {
     "miss_on": PORT_BASE + 320, "miss_on_admin": PORT_BASE + 321,
     "miss_off": PORT_BASE + 330, "miss_off_admin": PORT_BASE + 331,
     "fresh": PORT_BASE + 340, "fresh_admin": PORT_BASE + 341,
+    "sts": PORT_BASE + 400,
+    "jwt_on": PORT_BASE + 410, "jwt_on_admin": PORT_BASE + 411,
+    "jwt_off": PORT_BASE + 420, "jwt_off_admin": PORT_BASE + 421,
+    "nginx2": PORT_BASE + 500,
+    "tokex2": PORT_BASE + 510, "tokex2_admin": PORT_BASE + 511,
 }
+JWT_AUDIENCE = "tokex"
 
 BACKEND_BODY = "ok tokex-bench backend\\n"
 ISSUED_TOKEN = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9." + "Z" * 180 + ".exchanged-" + "x" * 64
@@ -108,11 +129,13 @@ class Procs:
         self.running = {}
 
     def start(self, name, argv, env=None, cpu=SERVER_CPU):
+        """cpu: one core (int) or a set of cores the server may run on."""
         logf = open(WORK / f"{name}.log", "ab")
         full_env = dict(os.environ)
         full_env.update(env or {})
+        cpus = set(cpu) if isinstance(cpu, (set, frozenset, list, tuple)) else {cpu}
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=full_env,
-                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), start_new_session=True)
+                             preexec_fn=lambda: os.sched_setaffinity(0, cpus), start_new_session=True)
         logf.close()
         self.running[name] = p
         with open(WORK / "pids", "a") as f:
@@ -248,10 +271,10 @@ def metric(port, name):
 
 # --------------------------------------------------------------------------- configs
 
-def nginx_conf(name, servers, upstream=""):
+def nginx_conf(name, servers, upstream="", workers=1):
     d = WORK / name
     (d / "tmp").mkdir(parents=True, exist_ok=True)
-    conf = f"""worker_processes 1;
+    conf = f"""worker_processes {workers};
 daemon off;
 master_process on;
 pid {d}/nginx.pid;
@@ -306,16 +329,16 @@ def as_argv():
   }}""")
 
 
-def nginx_proxy_argv():
+def nginx_proxy_argv(name, port, h2port=None, workers=1):
+    h2 = f"\n    listen 127.0.0.1:{h2port} http2 backlog=4096;" if h2port else ""
     upstream = f"""  upstream backend {{
     server 127.0.0.1:{PORTS['backend']};
     keepalive 256;   # idle upstream connections kept: more than the 128 h2 streams in flight
     keepalive_requests 1000000;
     keepalive_timeout 300s;
   }}"""
-    return nginx_conf("nginx", f"""  server {{
-    listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
-    listen 127.0.0.1:{PORTS['nginx_h2']} http2 backlog=4096;
+    return nginx_conf(name, f"""  server {{
+    listen 127.0.0.1:{port} backlog=4096;{h2}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -325,7 +348,7 @@ def nginx_proxy_argv():
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Host $host;
     }}
-  }}""", upstream)
+  }}""", upstream, workers)
 
 
 def envoy_argv():
@@ -411,6 +434,52 @@ routes:
     path = WORK / f"{name}.yaml"
     path.write_text(conf)
     return [TOKEX, "run", "-c", str(path)]
+
+
+def tokex_conf_variant(name, port, admin, workers=1, inbound=""):
+    """tokex_conf's config with `runtime.workers` set and an `inbound:` YAML section
+    (or "") added, verified on every exchange route."""
+    argv = tokex_conf(name, port, admin)
+    path = Path(argv[-1])
+    conf = path.read_text()
+    for old, new in (("runtime:\n  workers: 1\n", f"runtime:\n  workers: {workers}\n"),
+                     ("\ncache:\n", f"\n{inbound}cache:\n")):
+        if old not in conf:
+            raise RuntimeError(f"tokex_conf_variant: {old!r} not in {path}")
+        conf = conf.replace(old, new, 1)
+    path.write_text(conf)
+    return argv
+
+
+def jwt_inbound():
+    """tokex's `inbound.jwt` against the dev-sts (ES256 keys from its JWKS)."""
+    issuer = f"http://127.0.0.1:{PORTS['sts']}"
+    return f"""inbound:
+  jwt:
+    issuer: {issuer}
+    jwks_uri: {issuer}/jwks.json
+    audiences: [{JWT_AUDIENCE}]
+    algorithms: [ES256]
+"""
+
+
+def sts_argv(secret):
+    """`tokex dev-sts`: the issuer of the JWT rows' user tokens and their JWKS (the
+    exchange itself stays on the fast nginx AS)."""
+    return [TOKEX, "dev-sts", "--listen", f"127.0.0.1:{PORTS['sts']}",
+            "--client", f"id=bench,secret={secret},audiences=*,scopes=*", "--expires-in", "1h"]
+
+
+def mint_jwt(secret, sub):
+    """A user token signed by the dev-sts, valid 24 h (a full run is far shorter)."""
+    argv = [TOKEX, "dev-sts", "mint", "--url", f"http://127.0.0.1:{PORTS['sts']}", "--client-id", "bench",
+            "--sub", sub, "--aud", JWT_AUDIENCE, "--scope", "orders profile", "--expires-in", "24h"]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30,
+                       env=dict(os.environ, TOKEX_DEV_CLIENT_SECRET=secret))
+    tok = r.stdout.strip()
+    if r.returncode != 0 or tok.count(".") != 2:
+        raise RuntimeError(f"tokex dev-sts mint failed ({r.returncode}): {r.stderr.strip()[:500]}")
+    return tok
 
 
 def tokex_env(log_on):
@@ -499,16 +568,19 @@ def run_h2load(target, seconds=None, n=None):
 
 # --------------------------------------------------------------------------- targets
 
-def targets(token, tokens_file):
+def targets(token, tokens_file, jwt_token="pending"):
+    """Every target; jwt_token is the dev-sts user token of the JWT rows (a placeholder
+    when only the names are wanted, before the dev-sts runs)."""
     auth = f"Authorization: Bearer {token}"
+    jwt_auth = f"Authorization: Bearer {jwt_token}"
     base = "http://127.0.0.1:{}{}"
     t = []
 
     def add(name, group, port, path, pids, mode=("plain",), header=auth, h2port=None, fixed=True,
-            c1=False, log=None, admin=None):
+            c1=False, log=None, admin=None, cores=None):
         t.append({"name": name, "group": group, "url": base.format(port, path), "mode": mode, "header": header,
                   "pids": pids, "h2url": base.format(h2port, path) if h2port else None, "fixed": fixed,
-                  "c1": c1, "log": log, "admin": admin})
+                  "c1": c1, "log": log, "admin": admin, "cores": cores or [SERVER_CPU]})
 
     add("backend direct", "direct", PORTS["backend"], "/bench", "backend", h2port=PORTS["backend_h2"], c1=True)
     add("nginx proxy", "nginx", PORTS["nginx"], "/bench", "nginx", h2port=PORTS["nginx_h2"])
@@ -518,10 +590,18 @@ def targets(token, tokens_file):
         tk, mk = ("tokex_on", "miss_on") if log_on else ("tokex_off", "miss_off")
         add("tokex auth:none" + sfx, "tokex-none", PORTS[tk], "/none/bench", tk, h2port=PORTS[tk], log=tk)
         add("tokex hit, 1 token" + sfx, "tokex-hit", PORTS[tk], "/x/bench", tk, h2port=PORTS[tk], c1=log_on, log=tk)
+        jk = "jwt_on" if log_on else "jwt_off"
+        add("tokex JWT hit, 1 token" + sfx, "tokex-jwt", PORTS[jk], "/x/bench", jk, header=jwt_auth,
+            h2port=PORTS[jk], log=jk)
         add("tokex hit, 10k tokens" + sfx, "tokex-10k", PORTS[tk], "/x/bench", tk, mode=("tokens", tokens_file),
             header=None, fixed=False, log=tk)
         add("tokex miss, new token each" + sfx, "tokex-miss", PORTS[mk], "/x/bench", mk, mode=("miss",),
             header=None, fixed=False, c1=log_on, log=mk, admin=PORTS[mk + "_admin"])
+    # Two workers, allowed on WORKERS_CPUS (default: both cores, shared with the load
+    # generator and the backend): saturation rps and CPU/request only.
+    add("nginx proxy, 2 workers", "nginx-2w", PORTS["nginx2"], "/bench", "nginx2", fixed=False, cores=WORKERS_CPUS)
+    add("tokex hit, 1 token, 2 workers (log off)", "tokex-2w", PORTS["tokex2"], "/x/bench", "tokex2", fixed=False,
+        log="tokex2", cores=WORKERS_CPUS)
     for x in t:
         x["log_on"] = "(log on)" in x["name"]
     return t
@@ -534,12 +614,25 @@ def measure(target, pidmap, rnd):
     res = {}
     run_wrk(target, CONNS, WARM_SECONDS)  # warm pools and caches
     if "h1" not in SKIP:
-        c0, all0, (busy0, steal0), t0 = cpu_seconds(pids), cpu_seconds(ours), core_stat(SERVER_CPU), time.monotonic()
+        cores = target["cores"]
+
+        def busy():
+            return sum(core_stat(c)[0] for c in cores)
+
+        def load_cpu():  # the load generator's CPU (wrk, a waited-for child)
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return r.ru_utime + r.ru_stime
+        c0, all0, busy0, steal0, l0, t0 = (cpu_seconds(pids), cpu_seconds(ours), busy(), core_stat(SERVER_CPU)[1],
+                                           load_cpu(), time.monotonic())
         w = run_wrk(target, CONNS, int(SECONDS))
-        c1, all1, (busy1, steal1), t1 = cpu_seconds(pids), cpu_seconds(ours), core_stat(SERVER_CPU), time.monotonic()
-        # Noise indicator: user+system time on the server core not charged to
-        # any bench server (other work on the machine), and hypervisor steal.
-        other = max(0.0, (busy1 - busy0) / CLK - (all1 - all0)) / (t1 - t0) * 100
+        c1, all1, busy1, steal1, l1, t1 = (cpu_seconds(pids), cpu_seconds(ours), busy(), core_stat(SERVER_CPU)[1],
+                                           load_cpu(), time.monotonic())
+        # Noise indicator: user+system time on the server core(s) not charged to
+        # any bench server (nor to the load generator, when the cores include its
+        # own: the 2-worker rows), i.e. other work on the machine, as a share of
+        # those cores; and hypervisor steal.
+        gen = (l1 - l0) if LOAD_CPU in cores else 0.0
+        other = max(0.0, (busy1 - busy0) / CLK - (all1 - all0) - gen) / (t1 - t0) / len(cores) * 100
         res.update(rps=w["rps"], cpu_us=(c1 - c0) / max(w["requests"], 1) * 1e6, h1_errors=w["errors"],
                    h1_requests=w["requests"], other_pct=other, steal_pct=(steal1 - steal0) / CLK / (t1 - t0) * 100)
     if target["fixed"] and "fixed" not in SKIP:
@@ -760,6 +853,24 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
              f"not included. nginx and Envoy run with no access log; tokex with its default `info` access log "
              f"written to a file (log on) and with `TOKEX_LOG=warn` (log off).")
     L.append("")
+    cores = ",".join(map(str, WORKERS_CPUS))
+    extra = []
+    if any("JWT" in n for n in order):
+        extra.append(f"The *JWT* rows' tokex has `inbound.jwt` (ES256 keys from the JWKS of a `tokex dev-sts` on core "
+                     f"{SERVER_CPU}, fetched at start): every request's user token, minted by that dev-sts, is verified "
+                     f"(signature, `exp`, `iss`, `aud`) before the cache lookup; the exchange itself is at the fast AS as "
+                     f"for the other rows. Checked before measuring: that token gets 200, no token, an unsigned token "
+                     f"and a tampered signature get 401.")
+    if any("2 workers" in n for n in order):
+        extra.append(f"The *2 workers* rows (nginx `worker_processes 2`, tokex `runtime.workers: 2`) may run on cores "
+                     f"{cores} (`taskset -c {cores}`); the backend stays on core {SERVER_CPU} and the load generator on "
+                     f"core {LOAD_CPU}" + (f": on this {info['nproc']}-core machine they share the cores with the load "
+                                           f"generator and the backend, so these rows measure CPU per request and rps "
+                                           f"under sharing, not ideal scaling." if LOAD_CPU in WORKERS_CPUS or
+                                           SERVER_CPU in WORKERS_CPUS else "."))
+    if extra:
+        L.append(" ".join(extra))
+        L.append("")
     L.append(f"## HTTP/1.1")
     L.append("")
     L.append(f"rps: `wrk -t1 -c{CONNS} -d{SECONDS:g}s` (saturation; core {SERVER_CPU} is shared by proxy and backend). "
@@ -792,21 +903,41 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
 
     # targets
     ng, ev = "nginx proxy", "envoy proxy"
+    ng2, tk1, tk2 = "nginx proxy, 2 workers", "tokex hit, 1 token (log off)", "tokex hit, 1 token, 2 workers (log off)"
     L.append("## Targets (reported, not asserted)")
     L.append("")
     L.append("| target | measured | goal | result |")
     L.append("|---|---:|---:|---|")
-    for sfx in (" (log on)", " (log off)"):
+    for sfx, goal in ((" (log on)", 1.35), (" (log off)", 1.2)):
         hit = "tokex hit, 1 token" + sfx
         if m(hit, "cpu_us") and m(ng, "cpu_us"):
             x = m(hit, "cpu_us") / m(ng, "cpu_us")
-            L.append(f"| cache-hit CPU/req ÷ nginx{sfx} | {x:.2f}× | ≤ 1.20× | {met(x <= 1.2)} |")
+            L.append(f"| cache-hit CPU/req ÷ nginx{sfx} | {x:.2f}× | ≤ {goal:.2f}× | {met(x <= goal)} |")
         if m(hit, "cpu_us") and m(ev, "cpu_us"):
             x = m(hit, "cpu_us") / m(ev, "cpu_us")
-            L.append(f"| cache-hit CPU/req ÷ Envoy{sfx} | {x:.2f}× | ≤ 0.35× | {met(x <= 0.35)} |")
+            L.append(f"| cache-hit CPU/req ÷ Envoy{sfx} | {x:.2f}× | ≤ 0.25× | {met(x <= 0.25)} |")
         if m(hit, "p99_ms") is not None and m(ng, "p99_ms") is not None:
             d = m(hit, "p99_ms") - m(ng, "p99_ms")
             L.append(f"| cache-hit p99 @{RATE} − nginx p99{sfx} | {d:+.3f} ms | ≤ +0.300 ms | {met(d <= 0.3)} |")
+    for sfx in (" (log off)", " (log on)"):
+        jh = "tokex JWT hit, 1 token" + sfx
+        if m(jh, "cpu_us") and m(ng, "cpu_us"):
+            x = m(jh, "cpu_us") / m(ng, "cpu_us")
+            if sfx == " (log off)":
+                L.append(f"| JWT-validated hit CPU/req ÷ nginx{sfx} | {x:.2f}× | ≤ 1.40× | {met(x <= 1.4)} |")
+            else:
+                L.append(f"| JWT-validated hit CPU/req ÷ nginx{sfx} | {x:.2f}× | (goal is for log off) | reported |")
+    big = [(n, entries, kib) for n, entries, kib in fills if n >= 1000000]
+    if big:
+        n, entries, kib = big[0]
+        if entries >= 1000000:
+            L.append(f"| RSS with 1M cached tokens | {kib / 1024:.0f} MiB | ≤ 1024 MiB | {met(kib <= 1024 * 1024)} |")
+        else:
+            L.append(f"| RSS with 1M cached tokens | fill reached {entries:,} ({kib / 1024:.0f} MiB) | ≤ 1024 MiB | "
+                     f"not measured (fill short of 1M) |")
+    elif fills:
+        L.append(f"| RSS with 1M cached tokens | – | ≤ 1024 MiB | not measured (no 1,000,000 in BENCH_RSS_FILLS"
+                 f"{', a --quick run' if QUICK else ''}) |")
     idle = None
     if startup:
         times, rss = startup
@@ -814,6 +945,14 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
         L.append(f"| idle RSS | {idle:.1f} MiB | ≤ 15 MiB | {met(idle <= 15)} |")
         st = med(times)
         L.append(f"| start-to-ready | {st:.1f} ms | ≤ 100 ms | {met(st <= 100)} |")
+    if m(tk2, "rps") and m(tk1, "rps"):
+        x = m(tk2, "rps") / m(tk1, "rps")
+        nx = f"; nginx {m(ng2, 'rps') / m(ng, 'rps'):.2f}×" if m(ng2, "rps") and m(ng, "rps") else ""
+        shared = LOAD_CPU in WORKERS_CPUS or SERVER_CPU in WORKERS_CPUS
+        where = f"on {info['nproc']} cores" if info["nproc"] <= 2 else f"with BENCH_WORKERS_CPUS={cores}"
+        verdict = (f"not measurable {where} (the 2 workers share cores {cores} with the load generator and the "
+                   f"backend)" if shared else met(x >= 1.8))
+        L.append(f"| 2-worker scaling, rps(2 workers) ÷ rps(1 worker), log off | {x:.2f}×{nx} | ≥ 1.80× | {verdict} |")
     L.append("")
     L.append("Ratios (tokex ÷ nginx, tokex ÷ Envoy; CPU/request and saturation rps):")
     L.append("")
@@ -824,10 +963,64 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
         return f"{a / b:.2f}" if a and b else "–"
     for name in order:
         if name.startswith("tokex"):
-            L.append(f"| {name} | {ratio(m(name, 'cpu_us'), m(ng, 'cpu_us'))} | {ratio(m(name, 'cpu_us'), m(ev, 'cpu_us'))} | "
-                     f"{ratio(m(name, 'rps'), m(ng, 'rps'))} | {ratio(m(name, 'rps'), m(ev, 'rps'))} | "
-                     f"{ratio(m(name, 'h2_cpu_us'), m(ng, 'h2_cpu_us'))} | {ratio(m(name, 'h2_cpu_us'), m(ev, 'h2_cpu_us'))} |")
+            # The 2-worker tokex row is compared with the 2-worker nginx (no 2-worker Envoy).
+            two = "2 workers" in name
+            rn, re_ = (ng2, None) if two else (ng, ev)
+            label = f"{name} (÷ nginx, 2 workers)" if two else name
+            L.append(f"| {label} | {ratio(m(name, 'cpu_us'), m(rn, 'cpu_us'))} | {ratio(m(name, 'cpu_us'), m(re_, 'cpu_us'))} | "
+                     f"{ratio(m(name, 'rps'), m(rn, 'rps'))} | {ratio(m(name, 'rps'), m(re_, 'rps'))} | "
+                     f"{ratio(m(name, 'h2_cpu_us'), m(rn, 'h2_cpu_us'))} | {ratio(m(name, 'h2_cpu_us'), m(re_, 'h2_cpu_us'))} |")
     L.append("")
+
+    jrows = [(sfx, "tokex JWT hit, 1 token" + sfx, "tokex hit, 1 token" + sfx) for sfx in (" (log off)", " (log on)")]
+    jrows = [r for r in jrows if m(r[1], "cpu_us")]
+    if jrows:
+        L.append("## JWT-validated route")
+        L.append("")
+        L.append("What verifying the caller's JWT adds to a cache hit (JWT hit − plain hit, same access-log setting; "
+                 "– when the plain hit row was not run):")
+        L.append("")
+        L.append(f"| access log | CPU µs/req JWT hit | + over hit | rps ÷ hit | p50 ms @{RATE} + over hit | "
+                 f"p99 ms @{RATE} + over hit |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+
+        def delta(a, b, nd):
+            return f"{a - b:+.{nd}f}" if a is not None and b is not None else "–"
+        for sfx, jh, hit in jrows:
+            L.append(f"| {sfx.strip(' ()')} | {fmt(m(jh, 'cpu_us'))} | {delta(m(jh, 'cpu_us'), m(hit, 'cpu_us'), 1)} | "
+                     f"{ratio(m(jh, 'rps'), m(hit, 'rps'))} | {delta(m(jh, 'p50_ms'), m(hit, 'p50_ms'), 3)} | "
+                     f"{delta(m(jh, 'p99_ms'), m(hit, 'p99_ms'), 3)} |")
+        L.append("")
+
+    wrows = [(n1, n2) for n1, n2 in ((ng, ng2), (tk1, tk2)) if m(n2, "rps")]
+    if wrows:
+        L.append("## Two workers")
+        L.append("")
+        shared = LOAD_CPU in WORKERS_CPUS or SERVER_CPU in WORKERS_CPUS
+        L.append(f"nginx `worker_processes 2` and tokex `runtime.workers: 2` (log off) on cores {cores}; the backend "
+                 f"on core {SERVER_CPU}, wrk on core {LOAD_CPU}"
+                 + (f". On this {info['nproc']}-core machine the load generator and the backend share those cores with "
+                    f"the two workers, so this measures CPU per request and rps under sharing, not ideal scaling."
+                    if shared else "."))
+        L.append("")
+        L.append("| server | rps, 1 worker | rps, 2 workers | scaling (2 ÷ 1) | CPU µs/req, 1 worker | "
+                 "CPU µs/req, 2 workers | other %, 2 workers |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        for n1, n2 in wrows:
+            L.append(f"| {'nginx proxy' if n1 == ng else 'tokex hit, 1 token (log off)'} | {fmt(m(n1, 'rps'), 0)} | {fmt(m(n2, 'rps'), 0)} | "
+                     f"{ratio(m(n2, 'rps'), m(n1, 'rps'))}{'×' if m(n1, 'rps') else ''} | {fmt(m(n1, 'cpu_us'))} | "
+                     f"{fmt(m(n2, 'cpu_us'))} | {fmt(m(n2, 'other_pct'), 0)} |")
+        L.append("")
+        t1, t2, n1r, n2r = m(tk1, "rps"), m(tk2, "rps"), m(ng, "rps"), m(ng2, "rps")
+        if t1 and t2:
+            L.append(f"Scaling: tokex rps(2 workers) ÷ rps(1 worker) = **{t2 / t1:.2f}×**"
+                     + (f", nginx the same ratio = **{n2r / n1r:.2f}×**" if n1r and n2r else "")
+                     + " (goal ≥ 1.80× for tokex"
+                     + ("; not measurable with these cores shared)." if shared else ")."))
+            L.append("")
+        L.append(f"*other %* for these rows: the share of cores {cores}' user+system time not charged to a bench "
+                 f"server nor to the load generator.")
+        L.append("")
 
     L.append("## Memory and start-up (tokex)")
     L.append("")
@@ -901,12 +1094,18 @@ def main():
         log("start-to-ready and idle RSS")
         startup = start_to_ready()
 
+    def selected(ts):
+        return [t for t in ts if any(o in t["name"] for o in ONLY)] if ONLY else ts
+    # The servers only the new rows use start only when one of their rows is selected.
+    wanted = {t["pids"] for t in selected(targets(token, str(tokens_file)))}
+    sts_secret = secrets.token_hex(16)
+
     log("starting servers")
     pidmap = {}
     servers = [
         ("backend", backend_argv(), None, (PORTS["backend"], "/")),
         ("as", as_argv(), None, None),
-        ("nginx", nginx_proxy_argv(), None, (PORTS["nginx"], "/")),
+        ("nginx", nginx_proxy_argv("nginx", PORTS["nginx"], PORTS["nginx_h2"]), None, (PORTS["nginx"], "/")),
         ("envoy", envoy_argv(), None, (PORTS["envoy_admin"], "/ready")),
         ("tokex_on", tokex_conf("tokex_on", PORTS["tokex_on"], PORTS["tokex_on_admin"]), tokex_env(True),
          (PORTS["tokex_on_admin"], "/readyz")),
@@ -917,8 +1116,22 @@ def main():
         ("miss_off", tokex_conf("miss_off", PORTS["miss_off"], PORTS["miss_off_admin"], 2000000), tokex_env(False),
          (PORTS["miss_off_admin"], "/readyz")),
     ]
-    for name, argv, env, ready in servers:
-        p = PROCS.start(name, argv, env=env)
+    if wanted & {"jwt_on", "jwt_off"}:
+        # dev-sts first: the JWT instances are ready once they hold its JWKS. It
+        # stays up (idle) so the background JWKS refresh keeps succeeding.
+        servers.append(("sts", sts_argv(sts_secret), None, (PORTS["sts"], "/jwks.json")))
+        for k, log_on in (("jwt_on", True), ("jwt_off", False)):
+            if k in wanted:
+                servers.append((k, tokex_conf_variant(k, PORTS[k], PORTS[k + "_admin"], inbound=jwt_inbound()),
+                                tokex_env(log_on), (PORTS[k + "_admin"], "/readyz")))
+    if "nginx2" in wanted:
+        servers.append(("nginx2", nginx_proxy_argv("nginx2", PORTS["nginx2"], workers=2), None,
+                        (PORTS["nginx2"], "/"), WORKERS_CPUS))
+    if "tokex2" in wanted:
+        servers.append(("tokex2", tokex_conf_variant("tokex2", PORTS["tokex2"], PORTS["tokex2_admin"], workers=2),
+                        tokex_env(False), (PORTS["tokex2_admin"], "/readyz"), WORKERS_CPUS))
+    for name, argv, env, ready, *cpus in servers:
+        p = PROCS.start(name, argv, env=env, cpu=cpus[0] if cpus else SERVER_CPU)
         pidmap[name] = p.pid
         if ready:
             wait_http(ready[0], ready[1], name, p)
@@ -942,18 +1155,55 @@ def main():
         st, body = http_get(port, path)
         if st != 200 or b"ok" not in body:
             raise RuntimeError(f"{name} did not proxy: {st} {body[:200]!r}")
-    c = http.client.HTTPConnection("127.0.0.1", PORTS["tokex_on"], timeout=5)
-    c.request("GET", "/x/bench", headers={"Authorization": f"Bearer {token}"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"tokex exchange route answered {r.status}: {r.read()[:300]!r}")
+    def get(port, path, auth=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            c.request("GET", path, headers={"Authorization": auth} if auth else {})
+            r = c.getresponse()
+            return r.status, r.getheader("WWW-Authenticate") or "", r.read()
+        finally:
+            c.close()
+    st, _, body = get(PORTS["tokex_on"], "/x/bench", f"Bearer {token}")
+    if st != 200:
+        raise RuntimeError(f"tokex exchange route answered {st}: {body[:300]!r}")
+    if "nginx2" in wanted:
+        st, _, body = get(PORTS["nginx2"], "/bench")
+        if st != 200 or b"ok" not in body:
+            raise RuntimeError(f"nginx (2 workers) did not proxy: {st} {body[:200]!r}")
+    if "tokex2" in wanted:
+        st, _, body = get(PORTS["tokex2"], "/x/bench", f"Bearer {token}")
+        if st != 200 or b"ok" not in body:
+            raise RuntimeError(f"tokex (2 workers) exchange route answered {st}: {body[:300]!r}")
+    jwt_token = "pending"
+    if "sts" in pidmap:
+        jwt_token = mint_jwt(sts_secret, "user-jwt")
+        head, payload, sig = jwt_token.split(".")
+        tampered = f"{head}.{payload}.{sig[:-4]}{'AAAA' if sig[-4:] != 'AAAA' else 'BBBB'}"
+        for k in ("jwt_on", "jwt_off"):
+            if k not in pidmap:
+                continue
+            # The row must really validate: the dev-sts token passes (200 through to
+            # the backend); no token, the plain rows' token (not signed by the
+            # dev-sts) and the token with its signature altered are refused 401.
+            st, _, body = get(PORTS[k], "/x/bench", f"Bearer {jwt_token}")
+            if st != 200 or b"ok" not in body:
+                raise RuntimeError(f"tokex JWT route ({k}) answered {st} to a dev-sts token: {body[:300]!r}")
+            for what, auth, want in (("no token", None, ""), ("an unsigned token", f"Bearer {token}", "invalid_token"),
+                                     ("a tampered signature", f"Bearer {tampered}", "invalid_token")):
+                st, www, body = get(PORTS[k], "/x/bench", auth)
+                if st != 401 or want not in www:
+                    raise RuntimeError(f"tokex JWT route ({k}) answered {st} ({www!r}) to {what}, not 401: "
+                                       f"inbound validation is not on")
+            rejected = metric(PORTS[k + "_admin"], "tokex_inbound_rejections_total") or 0
+            if rejected < 2:
+                raise RuntimeError(f"tokex JWT route ({k}): tokex_inbound_rejections_total is {rejected}, not 2")
+            log(f"{k}: dev-sts token 200; no token, unsigned and tampered tokens 401")
 
-    all_targets = targets(token, str(tokens_file))
+    all_targets = targets(token, str(tokens_file), jwt_token)
     all_targets.append({"name": "AS direct", "group": "as", "url": f"http://127.0.0.1:{PORTS['as']}/token",
                         "mode": ("as",), "header": None, "pids": "as", "h2url": None, "fixed": False,
                         "c1": True, "log": None, "admin": None, "only_c1": True})
-    if ONLY:
-        all_targets = [t for t in all_targets if any(o in t["name"] for o in ONLY)]
+    all_targets = selected(all_targets)
     order = [t["name"] for t in all_targets if not t.get("only_c1")]
 
     if any(t["group"] == "tokex-10k" for t in all_targets):
@@ -992,7 +1242,8 @@ def main():
     for name, pid in pidmap.items():
         if PROCS.running.get(name) and PROCS.running[name].poll() is not None:
             anomalies.append(f"{name} exited during the run (code {PROCS.running[name].returncode})")
-    for name in ("nginx", "envoy", "tokex_on", "tokex_off", "miss_on", "miss_off"):
+    for name in ("nginx", "envoy", "tokex_on", "tokex_off", "miss_on", "miss_off", "jwt_on", "jwt_off", "nginx2",
+                 "tokex2", "sts"):
         PROCS.stop(name)
 
     fills = []

