@@ -23,6 +23,7 @@ use crate::proxy::handler::{Gateway, Runtime};
 use crate::proxy::pool::UpstreamClient;
 use crate::proxy::routes::{Route, RouteAuth, RouteTable};
 use crate::proxy::server::{serve, Limits, Listening, Phase};
+use crate::proxy::workers::Workers;
 use crate::readiness::Readiness;
 
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +160,16 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds the listeners and starts serving `config`.
+/// Binds the listeners and starts serving `config`, on `runtime.workers`
+/// worker threads when it says more than one (else on the caller's runtime).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let workers = config.workers.unwrap_or(1);
+    start_with_workers(config, workers).await
+}
+
+/// [`start`] with the number of workers resolved by the caller (`tokex run`:
+/// `runtime.workers`, or one per core when unset).
+pub async fn start_with_workers(config: Config, workers: usize) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = build_runtime(&config, &metrics, None)?;
     let mut exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
@@ -208,7 +217,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_connections,
         http2_max_concurrent_streams: config.listen.http2_max_concurrent_streams,
     };
-    let listening = Listening { tls, connections: Some(metrics.connections()) };
+    // Thread per core: one single-threaded runtime per worker serves the
+    // proxy listener's connections (main.rs runs the rest on one thread).
+    let workers = match workers {
+        n if n > 1 => Some(Workers::start(n).map_err(|e| StartError::Setup(format!("cannot start the workers: {e}")))?),
+        _ => None,
+    };
+    let listening = Listening { tls, connections: Some(metrics.connections()), workers };
     let mut tasks = vec![tokio::spawn(serve(
         listener,
         listening,
@@ -223,7 +238,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     if let Some(l) = admin_listener {
         let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
-        let plain = Listening { tls: None, connections: None };
+        let plain = Listening::plain();
         tasks.push(tokio::spawn(serve(l, plain, Limits::internal(16 * 1024), admin, phase_rx, Duration::from_secs(1))));
     }
     readiness.set_serving();

@@ -266,33 +266,28 @@ fn run(path: &Path, log: &str, format: LogFormat) -> ExitCode {
         tracing::warn!(path = %w.path, line = w.line, "config: {}", w.message);
     }
     let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // One worker: a current-thread runtime (no work-stealing machinery, no
-    // cross-thread wake-ups). More: the multi-thread scheduler.
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    let rt = match builder.enable_all().build() {
+    // A current-thread runtime (no work-stealing machinery, no cross-thread
+    // wake-ups). With more than one worker, it accepts and runs the control
+    // plane, and each worker thread serves connections on a runtime of its
+    // own (proxy/workers.rs).
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(path.to_owned(), config))
+    rt.block_on(serve(path.to_owned(), config, workers))
 }
 
-async fn serve(path: PathBuf, config: Config) -> ExitCode {
+async fn serve(path: PathBuf, config: Config, workers: usize) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before the listeners announce themselves.
     let (Ok(mut stop), Ok(mut hup)) = (tokex::app::StopSignals::install(), signal(SignalKind::hangup())) else {
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    let running = match tokex::app::start(config).await {
+    let running = match tokex::app::start_with_workers(config, workers).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");

@@ -254,6 +254,60 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert!(client().get(&gw.addr).send().await.is_err());
 }
 
+/// `runtime.workers: 2`: connections are served by two worker threads of
+/// their own (thread per core); requests on both work, and a shutdown still
+/// drains a request in flight on a worker.
+#[tokio::test]
+async fn two_workers_serve_connections_and_drain_on_shutdown() {
+    let slow = serve(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        Response::new(full("done"))
+    })
+    .await;
+    let dir = temp_dir("workers");
+    let file = write_config(
+        &dir,
+        &format!(
+            "runtime: {{ workers: 2, shutdown_grace: 5s, shutdown_delay: 0s }}\nroutes:\n  - name: s\n    auth: none\n    upstream: http://{slow}\n"
+        ),
+    );
+    let mut gw = Proc::start(&file, "info").await;
+    let pid = gw.child.id().unwrap();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    for w in ["tokex-worker-0", "tokex-worker-1"] {
+        assert!(names.iter().any(|n| n == w), "{w} in {names:?}");
+    }
+    // Connections in turn on each worker: all answered, over keep-alive too.
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let url = gw.addr.clone();
+            tokio::spawn(async move {
+                let c = client();
+                for _ in 0..20 {
+                    assert_eq!(c.get(format!("{url}/fast")).send().await.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let url = gw.addr.clone();
+    let in_flight = tokio::spawn(async move { get(&format!("{url}/slow"), None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "done"), "the request in flight on a worker finishes");
+    let exit = tokio::time::timeout(Duration::from_secs(5), gw.child.wait()).await.expect("exits").unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", gw.log());
+}
+
 /// Log lines are written in batches by a thread of their own: none is lost
 /// or reordered, the last ones are written at exit, and every line is whole.
 #[tokio::test]

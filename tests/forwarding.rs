@@ -558,3 +558,62 @@ async fn admin_endpoints() {
     // The admin listener is not the proxy: gateway paths are not served there.
     assert_eq!(get(&format!("{}/x", gw.admin), Some("broad")).await.0, 404);
 }
+
+/// Found by review of the per-worker pool: a backend that answers before the
+/// request's body is all there (an early 200, 413, redirect) leaves the
+/// connection busy with that upload. It must not go back to the idle list
+/// then: the next request would wait on another caller's upload.
+#[tokio::test]
+async fn a_connection_still_uploading_is_not_lent_to_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw backend that answers an upload at once and keeps reading it
+    // (the connection stays open, busy with the upload).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let upload = head.starts_with(b"POST /upload");
+                    let body = if upload { "early" } else { "next" };
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    conn.write_all(answer.as_bytes()).await.unwrap();
+                    if upload {
+                        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                        return;
+                    }
+                    head.drain(..end + 4);
+                }
+            });
+        }
+    });
+    let gw =
+        TestGateway::start(&format!("routes:\n  - name: u\n    auth: none\n    upstream: http://{backend}\n")).await;
+    // Caller A: a body of 100,000 bytes declared, 10 sent, then nothing.
+    let mut a = tokio::net::TcpStream::connect(gw.running.addr).await.unwrap();
+    a.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut buf)).await.expect("A's answer").unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Caller B, on the same worker, right after: answered at once.
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(3), client().get(format!("{}/next", gw.url)).send())
+        .await
+        .expect("B is not held behind A's upload")
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "next");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(a);
+}

@@ -25,6 +25,11 @@ impl Granted {
         Granted(list.into())
     }
 
+    /// Bytes held: the scopes' text and their `String`s.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.iter().map(|s| s.len() + std::mem::size_of::<String>()).sum()
+    }
+
     pub fn contains(&self, scope: &str) -> bool {
         self.0.iter().any(|s| s == scope)
     }

@@ -12,7 +12,10 @@
 //!   a reload) verifies every token again on its next request.
 //! - An entry lives until `exp` plus leeway, and never longer than
 //!   [`MAX_AGE`] (the JWKS refresh interval without `Cache-Control`).
-//! - At most [`MAX_ENTRIES`] entries (moka's TinyLFU keeps the busy ones).
+//! - At most [`MAX_ENTRIES`] entries (moka's TinyLFU keeps the busy ones),
+//!   counted by weight: an entry weighs one per [`WEIGHT_UNIT`] bytes of
+//!   scopes (at least one), so tokens with thousands of scopes cannot hold
+//!   more memory than ordinary ones would.
 //!   One is about 0.6 KiB with moka's bookkeeping (measured: +62 MiB
 //!   resident for 100,000 entries of two scopes), so the cache stays within
 //!   about 6 MiB; a busier edge only verifies more often. Only validly signed
@@ -32,6 +35,8 @@ use crate::metrics::{Counters, Metrics};
 
 /// Entries held at most.
 pub const MAX_ENTRIES: u64 = 10_000;
+/// Scope bytes an entry may hold per unit of [`MAX_ENTRIES`].
+pub const WEIGHT_UNIT: usize = 512;
 /// An entry's longest life, whatever the token's `exp`.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
 
@@ -46,6 +51,8 @@ struct Entry {
     /// The JWKS key generation the token was verified under.
     generation: u64,
     ttl: Duration,
+    /// In units of [`MAX_ENTRIES`].
+    weight: u32,
 }
 
 struct PerEntry;
@@ -71,7 +78,11 @@ impl VerifiedCache {
     /// `leeway`: the validator's, applied to `exp` and `nbf` on every hit.
     pub fn new(leeway: Duration, metrics: &Metrics) -> Self {
         VerifiedCache {
-            cache: moka::future::Cache::builder().max_capacity(MAX_ENTRIES).expire_after(PerEntry).build(),
+            cache: moka::future::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .weigher(|_: &Key, e: &Arc<Entry>| e.weight)
+                .expire_after(PerEntry)
+                .build(),
             leeway,
             lookups: metrics.inbound_cache(&RESULTS),
         }
@@ -107,7 +118,9 @@ impl VerifiedCache {
         if ttl.is_zero() {
             return;
         }
-        let entry = Entry { granted: valid.granted.clone(), window: valid.window, generation, ttl };
+        let units = valid.granted.heap_bytes().div_ceil(WEIGHT_UNIT).max(1);
+        let weight = u32::try_from(units).unwrap_or(u32::MAX);
+        let entry = Entry { granted: valid.granted.clone(), window: valid.window, generation, ttl, weight };
         self.cache.insert(hash, Arc::new(entry)).await;
     }
 }
@@ -128,6 +141,23 @@ mod tests {
         let text = metrics.encode(0);
         let line = format!("tokex_inbound_cache_total{{result=\"{result}\"}} ");
         text.lines().find_map(|l| l.strip_prefix(&line)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn entries_weigh_by_their_scopes() {
+        let metrics = Metrics::new();
+        let c = VerifiedCache::new(LEEWAY, &metrics);
+        c.insert_at([1; 32], &valid(NOW + 60.0, None), 1, NOW).await;
+        let many: Vec<String> = (0..2000).map(|i| format!("s{i}")).collect();
+        let big = Valid {
+            granted: Granted::from_claims(Some(&json!(many.join(" "))), None),
+            window: Window { exp: NOW + 60.0, nbf: None },
+        };
+        c.insert_at([2; 32], &big, 1, NOW).await;
+        c.cache.run_pending_tasks().await;
+        let want = 1 + big.granted.heap_bytes().div_ceil(WEIGHT_UNIT) as u64;
+        assert!(want > 100, "{want}");
+        assert_eq!(c.cache.weighted_size(), want, "an ordinary entry weighs 1, a large one by its bytes");
     }
 
     #[tokio::test]

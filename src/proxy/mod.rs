@@ -17,6 +17,7 @@ pub mod target;
 pub mod tls;
 pub mod token_scan;
 pub mod tunnel;
+pub mod workers;
 
 /// Response body: a streamed upstream body or a small local answer.
 pub type Body = http_body_util::Either<forward::UpstreamBody, http_body_util::Full<bytes::Bytes>>;

@@ -4,7 +4,7 @@
 //! lock no other thread touches: no shared map lookup, no task per request.
 //! An https backend that offers h2 by ALPN gets one shared HTTP/2 connection
 //! instead. Upgrade requests (WebSocket) use HTTP/1.1 only: an idle
-//! connection, or a new one that offers no h2.
+//! connection, or a new one that offers no h2 (with or without `upstream_tls`).
 //!
 //! A connection goes back to its pool when its answer's body has ended
 //! ([`Lease`]); idle ones are closed after `idle_timeout` by a sweeper task
@@ -81,10 +81,11 @@ pub struct UpstreamClient {
     pub settings: (Option<UpstreamTlsConfig>, PoolConfig),
     /// Offers h2 by ALPN to https backends.
     any: Connector,
-    /// HTTP/1.1 only, for upgrades; none without TLS settings (`any` is used).
-    h1: Option<Connector>,
+    /// HTTP/1.1 only (no h2 offered), for upgrades.
+    h1: Connector,
     /// One pool per backend, shared by the routes that name it.
-    hosts: Mutex<HashMap<(bool, Authority), Arc<HostPool>>>,
+    /// (Weak: a pool no route names any more goes, with its connections.)
+    hosts: Mutex<HashMap<(bool, Authority), Weak<HostPool>>>,
 }
 
 impl UpstreamClient {
@@ -111,7 +112,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             settings: (tls.map(|(_, t)| t.clone()), pool),
             any: connector(true),
-            h1: tls.map(|_| connector(false)),
+            h1: connector(false),
             hosts: Mutex::new(HashMap::new()),
         })
     }
@@ -120,9 +121,10 @@ impl UpstreamClient {
     pub fn host(&self, scheme: &Scheme, authority: &Authority) -> Result<Arc<HostPool>, String> {
         let https = *scheme == Scheme::HTTPS;
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = hosts.get(&(https, authority.clone())) {
-            return Ok(pool.clone());
+        if let Some(pool) = hosts.get(&(https, authority.clone())).and_then(Weak::upgrade) {
+            return Ok(pool);
         }
+        hosts.retain(|_, pool| pool.strong_count() > 0);
         let dest = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
@@ -144,7 +146,7 @@ impl UpstreamClient {
             h2_seen: AtomicBool::new(false),
             sweeping: AtomicBool::new(false),
         });
-        hosts.insert((https, authority.clone()), made.clone());
+        hosts.insert((https, authority.clone()), Arc::downgrade(&made));
         Ok(made)
     }
 }
@@ -165,7 +167,7 @@ pub struct HostPool {
     /// `Host` for HTTP/1.1 requests that have none.
     host: HeaderValue,
     any: Connector,
-    h1: Option<Connector>,
+    h1: Connector,
     /// Idle HTTP/1.1 connections, per worker thread (most recent last).
     idle: Box<[Mutex<Vec<Idle>>]>,
     /// Idle connections kept per worker thread at most.
@@ -240,17 +242,40 @@ impl HostPool {
         }
     }
 
+    /// On the shared HTTP/2 connection; a request it refused unsent (the
+    /// backend went away: `GOAWAY`) goes once on a new connection.
     async fn send_h2(
-        &self,
+        self: &Arc<Self>,
         mut tx: http2::SendRequest<Outgoing>,
         mut req: Request<Outgoing>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         // HTTP/2 takes the scheme and authority from the target.
         let mut parts = self.dest.clone().into_parts();
         parts.path_and_query = req.uri().path_and_query().cloned();
+        // The parts of a valid URI: a failure would be a bug, answered 502.
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::Connect(e.into()))?;
-        let resp = tx.send_request(req).await.map_err(SendError::Send)?;
-        Ok((resp, None))
+        let unsent = match tx.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, None)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => unsent,
+                None => return Err(SendError::Send(e.into_error())),
+            },
+        };
+        match self.connect(false).await? {
+            Fresh::H2(mut tx) => tx.send_request(unsent).await.map(|r| (r, None)).map_err(SendError::Send),
+            Fresh::H1(mut tx) => {
+                // The backend no longer offers h2: an origin-form target and a `Host`.
+                let mut unsent = unsent;
+                let pq =
+                    unsent.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                *unsent.uri_mut() = Uri::from(pq);
+                if !unsent.headers().contains_key(HOST) {
+                    unsent.headers_mut().insert(HOST, self.host.clone());
+                }
+                let resp = tx.send_request(unsent).await.map_err(SendError::Send)?;
+                Ok((resp, Some(Lease { pool: self.clone(), tx })))
+            }
+        }
     }
 
     /// The HTTP/2 connection, while it is open.
@@ -301,10 +326,7 @@ impl HostPool {
     }
 
     async fn connect(&self, upgrade: bool) -> Result<Fresh, SendError> {
-        let connector = match (&self.h1, upgrade) {
-            (Some(h1), true) => h1,
-            _ => &self.any,
-        };
+        let connector = if upgrade { &self.h1 } else { &self.any };
         let io = connector.connect(self.dest.clone()).await.map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
@@ -356,7 +378,22 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The answer's body has ended. The connection goes back once it can
+    /// take a request: at once usually; while the request's own body is
+    /// still being sent (a backend that answered early), after that, within
+    /// `idle_timeout`, or not at all. A connection in the idle list is never
+    /// one another request would have to wait for.
     pub fn release(self) {
-        self.pool.put(self.tx);
+        let Lease { pool, mut tx } = self;
+        if tx.is_ready() {
+            pool.put(tx);
+            return;
+        }
+        let wait = pool.idle_timeout;
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(wait, tx.ready()).await {
+                pool.put(tx);
+            }
+        });
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{ConnState, Expired, OpenConnection, Timeouts, Watched};
 use super::reload::FileBacked;
+use super::workers::Workers;
 use super::Body;
 
 /// HTTP/2 streams a client may reset before the server has seen them
@@ -42,11 +43,14 @@ pub struct Listening {
     pub tls: Option<Arc<FileBacked<tokio_rustls::TlsAcceptor>>>,
     /// `tokex_connections_open`, `tokex_connections_total`.
     pub connections: Option<(prometheus_client::metrics::gauge::Gauge, prometheus_client::metrics::counter::Counter)>,
+    /// The runtimes that serve its connections (`runtime.workers` above
+    /// one); none: the accept loop's own.
+    pub workers: Option<Arc<Workers>>,
 }
 
 impl Listening {
     pub fn plain() -> Self {
-        Listening { tls: None, connections: None }
+        Listening { tls: None, connections: None, workers: None }
     }
 }
 
@@ -217,7 +221,22 @@ pub async fn serve<H: Handler>(
             stop = next_phase(&mut phase, &shared) => if stop { break } else { continue },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(shared.clone(), stream, peer, slot));
+        match &shared.listening.workers {
+            None => drop(tokio::spawn(connection(shared.clone(), stream, peer, slot))),
+            // Moved to the worker's own event loop (once per connection).
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => {
+                    let shared = shared.clone();
+                    workers.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => connection(shared, stream, peer, slot).await,
+                            Err(e) => tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker"),
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker"),
+            },
+        }
     }
     drop(listener);
     // The drain: connections (upgraded tunnels too: they hold their slot)

@@ -5,7 +5,8 @@
 //! first line. Warnings and errors are written at once, with everything
 //! before them. When the writer falls behind (stderr blocked), the buffer is
 //! bounded: past [`MAX_PENDING`] the caller writes it out itself, as an
-//! unbuffered logger would. [`flush`] at exit (the guard of `init` does it).
+//! unbuffered logger would. `main` calls [`flush`] before it returns; a
+//! panic of the main thread or an abort loses at most [`WINDOW`] of lines.
 
 use std::io::Write;
 use std::sync::{Condvar, Mutex, OnceLock};
