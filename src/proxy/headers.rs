@@ -70,7 +70,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
 /// Appends the peer to `X-Forwarded-For`; sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the caller asked for).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
-    use std::io::Write;
     // Repeated lines form one list (RFC 9110 §5.3): keep every hop, in order.
     let mut chain = Vec::with_capacity(48);
     for v in headers.get_all(X_FORWARDED_FOR) {
@@ -82,20 +81,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str,
             chain.extend_from_slice(b", ");
         }
     }
-    match peer {
-        IpAddr::V4(v4) => {
-            let mut num = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    chain.push(b'.');
-                }
-                chain.extend_from_slice(num.format(octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(chain, "{v6}");
-        }
-    }
+    crate::telemetry::access::ip(&mut chain, peer);
     headers.remove(X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, v);

@@ -170,7 +170,9 @@ fn timestamp(out: &mut Vec<u8>, since: std::time::Duration) {
     let _ = write!(out, ".{micros:06}Z");
 }
 
-fn ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// An address as `Display` writes it; IPv4 without `core::fmt` (it is on
+/// every request: the access line and `X-Forwarded-For`).
+pub fn ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let mut num = itoa::Buffer::new();
