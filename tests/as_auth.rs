@@ -171,6 +171,73 @@ async fn private_key_jwt_es256_and_eddsa_assertions() {
     }
 }
 
+// ---------------------------------------------------------------------------
+// client_secret_jwt
+
+/// RFC 7523 §2.2 with HS256 over the client secret (OpenID Connect Core §9
+/// `client_secret_jwt`; Okta, PingOne and Keycloak offer it): the secret
+/// itself never travels, each request has its own assertion.
+#[tokio::test]
+async fn client_secret_jwt_sends_an_hs256_assertion_and_never_the_secret() {
+    let secret = "0123456789abcdef0123456789abcdef-okta";
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let auth = format!("{{ method: client_secret_jwt, client_id: gw, client_secret: \"{secret}\" }}");
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), &auth, &exchange_route("a", "/", backend, ""))).await;
+    assert_eq!(get(&gw.url, Some("subject-1")).await.0, 200);
+    assert_eq!(get(&gw.url, Some("subject-2")).await.0, 200);
+    let requests = auth_server.requests();
+    assert_eq!(requests.len(), 2);
+    let mut jtis = Vec::new();
+    for r in &requests {
+        assert_eq!(r.param("client_assertion_type"), Some(JWT_BEARER));
+        assert_eq!(r.param("client_id"), Some("gw"));
+        assert_eq!(r.param("client_secret"), None);
+        assert!(r.headers.get("authorization").is_none());
+        assert!(r.form.iter().all(|(_, v)| !v.contains(secret)), "the secret itself is not sent");
+        let jwt = r.param("client_assertion").unwrap();
+        assert_eq!(jsonwebtoken::decode_header(jwt).unwrap().alg, Algorithm::HS256);
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[auth_server.token_url()]);
+        v.set_issuer(&["gw"]);
+        v.sub = Some("gw".to_owned());
+        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let claims = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_secret(secret.as_bytes()), &v)
+            .unwrap_or_else(|e| panic!("assertion does not verify with the secret: {e}"))
+            .claims;
+        let wrong = DecodingKey::from_secret(b"another-secret-of-enough-length-000");
+        assert!(jsonwebtoken::decode::<Value>(jwt, &wrong, &v).is_err());
+        let (iat, exp) = (claims["iat"].as_u64().unwrap(), claims["exp"].as_u64().unwrap());
+        assert!(exp > iat && exp - iat <= 60, "short-lived");
+        jtis.push(claims["jti"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(jtis[0], jtis[1], "jti is unique per assertion");
+}
+
+#[test]
+fn client_secret_jwt_needs_a_secret_of_hs256_length() {
+    let config = |auth: &str| {
+        format!(
+            "listen: {{ address: \"127.0.0.1:8080\" }}\nauthorization_servers:\n  corp:\n    token_endpoint: https://as.example.com/token\n    client_auth: {auth}\nroutes:\n  - {{ name: r, upstream: \"http://127.0.0.1:1\", exchange: {{ authorization_server: corp }} }}\n"
+        )
+    };
+    let short = config("{ method: client_secret_jwt, client_id: gw, client_secret: short }");
+    let e = tokex::config::parse(&short).unwrap_err().to_string();
+    assert!(e.contains("at least 32 bytes"), "{e}");
+    let no_secret = config("{ method: client_secret_jwt, client_id: gw }");
+    let e = tokex::config::parse(&no_secret).unwrap_err().to_string();
+    assert!(e.contains("needs client_secret or client_secret_file"), "{e}");
+    let alg = config("{ method: client_secret_jwt, client_id: gw, client_secret: 0123456789abcdef0123456789abcdef, algorithm: ES256 }");
+    let e = tokex::config::parse(&alg).unwrap_err().to_string();
+    assert!(e.contains("algorithm") && e.contains("only by private_key_jwt"), "{e}");
+    let issuer_aud = config("{ method: client_secret_jwt, client_id: gw, client_secret: 0123456789abcdef0123456789abcdef, assertion_audience: issuer }");
+    let e = tokex::config::parse(&issuer_aud).unwrap_err().to_string();
+    assert!(e.contains("issuer needs the server configured with issuer:"), "{e}");
+    let ok = config("{ method: client_secret_jwt, client_id: gw, client_secret: 0123456789abcdef0123456789abcdef }");
+    assert!(tokex::config::parse(&ok).is_ok());
+}
+
 #[tokio::test]
 async fn a_retried_request_carries_a_fresh_assertion() {
     let dir = temp_dir("retry");

@@ -180,6 +180,13 @@ pub enum ClientAuthConfig {
         algorithm: Option<jsonwebtoken::Algorithm>,
         assertion_audience: AssertionAudience,
     },
+    /// RFC 7523 §2.2 with a MAC: a JWT signed HS256 with the client secret
+    /// (OpenID Connect's `client_secret_jwt`; Okta, PingOne, Keycloak).
+    SecretJwt {
+        client_id: String,
+        secret: SecretSource,
+        assertion_audience: AssertionAudience,
+    },
     /// RFC 8705 §2: a client certificate on the TLS connection to the AS.
     TlsClientAuth {
         client_id: String,

@@ -330,7 +330,10 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     };
     match (&client_auth, &location) {
         (
-            Some(ClientAuthConfig::PrivateKeyJwt { assertion_audience: AssertionAudience::Issuer, .. }),
+            Some(
+                ClientAuthConfig::PrivateKeyJwt { assertion_audience: AssertionAudience::Issuer, .. }
+                | ClientAuthConfig::SecretJwt { assertion_audience: AssertionAudience::Issuer, .. },
+            ),
             Some(AsLocation::TokenEndpoint(_)),
         ) => cx.err(
             format!("{base}.client_auth.assertion_audience"),

@@ -18,7 +18,7 @@ use super::discovery::{EndpointSlot, Endpoints};
 use super::error::sanitize_code;
 use super::guard::{whole_seconds, AsGuard, Health};
 use super::{ExchangeError, Refusal};
-use crate::config::{AsLocation, AuthServerConfig, ClientAuthConfig};
+use crate::config::{AsLocation, AssertionAudience, AuthServerConfig, ClientAuthConfig};
 use crate::secret::{Secret, SecretString};
 use crate::telemetry::error_chain;
 
@@ -34,6 +34,7 @@ pub(crate) enum ClientAuth {
     Basic { client_id: String, secret: Secret },
     Post { client_id: String, secret: Secret },
     PrivateKeyJwt(AssertionSigner),
+    SecretJwt { client_id: String, secret: Secret, audience: AssertionAudience },
     Tls { client_id: String },
     None { client_id: Option<String> },
 }
@@ -162,6 +163,7 @@ impl AsClient {
             ClientAuth::Basic { client_id, .. } => format!("basic:{client_id}"),
             ClientAuth::Post { client_id, .. } => format!("post:{client_id}"),
             ClientAuth::PrivateKeyJwt(s) => format!("private_key_jwt:{}", s.client_id()),
+            ClientAuth::SecretJwt { client_id, .. } => format!("client_secret_jwt:{client_id}"),
             ClientAuth::Tls { client_id } => format!("tls:{client_id}"),
             ClientAuth::None { client_id } => format!("none:{}", client_id.as_deref().unwrap_or("")),
         }
@@ -382,10 +384,18 @@ impl ClientAuth {
                     .map_err(|e| format!("private key: {e}"))?,
                 )
             }
+            ClientAuthConfig::SecretJwt { client_id, secret, assertion_audience } => ClientAuth::SecretJwt {
+                client_id: client_id.clone(),
+                secret: Secret::from_source(secret),
+                audience: *assertion_audience,
+            },
             ClientAuthConfig::TlsClientAuth { client_id, .. } => ClientAuth::Tls { client_id: client_id.clone() },
             ClientAuthConfig::None { client_id } => ClientAuth::None { client_id: client_id.clone() },
         };
-        if let ClientAuth::Basic { secret, .. } | ClientAuth::Post { secret, .. } = &auth {
+        if let ClientAuth::Basic { secret, .. }
+        | ClientAuth::Post { secret, .. }
+        | ClientAuth::SecretJwt { secret, .. } = &auth
+        {
             secret.preload().map_err(|e| format!("client secret: {e}"))?;
         }
         Ok(auth)
@@ -418,6 +428,20 @@ impl ClientAuth {
                     .assertion(endpoint, issuer)
                     .map_err(|e| ExchangeError::Config(format!("client assertion: {e}")))?;
                 form.append_pair("client_id", signer.client_id())
+                    .append_pair("client_assertion_type", JWT_BEARER_ASSERTION)
+                    .append_pair("client_assertion", &assertion);
+            }
+            ClientAuth::SecretJwt { client_id, secret, audience } => {
+                let secret = secret.get().map_err(|e| ExchangeError::Config(format!("client secret: {e}")))?;
+                let assertion = super::client_auth::secret_assertion(
+                    client_id,
+                    secret.expose().as_bytes(),
+                    *audience,
+                    endpoint,
+                    issuer,
+                )
+                .map_err(|e| ExchangeError::Config(format!("client assertion: {e}")))?;
+                form.append_pair("client_id", client_id)
                     .append_pair("client_assertion_type", JWT_BEARER_ASSERTION)
                     .append_pair("client_assertion", &assertion);
             }

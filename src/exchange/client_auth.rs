@@ -1,6 +1,7 @@
 //! Key material for client authentication at an authorization server:
 //! `private_key_jwt` assertions (RFC 7523 §2.2, signed with a PKCS#8 key
-//! file that is re-read when it changes) and the `tls_client_auth` client
+//! file that is re-read when it changes), `client_secret_jwt` ones (HS256
+//! over the client secret) and the `tls_client_auth` client
 //! certificate (RFC 8705 §2). `client::ClientAuth` applies them to requests.
 
 use std::path::{Path, PathBuf};
@@ -120,30 +121,58 @@ impl AssertionSigner {
     /// server `issuer` (when known): `iss` = `sub` = client_id, `aud` per
     /// config, a random `jti`, `iat`, `exp` 60 s later, `kid` when set.
     pub fn assertion(&self, endpoint: &str, issuer: Option<&str>) -> Result<String, KeyError> {
-        let aud = match (self.audience, issuer) {
-            (AssertionAudience::TokenEndpoint, _) => endpoint,
-            (AssertionAudience::Issuer, Some(issuer)) => issuer,
-            (AssertionAudience::Issuer, None) => {
-                return Err(KeyError::Sign("assertion_audience: issuer needs the issuer (configure issuer:)".into()))
-            }
-        };
         let key = self.key()?;
-        let mut jti = [0u8; 16];
-        self.rng.fill(&mut jti).map_err(|_| KeyError::Sign("no randomness for jti".into()))?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let claims = json!({
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": aud,
-            "jti": URL_SAFE_NO_PAD.encode(jti),
-            "iat": now,
-            "exp": now + ASSERTION_LIFETIME_SECS,
-        });
+        let claims = assertion_claims(&self.client_id, self.audience, endpoint, issuer, &self.rng)?;
         let mut header = Header::new(key.alg);
         header.typ = Some("JWT".into());
         header.kid = self.key_id.clone();
         jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| KeyError::Sign(e.to_string()))
     }
+}
+
+/// The claims of an RFC 7523 client assertion: `iss` = `sub` = client_id,
+/// `aud` per `audience` (the request's endpoint, or the AS `issuer`), a
+/// random `jti`, `iat`, `exp` 60 s later.
+fn assertion_claims(
+    client_id: &str,
+    audience: AssertionAudience,
+    endpoint: &str,
+    issuer: Option<&str>,
+    rng: &SystemRandom,
+) -> Result<serde_json::Value, KeyError> {
+    let aud = match (audience, issuer) {
+        (AssertionAudience::TokenEndpoint, _) => endpoint,
+        (AssertionAudience::Issuer, Some(issuer)) => issuer,
+        (AssertionAudience::Issuer, None) => {
+            return Err(KeyError::Sign("assertion_audience: issuer needs the issuer (configure issuer:)".into()))
+        }
+    };
+    let mut jti = [0u8; 16];
+    rng.fill(&mut jti).map_err(|_| KeyError::Sign("no randomness for jti".into()))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": aud,
+        "jti": URL_SAFE_NO_PAD.encode(jti),
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME_SECS,
+    }))
+}
+
+/// A `client_secret_jwt` assertion (RFC 7523 §2.2, OpenID Connect Core
+/// §9): the claims of [`assertion_claims`], HS256 over the client secret.
+pub fn secret_assertion(
+    client_id: &str,
+    secret: &[u8],
+    audience: AssertionAudience,
+    endpoint: &str,
+    issuer: Option<&str>,
+) -> Result<String, KeyError> {
+    let claims = assertion_claims(client_id, audience, endpoint, issuer, &SystemRandom::new())?;
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("JWT".into());
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).map_err(|e| KeyError::Sign(e.to_string()))
 }
 
 /// Reads a PKCS#8 PEM private key: RSA of at least 2048 bits (RS256 by

@@ -10,11 +10,11 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
         ("private_key_file", ca.private_key_file.is_some(), "private_key_jwt"),
         ("key_id", ca.key_id.is_some(), "private_key_jwt"),
         ("algorithm", ca.algorithm.is_some(), "private_key_jwt"),
-        ("assertion_audience", ca.assertion_audience.is_some(), "private_key_jwt"),
+        ("assertion_audience", ca.assertion_audience.is_some(), "private_key_jwt or client_secret_jwt"),
         ("cert_file", ca.cert_file.is_some(), "tls_client_auth"),
         ("key_file", ca.key_file.is_some(), "tls_client_auth"),
     ] {
-        if present && method != used_by {
+        if present && !used_by.split(" or ").any(|m| m == method) {
             cx.err(format!("{base}.{key}"), format!("not used by method {method} (only by {used_by})"));
         }
     }
@@ -86,17 +86,7 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
                     }
                 },
             };
-            let assertion_audience = match ca.assertion_audience.as_ref().map(|t| t.as_str()) {
-                None | Some("token_endpoint") => Some(AssertionAudience::TokenEndpoint),
-                Some("issuer") => Some(AssertionAudience::Issuer),
-                Some(other) => {
-                    cx.err(
-                        format!("{base}.assertion_audience"),
-                        format!("unknown value {other:?}: expected token_endpoint or issuer"),
-                    );
-                    None
-                }
-            };
+            let assertion_audience = assertion_audience(cx, base, &ca.assertion_audience);
             let key_id = ca.key_id.map(|t| t.value);
             if key_id.as_deref() == Some("") {
                 cx.err(format!("{base}.key_id"), "must not be empty (omit it to send no kid)");
@@ -106,6 +96,25 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
                 private_key_file: private_key_file?,
                 key_id,
                 algorithm: algorithm?,
+                assertion_audience: assertion_audience?,
+            })
+        }
+        "client_secret_jwt" => {
+            let client_id = need_id(cx, id);
+            let secret = secret(cx);
+            // RFC 7518 §3.2: an HS256 key at least as long as the hash.
+            if let Some(SecretSource::Inline(v)) = &secret {
+                if !v.is_empty() && v.len() < MIN_HS256_SECRET {
+                    cx.err(
+                        format!("{base}.client_secret"),
+                        format!("method client_secret_jwt needs a secret of at least {MIN_HS256_SECRET} bytes (RFC 7518 §3.2)"),
+                    );
+                }
+            }
+            let assertion_audience = assertion_audience(cx, base, &ca.assertion_audience);
+            Some(ClientAuthConfig::SecretJwt {
+                client_id: client_id?,
+                secret: secret?,
                 assertion_audience: assertion_audience?,
             })
         }
@@ -125,7 +134,25 @@ pub(super) fn client_auth(cx: &mut Ctx, base: &str, ca: RawClientAuth) -> Option
         other => {
             cx.err(
                 format!("{base}.method"),
-                format!("unknown method {other:?}: expected client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth or none"),
+                format!("unknown method {other:?}: expected client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt, tls_client_auth or none"),
+            );
+            None
+        }
+    }
+}
+
+/// The shortest `client_secret_jwt` secret: HS256's output size.
+pub const MIN_HS256_SECRET: usize = 32;
+
+/// `assertion_audience`: the token endpoint (default) or the issuer.
+fn assertion_audience(cx: &mut Ctx, base: &str, raw: &Option<Text>) -> Option<AssertionAudience> {
+    match raw.as_ref().map(|t| t.as_str()) {
+        None | Some("token_endpoint") => Some(AssertionAudience::TokenEndpoint),
+        Some("issuer") => Some(AssertionAudience::Issuer),
+        Some(other) => {
+            cx.err(
+                format!("{base}.assertion_audience"),
+                format!("unknown value {other:?}: expected token_endpoint or issuer"),
             );
             None
         }
