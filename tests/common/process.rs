@@ -12,8 +12,12 @@ use super::now;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokex");
 
+/// A fresh directory: unique per call (tests of one binary run in parallel,
+/// and two may ask for the same tag within the same second).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tokex-{tag}-{}-{}", std::process::id(), now()));
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("tokex-{tag}-{}-{}-{n}", std::process::id(), now()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
