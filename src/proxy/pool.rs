@@ -190,6 +190,13 @@ fn shard_index() -> usize {
     SHARD.with(|s| *s)
 }
 
+/// How a request fared on an HTTP/2 connection.
+enum OnH2 {
+    Sent(Response<Incoming>),
+    /// Refused before it was sent (the connection was going away).
+    Unsent(Request<Outgoing>, hyper::Error),
+}
+
 enum Fresh {
     H1(http1::SendRequest<Outgoing>),
     H2(http2::SendRequest<Outgoing>),
@@ -206,7 +213,11 @@ impl HostPool {
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if !upgrade && self.h2_seen.load(Ordering::Relaxed) {
             if let Some(tx) = self.shared_h2() {
-                return self.send_h2(tx, req).await;
+                match self.send_h2(tx, req).await? {
+                    OnH2::Sent(resp) => return Ok((resp, None)),
+                    // The connection was going away (`GOAWAY`): another one, below.
+                    OnH2::Unsent(unsent, _) => req = unsent,
+                }
             }
         }
         // HTTP/1.1 needs a `Host` (HTTP/2 takes the target's authority).
@@ -237,44 +248,35 @@ impl HostPool {
                 if added_host {
                     req.headers_mut().remove(HOST);
                 }
-                self.send_h2(tx, req).await
+                match self.send_h2(tx, req).await? {
+                    OnH2::Sent(resp) => Ok((resp, None)),
+                    OnH2::Unsent(_, e) => Err(SendError::Send(e)),
+                }
             }
         }
     }
 
-    /// On the shared HTTP/2 connection; a request it refused unsent (the
-    /// backend went away: `GOAWAY`) goes once on a new connection.
+    /// On an HTTP/2 connection, which takes the scheme and authority from
+    /// the target; a request refused unsent comes back in origin form.
     async fn send_h2(
-        self: &Arc<Self>,
+        &self,
         mut tx: http2::SendRequest<Outgoing>,
         mut req: Request<Outgoing>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        // HTTP/2 takes the scheme and authority from the target.
+    ) -> Result<OnH2, SendError> {
+        let pq = req.uri().path_and_query().cloned();
         let mut parts = self.dest.clone().into_parts();
-        parts.path_and_query = req.uri().path_and_query().cloned();
+        parts.path_and_query = pq.clone();
         // The parts of a valid URI: a failure would be a bug, answered 502.
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::Connect(e.into()))?;
-        let unsent = match tx.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, None)),
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(OnH2::Sent(resp)),
             Err(mut e) => match e.take_message() {
-                Some(unsent) => unsent,
-                None => return Err(SendError::Send(e.into_error())),
-            },
-        };
-        match self.connect(false).await? {
-            Fresh::H2(mut tx) => tx.send_request(unsent).await.map(|r| (r, None)).map_err(SendError::Send),
-            Fresh::H1(mut tx) => {
-                // The backend no longer offers h2: an origin-form target and a `Host`.
-                let mut unsent = unsent;
-                let pq =
-                    unsent.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-                *unsent.uri_mut() = Uri::from(pq);
-                if !unsent.headers().contains_key(HOST) {
-                    unsent.headers_mut().insert(HOST, self.host.clone());
+                Some(mut unsent) => {
+                    *unsent.uri_mut() = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
+                    Ok(OnH2::Unsent(unsent, e.into_error()))
                 }
-                let resp = tx.send_request(unsent).await.map_err(SendError::Send)?;
-                Ok((resp, Some(Lease { pool: self.clone(), tx })))
-            }
+                None => Err(SendError::Send(e.into_error())),
+            },
         }
     }
 

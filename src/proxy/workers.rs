@@ -39,15 +39,6 @@ impl Workers {
         Ok(Arc::new(Workers { handles, next: AtomicUsize::new(0), stop }))
     }
 
-    /// How many worker runtimes there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Runs `task` on the next worker in turn.
     pub fn spawn<F>(&self, task: F)
     where

@@ -61,92 +61,105 @@ pub fn write(line: &AccessLine<'_>) {
 /// The line for `now`, in text or JSON, with its newline.
 pub fn format(out: &mut Vec<u8>, l: &AccessLine<'_>, now: SystemTime, json: bool) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut num = itoa::Buffer::new();
     if json {
         out.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(out, since);
-        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"client\":\"");
-        ip(out, l.client);
-        out.extend_from_slice(b"\",\"method\":");
-        json_str(out, l.method);
-        out.extend_from_slice(b",\"path\":");
-        json_str(out, l.path);
-        out.extend_from_slice(b",\"route\":");
-        json_str(out, l.route);
-        out.extend_from_slice(b",\"status\":");
-        out.extend_from_slice(num.format(l.status).as_bytes());
-        out.extend_from_slice(b",\"latency_us\":");
-        out.extend_from_slice(num.format(l.latency_us).as_bytes());
-        if let Some(us) = l.upstream_us {
-            out.extend_from_slice(b",\"upstream_us\":");
-            out.extend_from_slice(num.format(us).as_bytes());
-        }
-        out.extend_from_slice(b",\"cache\":\"");
-        out.extend_from_slice(l.cache.as_bytes());
-        out.push(b'"');
-        if let Some(us) = l.exchange_us {
-            out.extend_from_slice(b",\"exchange_us\":");
-            out.extend_from_slice(num.format(us).as_bytes());
-        }
-        out.extend_from_slice(b",\"token\":\"");
-        fingerprint(out, l.token);
-        out.extend_from_slice(b"\",\"request_id\":");
-        json_str(out, l.request_id);
-        if let Some(t) = l.trace_id {
-            out.extend_from_slice(b",\"trace_id\":");
-            json_str(out, t);
-        }
-        out.extend_from_slice(if l.evicted { b",\"evicted\":true" as &[u8] } else { b",\"evicted\":false" });
-        if l.retried {
-            out.extend_from_slice(b",\"retried\":true");
-        }
-        if let Some(e) = l.error {
-            out.extend_from_slice(b",\"error\":");
-            json_str(out, e);
-        }
-        out.extend_from_slice(b",\"target\":\"tokex::access\"}\n");
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
     } else {
         timestamp(out, since);
-        out.extend_from_slice(b"  INFO tokex::access: request client=");
-        ip(out, l.client);
-        out.extend_from_slice(b" method=");
-        out.extend_from_slice(l.method.as_bytes());
-        out.extend_from_slice(b" path=");
-        out.extend_from_slice(l.path.as_bytes());
-        out.extend_from_slice(b" route=");
-        debug_str(out, l.route);
-        out.extend_from_slice(b" status=");
-        out.extend_from_slice(num.format(l.status).as_bytes());
-        out.extend_from_slice(b" latency_us=");
-        out.extend_from_slice(num.format(l.latency_us).as_bytes());
-        if let Some(us) = l.upstream_us {
-            out.extend_from_slice(b" upstream_us=");
-            out.extend_from_slice(num.format(us).as_bytes());
+        out.extend_from_slice(b"  INFO tokex::access: request");
+    }
+    let mut f = Fields { out, json, num: itoa::Buffer::new() };
+    f.raw("client", |o| ip(o, l.client));
+    f.shown("method", l.method);
+    f.shown("path", l.path);
+    f.str("route", l.route);
+    f.num("status", u64::from(l.status));
+    f.num("latency_us", l.latency_us);
+    if let Some(us) = l.upstream_us {
+        f.num("upstream_us", us);
+    }
+    f.str("cache", l.cache);
+    if let Some(us) = l.exchange_us {
+        f.num("exchange_us", us);
+    }
+    f.raw("token", |o| fingerprint(o, l.token));
+    f.str("request_id", l.request_id);
+    if let Some(t) = l.trace_id {
+        f.str("trace_id", t);
+    }
+    f.bool("evicted", l.evicted);
+    if l.retried {
+        f.bool("retried", true);
+    }
+    if let Some(e) = l.error {
+        f.str("error", e);
+    }
+    f.out.extend_from_slice(if json { b",\"target\":\"tokex::access\"}\n" as &[u8] } else { b"\n" });
+}
+
+/// The fields of one line: ` name=value` in text, `,"name":value` in JSON,
+/// each value written as that format's `tracing` formatter does.
+struct Fields<'o> {
+    out: &'o mut Vec<u8>,
+    json: bool,
+    num: itoa::Buffer,
+}
+
+impl Fields<'_> {
+    fn name(&mut self, name: &str) {
+        if self.json {
+            self.out.extend_from_slice(b",\"");
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.extend_from_slice(b"\":");
+        } else {
+            self.out.push(b' ');
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.push(b'=');
         }
-        out.extend_from_slice(b" cache=\"");
-        out.extend_from_slice(l.cache.as_bytes());
-        out.push(b'"');
-        if let Some(us) = l.exchange_us {
-            out.extend_from_slice(b" exchange_us=");
-            out.extend_from_slice(num.format(us).as_bytes());
+    }
+
+    /// A string field: quoted and escaped (`{:?}` in text, JSON's rules).
+    fn str(&mut self, name: &str, v: &str) {
+        self.name(name);
+        if self.json {
+            json_str(self.out, v);
+        } else {
+            debug_str(self.out, v);
         }
-        out.extend_from_slice(b" token=");
-        fingerprint(out, l.token);
-        out.extend_from_slice(b" request_id=");
-        debug_str(out, l.request_id);
-        if let Some(t) = l.trace_id {
-            out.extend_from_slice(b" trace_id=");
-            debug_str(out, t);
+    }
+
+    /// A `Display` field: bare in text, an escaped string in JSON.
+    fn shown(&mut self, name: &str, v: &str) {
+        self.name(name);
+        if self.json {
+            json_str(self.out, v);
+        } else {
+            self.out.extend_from_slice(v.as_bytes());
         }
-        out.extend_from_slice(if l.evicted { b" evicted=true" as &[u8] } else { b" evicted=false" });
-        if l.retried {
-            out.extend_from_slice(b" retried=true");
+    }
+
+    /// A `Display` field whose text needs no escaping (an address, a fingerprint).
+    fn raw(&mut self, name: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        self.name(name);
+        if self.json {
+            self.out.push(b'"');
         }
-        if let Some(e) = l.error {
-            out.extend_from_slice(b" error=");
-            debug_str(out, e);
+        write(self.out);
+        if self.json {
+            self.out.push(b'"');
         }
-        out.push(b'\n');
+    }
+
+    fn num(&mut self, name: &str, v: u64) {
+        self.name(name);
+        let text = self.num.format(v);
+        self.out.extend_from_slice(text.as_bytes());
+    }
+
+    fn bool(&mut self, name: &str, v: bool) {
+        self.name(name);
+        self.out.extend_from_slice(if v { b"true" as &[u8] } else { b"false" });
     }
 }
 
