@@ -69,7 +69,15 @@ pub fn format(out: &mut Vec<u8>, l: &AccessLine<'_>, now: SystemTime, json: bool
         timestamp(out, since);
         out.extend_from_slice(b"  INFO tokex::access: request");
     }
-    let mut f = Fields { out, json, num: itoa::Buffer::new() };
+    // One copy per format: no branch on the format per field.
+    if json {
+        fields(&mut Fields::<true> { out, num: itoa::Buffer::new() }, l);
+    } else {
+        fields(&mut Fields::<false> { out, num: itoa::Buffer::new() }, l);
+    }
+}
+
+fn fields<const JSON: bool>(f: &mut Fields<'_, JSON>, l: &AccessLine<'_>) {
     f.raw("client", |o| ip(o, l.client));
     f.shown("method", l.method);
     f.shown("path", l.path);
@@ -95,20 +103,19 @@ pub fn format(out: &mut Vec<u8>, l: &AccessLine<'_>, now: SystemTime, json: bool
     if let Some(e) = l.error {
         f.str("error", e);
     }
-    f.out.extend_from_slice(if json { b",\"target\":\"tokex::access\"}\n" as &[u8] } else { b"\n" });
+    f.out.extend_from_slice(if JSON { b",\"target\":\"tokex::access\"}\n" as &[u8] } else { b"\n" });
 }
 
 /// The fields of one line: ` name=value` in text, `,"name":value` in JSON,
 /// each value written as that format's `tracing` formatter does.
-struct Fields<'o> {
+struct Fields<'o, const JSON: bool> {
     out: &'o mut Vec<u8>,
-    json: bool,
     num: itoa::Buffer,
 }
 
-impl Fields<'_> {
+impl<const JSON: bool> Fields<'_, JSON> {
     fn name(&mut self, name: &str) {
-        if self.json {
+        if JSON {
             self.out.extend_from_slice(b",\"");
             self.out.extend_from_slice(name.as_bytes());
             self.out.extend_from_slice(b"\":");
@@ -122,7 +129,7 @@ impl Fields<'_> {
     /// A string field: quoted and escaped (`{:?}` in text, JSON's rules).
     fn str(&mut self, name: &str, v: &str) {
         self.name(name);
-        if self.json {
+        if JSON {
             json_str(self.out, v);
         } else {
             debug_str(self.out, v);
@@ -132,7 +139,7 @@ impl Fields<'_> {
     /// A `Display` field: bare in text, an escaped string in JSON.
     fn shown(&mut self, name: &str, v: &str) {
         self.name(name);
-        if self.json {
+        if JSON {
             json_str(self.out, v);
         } else {
             self.out.extend_from_slice(v.as_bytes());
@@ -142,11 +149,11 @@ impl Fields<'_> {
     /// A `Display` field whose text needs no escaping (an address, a fingerprint).
     fn raw(&mut self, name: &str, write: impl FnOnce(&mut Vec<u8>)) {
         self.name(name);
-        if self.json {
+        if JSON {
             self.out.push(b'"');
         }
         write(self.out);
-        if self.json {
+        if JSON {
             self.out.push(b'"');
         }
     }
