@@ -100,8 +100,11 @@ impl GatewayError {
                 I::Introspection(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None, None),
             },
             GatewayError::Exchange(e) => match e {
-                X::InvalidGrant(_) => {
+                X::InvalidGrant(_) | X::MissingClaim(_) => {
                     (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
+                }
+                X::StepUp(_, hint) => {
+                    (StatusCode::UNAUTHORIZED, "insufficient_user_authentication", Some(step_up(hint)), None)
                 }
                 X::InsufficientScope(_) => (
                     StatusCode::FORBIDDEN,
@@ -154,7 +157,8 @@ impl GatewayError {
                 I::Introspection(_) => "the gateway could not check the token",
             },
             GatewayError::Exchange(e) => match e {
-                X::InvalidGrant(_) => "the token was rejected",
+                X::InvalidGrant(_) | X::MissingClaim(_) => "the token was rejected",
+                X::StepUp(..) => STEP_UP,
                 X::InsufficientScope(_) => "the token does not allow this request",
                 X::ClientRejected(_) | X::ActorRejected(_) | X::OtherError { .. } | X::BadAnswer(_) | X::Config(_) => {
                     "the gateway could not obtain a token"
@@ -171,6 +175,27 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "the request body is larger than this route allows",
         }
     }
+}
+
+/// The step-up description, in the body and the challenge.
+const STEP_UP: &str = "the authorization server requires the user to sign in again or approve (step-up)";
+
+/// RFC 9470 §3: `insufficient_user_authentication` with the authorization
+/// server's `acr_values` and `max_age`, and Microsoft's claims challenge
+/// (`claims`, base64) when it sent one. Each was checked to fit a
+/// quoted-string when it was read.
+fn step_up(hint: &crate::exchange::StepUpHint) -> String {
+    let mut c = format!("{REALM}, error=\"insufficient_user_authentication\", error_description=\"{STEP_UP}\"");
+    if let Some(acr) = &hint.acr_values {
+        c.push_str(&format!(", acr_values=\"{acr}\""));
+    }
+    if let Some(age) = hint.max_age {
+        c.push_str(&format!(", max_age={age}"));
+    }
+    if let Some(claims) = &hint.claims {
+        c.push_str(&format!(", claims=\"{claims}\""));
+    }
+    c
 }
 
 /// Scope tokens are config-validated (no spaces); drop anything that could

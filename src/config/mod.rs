@@ -6,6 +6,7 @@ mod interp;
 pub mod limits;
 mod lines;
 pub mod matcher;
+pub mod profile;
 mod raw;
 mod restart;
 mod validate;
@@ -23,6 +24,7 @@ use matcher::Matcher;
 
 pub use interp::interpolate;
 pub use lines::line_of;
+pub use profile::{ErrorMap, Grant, Outcome, ParamValue, Profile, IETF_TOKEN_TYPE};
 pub use restart::StartSettings;
 
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -130,6 +132,10 @@ pub struct AuthServerConfig {
     /// Requests in flight at this server at most; more wait within their budget.
     pub max_concurrent: usize,
     pub circuit_breaker: BreakerConfig,
+    /// The provider whose defaults apply (`generic`: RFC 8693 as written).
+    pub profile: Profile,
+    /// The profile's error mapping with `error_map:` applied over it.
+    pub error_map: ErrorMap,
 }
 
 /// `circuit_breaker:` of an authorization server.
@@ -317,6 +323,10 @@ pub struct ExchangeConfig {
     pub max_ttl: Duration,
     pub default_ttl: Duration,
     pub max_rate: RateConfig,
+    /// The request shape (the server's profile decides when not set).
+    pub grant: Grant,
+    /// More form parameters, in name order.
+    pub extra_params: Vec<(String, ParamValue)>,
 }
 
 #[derive(Debug, Clone)]

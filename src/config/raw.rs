@@ -141,6 +141,11 @@ pub struct RawAuthServer {
     pub max_concurrent: Option<usize>,
     #[serde(default)]
     pub circuit_breaker: Option<RawBreaker>,
+    #[serde(default)]
+    pub profile: Option<Text>,
+    /// AS error code (or provider code, e.g. `AADSTS50076`) → caller outcome.
+    #[serde(default)]
+    pub error_map: BTreeMap<String, Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +279,58 @@ pub struct RawExchange {
     pub default_ttl: Option<Dur>,
     #[serde(default)]
     pub max_rate: Option<RawRate>,
+    #[serde(default)]
+    pub grant: Option<Text>,
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, RawParam>,
+}
+
+/// `exchange.extra_params.NAME`: a static string (a number or boolean
+/// is taken as its text), or `{ claim: NAME }` of the caller's verified token.
+#[derive(Debug)]
+pub enum RawParam {
+    Static(Text),
+    Claim(RawClaimParam),
+}
+
+impl<'de> Deserialize<'de> for RawParam {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, IntoDeserializer};
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = RawParam;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, or { claim: NAME } (optionally required: true)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawParam, E> {
+                Text::deserialize(v.into_deserializer()).map(RawParam::Static)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawParam, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawParam, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawParam, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawParam, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawParam, A::Error> {
+                RawClaimParam::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawParam::Claim)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimParam {
+    pub claim: Text,
+    #[serde(default)]
+    pub required: Option<bool>,
 }
 
 /// `exchange.max_rate`: token buckets over the exchanges a route starts.

@@ -17,6 +17,7 @@ use super::*;
 mod client_auth;
 mod inbound;
 mod ops;
+mod profile;
 mod routes;
 
 #[derive(Default)]
@@ -127,6 +128,14 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         if let Some(route) = routes::route(&mut cx, &path, r, &servers) {
             if let Some(x) = &route.exchange {
                 used_servers.insert(x.authorization_server.clone());
+                for (name, value) in &x.extra_params {
+                    if matches!(value, ParamValue::Claim { .. }) && !has_inbound {
+                        cx.err(
+                            format!("{path}.exchange.extra_params.{name}"),
+                            "a claim value needs inbound: (jwt or introspection): claims are read only from a verified token",
+                        );
+                    }
+                }
             }
             if let Some((j, earlier)) = routes.iter().enumerate().find(|(_, e)| e.matcher.shadows(&route.matcher)) {
                 cx.warn(
@@ -366,6 +375,10 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     {
         cx.err(format!("{base}.circuit_breaker.open_for"), "must be more than 0s and at most 1h");
     }
+    let (profile, error_map) = profile::server(cx, &base, s.profile.as_ref(), &s.error_map)?;
+    if let Some(auth) = &client_auth {
+        profile::server_checks(cx, &base, profile, auth);
+    }
     Some(AuthServerConfig {
         name: name.to_owned(),
         location: location?,
@@ -375,6 +388,8 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         retries,
         max_concurrent,
         circuit_breaker,
+        profile,
+        error_map,
     })
 }
 

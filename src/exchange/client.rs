@@ -9,16 +9,15 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use http::HeaderValue;
-use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
+use super::answer::parse_answer;
 use super::client_auth::{client_certificate, AssertionSigner, JWT_BEARER_ASSERTION};
 use super::discovery::{EndpointSlot, Endpoints};
-use super::error::sanitize_code;
 use super::guard::{whole_seconds, AsGuard, Health};
-use super::{ExchangeError, Refusal};
-use crate::config::{AsLocation, AssertionAudience, AuthServerConfig, ClientAuthConfig};
+use super::ExchangeError;
+use crate::config::{AsLocation, AssertionAudience, AuthServerConfig, ClientAuthConfig, ErrorMap};
 use crate::secret::{Secret, SecretString};
 use crate::telemetry::error_chain;
 
@@ -50,6 +49,8 @@ pub struct AsClient {
     retries: u32,
     /// The concurrency bound and circuit breaker of this server.
     guard: Arc<AsGuard>,
+    /// How this server's refusals reach the caller (profile and `error_map`).
+    errors: ErrorMap,
 }
 
 /// A token issued by the authorization server.
@@ -151,6 +152,7 @@ impl AsClient {
             timeout: cfg.timeout,
             retries: cfg.retries,
             guard,
+            errors: cfg.error_map.clone(),
         })
     }
 
@@ -325,7 +327,7 @@ impl AsClient {
                 Err(e) => return Err(Attempt::Retryable { why: error_chain(&e), retry_after: None }),
             }
         }
-        parse_answer(status.as_u16(), &buf).map_err(Attempt::Final)
+        parse_answer(status.as_u16(), &buf, &self.errors).map_err(Attempt::Final)
     }
 }
 
@@ -468,109 +470,9 @@ fn basic_header(client_id: &str, secret: &str) -> Result<HeaderValue, ExchangeEr
     Ok(v)
 }
 
-#[derive(Deserialize)]
-struct Answer {
-    access_token: Option<String>,
-    issued_token_type: Option<String>,
-    token_type: Option<String>,
-    expires_in: Option<serde_json::Value>,
-    scope: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
-}
-
-/// Parses a token endpoint answer (RFC 6749 §5.1/§5.2, RFC 8693 §2.2).
-pub fn parse_answer(status: u16, body: &[u8]) -> Result<Issued, ExchangeError> {
-    let answer: Answer = serde_json::from_slice(body)
-        .map_err(|_| ExchangeError::BadAnswer(format!("HTTP {status} with a body that is not a JSON token answer")))?;
-    if status != 200 {
-        let refusal = Refusal::new(answer.error.as_deref().unwrap_or(""), answer.error_description.as_deref());
-        return Err(match refusal.error.as_str() {
-            "invalid_grant" => ExchangeError::InvalidGrant(refusal),
-            "invalid_scope" | "invalid_target" => ExchangeError::InsufficientScope(refusal),
-            "invalid_client" | "unauthorized_client" => ExchangeError::ClientRejected(refusal),
-            "" => ExchangeError::BadAnswer(format!("HTTP {status} without an error code")),
-            _ => ExchangeError::OtherError { status, refusal },
-        });
-    }
-    let access_token = answer
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ExchangeError::BadAnswer("no access_token".into()))?;
-    if HeaderValue::from_str(&access_token).is_err() || access_token.len() > MAX_ANSWER_BYTES / 2 {
-        return Err(ExchangeError::BadAnswer("access_token cannot be sent in a header".into()));
-    }
-    match answer.token_type.as_deref() {
-        Some(t) if t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("n_a") => {}
-        Some(t) => return Err(ExchangeError::BadAnswer(format!("unsupported token_type {}", sanitize_code(t)))),
-        None => return Err(ExchangeError::BadAnswer("no token_type".into())),
-    }
-    let expires_in = match answer.expires_in {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => Some(n.as_f64().filter(|s| *s >= 0.0 && s.is_finite())),
-        Some(serde_json::Value::String(s)) => Some(s.trim().parse::<f64>().ok().filter(|s| *s >= 0.0 && s.is_finite())),
-        Some(_) => Some(None),
-    };
-    let expires_in = match expires_in {
-        None => None,
-        Some(Some(secs)) => Some(Duration::from_secs_f64(secs.min(1e9))),
-        Some(None) => return Err(ExchangeError::BadAnswer("expires_in is not a non-negative number".into())),
-    };
-    Ok(Issued {
-        access_token: SecretString::new(access_token),
-        issued_token_type: answer.issued_token_type,
-        expires_in,
-        scope: answer.scope,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_success() {
-        let ok = parse_answer(
-            200,
-            br#"{"access_token":"t","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":60,"scope":"a b"}"#,
-        )
-        .unwrap();
-        assert_eq!(ok.access_token.expose(), "t");
-        assert_eq!(ok.expires_in, Some(Duration::from_secs(60)));
-        assert_eq!(ok.scope.as_deref(), Some("a b"));
-        let na = parse_answer(200, br#"{"access_token":"t","token_type":"N_A","expires_in":"30"}"#).unwrap();
-        assert_eq!(na.expires_in, Some(Duration::from_secs(30)));
-    }
-
-    #[test]
-    fn maps_errors() {
-        let e = |body: &[u8]| parse_answer(400, body).unwrap_err();
-        assert!(matches!(e(br#"{"error":"invalid_grant"}"#), ExchangeError::InvalidGrant(_)));
-        assert!(matches!(e(br#"{"error":"invalid_scope"}"#), ExchangeError::InsufficientScope(_)));
-        assert!(matches!(e(br#"{"error":"invalid_target"}"#), ExchangeError::InsufficientScope(_)));
-        assert!(matches!(e(br#"{"error":"invalid_client"}"#), ExchangeError::ClientRejected(_)));
-        assert!(matches!(e(br#"{"error":"unauthorized_client"}"#), ExchangeError::ClientRejected(_)));
-        assert!(matches!(e(br#"{"error":"whatever"}"#), ExchangeError::OtherError { .. }));
-        assert!(matches!(e(b"<html>"), ExchangeError::BadAnswer(_)));
-    }
-
-    #[test]
-    fn rejects_unusable_success() {
-        for body in [
-            &br#"{"token_type":"Bearer"}"#[..],
-            br#"{"access_token":"t"}"#,
-            br#"{"access_token":"t","token_type":"DPoP"}"#,
-            br#"{"access_token":"t","token_type":"Bearer","expires_in":-1}"#,
-            br#"{"access_token":"t\n","token_type":"Bearer"}"#,
-            b"[]",
-        ] {
-            assert!(
-                matches!(parse_answer(200, body), Err(ExchangeError::BadAnswer(_))),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
 
     #[test]
     fn retry_after_is_delta_seconds() {

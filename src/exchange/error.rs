@@ -74,6 +74,46 @@ fn sanitize_description(text: &str) -> String {
     out
 }
 
+/// What an authorization server asked of the user, passed to the caller
+/// in the `401` challenge: every value checked to fit a quoted-string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUpHint {
+    /// RFC 9470 `acr_values`.
+    pub acr_values: Option<String>,
+    /// RFC 9470 `max_age` (seconds).
+    pub max_age: Option<u64>,
+    /// Microsoft's claims challenge: the AS's `claims` JSON, base64.
+    pub claims: Option<String>,
+}
+
+/// Longest `claims` JSON passed on, in bytes.
+const MAX_CLAIMS_CHALLENGE: usize = 2048;
+
+impl StepUpHint {
+    /// From the members of an error answer; a value that is not of its
+    /// form is left out.
+    pub fn new(acr_values: Option<&str>, max_age: Option<&serde_json::Value>, claims: Option<&str>) -> Self {
+        use base64::Engine;
+        let acr_values = acr_values
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 256
+                    && v.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+            })
+            .map(str::to_owned);
+        let max_age = match max_age {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) if s.len() <= 10 => s.parse().ok(),
+            _ => None,
+        };
+        let claims = claims
+            .filter(|c| c.len() <= MAX_CLAIMS_CHALLENGE)
+            .filter(|c| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(c).is_ok())
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        StepUpHint { acr_values, max_age, claims }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
     #[error("the authorization server refused the subject token ({0})")]
@@ -85,6 +125,14 @@ pub enum ExchangeError {
     ActorRejected(Refusal),
     #[error("the authorization server refused the scope or audience ({0})")]
     InsufficientScope(Refusal),
+    /// The user must act at the authorization server (sign in again, a
+    /// second factor, consent): `401 insufficient_user_authentication`
+    /// with the server's hints (RFC 9470).
+    #[error("the authorization server asks for user interaction ({0})")]
+    StepUp(Refusal, StepUpHint),
+    /// A `required` claim for `extra_params` is not in the caller's token.
+    #[error("the caller's token has no usable claim {0:?} (needed by extra_params)")]
+    MissingClaim(String),
     #[error("the authorization server refused tokex's client credentials ({0})")]
     ClientRejected(Refusal),
     /// An error code tokex does not map (SPEC §3.6: `502`).
@@ -116,6 +164,8 @@ impl ExchangeError {
             ExchangeError::InvalidGrant(_) => "invalid_grant",
             ExchangeError::ActorRejected(_) => "actor_rejected",
             ExchangeError::InsufficientScope(_) => "insufficient_scope",
+            ExchangeError::StepUp(..) => "step_up",
+            ExchangeError::MissingClaim(_) => "missing_claim",
             ExchangeError::ClientRejected(_) => "client_rejected",
             ExchangeError::OtherError { .. } | ExchangeError::BadAnswer(_) => "bad_answer",
             ExchangeError::Config(_) => "config",
@@ -133,6 +183,7 @@ impl ExchangeError {
             ExchangeError::InvalidGrant(r)
             | ExchangeError::ActorRejected(r)
             | ExchangeError::InsufficientScope(r)
+            | ExchangeError::StepUp(r, _)
             | ExchangeError::ClientRejected(r)
             | ExchangeError::OtherError { refusal: r, .. } => Some(r),
             _ => None,
@@ -141,7 +192,13 @@ impl ExchangeError {
 
     /// Refused before any call to the authorization server.
     pub fn made_no_call(&self) -> bool {
-        matches!(self, ExchangeError::Busy | ExchangeError::CircuitOpen { .. } | ExchangeError::RateLimited { .. })
+        matches!(
+            self,
+            ExchangeError::Busy
+                | ExchangeError::CircuitOpen { .. }
+                | ExchangeError::RateLimited { .. }
+                | ExchangeError::MissingClaim(_)
+        )
     }
 
     /// Seconds the caller is asked to wait (`Retry-After`), for errors that pass.
@@ -154,6 +211,8 @@ impl ExchangeError {
             ExchangeError::InvalidGrant(_)
             | ExchangeError::ActorRejected(_)
             | ExchangeError::InsufficientScope(_)
+            | ExchangeError::StepUp(..)
+            | ExchangeError::MissingClaim(_)
             | ExchangeError::ClientRejected(_)
             | ExchangeError::OtherError { .. }
             | ExchangeError::BadAnswer(_)

@@ -2,6 +2,7 @@
 //! RFC 8693 request. `Exchanger::token` is the one entry point of the
 //! request path.
 
+mod answer;
 pub mod audit;
 pub mod cache;
 pub mod client;
@@ -12,6 +13,7 @@ mod fields;
 pub mod guard;
 mod l2;
 pub mod rate;
+pub mod request;
 pub mod seal;
 pub mod shared;
 pub mod unverified;
@@ -24,7 +26,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    ActorSource, CacheConfig, ExchangeConfig, MachineConfig, RateConfig, SecretSource, TOKEN_EXCHANGE_GRANT,
+    ActorSource, CacheConfig, ExchangeConfig, Grant, MachineConfig, ParamValue, RateConfig, SecretSource,
 };
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretString};
@@ -33,8 +35,9 @@ use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
 use client::{AsClient, Issued};
 use fields::Fields;
 use rate::RateLimit;
+use request::Template;
 
-pub use error::{ExchangeError, Refusal};
+pub use error::{ExchangeError, Refusal, StepUpHint};
 
 /// Who asked for an exchange: the client address (for `max_rate`) and the
 /// request id (for the audit event).
@@ -59,6 +62,8 @@ pub struct Policy {
     actor: Option<Actor>,
     /// `max_rate`, when set.
     limit: Option<Arc<RateLimit>>,
+    /// The token request's parameters.
+    pub template: Template,
 }
 
 /// Where a policy's actor token comes from.
@@ -75,6 +80,7 @@ pub struct MachinePolicy {
     pub scope: String,
     /// The cache key of this token.
     key: Key,
+    pub template: Template,
 }
 
 impl MachinePolicy {
@@ -86,14 +92,7 @@ impl MachinePolicy {
         f.list("audience", &cfg.audience);
         f.list("resource", &cfg.resource);
         f.list("scope", &cfg.scope);
-        MachinePolicy { scope: cfg.scope.join(" "), key: f.finish(), client, cfg }
-    }
-
-    fn form(&self) -> String {
-        let mut f = form_urlencoded::Serializer::new(String::with_capacity(256));
-        f.append_pair("grant_type", "client_credentials");
-        append_target(&mut f, &self.cfg.audience, &self.cfg.resource, &self.scope);
-        f.finish()
+        MachinePolicy { scope: cfg.scope.join(" "), key: f.finish(), template: Template::machine(&cfg), client, cfg }
     }
 }
 
@@ -136,6 +135,19 @@ impl Policy {
         f.list("scope", &cfg.scope);
         f.field("subject_token_type", &cfg.subject_token_type);
         f.field("requested_token_type", cfg.requested_token_type.as_deref().unwrap_or(""));
+        // Only when set: the keys of configurations written before these
+        // existed stay the same (a rolling upgrade keeps the shared store).
+        if cfg.grant != Grant::TokenExchange {
+            f.field("grant", cfg.grant.name());
+        }
+        for (name, value) in &cfg.extra_params {
+            match value {
+                ParamValue::Static(v) => f.field(&format!("param:{name}"), v),
+                ParamValue::Claim { name: claim, required } => {
+                    f.field(&format!("claim:{name}"), &format!("{claim}:{required}"))
+                }
+            }
+        }
         // The actor's identity, not its current value: a rotated actor token
         // does not invalidate tokens exchanged with the previous one.
         match (&actor, cfg.actor.as_ref().map(|a| (&a.source, &a.token_type))) {
@@ -173,6 +185,7 @@ impl Policy {
         Ok(Policy {
             route: route.to_owned(),
             scope: cfg.scope.join(" "),
+            template: Template::exchange(&cfg),
             client,
             cfg,
             digest,
@@ -191,42 +204,6 @@ impl Policy {
         h.update(&self.digest[..16]);
         h.update(subject_hash);
         h.finalize().into()
-    }
-
-    /// The RFC 8693 §2.1 request parameters, form-encoded. `actor` is the
-    /// actor token, when the policy has one.
-    fn form(&self, subject: &str, actor: Option<&str>) -> String {
-        let mut f = form_urlencoded::Serializer::new(String::with_capacity(subject.len() + 512));
-        f.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)
-            .append_pair("subject_token", subject)
-            .append_pair("subject_token_type", &self.cfg.subject_token_type);
-        append_target(&mut f, &self.cfg.audience, &self.cfg.resource, &self.scope);
-        if let Some(t) = &self.cfg.requested_token_type {
-            f.append_pair("requested_token_type", t);
-        }
-        if let (Some(token), Some(actor)) = (actor, &self.cfg.actor) {
-            f.append_pair("actor_token", token).append_pair("actor_token_type", &actor.token_type);
-        }
-        f.finish()
-    }
-}
-
-/// Repeated `audience` and `resource` (RFC 8693 §2.1, RFC 8707), and the
-/// space-joined `scope` when there is one.
-fn append_target(
-    f: &mut form_urlencoded::Serializer<'_, String>,
-    audience: &[String],
-    resource: &[String],
-    scope: &str,
-) {
-    for a in audience {
-        f.append_pair("audience", a);
-    }
-    for r in resource {
-        f.append_pair("resource", r);
-    }
-    if !scope.is_empty() {
-        f.append_pair("scope", scope);
     }
 }
 
@@ -402,10 +379,9 @@ impl Exchanger {
         };
         let actor_claims = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose()));
         let actor_sub = actor_claims.as_ref().and_then(|c| c.sub.clone());
-        let result = match actor {
-            Ok(actor) => {
-                policy.client.request(policy.form(subject, actor.as_ref().map(|a| a.expose())), deadline.into()).await
-            }
+        let form = actor.and_then(|actor| policy.template.form(subject, actor.as_ref().map(|a| a.expose())));
+        let result = match form {
+            Ok(form) => policy.client.request(form, deadline.into()).await,
             Err(e) => Err(e),
         };
         // An `invalid_grant` that is about the actor token is the gateway's
@@ -425,7 +401,7 @@ impl Exchanger {
         let ttls = (policy.cfg.default_ttl, policy.cfg.max_ttl);
         let subject_exp = peeked.as_ref().and_then(|c| c.exp);
         let audit = Audit {
-            grant: "token-exchange",
+            grant: policy.cfg.grant.audit_name(),
             route: &policy.route,
             server: &policy.client.name,
             sub: peeked.as_ref().and_then(|c| c.sub.as_deref()),
@@ -450,7 +426,10 @@ impl Exchanger {
         }
         let started = Instant::now();
         let fetch = async {
-            let result = m.client.request(m.form(), (started + m.client.timeout()).into()).await;
+            let result = match m.template.form("", None) {
+                Ok(form) => m.client.request(form, (started + m.client.timeout()).into()).await,
+                Err(e) => Err(e),
+            };
             let audit = Audit {
                 grant: "client_credentials",
                 route: "-",
@@ -517,7 +496,10 @@ impl Exchanger {
                     | ExchangeError::RateLimited { .. } => {
                         tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
                     }
-                    ExchangeError::InvalidGrant(_) | ExchangeError::InsufficientScope(_) => {}
+                    ExchangeError::InvalidGrant(_)
+                    | ExchangeError::InsufficientScope(_)
+                    | ExchangeError::StepUp(..)
+                    | ExchangeError::MissingClaim(_) => {}
                 }
                 Err(e)
             }

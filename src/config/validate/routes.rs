@@ -242,6 +242,8 @@ fn exchange(
                         max_ttl: None,
                         default_ttl: None,
                         max_rate: None,
+                        grant: None,
+                        extra_params: BTreeMap::new(),
                     };
                     match egress(cx, &format!("{path}.client_credentials"), raw, servers) {
                         Some(m) => Some(ActorConfig { source: ActorSource::ClientCredentials(m), token_type }),
@@ -266,18 +268,35 @@ fn exchange(
         ok = false;
     }
     let max_rate = x.max_rate.map(|r| rate(cx, &format!("{base}.max_rate"), r, &mut ok)).unwrap_or_default();
-    ok.then(|| ExchangeConfig {
+    let profile = servers.get(&server).map_or(Profile::Generic, |s| s.profile);
+    let grant = profile::grant(cx, base, x.grant.as_ref(), profile);
+    let extra_params = profile::extra_params(cx, base, x.extra_params);
+    let explicit =
+        (x.subject_token_type.is_some(), x.requested_token_type.as_ref().is_some_and(|t| !t.value.is_empty()));
+    let subject_token_type = x.subject_token_type.map_or_else(|| profile.subject_token_type().to_owned(), |t| t.value);
+    let cfg = ExchangeConfig {
         authorization_server: server,
         audience,
         resource,
         scope,
-        subject_token_type: x.subject_token_type.map_or_else(|| ACCESS_TOKEN_TYPE.to_owned(), |t| t.value),
-        requested_token_type: x.requested_token_type.map(|t| t.value),
+        // `""` leaves out the profile's default.
+        requested_token_type: match x.requested_token_type {
+            Some(t) if t.value.is_empty() => None,
+            Some(t) => Some(t.value),
+            None => profile.requested_token_type(&subject_token_type).map(str::to_owned),
+        },
+        subject_token_type,
         actor,
         max_ttl,
         default_ttl,
         max_rate,
-    })
+        grant: grant?,
+        extra_params: extra_params?,
+    };
+    if ok {
+        profile::provider_checks(cx, base, &cfg, profile, explicit);
+    }
+    ok.then_some(cfg)
 }
 
 /// `exchange.max_rate`: a route bucket and a per-client bucket, each
@@ -325,13 +344,23 @@ fn egress(
         ("requested_token_type", x.requested_token_type.is_some()),
         ("actor", x.actor.is_some()),
         ("max_rate", x.max_rate.is_some()),
+        ("grant", x.grant.is_some()),
+        ("extra_params", !x.extra_params.is_empty()),
     ] {
         if present {
             cx.err(format!("{base}.{key}"), "not used for a client_credentials token");
         }
     }
     // Reported above; validate the rest as an exchange section.
-    let raw = RawExchange { subject_token_type: None, requested_token_type: None, actor: None, max_rate: None, ..x };
+    let raw = RawExchange {
+        subject_token_type: None,
+        requested_token_type: None,
+        actor: None,
+        max_rate: None,
+        grant: None,
+        extra_params: BTreeMap::new(),
+        ..x
+    };
     let x = exchange(cx, base, raw, servers)?;
     Some(MachineConfig {
         authorization_server: x.authorization_server,
