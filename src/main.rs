@@ -41,6 +41,11 @@ enum Command {
         /// be set (for CI, where those exist only in the pod).
         #[arg(long)]
         offline: bool,
+        /// Also print, per route, the token request it will send (grant,
+        /// every form parameter, client authentication with secrets
+        /// redacted) and how the authorization server's refusals map.
+        #[arg(long)]
+        explain: bool,
     },
     /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, JWKS, discovery);
     /// `dev-sts mint` gets a user token from a running one.
@@ -81,7 +86,7 @@ fn command() -> ExitCode {
         },
     };
     match command {
-        Command::Check { offline } => check(&path, offline, cli.log_format),
+        Command::Check { offline, explain } => check(&path, (offline, explain), cli.log_format),
         _ => run(&path, &log("info"), cli.log_format),
     }
 }
@@ -157,7 +162,7 @@ fn dev_sts(args: tokex::dev_sts::cli::DevStsArgs, log: &str, format: LogFormat) 
 
 /// `tokex check`: every problem on its own line, as text or (with
 /// `--log-format json`) one JSON object per line, then a summary line.
-fn check(path: &Path, offline: bool, format: LogFormat) -> ExitCode {
+fn check(path: &Path, (offline, explain): (bool, bool), format: LogFormat) -> ExitCode {
     let out = Report { format, file: path.display().to_string() };
     let config = match config::load_with(path, config::Options { offline }) {
         Ok(c) => c,
@@ -197,6 +202,16 @@ fn check(path: &Path, offline: bool, format: LogFormat) -> ExitCode {
     for (at, message) in &problems {
         let line = config::line_of(&text, at);
         out.diagnostic("error", &config::Diagnostic { path: at.clone(), line, message: message.clone() });
+    }
+    if explain {
+        for e in tokex::exchange::explain::explain(&config) {
+            match format {
+                LogFormat::Text => e.lines.iter().for_each(|l| println!("{l}")),
+                LogFormat::Json => {
+                    println!("{}", serde_json::json!({"level": "info", "file": out.file, "explain": e.json}))
+                }
+            }
+        }
     }
     let counts = format!(
         "{} routes, {} authorization servers, {} warnings{}",

@@ -9,6 +9,7 @@ pub mod client;
 pub mod client_auth;
 pub mod discovery;
 mod error;
+pub mod explain;
 mod fields;
 pub mod guard;
 mod l2;
