@@ -305,6 +305,11 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
             ],
         ),
         ("actor", &[Uncomment("# actor:")]),
+        ("error_map", &[Uncomment("# error_map:")]),
+        (
+            "grant and extra_params (a claim value needs inbound)",
+            &[Uncomment("# inbound:"), Uncomment("# grant: token_exchange"), Uncomment("# extra_params:")],
+        ),
         (
             "cache.shared",
             &[Uncomment("# shared:"), Uncomment("# ca_file: /etc/tokex/redis-ca.pem"), Uncomment("# key_secret_file:")],
@@ -419,4 +424,60 @@ routes:
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "{out}");
     assert!(errors[0].contains("authorization_servers.corp.issuer (line 3)"), "{out}");
+}
+
+/// `check --explain` shows each route's token request as the provider
+/// profile shapes it, secrets redacted, as text and as JSON.
+#[test]
+fn explain_prints_the_effective_token_request_without_secrets() {
+    let yaml = r#"listen: { address: "127.0.0.1:8080" }
+inbound: { jwt: { issuer: "https://login.microsoftonline.com/t/v2.0", jwks_uri: "https://login.microsoftonline.com/t/discovery/v2.0/keys", audiences: ["api://tokex"] } }
+authorization_servers:
+  entra:
+    token_endpoint: https://login.microsoftonline.com/t/oauth2/v2.0/token
+    profile: entra
+    client_auth: { method: client_secret_jwt, client_id: tokex, client_secret: "${EXPLAIN_SECRET}" }
+  google: { token_endpoint: "https://sts.googleapis.com/v1/token", profile: google_sts }
+routes:
+  - name: graph
+    match: { path_prefix: /graph }
+    upstream: http://127.0.0.1:8081
+    exchange:
+      authorization_server: entra
+      scope: [https://graph.microsoft.com/.default]
+      extra_params: { tenant_hint: contoso, tid: { claim: tid, required: true } }
+  - name: gcs
+    upstream: http://127.0.0.1:8082
+    exchange: { authorization_server: google, audience: ["//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q"], scope: [https://www.googleapis.com/auth/cloud-platform] }
+"#;
+    let secret = "s3cret-s3cret-s3cret-s3cret-s3cret";
+    let (code, out) = check_file(yaml, &["--explain"], &[("EXPLAIN_SECRET", secret)]);
+    assert_eq!(code, 0, "{out}");
+    for needle in [
+        "route graph: on_behalf_of at authorization server entra (profile entra)",
+        "grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "assertion=<the caller's token>",
+        "requested_token_use=on_behalf_of",
+        "tid=<claim tid of the caller's token; required>",
+        "client authentication: client_secret_jwt: client_id=tokex",
+        "AADSTS50079 -> 401 insufficient_user_authentication",
+        "route gcs: token_exchange at authorization server google (profile google_sts)",
+        "subject_token_type=urn:ietf:params:oauth:token-type:jwt",
+        "requested_token_type=urn:ietf:params:oauth:token-type:access_token",
+        "invalid_target -> 502",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing in:\n{out}");
+    }
+    assert!(!out.contains(secret), "{out}");
+    let (code, out) = check_file(yaml, &["--explain", "--log-format", "json"], &[("EXPLAIN_SECRET", secret)]);
+    assert_eq!(code, 0, "{out}");
+    let routes: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("explain").cloned())
+        .collect();
+    assert_eq!(routes.len(), 2, "{out}");
+    assert_eq!(routes[0]["grant"], "on_behalf_of");
+    assert_eq!(routes[0]["params"][1], serde_json::json!(["assertion", "<the caller's token>"]));
+    assert!(!out.contains(secret));
 }

@@ -231,3 +231,137 @@ fn auth0_reserved(t: &str) -> bool {
     .iter()
     .any(|p| t.starts_with(p))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::parse;
+
+    fn yaml(server: &str, exchange: &str, inbound: bool) -> String {
+        let inbound = if inbound {
+            "inbound: { jwt: { issuer: https://as.example.com, jwks_uri: https://as.example.com/jwks, audiences: [tokex] } }\n"
+        } else {
+            ""
+        };
+        format!(
+            "listen: {{ address: \"127.0.0.1:8080\" }}\n{inbound}authorization_servers:\n  idp:\n    token_endpoint: https://as.example.com/token\n    client_auth: {{ method: client_secret_post, client_id: tokex, client_secret: s }}\n{server}routes:\n  - name: r\n    upstream: http://127.0.0.1:8081\n    exchange:\n      authorization_server: idp\n{exchange}"
+        )
+    }
+
+    /// Errors (or, when it parses, warnings) as `path: message` lines.
+    fn report(server: &str, exchange: &str, inbound: bool) -> String {
+        match parse(&yaml(server, exchange, inbound)) {
+            Ok(c) => c.warnings.iter().map(|d| format!("warning: {}", d.unlined())).collect::<Vec<_>>().join("\n"),
+            Err(e) => e.errors.iter().map(|d| format!("error: {}", d.unlined())).collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        for (server, exchange, inbound, needle) in [
+            ("    profile: azure\n", "", false, "error: authorization_servers.idp.profile: unknown profile \"azure\""),
+            (
+                "    error_map: { invalid_request: retry }\n",
+                "",
+                false,
+                "error: authorization_servers.idp.error_map.invalid_request: unknown outcome \"retry\"",
+            ),
+            (
+                "    error_map: { \"bad code\": step_up }\n",
+                "",
+                false,
+                "error: authorization_servers.idp.error_map.bad code: an error code is",
+            ),
+            ("", "      grant: saml\n", false, "error: routes[0].exchange.grant: unknown grant \"saml\""),
+            (
+                "",
+                "      extra_params: { scope: x }\n",
+                false,
+                "error: routes[0].exchange.extra_params.scope: scope is set by the grant",
+            ),
+            (
+                "",
+                "      extra_params: { client_assertion: x }\n",
+                false,
+                "error: routes[0].exchange.extra_params.client_assertion:",
+            ),
+            (
+                "",
+                "      extra_params: { tid: { claim: tid } }\n",
+                false,
+                "error: routes[0].exchange.extra_params.tid: a claim value needs inbound:",
+            ),
+            (
+                "",
+                "      extra_params: { tid: { claim: tid, optional: true } }\n",
+                true,
+                "error: routes[0].exchange.extra_params.tid.optional: unknown field `optional`",
+            ),
+            (
+                "",
+                "      grant: on_behalf_of\n",
+                false,
+                "error: routes[0].exchange.scope: grant on_behalf_of needs scope",
+            ),
+            (
+                "",
+                "      grant: jwt_bearer\n      scope: [s]\n      actor: { token: t }\n",
+                false,
+                "error: routes[0].exchange.actor: not sent with grant jwt_bearer",
+            ),
+            (
+                "",
+                "      grant: jwt_bearer\n      scope: [s]\n      requested_token_type: urn:x\n",
+                false,
+                "error: routes[0].exchange.requested_token_type: not sent",
+            ),
+        ] {
+            let got = report(server, exchange, inbound);
+            assert!(got.contains(needle), "want {needle:?}, got:\n{got}");
+        }
+        // Offline-free parse of the good forms.
+        let ok = report(
+            "    profile: entra\n",
+            "      scope: [api://x/.default]\n      extra_params: { n: 5, b: true, tid: { claim: tid } }\n",
+            true,
+        );
+        assert!(!ok.contains("error"), "{ok}");
+    }
+
+    #[test]
+    fn warns_where_a_provider_is_documented_to_refuse() {
+        for (server, exchange, needle) in [
+            ("    profile: entra\n", "      scope: [a/.default, b]\n      resource: [https://graph.microsoft.com]\n", "routes[0].exchange.resource: entra: the v2.0 endpoint refuses resource"),
+            ("    profile: entra\n", "      scope: [a/.default, b]\n", "routes[0].exchange.scope: entra: a /.default scope cannot be combined"),
+            ("    profile: entra\n", "      grant: token_exchange\n", "routes[0].exchange.grant: entra: Entra ID does not offer RFC 8693"),
+            ("    profile: keycloak\n", "      actor: { token: t }\n", "routes[0].exchange.actor: keycloak: standard token exchange (v2) does not support delegation"),
+            ("    profile: okta\n", "", "routes[0].exchange.audience: okta: Okta needs audience"),
+            ("    profile: auth0\n", "      subject_token_type: urn:acme:t\n      requested_token_type: urn:ietf:params:oauth:token-type:access_token\n", "routes[0].exchange.requested_token_type: auth0: Custom Token Exchange refuses requested_token_type"),
+            ("    profile: auth0\n", "      subject_token_type: urn:auth0:mine\n", "routes[0].exchange.subject_token_type: auth0: Custom Token Exchange refuses token types in the urn:ietf"),
+            ("    profile: google_sts\n", "", "authorization_servers.idp.client_auth: google_sts: the STS takes no client authentication"),
+            ("    profile: google_sts\n", "", "routes[0].exchange.audience: google_sts: the STS needs one audience"),
+            ("    profile: zitadel\n", "      resource: [https://x]\n", "routes[0].exchange.resource: zitadel: ZITADEL refuses resource"),
+        ] {
+            let got = report(server, exchange, false);
+            assert!(got.contains(&format!("warning: {needle}")), "want {needle:?}, got:\n{got}");
+        }
+        assert_eq!(report("", "      audience: [a]\n", false), "", "generic warns about nothing");
+    }
+
+    #[test]
+    fn an_error_map_entry_replaces_the_profiles_rules_for_its_code() {
+        let c = parse(&yaml(
+            "    profile: keycloak\n    error_map: { invalid_request: unavailable, AADSTS1: step_up }\n",
+            "",
+            false,
+        ))
+        .unwrap();
+        let m = &c.servers["idp"].error_map;
+        assert_eq!(m.get("invalid_request"), Some(crate::config::Outcome::Unavailable));
+        assert_eq!(m.described("invalid_request", "Invalid token"), None);
+        assert_eq!(
+            m.described("access_denied", "Client is not within the token audience"),
+            Some(crate::config::Outcome::InvalidToken)
+        );
+        assert_eq!(m.get("AADSTS1"), Some(crate::config::Outcome::StepUp));
+    }
+}
