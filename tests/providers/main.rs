@@ -191,3 +191,36 @@ pub fn caller_token(rec: &Recorded, name: &str) -> Result<(), String> {
         Err(format!("{name} is not the caller's JWT"))
     }
 }
+
+/// Every configuration in docs/providers/ checks (offline: its secret
+/// files exist only where tokex runs) and uses its page's profile.
+#[test]
+fn the_provider_pages_configurations_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/providers");
+    let tmp = common::process::temp_dir("provider-docs");
+    let mut pages = 0;
+    for profile in ["entra", "keycloak", "okta", "auth0", "pingone", "google_sts", "zitadel"] {
+        let text = std::fs::read_to_string(dir.join(format!("{profile}.md"))).unwrap();
+        let blocks: Vec<&str> =
+            text.split("```yaml\n").skip(1).map(|b| b.split("\n```").next().unwrap_or_default()).collect();
+        assert!(!blocks.is_empty(), "{profile}.md has no yaml block");
+        for (i, block) in blocks.iter().enumerate() {
+            let file = tmp.join(format!("{profile}-{i}.yaml"));
+            std::fs::write(&file, block).unwrap();
+            let out = std::process::Command::new(common::process::BIN)
+                .args(["check", "--offline", "-c", file.to_str().unwrap()])
+                .env_remove("TOKEX_STRICT")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "docs/providers/{profile}.md yaml block {i} does not check:\n{text}\n---\n{block}"
+            );
+            assert!(block.contains(&format!("profile: {profile}")), "{profile}.md block {i} does not use its profile");
+        }
+        pages += 1;
+    }
+    assert_eq!(pages, 7);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
