@@ -59,14 +59,23 @@ pub enum Outcome {
 pub struct ErrorMap {
     codes: BTreeMap<String, Outcome>,
     described: Vec<Described>,
+    /// Entra's `suberror` is read (other providers' means nothing).
+    suberror: bool,
 }
 
-/// An `error` whose `error_description` starts with `prefix`.
+/// An `error` whose `error_description` is `text`, or starts with `text:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Described {
     pub error: &'static str,
-    pub prefix: &'static str,
+    pub text: &'static str,
     pub outcome: Outcome,
+}
+
+impl Described {
+    fn matches(&self, error: &str, description: &str) -> bool {
+        error == self.error
+            && description.strip_prefix(self.text).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    }
 }
 
 impl ErrorMap {
@@ -76,7 +85,11 @@ impl ErrorMap {
 
     /// The rule for `error` with `description`, if a profile has one.
     pub fn described(&self, error: &str, description: &str) -> Option<Outcome> {
-        self.described.iter().find(|d| d.error == error && description.starts_with(d.prefix)).map(|d| d.outcome)
+        self.described.iter().find(|d| d.matches(error, description)).map(|d| d.outcome)
+    }
+
+    pub fn reads_suberror(&self) -> bool {
+        self.suberror
     }
 
     /// `error_map:` of a server: its word over the profile's, including
@@ -95,14 +108,13 @@ impl ErrorMap {
 /// A value of `exchange.extra_params`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ParamValue {
-    Static(String),
+    /// `interpolated`: it came from `${VAR}` (it may be a credential), so
+    /// `check --explain` does not show it.
+    Static { value: String, interpolated: bool },
     /// A claim of the caller's token, read once the inbound check has
     /// verified it. Absent: the parameter is left out, or the request is
     /// refused (`401 invalid_token`) when `required`.
-    Claim {
-        name: String,
-        required: bool,
-    },
+    Claim { name: String, required: bool },
 }
 
 /// Form parameters a route cannot set through `extra_params`: those of the
@@ -253,21 +265,21 @@ impl Profile {
         // AbstractTokenExchangeProvider).
         let described = match self {
             Profile::Keycloak => vec![
-                Described { error: "invalid_request", prefix: "Invalid token", outcome: InvalidToken },
+                Described { error: "invalid_request", text: "Invalid token", outcome: InvalidToken },
                 Described {
                     error: "invalid_request",
-                    prefix: "Requested audience not available",
+                    text: "Requested audience not available",
                     outcome: InsufficientScope,
                 },
                 Described {
                     error: "access_denied",
-                    prefix: "Client is not within the token audience",
+                    text: "Client is not within the token audience",
                     outcome: InvalidToken,
                 },
             ],
             _ => Vec::new(),
         };
-        ErrorMap { codes: m, described }
+        ErrorMap { codes: m, described, suberror: self == Profile::Entra }
     }
 }
 
@@ -379,7 +391,13 @@ mod tests {
         for g in [Grant::TokenExchange, Grant::JwtBearer, Grant::OnBehalfOf] {
             assert_eq!(Grant::parse(g.name()), Some(g));
         }
-        for o in [Outcome::InvalidToken, Outcome::StepUp, Outcome::InsufficientScope, Outcome::BadGateway] {
+        for o in [
+            Outcome::InvalidToken,
+            Outcome::StepUp,
+            Outcome::InsufficientScope,
+            Outcome::BadGateway,
+            Outcome::Unavailable,
+        ] {
             assert_eq!(Outcome::parse(o.name()), Some(o));
         }
     }

@@ -129,11 +129,14 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
             if let Some(x) = &route.exchange {
                 used_servers.insert(x.authorization_server.clone());
                 for (name, value) in &x.extra_params {
-                    if matches!(value, ParamValue::Claim { .. }) && !has_inbound {
-                        cx.err(
-                            format!("{path}.exchange.extra_params.{name}"),
-                            "a claim value needs inbound: (jwt or introspection): claims are read only from a verified token",
-                        );
+                    if !matches!(value, ParamValue::Claim { .. }) {
+                        continue;
+                    }
+                    let at = format!("{path}.exchange.extra_params.{name}");
+                    match &inbound {
+                        _ if !has_inbound => cx.err(at, "a claim value needs inbound: (jwt or introspection): claims are read only from a verified token"),
+                        Some(InboundConfig::Introspection(_)) => cx.warn(at, "claims are read from the caller's token when it is a JWT: an opaque token has none (the introspection answer's members are not used)"),
+                        _ => {}
                     }
                 }
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::client::{Issued, MAX_ANSWER_BYTES};
 use super::error::sanitize_code;
@@ -22,19 +23,25 @@ struct Answer {
     scope: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    // Members only some providers send, read as any JSON: one of an
+    // unexpected type is ignored, it never makes the answer unusable.
     /// Entra ID: the `AADSTS` numbers of the error.
     #[serde(default)]
-    error_codes: Option<Vec<serde_json::Value>>,
+    error_codes: Option<Value>,
     /// Entra ID: a finer reason (`consent_required`, `basic_action`, ...).
     #[serde(default)]
-    suberror: Option<String>,
+    suberror: Option<Value>,
     /// Step-up hints: RFC 9470's, and Entra's claims challenge.
     #[serde(default)]
-    acr_values: Option<String>,
+    acr_values: Option<Value>,
     #[serde(default)]
-    max_age: Option<serde_json::Value>,
+    max_age: Option<Value>,
     #[serde(default)]
-    claims: Option<String>,
+    claims: Option<Value>,
+}
+
+fn text(v: &Option<Value>) -> Option<&str> {
+    v.as_ref().and_then(Value::as_str)
 }
 
 /// Parses a token endpoint answer; a refusal is mapped by `errors`, then
@@ -84,9 +91,18 @@ fn refusal(status: u16, answer: &Answer, errors: &ErrorMap) -> ExchangeError {
     if refusal.error.is_empty() {
         return ExchangeError::BadAnswer(format!("HTTP {status} without an error code"));
     }
-    let numbered = answer.error_codes.iter().flatten().filter_map(|c| c.as_u64()).map(|n| format!("AADSTS{n}"));
+    let numbered = answer
+        .error_codes
+        .as_ref()
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|n| format!("AADSTS{n}"));
     let prefix = answer.error_description.as_deref().and_then(provider_code).map(str::to_owned);
-    let sub = answer.suberror.as_deref().map(sanitize_code);
+    // Entra's sub-error only where its codes apply: elsewhere the member
+    // means nothing, and must not override the OAuth error.
+    let sub = text(&answer.suberror).filter(|_| errors.reads_suberror()).map(sanitize_code);
     let mut codes = numbered.take(4).chain(prefix);
     let mapped = codes
         .find_map(|code| errors.get(&code))
@@ -96,7 +112,7 @@ fn refusal(status: u16, answer: &Answer, errors: &ErrorMap) -> ExchangeError {
         Some(Outcome::InvalidToken) => ExchangeError::InvalidGrant(refusal),
         Some(Outcome::InsufficientScope) => ExchangeError::InsufficientScope(refusal),
         Some(Outcome::StepUp) => {
-            let hint = StepUpHint::new(answer.acr_values.as_deref(), answer.max_age.as_ref(), answer.claims.as_deref());
+            let hint = StepUpHint::new(text(&answer.acr_values), answer.max_age.as_ref(), text(&answer.claims));
             ExchangeError::StepUp(refusal, hint)
         }
         Some(Outcome::BadGateway) => ExchangeError::OtherError { status, refusal },
@@ -147,6 +163,21 @@ mod tests {
     #[test]
     fn maps_errors() {
         let e = |body: &[u8]| parse_answer(400, body, &ErrorMap::default()).unwrap_err();
+        // Members of unexpected types are ignored, on a refusal or a success.
+        assert!(matches!(
+            e(br#"{"error":"invalid_grant","error_codes":"x","claims":{"a":1}}"#),
+            ExchangeError::InvalidGrant(_)
+        ));
+        let ok = parse_answer(
+            200,
+            br#"{"access_token":"t","token_type":"Bearer","claims":{"x":1},"suberror":7}"#,
+            &ErrorMap::default(),
+        );
+        assert!(ok.is_ok());
+        // A sub-error means something only where Entra's codes apply.
+        let generic = crate::config::Profile::Generic.error_map();
+        let sub = parse_answer(400, br#"{"error":"invalid_grant","suberror":"temporarily_unavailable"}"#, &generic);
+        assert!(matches!(sub, Err(ExchangeError::InvalidGrant(_))));
         assert!(matches!(e(br#"{"error":"invalid_grant"}"#), ExchangeError::InvalidGrant(_)));
         assert!(matches!(e(br#"{"error":"invalid_scope"}"#), ExchangeError::InsufficientScope(_)));
         assert!(matches!(e(br#"{"error":"invalid_target"}"#), ExchangeError::InsufficientScope(_)));
@@ -220,6 +251,9 @@ mod tests {
         ));
         let aud = k(r#"{"error":"invalid_request","error_description":"Requested audience not available: x"}"#);
         assert!(matches!(aud, ExchangeError::InsufficientScope(_)), "{aud:?}");
+        let wrong_type =
+            k(r#"{"error":"invalid_request","error_description":"Invalid token type, must be access token"}"#);
+        assert!(matches!(wrong_type, ExchangeError::OtherError { .. }), "the route's configuration: {wrong_type:?}");
         let other = k(r#"{"error":"invalid_request","error_description":"requested_token_type unsupported"}"#);
         assert!(matches!(other, ExchangeError::OtherError { .. }), "{other:?}");
         assert_eq!(provider_code("AADSTS50076: x"), Some("AADSTS50076"));

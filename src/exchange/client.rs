@@ -327,7 +327,13 @@ impl AsClient {
                 Err(e) => return Err(Attempt::Retryable { why: error_chain(&e), retry_after: None }),
             }
         }
-        parse_answer(status.as_u16(), &buf, &self.errors).map_err(Attempt::Final)
+        parse_answer(status.as_u16(), &buf, &self.errors).map_err(|e| match e {
+            // A refusal the server's error map calls unavailable (e.g.
+            // `temporarily_unavailable`): a failure like a 5xx, retried
+            // within the budget and counted by the circuit breaker.
+            ExchangeError::Unavailable(why) => Attempt::Retryable { why, retry_after: None },
+            e => Attempt::Final(e),
+        })
     }
 }
 

@@ -51,7 +51,7 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
         return Explained { route: r.name.clone(), lines: vec![], json: Value::Null };
     };
     let endpoint = match &s.location {
-        AsLocation::TokenEndpoint(u) => u.to_string(),
+        AsLocation::TokenEndpoint(u) => without_password(u),
         AsLocation::Issuer(i) => format!("<token_endpoint discovered from {i} (RFC 8414)>"),
     };
     let params: Vec<(String, String)> = template
@@ -60,6 +60,7 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
         .map(|(name, slot)| {
             let value = match slot {
                 Slot::Fixed(v) => v.clone(),
+                Slot::Hidden(_) => "<from the environment; not shown>".to_owned(),
                 Slot::Subject => "<the caller's token>".to_owned(),
                 Slot::Actor => format!("<{}>", actor.as_deref().unwrap_or("actor token")),
                 Slot::Claim { name, required: true } => format!("<claim {name} of the caller's token; required>"),
@@ -95,6 +96,15 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
     Explained { route: r.name.clone(), lines, json }
 }
 
+/// A URL as shown: a password in it is not.
+fn without_password(u: &url::Url) -> String {
+    let mut u = u.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("redacted"));
+    }
+    u.to_string()
+}
+
 const SPEC_36: &str = "invalid_grant: 401 invalid_token; invalid_scope, invalid_target: 403 insufficient_scope; \
                        invalid_client, unauthorized_client and any other: 502";
 
@@ -102,7 +112,7 @@ const SPEC_36: &str = "invalid_grant: 401 invalid_token; invalid_scope, invalid_
 fn error_rules(s: &AuthServerConfig) -> Vec<(String, &'static str)> {
     let (codes, described) = s.error_map.rules();
     let mut out: Vec<(String, &'static str)> = codes.map(|(c, o)| (c.to_owned(), Outcome::answer(o))).collect();
-    out.extend(described.iter().map(|d| (format!("{} \"{}…\"", d.error, d.prefix), d.outcome.answer())));
+    out.extend(described.iter().map(|d| (format!("{} \"{}…\"", d.error, d.text), d.outcome.answer())));
     out
 }
 
@@ -145,7 +155,7 @@ fn client_auth(c: &ClientAuthConfig) -> String {
 mod tests {
     #[test]
     fn explains_the_request_without_secrets() {
-        let yaml = "listen: { address: \"127.0.0.1:0\" }\nauthorization_servers:\n  entra:\n    token_endpoint: https://login.microsoftonline.com/t/oauth2/v2.0/token\n    profile: entra\n    client_auth: { method: client_secret_post, client_id: tokex, client_secret: very-secret-value }\nroutes:\n  - name: graph\n    upstream: http://127.0.0.1:2\n    exchange: { authorization_server: entra, scope: [https://graph.microsoft.com/.default], extra_params: { tenant_hint: contoso } }\n  - { name: open, upstream: \"http://127.0.0.1:2\", auth: none }\n";
+        let yaml = "listen: { address: \"127.0.0.1:0\" }\nauthorization_servers:\n  entra:\n    token_endpoint: https://login.microsoftonline.com/t/oauth2/v2.0/token\n    profile: entra\n    client_auth: { method: client_secret_post, client_id: tokex, client_secret: very-secret-value }\nroutes:\n  - name: graph\n    upstream: http://127.0.0.1:2\n    exchange: { authorization_server: entra, scope: [https://graph.microsoft.com/.default], extra_params: { tenant_hint: contoso, key: \"${TOKEX_EXPLAIN_UNSET_VAR:-k3y-from-env}\" } }\n  - { name: open, upstream: \"http://127.0.0.1:2\", auth: none }\n";
         let cfg = crate::config::parse(yaml).unwrap();
         let out = super::explain(&cfg);
         let text = out[0].lines.join("\n");
@@ -163,6 +173,7 @@ mod tests {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
         assert!(!text.contains("very-secret-value"));
+        assert!(text.contains("key=<from the environment; not shown>") && !text.contains("k3y-from-env"), "{text}");
         assert!(!out[0].json.to_string().contains("very-secret-value"));
         assert!(out[1].lines[0].contains("no token request"));
     }

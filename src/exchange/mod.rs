@@ -143,7 +143,7 @@ impl Policy {
         }
         for (name, value) in &cfg.extra_params {
             match value {
-                ParamValue::Static(v) => f.field(&format!("param:{name}"), v),
+                ParamValue::Static { value, .. } => f.field(&format!("param:{name}"), value),
                 ParamValue::Claim { name: claim, required } => {
                     f.field(&format!("claim:{name}"), &format!("{claim}:{required}"))
                 }
@@ -350,8 +350,12 @@ impl Exchanger {
         let peeked = unverified::peek(subject);
         // Refusals that cost the AS nothing come first: an open breaker (so
         // the route's rate limit spends no token on it), then the rate limit.
-        let admitted = match (origin, &policy.limit) {
-            (Some(origin), Some(limit)) => policy.client.guard().check().and_then(|()| limit.admit(origin.client)),
+        // A required claim the caller's token lacks costs nothing at all.
+        let admitted = match (policy.template.missing_claim(subject), origin, &policy.limit) {
+            (Some(claim), _, _) => Err(ExchangeError::MissingClaim(claim)),
+            (None, Some(origin), Some(limit)) => {
+                policy.client.guard().check().and_then(|()| limit.admit(origin.client))
+            }
             _ => Ok(()),
         };
         let actor = match (admitted, &policy.actor) {
@@ -431,6 +435,12 @@ impl Exchanger {
                 Ok(form) => m.client.request(form, (started + m.client.timeout()).into()).await,
                 Err(e) => Err(e),
             };
+            // No user can act on tokex's own credential: a step-up answer
+            // to it is the gateway's problem.
+            let result = result.map_err(|e| match e {
+                ExchangeError::StepUp(r, _) => ExchangeError::ClientRejected(r),
+                e => e,
+            });
             let audit = Audit {
                 grant: "client_credentials",
                 route: "-",

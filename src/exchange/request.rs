@@ -12,6 +12,8 @@ use crate::config::{ExchangeConfig, Grant, MachineConfig, ParamValue};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slot {
     Fixed(String),
+    /// Fixed, from the environment (`${VAR}`): not shown by `--explain`.
+    Hidden(String),
     /// The caller's token (`subject_token`, or `assertion`).
     Subject,
     /// The actor token (RFC 8693 delegation).
@@ -63,7 +65,8 @@ impl Template {
         }
         for (name, value) in &cfg.extra_params {
             let slot = match value {
-                ParamValue::Static(v) => Slot::Fixed(v.clone()),
+                ParamValue::Static { value, interpolated: false } => Slot::Fixed(value.clone()),
+                ParamValue::Static { value, interpolated: true } => Slot::Hidden(value.clone()),
                 ParamValue::Claim { name, required } => {
                     t.claims = true;
                     Slot::Claim { name: name.clone(), required: *required }
@@ -108,6 +111,22 @@ impl Template {
         &self.params
     }
 
+    /// The first `required` claim that `subject` does not carry in a usable form.
+    pub fn missing_claim(&self, subject: &str) -> Option<String> {
+        if !self.claims {
+            return None;
+        }
+        let claims = unverified::claims_json(subject);
+        self.params.iter().find_map(|(_, slot)| match slot {
+            Slot::Claim { name, required: true }
+                if claims.as_ref().and_then(|c| claim_text(c.get(name)?)).is_none() =>
+            {
+                Some(name.clone())
+            }
+            _ => None,
+        })
+    }
+
     /// The form-encoded request for `subject` (and `actor`, when the
     /// policy has one).
     pub fn form(&self, subject: &str, actor: Option<&str>) -> Result<String, ExchangeError> {
@@ -115,7 +134,7 @@ impl Template {
         let mut f = form_urlencoded::Serializer::new(String::with_capacity(subject.len() + 512));
         for (name, slot) in &self.params {
             match slot {
-                Slot::Fixed(v) => {
+                Slot::Fixed(v) | Slot::Hidden(v) => {
                     f.append_pair(name, v);
                 }
                 Slot::Subject => {
@@ -216,6 +235,8 @@ mod tests {
         let e = t.form(&jwt(r#"{"tid":"t"}"#), None).unwrap_err();
         assert!(matches!(e, ExchangeError::MissingClaim(ref c) if c == "org_id"), "{e:?}");
         assert!(matches!(t.form("opaque", None), Err(ExchangeError::MissingClaim(_))));
+        assert_eq!(t.missing_claim("opaque").as_deref(), Some("org_id"));
+        assert_eq!(t.missing_claim(&token), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod common;
 
 mod auth0;
 mod entra;
+mod generic;
 mod google_sts;
 mod keycloak;
 mod okta;
@@ -115,14 +116,20 @@ impl Fixture {
     }
 
     /// The token endpoint refuses with the provider's `body`; the caller
-    /// gets `status` and a challenge containing `challenge`.
+    /// gets `status` and a challenge containing `challenge` (`""`: none).
     pub async fn refused(&self, path: &str, body: Value, status: u16, challenge: &str) -> HeaderMap {
         self.refuse(400, body.clone());
         let (got, headers, text) = self.call(path, &self.token(json!({}))).await;
         self.answer_with(None);
         assert_eq!(got.as_u16(), status, "{body} → {text}");
-        let www = headers.get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-        assert!(www.contains(challenge), "{body}: challenge {www:?} lacks {challenge:?}");
+        let www = headers.get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+        match www {
+            Some(www) => assert!(
+                !challenge.is_empty() && www.contains(challenge),
+                "{body}: challenge {www:?}, want {challenge:?}"
+            ),
+            None => assert!(challenge.is_empty(), "{body}: no challenge, want {challenge:?}"),
+        }
         assert_eq!(self.violations(), Vec::<String>::new());
         headers
     }

@@ -81,7 +81,10 @@ pub(super) fn extra_params(
     let mut out = Vec::with_capacity(raw.len());
     for (name, value) in raw {
         let path = format!("{base}.extra_params.{name}");
-        if crate::config::profile::RESERVED_PARAMS.contains(&name.as_str()) {
+        // Servers differ in how they read names: `Scope` (case-insensitive
+        // form readers) and `scope[]` (PHP-style arrays) are `scope` too.
+        let plain = name.trim_end_matches("[]").to_ascii_lowercase();
+        if crate::config::profile::RESERVED_PARAMS.contains(&plain.as_str()) {
             cx.err(&path, format!("{name} is set by the grant or client authentication, not by extra_params"));
             ok = false;
         } else if name.is_empty() || name.len() > 128 || !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
@@ -94,7 +97,7 @@ pub(super) fn extra_params(
                     cx.err(&path, format!("at most {MAX_PARAM_BYTES} bytes"));
                     ok = false;
                 }
-                ParamValue::Static(t.value)
+                ParamValue::Static { interpolated: !t.literal, value: t.value }
             }
             RawParam::Claim(c) => {
                 if c.claim.value.is_empty() || c.claim.value.len() > 128 {
@@ -283,6 +286,18 @@ mod tests {
                 "      extra_params: { client_assertion: x }\n",
                 false,
                 "error: routes[0].exchange.extra_params.client_assertion:",
+            ),
+            (
+                "",
+                "      extra_params: { Scope: x }\n",
+                false,
+                "error: routes[0].exchange.extra_params.Scope: Scope is set by",
+            ),
+            (
+                "",
+                "      extra_params: { \"audience[]\": x }\n",
+                false,
+                "error: routes[0].exchange.extra_params.audience[]:",
             ),
             (
                 "",
