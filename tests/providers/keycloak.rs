@@ -22,11 +22,11 @@ use super::*;
 const SECRET: &str = "keycloak-client-secret-of-32-bytes!!";
 const PATH: &str = "/realms/acme/protocol/openid-connect/token";
 
-fn shape(endpoint: &str, rec: &Recorded) -> Result<(), String> {
+fn shape(rec: &Recorded) -> Result<(), String> {
     if rec.path != PATH {
         return Err(format!("not the realm's token endpoint: {}", rec.path));
     }
-    secret_jwt(rec, "tokex", SECRET, endpoint)?;
+    secret_jwt(rec, "tokex", SECRET)?;
     match one(rec, "grant_type")? {
         "urn:ietf:params:oauth:grant-type:token-exchange" => {
             absent(rec, &["resource", "actor_token", "actor_token_type", "requested_subject", "requested_issuer"])?;
@@ -57,12 +57,7 @@ async fn fixture() -> Fixture {
         }
         body
     });
-    // The assertion's audience is the token endpoint as tokex calls it.
-    let fx_endpoint = Arc::new(std::sync::OnceLock::<String>::new());
-    let e = fx_endpoint.clone();
-    let fx = start(&server, routes, Arc::new(move |rec| shape(e.get().map_or("", |s| s), rec)), success).await;
-    fx_endpoint.set(format!("http://{}{PATH}", fx.auth_server.addr)).unwrap();
-    fx
+    start(&server, routes, Arc::new(shape), success).await
 }
 
 #[tokio::test]

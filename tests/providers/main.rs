@@ -161,8 +161,10 @@ pub fn one<'a>(rec: &'a Recorded, name: &str) -> Result<&'a str, String> {
 
 /// `client_secret_jwt` (RFC 7523 §2.2, HS256 over the secret): the
 /// assertion's signature, `iss` = `sub` = `client_id`, `aud` = the token
-/// endpoint, a `jti` and an `exp`.
-pub fn secret_jwt(rec: &Recorded, client_id: &str, secret: &str, endpoint: &str) -> Result<(), String> {
+/// endpoint the request was sent to, a `jti` and an `exp`.
+pub fn secret_jwt(rec: &Recorded, client_id: &str, secret: &str) -> Result<(), String> {
+    let host = rec.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let endpoint = format!("http://{host}{}", rec.path);
     exactly(rec, "client_id", client_id)?;
     exactly(rec, "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")?;
     let assertion = one(rec, "client_assertion")?;
