@@ -141,6 +141,28 @@ fn private_key_jwt(dir: &Path, key: &TestKey, extra: &str) -> String {
     format!("{{ method: private_key_jwt, client_id: gw, private_key_file: {}{extra} }}", file.display())
 }
 
+/// Two exchanges (two subjects) through a gateway whose server `corp`
+/// authenticates tokex with `auth`: the two token requests, each checked
+/// for what every assertion method sends (`client_assertion_type`,
+/// `client_id`, no `client_secret`, no `Authorization`), and the token URL.
+async fn two_assertion_requests(auth: &str) -> (Vec<Recorded>, String) {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw =
+        TestGateway::start(&config_with(&auth_server.token_url(), auth, &exchange_route("a", "/", backend, ""))).await;
+    assert_eq!(get(&gw.url, Some("subject-1")).await.0, 200);
+    assert_eq!(get(&gw.url, Some("subject-2")).await.0, 200);
+    let requests = auth_server.requests();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.param("client_assertion_type"), Some(JWT_BEARER));
+        assert_eq!(r.param("client_id"), Some("gw"));
+        assert_eq!(r.param("client_secret"), None);
+        assert!(r.headers.get("authorization").is_none());
+    }
+    (requests, auth_server.token_url())
+}
+
 async fn readyz(gw: &TestGateway) -> u16 {
     get(&format!("{}/readyz", gw.admin), None).await.0.as_u16()
 }
@@ -152,28 +174,13 @@ async fn readyz(gw: &TestGateway) -> u16 {
 async fn private_key_jwt_es256_and_eddsa_assertions() {
     for key in [TestKey::es256(), TestKey::eddsa()] {
         let dir = temp_dir("pkjwt");
-        let auth_server = RecordingAs::start().await;
-        let backend = echo_backend().await;
-        let auth = private_key_jwt(&dir, &key, ", key_id: gw-key-1");
-        let gw =
-            TestGateway::start(&config_with(&auth_server.token_url(), &auth, &exchange_route("a", "/", backend, "")))
-                .await;
-        assert_eq!(get(&gw.url, Some("subject-1")).await.0, 200);
-        assert_eq!(get(&gw.url, Some("subject-2")).await.0, 200);
-
-        let requests = auth_server.requests();
-        assert_eq!(requests.len(), 2);
+        let (requests, token_url) = two_assertion_requests(&private_key_jwt(&dir, &key, ", key_id: gw-key-1")).await;
         let mut jtis = Vec::new();
         for r in &requests {
-            assert_eq!(r.param("client_assertion_type"), Some(JWT_BEARER));
-            assert_eq!(r.param("client_id"), Some("gw"));
-            assert_eq!(r.param("client_secret"), None);
-            assert!(r.headers.get("authorization").is_none());
-            let (header, claims) =
-                verify_assertion(r.param("client_assertion").unwrap(), &key, &auth_server.token_url(), "gw");
+            let (header, claims) = verify_assertion(r.param("client_assertion").unwrap(), &key, &token_url, "gw");
             assert_eq!(header.alg, key.alg);
             assert_eq!(header.kid.as_deref(), Some("gw-key-1"));
-            assert_eq!(claims["aud"], auth_server.token_url().as_str(), "aud defaults to the token endpoint");
+            assert_eq!(claims["aud"], token_url.as_str(), "aud defaults to the token endpoint");
             jtis.push(claims["jti"].as_str().unwrap().to_owned());
         }
         assert_ne!(jtis[0], jtis[1], "jti is unique per assertion");
@@ -190,28 +197,17 @@ async fn private_key_jwt_es256_and_eddsa_assertions() {
 #[tokio::test]
 async fn client_secret_jwt_sends_an_hs256_assertion_and_never_the_secret() {
     let secret = "0123456789abcdef0123456789abcdef-okta";
-    let auth_server = RecordingAs::start().await;
-    let backend = echo_backend().await;
     let auth = format!("{{ method: client_secret_jwt, client_id: gw, client_secret: \"{secret}\" }}");
-    let gw =
-        TestGateway::start(&config_with(&auth_server.token_url(), &auth, &exchange_route("a", "/", backend, ""))).await;
-    assert_eq!(get(&gw.url, Some("subject-1")).await.0, 200);
-    assert_eq!(get(&gw.url, Some("subject-2")).await.0, 200);
-    let requests = auth_server.requests();
-    assert_eq!(requests.len(), 2);
+    let (requests, token_url) = two_assertion_requests(&auth).await;
     let mut jtis = Vec::new();
     for r in &requests {
-        assert_eq!(r.param("client_assertion_type"), Some(JWT_BEARER));
-        assert_eq!(r.param("client_id"), Some("gw"));
-        assert_eq!(r.param("client_secret"), None);
-        assert!(r.headers.get("authorization").is_none());
         assert!(r.form.iter().all(|(_, v)| !v.contains(secret)), "the secret itself is not sent");
         let jwt = r.param("client_assertion").unwrap();
         let key = DecodingKey::from_secret(secret.as_bytes());
-        let (header, claims) = verify_assertion_with(jwt, Algorithm::HS256, &key, &auth_server.token_url(), "gw");
+        let (header, claims) = verify_assertion_with(jwt, Algorithm::HS256, &key, &token_url, "gw");
         assert_eq!(header.alg, Algorithm::HS256);
         let mut v = Validation::new(Algorithm::HS256);
-        v.set_audience(&[auth_server.token_url()]);
+        v.set_audience(&[&token_url]);
         let wrong = DecodingKey::from_secret(b"another-secret-of-enough-length-000");
         assert!(jsonwebtoken::decode::<Value>(jwt, &wrong, &v).is_err(), "another secret does not verify it");
         jtis.push(claims["jti"].as_str().unwrap().to_owned());

@@ -113,7 +113,9 @@ impl Template {
 
     /// The first `required` claim that `subject` does not carry in a usable form.
     pub fn missing_claim(&self, subject: &str) -> Option<String> {
-        if !self.claims {
+        // Optional claims only: nothing to refuse, and no payload to parse
+        // twice (`form` reads it).
+        if !self.params.iter().any(|(_, s)| matches!(s, Slot::Claim { required: true, .. })) {
             return None;
         }
         let claims = unverified::claims_json(subject);
