@@ -47,6 +47,8 @@ impl Admin {
 }
 
 impl Handler for Admin {
+    type Body = crate::proxy::Body;
+
     fn handle(
         &self,
         req: Request<Incoming>,

@@ -13,12 +13,14 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::auth::scopes::RequiredScopes;
 use crate::auth::Inbound;
-use crate::config::{AuthMode, Config, MachineConfig};
+use crate::config::{AuthMode, Config, ListenConfig, MachineConfig};
 use crate::exchange::client::AsClient;
 use crate::exchange::guard::AsGuard;
 use crate::exchange::{Exchanger, MachinePolicy, Policy};
 use crate::metrics::Metrics;
+use crate::proxy::authz::Checks;
 use crate::proxy::forward::{Forwarder, Upstream};
+use crate::proxy::grpc_authz::GrpcChecks;
 use crate::proxy::handler::{Gateway, Runtime};
 use crate::proxy::pool::UpstreamClient;
 use crate::proxy::routes::{Route, RouteAuth, RouteTable};
@@ -87,7 +89,8 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
     let reloads = metrics.tls_reloads("upstream");
     let mut upstream_client = |r: &crate::config::RouteConfig| -> Result<Arc<UpstreamClient>, StartError> {
         let settings = (r.upstream_tls.clone(), config.pool);
-        let before = previous.into_iter().flat_map(|p| p.routes.iter()).map(|r| &r.upstream.client);
+        let before =
+            previous.into_iter().flat_map(|p| p.routes.iter()).filter_map(|r| r.upstream.as_ref()).map(|u| &u.client);
         if let Some(c) = upstream_clients.iter().chain(before).find(|c| c.settings == settings) {
             return Ok(c.clone());
         }
@@ -126,12 +129,17 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             matcher: r.matcher.clone(),
             auth,
             require_scopes: RequiredScopes::new(&r.require_scopes),
-            upstream: Upstream::new(
-                &r.upstream,
-                upstream_client(r).map_err(StartError::at(format!("routes[{i}].upstream_tls")))?,
-            )
-            .map_err(StartError::Setup)
-            .map_err(StartError::at(format!("routes[{i}].upstream")))?,
+            upstream: match &r.upstream {
+                Some(url) => Some(
+                    Upstream::new(
+                        url,
+                        upstream_client(r).map_err(StartError::at(format!("routes[{i}].upstream_tls")))?,
+                    )
+                    .map_err(StartError::Setup)
+                    .map_err(StartError::at(format!("routes[{i}].upstream")))?,
+                ),
+                None => None,
+            },
             forward_header: r.forward_header.clone(),
             remove_headers: r.remove_headers.clone().into(),
             timeout: r.timeout,
@@ -145,7 +153,13 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
 
 /// A running gateway.
 pub struct Running {
+    /// The proxy listener's address; without `listen:`, the first check
+    /// listener's.
     pub addr: SocketAddr,
+    /// The HTTP check listener (`authz.address`).
+    pub authz_addr: Option<SocketAddr>,
+    /// The gRPC check listener (`authz.grpc_address`).
+    pub grpc_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
@@ -178,7 +192,8 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
         exchanger = exchanger.with_shared(Arc::new(store));
     }
     metrics.started();
-    let tls = match &config.listen.tls {
+    let listen = config.listen.as_ref();
+    let tls = match listen.and_then(|l| l.tls.as_ref()) {
         Some(t) => {
             let reloads = metrics.tls_reloads("listener");
             Some(Arc::new(crate::proxy::tls::listener(t, reloads).map_err(StartError::Setup)?))
@@ -186,8 +201,10 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
         None => None,
     };
     let proto = if tls.is_some() { "https" } else { "http" };
-    let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(config.listen.max_connections);
-    let forwarder = Forwarder::new(proto, config.listen.idle_timeout, upstream_slots);
+    // The check listeners take `listen:`'s limits, or the defaults.
+    let limits_from = config.listen.clone().unwrap_or_else(|| ListenConfig::with_defaults(([0, 0, 0, 0], 0).into()));
+    let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(limits_from.max_connections);
+    let forwarder = Forwarder::new(proto, limits_from.idle_timeout, upstream_slots);
     let tracer = match &config.otlp {
         Some(c) => Some(crate::otel::Tracer::start(c).map_err(StartError::Setup)?),
         None => None,
@@ -195,15 +212,36 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     let gateway = Arc::new(Gateway::new(runtime, exchanger.clone(), forwarder, metrics.route("-"), tracer));
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        Ok::<_, StartError>((listener, bound))
     };
-    let listener = bind(config.listen.address).await?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen.address, source })?;
+    let proxy_listener = match listen {
+        Some(l) => Some(bind(l.address).await?),
+        None => None,
+    };
+    let authz = config.authz.as_ref();
+    let authz_listener = match authz.and_then(|a| a.address) {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let grpc_listener = match authz.and_then(|a| a.grpc_address) {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let admin_listener = match config.admin {
         Some(a) => Some(bind(a).await?),
         None => None,
     };
-    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
+    let proxy_listener_addr = proxy_listener.as_ref().map(|(_, a)| *a);
+    let authz_addr = authz_listener.as_ref().map(|(_, a)| *a);
+    let grpc_addr = grpc_listener.as_ref().map(|(_, a)| *a);
+    // Validation requires `listen:` or `authz:` with a listener.
+    let addr = [&proxy_listener, &authz_listener, &grpc_listener]
+        .into_iter()
+        .find_map(|l| l.as_ref().map(|(_, a)| *a))
+        .ok_or_else(|| StartError::Setup("nothing to listen on: set listen: or authz:".into()))?;
 
     let (shutdown, rx) = watch::channel(false);
     let (phase, phase_rx) = watch::channel(Phase::Serving);
@@ -211,11 +249,11 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     // Not ready before every `issuer:` server's metadata has been discovered.
     crate::exchange::discovery::start(&gateway.runtime().servers, None, Some(&readiness));
     let limits = Limits {
-        header_read_timeout: config.listen.header_read_timeout,
-        max_header_bytes: config.listen.max_header_bytes,
-        idle_timeout: config.listen.idle_timeout,
+        header_read_timeout: limits_from.header_read_timeout,
+        max_header_bytes: limits_from.max_header_bytes,
+        idle_timeout: limits_from.idle_timeout,
         max_connections,
-        http2_max_concurrent_streams: config.listen.http2_max_concurrent_streams,
+        http2_max_concurrent_streams: limits_from.http2_max_concurrent_streams,
     };
     // Thread per core: one single-threaded runtime per worker serves the
     // proxy listener's connections (main.rs runs the rest on one thread).
@@ -223,29 +261,41 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
         n if n > 1 => Some(Workers::start(n).map_err(|e| StartError::Setup(format!("cannot start the workers: {e}")))?),
         _ => None,
     };
-    let listening = Listening { tls, connections: Some(metrics.connections()), workers };
-    let mut tasks = vec![tokio::spawn(serve(
-        listener,
-        listening,
-        limits,
-        gateway.clone(),
-        phase_rx.clone(),
-        config.shutdown_grace,
-    ))];
+    let mut tasks = Vec::new();
+    let grace = config.shutdown_grace;
+    if let Some((listener, _)) = proxy_listener {
+        let listening = Listening { tls, connections: Some(metrics.connections()), workers: workers.clone() };
+        tasks.push(tokio::spawn(serve(listener, listening, limits, gateway.clone(), phase_rx.clone(), grace)));
+    }
+    if let (Some((listener, _)), Some(a)) = (authz_listener, authz) {
+        let checks = Arc::new(Checks::new(gateway.clone(), a));
+        let listening = Listening { tls: None, connections: None, workers: workers.clone() };
+        tasks.push(tokio::spawn(serve(listener, listening, limits, checks, phase_rx.clone(), grace)));
+    }
+    if let Some((listener, _)) = grpc_listener {
+        let checks = Arc::new(GrpcChecks::new(gateway.clone()));
+        let listening = Listening { tls: None, connections: None, workers };
+        tasks.push(tokio::spawn(serve(listener, listening, limits, checks, phase_rx.clone(), grace)));
+    }
     // Not ready before the inbound JWKS has been fetched once.
     if let Some(inbound) = &gateway.runtime().inbound {
         tasks.extend(inbound.start(&readiness, rx.clone()));
     }
-    if let Some(l) = admin_listener {
+    if let Some((l, _)) = admin_listener {
         let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
         let plain = Listening::plain();
         tasks.push(tokio::spawn(serve(l, plain, Limits::internal(16 * 1024), admin, phase_rx, Duration::from_secs(1))));
     }
     readiness.set_serving();
     let admin = admin_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
-    tracing::info!(%addr, admin, routes = config.routes.len(), "tokex listening");
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let proxy = show(proxy_listener_addr);
+    let (authz, grpc) = (show(authz_addr), show(grpc_addr));
+    tracing::info!(proxy, authz, grpc, admin, routes = config.routes.len(), "tokex listening");
     Ok(Running {
         addr,
+        authz_addr,
+        grpc_addr,
         admin_addr,
         gateway,
         metrics,

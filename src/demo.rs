@@ -80,6 +80,8 @@ impl Echo {
 }
 
 impl Handler for Echo {
+    type Body = crate::proxy::Body;
+
     fn handle(
         &self,
         req: Request<Incoming>,

@@ -182,7 +182,7 @@ fn check(path: &Path, (offline, explain): (bool, bool), format: LogFormat) -> Ex
     // first failure stops the build; it names its setting.
     let mut problems: Vec<(String, String)> = Vec::new();
     if !offline {
-        if let Some(tls) = &config.listen.tls {
+        if let Some(tls) = config.listen.as_ref().and_then(|l| l.tls.as_ref()) {
             if let Err(e) = tokex::proxy::tls::listener(tls, Default::default()) {
                 problems.push(("listen.tls".into(), e));
             }

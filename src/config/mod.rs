@@ -34,7 +34,10 @@ pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
-    pub listen: ListenConfig,
+    /// The proxy listener; absent only in a check-only deployment (`authz:`).
+    pub listen: Option<ListenConfig>,
+    /// Answers another proxy's checks (SPEC §8).
+    pub authz: Option<AuthzConfig>,
     pub admin: Option<SocketAddr>,
     pub workers: Option<usize>,
     pub shutdown_grace: Duration,
@@ -69,6 +72,60 @@ pub struct ListenConfig {
     /// Connections without a request in flight this long are closed.
     pub idle_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+}
+
+impl ListenConfig {
+    /// Every setting at its default (for `listen:` without them, and the
+    /// check listeners' limits when there is no `listen:`).
+    pub fn with_defaults(address: SocketAddr) -> Self {
+        ListenConfig {
+            address,
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections: 20_000,
+            idle_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// `authz:` the check listeners another proxy asks (ext_authz,
+/// auth_request, ForwardAuth): same routes, no forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthzConfig {
+    /// The HTTP check listener (with `dialect`).
+    pub address: Option<SocketAddr>,
+    pub dialect: Dialect,
+    /// Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`).
+    pub grpc_address: Option<SocketAddr>,
+    /// Stripped from the check's path before matching (Envoy's
+    /// `http_service.path_prefix`); `envoy` dialect only.
+    pub path_prefix: Option<String>,
+}
+
+/// Where an HTTP check carries the original request's method, target and
+/// host. Configured, never guessed: the headers of the other dialects are
+/// the caller's own and are never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Envoy `http_service`: the check is the original request line and
+    /// headers (`path_prefix` first).
+    Envoy,
+    /// nginx `auth_request`: `X-Original-Method`, `X-Original-URI`, `Host`.
+    Nginx,
+    /// Traefik ForwardAuth: `X-Forwarded-Method`, `-Uri`, `-Host`.
+    Traefik,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Envoy => "envoy",
+            Dialect::Nginx => "nginx",
+            Dialect::Traefik => "traefik",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,7 +345,8 @@ pub enum AuthMode {
 pub struct RouteConfig {
     pub name: String,
     pub matcher: Matcher,
-    pub upstream: Url,
+    /// Where requests go; absent only when there is no proxy listener.
+    pub upstream: Option<Url>,
     pub auth: AuthMode,
     /// Present exactly when `auth` is `exchange`.
     pub exchange: Option<ExchangeConfig>,

@@ -11,7 +11,10 @@ use super::interp::{Dur, Text};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    pub listen: RawListen,
+    #[serde(default)]
+    pub listen: Option<RawListen>,
+    #[serde(default)]
+    pub authz: Option<RawAuthz>,
     #[serde(default)]
     pub admin: Option<RawAdmin>,
     #[serde(default)]
@@ -94,6 +97,20 @@ pub struct RawListen {
     pub idle_timeout: Option<Dur>,
     #[serde(default)]
     pub http2_max_concurrent_streams: Option<u32>,
+}
+
+/// `authz:` answers another proxy's checks (SPEC §8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthz {
+    #[serde(default)]
+    pub address: Option<Text>,
+    #[serde(default)]
+    pub dialect: Option<Text>,
+    #[serde(default)]
+    pub grpc_address: Option<Text>,
+    #[serde(default)]
+    pub path_prefix: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,7 +240,8 @@ pub struct RawRoute {
     pub name: Text,
     #[serde(default, rename = "match")]
     pub matcher: Option<RawMatch>,
-    pub upstream: Text,
+    #[serde(default)]
+    pub upstream: Option<Text>,
     #[serde(default)]
     pub auth: Option<Text>,
     #[serde(default)]

@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{CacheConfig, Config, ListenConfig, OtlpConfig};
+use super::{AuthzConfig, CacheConfig, Config, ListenConfig, OtlpConfig};
 
 /// The settings a running gateway keeps until it restarts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartSettings {
-    listen: ListenConfig,
+    listen: Option<ListenConfig>,
+    authz: Option<AuthzConfig>,
     admin: Option<SocketAddr>,
     workers: Option<usize>,
     shutdown_grace: Duration,
@@ -23,6 +24,7 @@ impl Config {
     pub fn start_settings(&self) -> StartSettings {
         StartSettings {
             listen: self.listen.clone(),
+            authz: self.authz.clone(),
             admin: self.admin,
             workers: self.workers,
             shutdown_grace: self.shutdown_grace,
@@ -36,16 +38,24 @@ impl Config {
 impl StartSettings {
     /// The YAML names of the settings that differ in `new`.
     pub fn changed(&self, new: &StartSettings) -> Vec<&'static str> {
-        let (a, b) = (&self.listen, &new.listen);
+        let (a, b) = (self.listen.as_ref(), new.listen.as_ref());
+        let listen = |f: fn(&ListenConfig, &ListenConfig) -> bool| match (a, b) {
+            (Some(a), Some(b)) => f(a, b),
+            (a, b) => a.is_some() != b.is_some(),
+        };
         let (c, d) = (&self.cache, &new.cache);
         [
-            ("listen.address", a.address != b.address),
-            ("listen.tls", a.tls != b.tls),
-            ("listen.header_read_timeout", a.header_read_timeout != b.header_read_timeout),
-            ("listen.max_header_bytes", a.max_header_bytes != b.max_header_bytes),
-            ("listen.max_connections", a.max_connections != b.max_connections),
-            ("listen.idle_timeout", a.idle_timeout != b.idle_timeout),
-            ("listen.http2_max_concurrent_streams", a.http2_max_concurrent_streams != b.http2_max_concurrent_streams),
+            ("listen.address", listen(|a, b| a.address != b.address)),
+            ("listen.tls", listen(|a, b| a.tls != b.tls)),
+            ("listen.header_read_timeout", listen(|a, b| a.header_read_timeout != b.header_read_timeout)),
+            ("listen.max_header_bytes", listen(|a, b| a.max_header_bytes != b.max_header_bytes)),
+            ("listen.max_connections", listen(|a, b| a.max_connections != b.max_connections)),
+            ("listen.idle_timeout", listen(|a, b| a.idle_timeout != b.idle_timeout)),
+            (
+                "listen.http2_max_concurrent_streams",
+                listen(|a, b| a.http2_max_concurrent_streams != b.http2_max_concurrent_streams),
+            ),
+            ("authz", self.authz != new.authz),
             ("admin.address", self.admin != new.admin),
             ("runtime.workers", self.workers != new.workers),
             ("runtime.shutdown_grace", self.shutdown_grace != new.shutdown_grace),

@@ -2,7 +2,7 @@
 //! collected with its YAML path; nothing stops at the first one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use super::matcher::{HostMatch, Matcher, PathMatch};
 use super::raw::*;
 use super::*;
 
+mod authz;
 mod client_auth;
 mod inbound;
 mod ops;
@@ -31,6 +32,8 @@ struct Ctx {
     unresolved: BTreeSet<String>,
     /// Every `authorization_servers` name, valid or not.
     declared_servers: BTreeSet<String>,
+    /// `listen:` is set: routes need an upstream.
+    proxy_listener: bool,
 }
 
 impl Ctx {
@@ -68,8 +71,14 @@ fn strict() -> bool {
 pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Result<Config, Vec<Diagnostic>> {
     let mut cx = Ctx { offline: offline.is_some(), unresolved: offline.unwrap_or_default(), ..Ctx::default() };
 
-    let listen = listen(&mut cx, raw.listen);
+    cx.proxy_listener = raw.listen.is_some();
+    if raw.listen.is_none() && raw.authz.is_none() {
+        cx.err("listen", "required (or authz:, for a deployment that only answers another proxy's checks)");
+    }
+    // Outer None: no proxy listener; inner None: an error was recorded.
+    let listen = raw.listen.map(|l| listen(&mut cx, l));
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
+    let authz = raw.authz.and_then(|a| authz::authz(&mut cx, a));
     let (workers, shutdown_grace, shutdown_delay) = match raw.runtime {
         Some(rt) => {
             if rt.workers == Some(0) {
@@ -83,17 +92,8 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         }
         None => (None, DEFAULT_GRACE, Duration::ZERO),
     };
-    if let (Some(l), Some(a)) = (&listen, admin) {
-        if binds_overlap(l.address, a) {
-            cx.err(
-                "admin.address",
-                format!(
-                    "{a} takes the port of listen.address {}: give the admin listener a port of its own",
-                    l.address
-                ),
-            );
-        }
-    }
+    let proxy = listen.as_ref().and_then(|l| l.as_ref()).map(|l| ("listen.address", l.address));
+    authz::no_shared_ports(&mut cx, proxy, admin, authz.as_ref());
     cx.declared_servers = raw.authorization_servers.keys().cloned().collect();
     let mut servers = BTreeMap::new();
     for (name, s) in raw.authorization_servers {
@@ -161,10 +161,15 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
-    // `listen` is only None when an error was recorded above.
-    let Some(listen) = listen else { return Err(cx.errors) };
+    // `Some(None)` only when an error was recorded above.
+    let listen = match listen {
+        Some(None) => return Err(cx.errors),
+        Some(l) => l,
+        None => None,
+    };
     Ok(Config {
         listen,
+        authz,
         admin,
         workers,
         shutdown_grace,
@@ -178,22 +183,6 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         warnings: cx.warnings,
         offline: cx.offline,
     })
-}
-
-/// Two listeners that cannot both bind: the same port on the same address,
-/// or on a wildcard of the same family; `[::]` is dual-stack (Linux's
-/// default) and also takes the IPv4 port. Port 0 is always free.
-fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() != b.port() || a.port() == 0 {
-        return false;
-    }
-    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
-    match (x, y) {
-        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-            x == y || x.is_unspecified() || y.is_unspecified()
-        }
-        (IpAddr::V6(v6), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
-    }
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -217,35 +206,29 @@ fn listen(cx: &mut Ctx, l: RawListen) -> Option<ListenConfig> {
         key_file: existing_file(cx, "listen.tls.key_file", &t.key_file),
         client_ca_file: t.client_ca_file.as_ref().map(|f| existing_file(cx, "listen.tls.client_ca_file", f)),
     });
-    let max_header_bytes = l.max_header_bytes.unwrap_or(64 * 1024);
-    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+    let mut c = ListenConfig::with_defaults(SocketAddr::from(([0, 0, 0, 0], 0)));
+    c.tls = tls;
+    c.max_header_bytes = l.max_header_bytes.unwrap_or(c.max_header_bytes);
+    if !(8192..=1024 * 1024).contains(&c.max_header_bytes) {
         cx.err("listen.max_header_bytes", "must be between 8192 and 1048576");
     }
-    let max_connections = l.max_connections.unwrap_or(20_000);
-    if !(1..=1_000_000).contains(&max_connections) {
+    c.max_connections = l.max_connections.unwrap_or(c.max_connections);
+    if !(1..=1_000_000).contains(&c.max_connections) {
         cx.err("listen.max_connections", "must be between 1 and 1000000");
     }
-    let http2_max_concurrent_streams = l.http2_max_concurrent_streams.unwrap_or(256);
-    if !(1..=65_536).contains(&http2_max_concurrent_streams) {
+    c.http2_max_concurrent_streams = l.http2_max_concurrent_streams.unwrap_or(c.http2_max_concurrent_streams);
+    if !(1..=65_536).contains(&c.http2_max_concurrent_streams) {
         cx.err("listen.http2_max_concurrent_streams", "must be between 1 and 65536");
     }
-    let header_read_timeout = l.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0);
-    let idle_timeout = l.idle_timeout.map_or(Duration::from_secs(60), |d| d.0);
-    for (path, d) in [("listen.header_read_timeout", header_read_timeout), ("listen.idle_timeout", idle_timeout)] {
+    c.header_read_timeout = l.header_read_timeout.map_or(c.header_read_timeout, |d| d.0);
+    c.idle_timeout = l.idle_timeout.map_or(c.idle_timeout, |d| d.0);
+    for (path, d) in [("listen.header_read_timeout", c.header_read_timeout), ("listen.idle_timeout", c.idle_timeout)] {
         if d < Duration::from_millis(100) {
             cx.err(path, "must be at least 100ms");
         }
     }
-    let address = socket_addr(cx, "listen.address", &l.address)?;
-    Some(ListenConfig {
-        address,
-        tls,
-        header_read_timeout,
-        max_header_bytes,
-        max_connections,
-        idle_timeout,
-        http2_max_concurrent_streams,
-    })
+    c.address = socket_addr(cx, "listen.address", &l.address)?;
+    Some(c)
 }
 
 fn http_url(cx: &mut Ctx, path: &str, t: &Text) -> Option<Url> {
@@ -469,26 +452,6 @@ routes:
         assert_eq!(errs.len(), 1, "{errs:?}");
         let e = errs[0].to_string();
         assert!(e.contains("routes[0]") && e.contains("upstreem") && e.contains("line"), "{e}");
-    }
-
-    #[test]
-    fn listeners_that_cannot_both_bind() {
-        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
-        for (a, b, clash) in [
-            ("0.0.0.0:8080", "0.0.0.0:8080", true),
-            ("0.0.0.0:8080", "127.0.0.1:8080", true),
-            ("127.0.0.1:8080", "127.0.0.2:8080", false),
-            ("127.0.0.1:8080", "127.0.0.1:9901", false),
-            ("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080", true),
-            ("0.0.0.0:8080", "[::1]:8080", false),
-            ("[::]:8080", "127.0.0.1:8080", true),
-            ("[::]:8080", "[::1]:8080", true),
-            ("[::1]:8080", "[::2]:8080", false),
-            ("127.0.0.1:0", "127.0.0.1:0", false),
-        ] {
-            assert_eq!(super::binds_overlap(sa(a), sa(b)), clash, "{a} {b}");
-            assert_eq!(super::binds_overlap(sa(b), sa(a)), clash, "{b} {a}");
-        }
     }
 
     #[test]

@@ -122,6 +122,8 @@ enum Endpoint {
 }
 
 impl Handler for State {
+    type Body = crate::proxy::Body;
+
     fn handle(
         &self,
         req: Request<Incoming>,

@@ -22,7 +22,7 @@ use super::{credentials, headers, ids};
 use super::{Body, RequestBody};
 use crate::auth::Inbound;
 use crate::error::GatewayError;
-use crate::exchange::cache::{Entry, EntryKind};
+use crate::exchange::cache::{Entry, EntryKind, Key};
 use crate::exchange::client::AsClient;
 use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
@@ -71,6 +71,32 @@ struct Trace {
     span: Option<RequestSpan>,
 }
 
+/// The original request: as the proxy listener received it, or as a
+/// front proxy's check describes it.
+pub(super) struct Original<'a> {
+    pub method: &'a Method,
+    /// Origin-form: path and query.
+    pub uri: &'a Uri,
+    /// Checked (`proxy::target`); `None` only for HTTP/1.0 without `Host`.
+    pub authority: Option<&'a Authority>,
+    pub headers: &'a HeaderMap,
+    /// `Some(declared length, at least)` when a body follows.
+    pub body: Option<u64>,
+}
+
+/// An exchanged credential's cache key and the subject token's SHA-256.
+type Exchanged = (Key, [u8; 32]);
+
+/// What phases 1 to 4 decided.
+struct Authorized {
+    route: Arc<Route>,
+    /// The credential, and for an exchanged one its cache key and the
+    /// subject token's SHA-256.
+    token: Option<(Arc<Entry>, Option<Exchanged>)>,
+    /// The caller's token, when a body follows that must be scanned for it.
+    caller_token: Option<String>,
+}
+
 impl Gateway {
     pub fn new(
         runtime: Runtime,
@@ -99,11 +125,49 @@ impl Gateway {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone(); // cheap: shares the request's bytes
+        let mut trace = self.trace(&method, &uri, req.headers());
+        let runtime = self.runtime();
+        let result = self.process(&runtime, req, peer, &mut trace).await;
+        self.finish(started, (&method, &uri), peer, trace, result)
+    }
 
+    /// A front proxy's check (`authz`, SPEC §8): phases 1 to 4 on the
+    /// request it describes, and no forwarding. Allowed: `allow` writes the
+    /// answer from the route and its credential; refused: the proxy-mode
+    /// answer. `described` is an error when the check does not say what
+    /// the original request was; `check` is then what is logged.
+    pub(super) async fn check(
+        &self,
+        described: Result<Original<'_>, GatewayError>,
+        check: (&Method, &Uri, &HeaderMap),
+        peer: SocketAddr,
+        allow: impl FnOnce(&Route, Option<(&HeaderName, HeaderValue)>) -> Response<Body>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let (method, uri, headers) = match &described {
+            Ok(o) => (o.method, o.uri, o.headers),
+            Err(_) => check,
+        };
+        let mut trace = self.trace(method, uri, headers);
+        let result = match described {
+            Ok(original) => {
+                let runtime = self.runtime();
+                self.authorize(&runtime, &original, peer, &mut trace).await.map(|a| {
+                    let credential = a.token.as_ref().and_then(|(entry, _)| credential(&a.route, entry));
+                    allow(&a.route, credential)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        self.finish(started, (method, uri), peer, trace, result)
+    }
+
+    /// What the access line will report, started from the request head.
+    fn trace(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Trace {
         // A request line that holds the caller's token is never logged.
-        let mut trace = Trace {
-            request_id: ids::request_id(req.headers()),
-            trace_id: crate::telemetry::trace_id(req.headers()).and_then(|t| t.as_bytes().try_into().ok()),
+        Trace {
+            request_id: ids::request_id(headers),
+            trace_id: crate::telemetry::trace_id(headers).and_then(|t| t.as_bytes().try_into().ok()),
             upstream_time: None,
             route: None,
             fingerprint: None,
@@ -111,11 +175,20 @@ impl Gateway {
             exchange_time: None,
             evicted: false,
             retried: false,
-            redact: credentials::bearer_in_request_line(&method, &uri, req.headers()),
-            span: self.tracer.as_ref().map(|t| t.request(req.headers(), &method)),
-        };
-        let runtime = self.runtime();
-        let result = self.process(&runtime, req, peer, &mut trace).await;
+            redact: credentials::bearer_in_request_line(method, uri, headers),
+            span: self.tracer.as_ref().map(|t| t.request(headers, method)),
+        }
+    }
+
+    /// The answer (an error's, when it failed), its metrics, span and access line.
+    fn finish(
+        &self,
+        started: Instant,
+        (method, uri): (&Method, &Uri),
+        peer: SocketAddr,
+        mut trace: Trace,
+        result: Result<Response<Body>, GatewayError>,
+    ) -> Response<Body> {
         let (mut resp, error) = match result {
             Ok(resp) => (resp, None),
             Err(e) => {
@@ -201,82 +274,20 @@ impl Gateway {
         // 0. The target: exactly one valid authority, no userinfo (RFC 9112 §3.2).
         let authority = target::authority(req.method(), req.version(), req.uri(), req.headers())
             .map_err(GatewayError::BadTarget)?;
-
-        // 1. Match.
-        let host = authority.as_ref().map(Authority::host);
-        let route =
-            runtime.routes.find(req.method(), req.uri().path(), host, req.headers()).ok_or(GatewayError::NoRoute)?;
-        trace.route = Some(route.clone());
-        if headers::has_dot_segments(req.uri().path()) {
-            return Err(GatewayError::BadPath);
-        }
-        // A body declared longer than the route allows: refused before any
-        // exchange or backend call (one sent longer is cut off while it streams).
-        if route.max_body_bytes.is_some_and(|max| hyper::body::Body::size_hint(req.body()).lower() > max) {
-            return Err(GatewayError::BodyTooLarge);
-        }
-        if credentials::url_names_token(req.uri()) {
-            return Err(GatewayError::InvalidRequest("an access_token parameter in the URL is refused"));
-        }
-
-        // 2. Extract the caller's token, 3. validate it (inbound check and
-        // required scopes: a refused token never reaches the AS) and
-        // 4. exchange it (cache first).
-        let mut caller_token = None;
-        let mut replay = None;
-        let token = match &route.auth {
-            RouteAuth::None => None,
-            RouteAuth::Exchange(policy) => {
-                let subject = bearer::extract(req.headers())?;
-                // A request id that holds the token would carry it to the log,
-                // the backend and the answer (even past a `remove_headers`
-                // entry that skips the check below): a new one instead.
-                if subject.len() >= credentials::MIN_SCANNED
-                    && credentials::contains(trace.request_id.as_bytes(), subject.as_bytes())
-                {
-                    trace.request_id = ids::generate();
-                }
-                // The broad token must not ride along anywhere else.
-                let head = (req.method(), req.uri(), authority.as_ref().map(|a| a.value().as_bytes()));
-                let skipped = (&route.remove_headers[..], &route.forward_header);
-                if let Some(leak) = credentials::token_elsewhere(head, req.headers(), skipped, subject) {
-                    trace.redact |= leak == credentials::Leak::Target;
-                    return Err(GatewayError::InvalidRequest(leak.message()));
-                }
-                if !hyper::body::Body::is_end_stream(req.body()) {
-                    caller_token = Some(subject.to_owned());
-                }
-                let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-                trace.fingerprint = Some(Fingerprint::of(&subject_hash));
-                if let Some(inbound) = &runtime.inbound {
-                    inbound.check(subject, &subject_hash, &route.require_scopes).await?;
-                }
-                let key = policy.key(&subject_hash);
-                let origin = Origin { client: peer.ip(), request_id: request_id_str(&trace.request_id) };
-                let child = trace.span.as_ref().map(|s| s.child("token exchange"));
-                let lookup = self.exchanger.token(policy, subject, &subject_hash, key, origin).await;
-                if let Some(mut child) = child {
-                    child.set("tokex.as.server", policy.client.name.clone());
-                    if let Ok(l) = &lookup {
-                        child.set("tokex.cache", if l.hit { "hit" } else { "miss" }.to_owned());
-                    }
-                    child.end(None, lookup.as_ref().err().map(ExchangeError::reason));
-                }
-                let lookup = lookup?;
-                trace.cache = Some(lookup.hit);
-                trace.exchange_time = lookup.exchange_time;
-                if route.retry_on_invalid_token {
-                    replay = Replay::of(&req);
-                }
-                Some((lookup.entry, Some((key, subject_hash))))
-            }
-            // Egress: whatever the caller sent is dropped by the forwarder.
-            RouteAuth::ClientCredentials(machine) => {
-                let lookup = self.exchanger.machine_token(machine, Some(request_id_str(&trace.request_id))).await?;
-                trace.cache = Some(lookup.hit);
-                trace.exchange_time = lookup.exchange_time;
-                Some((lookup.entry, None))
-            }
+        let body = hyper::body::Body::size_hint(req.body()).lower();
+        let original = Original {
+            method: req.method(),
+            uri: req.uri(),
+            authority: authority.as_ref(),
+            headers: req.headers(),
+            body: (!hyper::body::Body::is_end_stream(req.body())).then_some(body),
+        };
+        // 1. to 4.
+        let Authorized { route, token, caller_token } = self.authorize(runtime, &original, peer, trace).await?;
+        let route = &*route;
+        let replay = match &token {
+            Some((_, Some(_))) if route.retry_on_invalid_token => Replay::of(&req),
+            _ => None,
         };
 
         // 5. Rewrite and forward with the exchanged token.
@@ -330,6 +341,88 @@ impl Gateway {
         Ok(resp)
     }
 
+    /// Phases 1 to 4: match → extract → validate → exchange (cache first).
+    async fn authorize(
+        &self,
+        runtime: &Runtime,
+        req: &Original<'_>,
+        peer: SocketAddr,
+        trace: &mut Trace,
+    ) -> Result<Authorized, GatewayError> {
+        // 1. Match.
+        let host = req.authority.map(Authority::host);
+        let route = runtime.routes.find(req.method, req.uri.path(), host, req.headers).ok_or(GatewayError::NoRoute)?;
+        trace.route = Some(route.clone());
+        if headers::has_dot_segments(req.uri.path()) {
+            return Err(GatewayError::BadPath);
+        }
+        // A body declared longer than the route allows: refused before any
+        // exchange or backend call (one sent longer is cut off while it streams).
+        if route.max_body_bytes.is_some_and(|max| req.body.unwrap_or(0) > max) {
+            return Err(GatewayError::BodyTooLarge);
+        }
+        if credentials::url_names_token(req.uri) {
+            return Err(GatewayError::InvalidRequest("an access_token parameter in the URL is refused"));
+        }
+
+        // 2. Extract the caller's token, 3. validate it (inbound check and
+        // required scopes: a refused token never reaches the AS) and
+        // 4. exchange it (cache first).
+        let mut caller_token = None;
+        let token = match &route.auth {
+            RouteAuth::None => None,
+            RouteAuth::Exchange(policy) => {
+                let subject = bearer::extract(req.headers)?;
+                // A request id that holds the token would carry it to the log,
+                // the backend and the answer (even past a `remove_headers`
+                // entry that skips the check below): a new one instead.
+                if subject.len() >= credentials::MIN_SCANNED
+                    && credentials::contains(trace.request_id.as_bytes(), subject.as_bytes())
+                {
+                    trace.request_id = ids::generate();
+                }
+                // The broad token must not ride along anywhere else.
+                let head = (req.method, req.uri, req.authority.map(|a| a.value().as_bytes()));
+                let skipped = (&route.remove_headers[..], &route.forward_header);
+                if let Some(leak) = credentials::token_elsewhere(head, req.headers, skipped, subject) {
+                    trace.redact |= leak == credentials::Leak::Target;
+                    return Err(GatewayError::InvalidRequest(leak.message()));
+                }
+                if req.body.is_some() {
+                    caller_token = Some(subject.to_owned());
+                }
+                let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+                trace.fingerprint = Some(Fingerprint::of(&subject_hash));
+                if let Some(inbound) = &runtime.inbound {
+                    inbound.check(subject, &subject_hash, &route.require_scopes).await?;
+                }
+                let key = policy.key(&subject_hash);
+                let origin = Origin { client: peer.ip(), request_id: request_id_str(&trace.request_id) };
+                let child = trace.span.as_ref().map(|s| s.child("token exchange"));
+                let lookup = self.exchanger.token(policy, subject, &subject_hash, key, origin).await;
+                if let Some(mut child) = child {
+                    child.set("tokex.as.server", policy.client.name.clone());
+                    if let Ok(l) = &lookup {
+                        child.set("tokex.cache", if l.hit { "hit" } else { "miss" }.to_owned());
+                    }
+                    child.end(None, lookup.as_ref().err().map(ExchangeError::reason));
+                }
+                let lookup = lookup?;
+                trace.cache = Some(lookup.hit);
+                trace.exchange_time = lookup.exchange_time;
+                Some((lookup.entry, Some((key, subject_hash))))
+            }
+            // Egress: whatever the caller sent is dropped by the forwarder.
+            RouteAuth::ClientCredentials(machine) => {
+                let lookup = self.exchanger.machine_token(machine, Some(request_id_str(&trace.request_id))).await?;
+                trace.cache = Some(lookup.hit);
+                trace.exchange_time = lookup.exchange_time;
+                Some((lookup.entry, None))
+            }
+        };
+        Ok(Authorized { route: route.clone(), token, caller_token })
+    }
+
     /// Forwards to the route's backend, timing the wait for its answer.
     async fn send(
         &self,
@@ -339,12 +432,14 @@ impl Gateway {
         mut rewrite: Rewrite<'_>,
         trace: &mut Trace,
     ) -> Result<Response<Body>, GatewayError> {
+        // Validation gives every route an upstream when the proxy listener is on.
+        let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
         let child = trace.span.as_ref().map(|s| s.child("upstream"));
         rewrite.traceparent = child.as_ref().map(|c| c.traceparent());
         let sent = Instant::now();
-        let result = self.forwarder.forward(&route.upstream, req, peer, rewrite, route.timeout).await;
+        let result = self.forwarder.forward(upstream, req, peer, rewrite, route.timeout).await;
         if let Some(mut child) = child {
-            child.set("server.address", route.upstream.authority().to_owned());
+            child.set("server.address", upstream.authority().to_owned());
             match &result {
                 Ok(resp) => child.end(Some(resp.status().as_u16()), None),
                 Err(e) => child.end(None, Some(e.reason())),
@@ -419,6 +514,8 @@ impl Replay {
 }
 
 impl super::server::Handler for Gateway {
+    type Body = Body;
+
     fn handle(
         &self,
         req: Request<Incoming>,

@@ -1,11 +1,13 @@
 //! The proxy: accept loop (`server`), the request phases (`handler`), the
 //! upstream client (`forward`) and header rules (`headers`).
 
+pub mod authz;
 pub mod bearer;
 pub mod body_scan;
 pub mod conn;
 pub mod credentials;
 pub mod forward;
+pub mod grpc_authz;
 pub mod handler;
 pub mod headers;
 pub mod ids;

@@ -40,7 +40,8 @@ pub struct Route {
     pub auth: RouteAuth,
     /// Scopes the caller's token must hold (checked by the inbound phase).
     pub require_scopes: RequiredScopes,
-    pub upstream: Upstream,
+    /// Where the proxy listener forwards (none in a check-only deployment).
+    pub upstream: Option<Upstream>,
     pub forward_header: HeaderName,
     /// Inbound headers removed before forwarding (`forward.remove_headers`).
     pub remove_headers: Arc<[HeaderName]>,

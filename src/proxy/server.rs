@@ -26,7 +26,6 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use super::conn::{ConnState, Expired, OpenConnection, Timeouts, Watched};
 use super::reload::FileBacked;
 use super::workers::Workers;
-use super::Body;
 
 /// HTTP/2 streams a client may reset before the server has seen them
 /// (the "rapid reset" flood, CVE-2023-44487), per connection; more closes it.
@@ -92,7 +91,13 @@ pub enum Phase {
 
 /// Something that answers requests: the gateway, or the admin endpoints.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
+    /// The answers' body: [`super::Body`] but for the gRPC check listener.
+    type Body: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static;
+
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 /// Descriptors kept for the authorization servers, JWKS, files and logs.

@@ -33,6 +33,12 @@ impl Authority {
         std::str::from_utf8(&self.value.as_bytes()[self.host.clone()]).unwrap_or_default()
     }
 
+    /// An authority a front proxy reports (`X-Forwarded-Host`, Envoy's
+    /// `host`), checked as a `Host` header is.
+    pub fn reported(value: &HeaderValue) -> Result<Self, &'static str> {
+        Self::parse(value.clone())
+    }
+
     fn parse(value: HeaderValue) -> Result<Self, &'static str> {
         let host = host_range(value.as_bytes())?;
         Ok(Authority { value, host })

@@ -14,12 +14,18 @@ pub(super) fn route(
         cx.err(format!("{base}.name"), "route names use letters, digits, '-', '_' and '.' (they appear in metrics)");
     }
     let matcher = matcher(cx, &format!("{base}.match"), r.matcher.unwrap_or_default());
-    let upstream = http_url_as(
-        cx,
-        &format!("{base}.upstream"),
-        &r.upstream,
-        "http://host:port or https://host:port, optionally with a path prefix (e.g. http://127.0.0.1:8081)",
-    );
+    let upstream = r.upstream.as_ref().and_then(|u| {
+        http_url_as(
+            cx,
+            &format!("{base}.upstream"),
+            u,
+            "http://host:port or https://host:port, optionally with a path prefix (e.g. http://127.0.0.1:8081)",
+        )
+    });
+    let upstream_ok = r.upstream.is_none() || upstream.is_some();
+    if r.upstream.is_none() && cx.proxy_listener {
+        cx.err(format!("{base}.upstream"), "required: the proxy listener (listen:) forwards to it");
+    }
     if let Some(u) = &upstream {
         if u.query().is_some() {
             cx.err(format!("{base}.upstream"), "upstream URL must not have a query");
@@ -98,7 +104,7 @@ pub(super) fn route(
     Some(RouteConfig {
         name,
         matcher: matcher?,
-        upstream: upstream?,
+        upstream: upstream_ok.then_some(upstream)?,
         auth,
         exchange: if auth == AuthMode::Exchange { Some(exchange?) } else { None },
         machine: if auth == AuthMode::ClientCredentials { Some(machine?) } else { None },
