@@ -16,7 +16,6 @@ mod common;
 mod front;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 use front::{Front, Kind};
@@ -201,8 +200,7 @@ async fn spoofs(kind: Kind, fx: &Fixture, front: &Front) {
             // What tokex exchanged for is what the backend path needs.
             for aud in &exchanges {
                 assert!(
-                    r.status != 200
-                        || Some(aud.as_str()) == expected_audience(&r.json()["path"].as_str().unwrap_or("")),
+                    r.status != 200 || Some(aud.as_str()) == expected_audience(r.json()["path"].as_str().unwrap_or("")),
                     "{kind:?}: {target} with {name}: {value}: exchanged for {aud}"
                 );
                 assert_ne!(
@@ -320,5 +318,4 @@ async fn the_allowed_answer_carries_the_credential_only() {
     // No route: 404, as in proxy mode (Envoy passes it to the caller).
     let r = client().get(format!("http://{}/check/nowhere", fx.authz())).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let _ = Duration::ZERO;
 }
