@@ -281,6 +281,8 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
     let variants: &[(&str, &[Edit])] = &[
         ("listen.tls", &[Uncomment("# tls:")]),
         ("runtime.workers", &[Uncomment("# workers: 2")]),
+        ("authz beside the proxy listener", &[Uncomment("# authz:")]),
+        ("authz alone (check-only)", &[Uncomment("# authz:"), Delete("listen:")]),
         ("issuer", &[Delete("token_endpoint: https://as.example.com/oauth2/token"), Uncomment("# issuer: https://")]),
         ("ca_file", &[Uncomment("# ca_file: /etc/tokex/as-ca.pem")]),
         (
