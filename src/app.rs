@@ -234,7 +234,6 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
         None => None,
     };
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
-    let proxy_listener_addr = proxy_listener.as_ref().map(|(_, a)| *a);
     let authz_addr = authz_listener.as_ref().map(|(_, a)| *a);
     let grpc_addr = grpc_listener.as_ref().map(|(_, a)| *a);
     // Validation requires `listen:` or `authz:` with a listener.
@@ -288,10 +287,10 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     }
     readiness.set_serving();
     let admin = admin_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    // `addr`: the proxy listener (or, without one, the first check listener).
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
-    let proxy = show(proxy_listener_addr);
     let (authz, grpc) = (show(authz_addr), show(grpc_addr));
-    tracing::info!(proxy, authz, grpc, admin, routes = config.routes.len(), "tokex listening");
+    tracing::info!(%addr, admin, authz, grpc, routes = config.routes.len(), "tokex listening");
     Ok(Running {
         addr,
         authz_addr,

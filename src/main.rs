@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the default).
+    /// Run the gateway (the default): the proxy listener (`listen:`) and the
+    /// check listeners another proxy asks (`authz:`), as configured.
     Run,
     /// Validate a configuration: exit 0, or print every error and exit 1.
     Check {
