@@ -1,8 +1,11 @@
 //! What tokex ships for Kubernetes is valid: `tests/deploy/validate.py`
 //! checks the manifests under `examples/kubernetes/` and the chart's committed
 //! renders under `tests/deploy/rendered/` (strict Kubernetes schemas,
-//! selectors, ports, mounts, probes, timers, security contexts), that the
-//! wrong manifests under `tests/deploy/bad-manifests/` are refused, the
+//! selectors, ports, mounts, probes, timers, security contexts), the Istio,
+//! Envoy Gateway and Gateway API objects of the examples against the schemas
+//! in `tests/deploy/schemas/` and against the tokex they call (Service and
+//! port of the check listener, path prefix, timeout, headers, routes), that
+//! the wrong manifests under `tests/deploy/bad-manifests/` are refused, the
 //! chart's values against `values.schema.json` (good files pass, bad ones
 //! fail), every embedded tokex config with this build's `tokex check
 //! --offline`, and, where `helm` is installed, `helm lint` and that a fresh

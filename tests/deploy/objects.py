@@ -13,7 +13,11 @@ golden renders):
    containers only), tokex's config agreeing with its container (ports,
    admin on 0.0.0.0, probes, mounted files, shutdown timers), the security
    context (tokex's own; in a pod with other containers the pod-level one
-   must not set the user).
+   must not set the user). tokex's listeners are `listen.address` and, in
+   a check-only deployment, `authz.address` / `authz.grpc_address`; a
+   Service never reaches one that binds loopback. The front proxies' custom
+   resources (Istio, Envoy Gateway, Gateway API) are checked by crds.py:
+   their committed schemas, then their agreement with the tokex they call.
 3. tests/deploy/bad-manifests/*.yaml (a good set of objects with one patch)
    must each fail the checks of 1 with the error their comment names, and
    with no other.
@@ -28,11 +32,14 @@ from dataclasses import dataclass
 import yaml
 from kubernetes_validate import utils as kv
 
-from report import REPO, coalesce, collected_failures, count, fail, load_all, parse_duration, port_of, rel
+import crds
+from crds import Tokex
+from report import REPO, coalesce, collected_failures, count, fail, load_all, parse_duration, port_of, rel, resolve_port, selects, tokex_listeners
 
 MIN_K8S = (1, 29)  # native sidecars (initContainers[].restartPolicy: Always)
 TOKEX_UID = 65532
-# Custom resources: no schema in kubernetes-validate; checked by hand below.
+# Custom resources: no schema in kubernetes-validate. These are checked by
+# hand below; crds.SCHEMA_FILES against the schemas in tests/deploy/schemas/.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 BAD_MANIFESTS = REPO / "tests/deploy/bad-manifests"
 
@@ -58,7 +65,8 @@ def check_service_monitor_shape(doc: dict, origin: str) -> None:
 
 
 def schema_validate(docs: list[tuple[dict, str]], versions: list[str]) -> None:
-    """kubernetes-validate --strict, for each version."""
+    """kubernetes-validate --strict, for each version; custom resources
+    against their committed schemas (crds.py)."""
     for doc, origin in docs:
         if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
             fail(f"{origin}: not a Kubernetes object (no apiVersion/kind)")
@@ -67,6 +75,13 @@ def schema_validate(docs: list[tuple[dict, str]], versions: list[str]) -> None:
         if (doc["apiVersion"], doc["kind"]) in CRDS:
             check_service_monitor_shape(doc, f"{origin} {name}")
             count("custom resources checked by hand (no bundled schema)")
+            continue
+        if crds.is_custom(doc):
+            errs = crds.schema_errors(doc, versions[-1])
+            for e in errs:
+                fail(f"{origin} {name}: invalid: {e}")
+            if not errs:
+                count("custom resources valid against tests/deploy/schemas (and a strict ObjectMeta)")
             continue
         for v in versions:
             try:
@@ -80,13 +95,6 @@ def schema_validate(docs: list[tuple[dict, str]], versions: list[str]) -> None:
 
 
 # ------------------------------------------- checks a schema cannot make
-
-
-def selects(selector: dict | None, labels: dict | None) -> bool:
-    if not selector:
-        return False
-    labels = labels or {}
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def is_tokex(container: dict) -> bool:
@@ -129,15 +137,6 @@ def port_problem(pod: dict, target) -> str | None:
     return f"{target!r} is no container port of the pod"
 
 
-def resolve_port(container: dict, port) -> int | None:
-    if isinstance(port, int):
-        return port
-    for p in container.get("ports") or []:
-        if p.get("name") == port:
-            return p["containerPort"]
-    return None
-
-
 def under(path: str, mount: str) -> bool:
     return path == mount or path.startswith(mount.rstrip("/") + "/")
 
@@ -166,8 +165,9 @@ class Pod:
     labels: dict
 
 
-def check_objects(docs: list[tuple[dict, str]], group: str, examples: bool) -> None:
-    """Cross-object checks over one set of objects applied together."""
+def check_objects(docs: list[tuple[dict, str]], group: str, examples: bool, mesh: list[tuple[dict, str]] = ()) -> None:
+    """Cross-object checks over one set of objects applied together (and
+    the Istio mesh config, istiod values, their policies name)."""
     objs = [(d, o) for d, o in docs if isinstance(d, dict) and "kind" in d]
     by_kind: dict[str, dict[str, tuple[dict, str]]] = {}
     for d, o in objs:
@@ -179,8 +179,9 @@ def check_objects(docs: list[tuple[dict, str]], group: str, examples: bool) -> N
     check_network_policies(by_kind, pods, group)
     check_autoscalers(by_kind, group)
     check_service_monitors(by_kind)
-    for pod in pods:
-        check_pod(pod, by_kind, examples)
+    tokex = [t for t in (check_pod(pod, by_kind, examples) for pod in pods) if t]
+    check_service_listeners(by_kind, tokex)
+    crds.check_front_proxies(by_kind, tokex, list(mesh), kube_versions()[-1])
 
 
 def workload_pods(objs: list[tuple[dict, str]]) -> list[Pod]:
@@ -265,14 +266,15 @@ def check_service_monitors(by_kind: dict) -> None:
                 fail(f"{o}: ServiceMonitor {name} scrapes port {ep.get('port')!r}; the Service has {names}")
 
 
-def check_pod(pod: Pod, by_kind: dict, examples: bool) -> None:
+def check_pod(pod: Pod, by_kind: dict, examples: bool) -> Tokex | None:
+    """The pod's tokex container and its config; None when there is none to check."""
     d, o, spec = pod.workload, pod.origin, pod.spec
     where = f"{o}: {d['kind']} {d['metadata']['name']}"
     tokex = [(c, "initContainers") for c in spec.get("initContainers") or [] if is_tokex(c)]
     tokex += [(c, "containers") for c in spec.get("containers") or [] if is_tokex(c)]
     if len(tokex) != 1:
         fail(f"{where}: expected one tokex container, found {len(tokex)}")
-        return
+        return None
     c, section = tokex[0]
     if section == "initContainers":
         if c.get("restartPolicy") != "Always":
@@ -284,12 +286,13 @@ def check_pod(pod: Pod, by_kind: dict, examples: bool) -> None:
         fail(f"{where}: serviceAccountName {sa} is not among the objects applied with it")
     check_security_context(where, spec, c)
     cfg, cm_origin = mounted_config(where, spec, c, by_kind)
-    if cfg is None:
-        return
+    if not isinstance(cfg, dict):
+        return None
     count("tokex containers cross-checked with their config")
     check_ports_and_probes(where, cm_origin, c, cfg)
     check_shutdown_timers(where, spec, c, cfg)
     check_config_files(where, cm_origin, spec, c, cfg, examples)
+    return Tokex(pod.labels, c, cfg, cm_origin)
 
 
 IDENTITY = ("runAsNonRoot", "runAsUser", "runAsGroup")
@@ -354,11 +357,14 @@ def mounted_config(where: str, pod: dict, c: dict, by_kind: dict) -> tuple[dict 
 
 
 def check_ports_and_probes(where: str, cm_origin: str, c: dict, cfg: dict) -> None:
-    """listen and admin are container ports; admin binds 0.0.0.0; the probes hit it."""
+    """The listeners and admin are container ports; admin binds 0.0.0.0; the probes hit it."""
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
-    listen = port_of(cfg["listen"]["address"])
-    if listen not in ports.values():
-        fail(f"{where}: config listen.address port {listen} is not a container port of tokex {ports}")
+    listeners = tokex_listeners(cfg)
+    if not listeners:
+        fail(f"{cm_origin}: config has no listen.address and no authz address: tokex serves nothing")
+    for setting, address in listeners.items():
+        if port_of(address) not in ports.values():
+            fail(f"{where}: config {setting} port {port_of(address)} is not a container port of tokex {ports}")
     admin = (cfg.get("admin") or {}).get("address")
     if not admin:
         fail(f"{cm_origin}: config has no admin.address; the probes need /healthz and /readyz")
@@ -374,6 +380,17 @@ def check_ports_and_probes(where: str, cm_origin: str, c: dict, cfg: dict) -> No
             fail(f"{where}: tokex has no {probe}")
         elif get.get("path") != path or resolve_port(c, get.get("port")) != port_of(admin):
             fail(f"{where}: tokex {probe} is {get}, want {path} on the admin port {port_of(admin)}")
+
+
+def check_service_listeners(by_kind: dict, tokex: list[Tokex]) -> None:
+    """A Service port that reaches a tokex listener reaches one bound to the pod IP, not loopback."""
+    for name, (d, o) in (by_kind.get("Service") or {}).items():
+        for t in (t for t in tokex if selects((d.get("spec") or {}).get("selector"), t.labels)):
+            bound = {port_of(a): (s, a) for s, a in tokex_listeners(t.cfg).items()}
+            for port in d["spec"].get("ports") or []:
+                setting, address = bound.get(resolve_port(t.container, port.get("targetPort", port.get("port"))), (None, ""))
+                if address.startswith(("127.", "[::1]", "localhost")):
+                    fail(f"{o}: Service {name} port {port.get('name')} reaches tokex's {setting} {address}, bound to loopback: unreachable through the Service")
 
 
 def check_shutdown_timers(where: str, pod: dict, c: dict, cfg: dict) -> None:
@@ -428,8 +445,8 @@ def check_config_files(where: str, cm_origin: str, pod: dict, c: dict, cfg: dict
 
 def check_bad_manifests(versions: list[str]) -> None:
     """Each tests/deploy/bad-manifests/*.yaml patches a good set of objects
-    (`base:`, a directory or file of the repository) so that it is wrong in
-    one way; the checks above must report that (`# error:` names a part of
+    (`base:`, a directory or file of the repository; a directory's Istio
+    mesh config in a subdirectory comes along) so that it is wrong in one way; the checks above must report that (`# error:` names a part of
     the message) and nothing else. `patch:` maps `Kind/name` to a merge
     patch of that object (maps merge, lists are replaced, null deletes)."""
     cases = sorted(BAD_MANIFESTS.glob("*.yaml"))
@@ -445,6 +462,7 @@ def check_bad_manifests(versions: list[str]) -> None:
         base = REPO / case["base"]
         files = sorted(p for p in base.iterdir() if p.suffix == ".yaml") if base.is_dir() else [base]
         docs = [d for p in files for d in load_all(p.read_text(), rel(p))]
+        mesh = [(d, rel(p)) for p in (sorted(base.glob("*/*.yaml")) if base.is_dir() else []) for d in load_all(p.read_text(), rel(p)) if crds.is_mesh_values(d)]
         unpatched = dict(case["patch"])
         for i, d in enumerate(docs):
             key = f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
@@ -456,7 +474,7 @@ def check_bad_manifests(versions: list[str]) -> None:
         with collected_failures() as got:
             tagged = [(d, rel(f)) for d in docs]
             schema_validate(tagged, versions)
-            check_objects(tagged, rel(f), examples=case["base"].startswith("examples/"))
+            check_objects(tagged, rel(f), examples=case["base"].startswith("examples/"), mesh=mesh)
         expected = [g for g in got if want[0] in g]
         if not expected:
             fail(f"{rel(f)}: not refused with {want[0]!r}; the checks said: {got or 'nothing'}")

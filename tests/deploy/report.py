@@ -1,11 +1,13 @@
 """What the modules of tests/deploy/validate.py share.
 
-fail() records a failure: printed at once as `FAIL ...`, listed again at the
-end, and validate.py then exits 1. Within collected_failures() failures go to
+fail() records a failure (once): printed at once as `FAIL ...`, listed again
+at the end, and validate.py then exits 1. Within collected_failures() failures go to
 a list instead (a bad manifest's expected errors); count() tallies what was
 checked for the summary, except there. rel() names a file relative to the
 repository. Also the helpers the checks parse with: YAML documents, Go-style
-durations (`1m30s`), the port of an address, and Helm's merge of values.
+durations (`1m30s`), the port of an address, tokex's listeners, Helm's
+merge of values, and the two Kubernetes lookups every module needs (a label
+selector, a container port by name or number).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ _collecting: list[list[str]] = []  # while non-empty, fail() records into the in
 def fail(msg: str) -> None:
     if _collecting:
         _collecting[-1].append(msg)
+        return
+    if msg in failures:  # an example's variant repeats its directory's checks
         return
     failures.append(msg)
     print(f"FAIL {msg}")
@@ -79,6 +83,39 @@ def parse_duration(text: str | None, default: float) -> float:
 
 def port_of(address: str) -> int:
     return int(str(address).rsplit(":", 1)[1])
+
+
+def tokex_listeners(cfg: dict) -> dict[str, str]:
+    """tokex's serving listeners, setting -> address: the proxy's
+    (`listen:`, optional in a check-only deployment) and the check ones."""
+    out = {}
+    if (cfg.get("listen") or {}).get("address"):
+        out["listen.address"] = str(cfg["listen"]["address"])
+    for key in ("address", "grpc_address"):
+        if (cfg.get("authz") or {}).get(key):
+            out[f"authz.{key}"] = str(cfg["authz"][key])
+    return out
+
+
+# ------------------------------------------------------------ Kubernetes
+
+
+def selects(selector: dict | None, labels: dict | None) -> bool:
+    """A matchLabels selector selects these labels (an empty one selects nothing here)."""
+    if not selector:
+        return False
+    labels = labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def resolve_port(container: dict, port) -> int | None:
+    """A container port by number or by name."""
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return p["containerPort"]
+    return None
 
 
 # ----------------------------------------------------- Helm's values merge

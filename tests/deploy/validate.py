@@ -8,7 +8,12 @@ The entry point; the checks live in the modules beside it (imported from this
 file's directory, so run it by path; it is no package):
 
 1. Every manifest under examples/kubernetes/ against the strict Kubernetes
-   schemas, then the checks a schema cannot make (objects.py).
+   schemas (custom resources: tests/deploy/schemas/), then the checks a
+   schema cannot make (objects.py, crds.py). A directory is one `kubectl
+   apply -f DIR/`. Its subdirectories, which that command skips, hold
+   variants applied after it (an object of the same kind and name replaces
+   the directory's; checked together) or Istio's mesh config (istiod values,
+   checked against its schema and with the policies that name it).
 2. The chart's golden renders, tests/deploy/rendered/*.yaml, checked as in 1
    on every run, with or without helm (chart.py).
 3. tests/deploy/bad-manifests/*.yaml must each be refused with the error
@@ -57,8 +62,28 @@ except ImportError as e:  # pragma: no cover - the message is the point
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chart import RENDERED, check_helm, check_renders, check_values, error_paths, render_specs, write_renders  # noqa: E402
+from crds import check_mesh_values, is_mesh_values  # noqa: E402
 from objects import check_bad_manifests, check_objects, kube_versions, schema_validate  # noqa: E402
 from report import REPO, coalesce, count, counts, fail, failures, load_all, rel  # noqa: E402
+
+# ------------------------------------------------- examples
+
+
+def manifests(d: Path) -> list[tuple[dict, str]]:
+    """The YAML documents of the files directly in `d`, as `kubectl apply -f d/` reads them."""
+    docs = []
+    for f in sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json")):
+        docs += [(doc, rel(f)) for doc in load_all(f.read_text(), rel(f))]
+        count("example manifest files")
+    return docs
+
+
+def applied_after(docs: list[tuple[dict, str]], later: list[tuple[dict, str]]) -> list[tuple[dict, str]]:
+    """`docs`, then `later` applied over them: same kind and name replaces."""
+    key = lambda d: (d.get("kind"), (d.get("metadata") or {}).get("name"))  # noqa: E731
+    replaced = {key(d) for d, _ in later}
+    return [(d, o) for d, o in docs if key(d) not in replaced] + later
+
 
 # ----------------------------------------------------- docs
 
@@ -153,17 +178,23 @@ def main() -> int:
     # 1. The examples: one directory is one `kubectl apply -f DIR/`.
     examples = REPO / "examples/kubernetes"
     configs: list[tuple[str, str]] = []
-    dirs = sorted({p.parent for p in examples.rglob("*") if p.suffix in (".yaml", ".yml", ".json")})
+    dirs = sorted(p for p in examples.iterdir() if p.is_dir())
     if not dirs:
         fail("no manifests under examples/kubernetes/")
     for d in dirs:
-        docs = []
-        for f in sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json")):
-            docs += [(doc, rel(f)) for doc in load_all(f.read_text(), rel(f))]
-            count("example manifest files")
-        schema_validate(docs, versions)
-        check_objects(docs, rel(d), examples=True)
-        for doc, origin in docs:
+        docs = manifests(d)
+        mesh, variants = [], []
+        for sub in sorted(p for p in d.rglob("*") if p.is_dir()):
+            objs = [(doc, o) for doc, o in manifests(sub) if not is_mesh_values(doc)]
+            mesh += [(doc, o) for doc, o in manifests(sub) if is_mesh_values(doc)]
+            variants += [(sub, objs)] if objs else []
+        schema_validate(docs + [x for _, objs in variants for x in objs], versions)
+        check_mesh_values(mesh)
+        check_objects(docs, rel(d), examples=True, mesh=mesh)
+        for sub, objs in variants:
+            check_objects(applied_after(docs, objs), f"{rel(d)} then {rel(sub)}", examples=True, mesh=mesh)
+            count("example variants (a subdirectory applied after its directory) cross-checked")
+        for doc, origin in docs + [x for _, objs in variants for x in objs]:
             if doc.get("kind") == "ConfigMap" and "config.yaml" in (doc.get("data") or {}):
                 configs.append((f"{origin} ConfigMap {doc['metadata']['name']}", doc["data"]["config.yaml"]))
 
