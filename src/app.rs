@@ -203,7 +203,11 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     let proto = if tls.is_some() { "https" } else { "http" };
     // The check listeners take `listen:`'s limits, or the defaults.
     let limits_from = config.listen.clone().unwrap_or_else(|| ListenConfig::with_defaults(([0, 0, 0, 0], 0).into()));
-    let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(limits_from.max_connections);
+    let authz = config.authz.as_ref();
+    let listeners =
+        [listen.is_some(), authz.is_some_and(|a| a.address.is_some()), authz.is_some_and(|a| a.grpc_address.is_some())];
+    let listeners = listeners.into_iter().filter(|on| *on).count();
+    let (max_connections, upstream_slots) = crate::proxy::server::fd_budget(limits_from.max_connections, listeners);
     let forwarder = Forwarder::new(proto, limits_from.idle_timeout, upstream_slots);
     let tracer = match &config.otlp {
         Some(c) => Some(crate::otel::Tracer::start(c).map_err(StartError::Setup)?),
@@ -220,7 +224,6 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
         Some(l) => Some(bind(l.address).await?),
         None => None,
     };
-    let authz = config.authz.as_ref();
     let authz_listener = match authz.and_then(|a| a.address) {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -268,12 +271,12 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     }
     if let (Some((listener, _)), Some(a)) = (authz_listener, authz) {
         let checks = Arc::new(Checks::new(gateway.clone(), a));
-        let listening = Listening { tls: None, connections: None, workers: workers.clone() };
+        let listening = Listening { tls: None, connections: Some(metrics.connections()), workers: workers.clone() };
         tasks.push(tokio::spawn(serve(listener, listening, limits, checks, phase_rx.clone(), grace)));
     }
     if let Some((listener, _)) = grpc_listener {
         let checks = Arc::new(GrpcChecks::new(gateway.clone()));
-        let listening = Listening { tls: None, connections: None, workers };
+        let listening = Listening { tls: None, connections: Some(metrics.connections()), workers };
         tasks.push(tokio::spawn(serve(listener, listening, limits, checks, phase_rx.clone(), grace)));
     }
     // Not ready before the inbound JWKS has been fetched once.

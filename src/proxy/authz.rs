@@ -22,7 +22,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 
-use super::handler::{Gateway, Original};
+use super::handler::{Gateway, Original, Via};
 use super::routes::Route;
 use super::target::{self, Authority};
 use super::Body;
@@ -48,8 +48,12 @@ pub(super) struct Described {
 }
 
 impl Described {
-    pub fn original<'a>(&'a self, headers: &'a HeaderMap) -> Original<'a> {
-        Original { method: &self.method, uri: &self.uri, authority: self.authority.as_ref(), headers, body: None }
+    pub fn original<'a>(&'a self, headers: &'a HeaderMap, dialect: Dialect) -> Original<'a> {
+        // Envoy removes the headers tokex names (x-envoy-auth-headers-to-remove,
+        // headers_to_remove); nginx and Traefik remove what their configuration says.
+        let via = if dialect == Dialect::Envoy { Via::Removing } else { Via::Front };
+        let authority = self.authority.as_ref();
+        Original { method: &self.method, uri: &self.uri, authority, headers, body: None, via }
     }
 }
 
@@ -63,7 +67,7 @@ impl Checks {
         let (parts, _) = req.into_parts();
         let described = describe(self.dialect, self.path_prefix.as_deref(), &parts);
         let original = match &described {
-            Ok(d) => Ok(d.original(&parts.headers)),
+            Ok(d) => Ok(d.original(&parts.headers, self.dialect)),
             Err(why) => Err(GatewayError::BadTarget(why)),
         };
         let head = (&parts.method, &parts.uri, &parts.headers);
@@ -151,30 +155,38 @@ pub(super) fn origin_form(b: &[u8]) -> Result<Uri, &'static str> {
     if b.first() != Some(&b'/') {
         return Err("the original request target is not origin-form (/path?query)");
     }
+    // A fragment never belongs in a request target; parsing would drop it
+    // while the backend may read the target as sent.
+    if b.contains(&b'#') {
+        return Err("the original request target holds '#'");
+    }
     let uri = Uri::try_from(b).map_err(|_| "invalid original request target")?;
     if ambiguous(uri.path()) {
-        return Err(
-            "the original path has a form that proxies normalize (// or percent-encoded letters, digits, -._~)",
-        );
+        return Err("the original path has a form that proxies or backends read differently");
     }
     Ok(uri)
 }
 
-/// A path that a front proxy may route on in another form than the one
-/// tokex matches: empty segments (merged by nginx) and percent-encoded
-/// unreserved characters (decoded by normalizers, RFC 3986 §6.2.2.2).
-/// Routing one way and matching the other could give one route's token to
-/// another route's backend. (Dot segments and `%2F` are refused for every
-/// request in `handler.rs`.)
+/// A path that the front proxy, or the backend behind it, may read in
+/// another form than the one tokex matches: empty segments (merged by
+/// nginx), path parameters (`;`, which Tomcat and Spring strip),
+/// backslashes (which some servers take for `/`), and percent-encoded
+/// unreserved, backslash or control characters (decoded by
+/// normalizers, RFC 3986 §6.2.2.2). Reading it one way and matching it the
+/// other could give one route's token to another route's backend. (Dot
+/// segments and `%2F` are refused for every request in `handler.rs`.)
 fn ambiguous(path: &str) -> bool {
     let b = path.as_bytes();
     b.windows(2).any(|w| w == b"//")
+        || b.iter().any(|&c| c == b';' || c == b'\\')
         || b.windows(3).any(|w| {
             w[0] == b'%'
                 && match (hex(w[1]), hex(w[2])) {
                     (Some(hi), Some(lo)) => {
                         let c = hi << 4 | lo;
-                        c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+                        c.is_ascii_alphanumeric()
+                            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'\\')
+                            || c.is_ascii_control()
                     }
                     _ => false,
                 }
@@ -280,12 +292,27 @@ mod tests {
         assert!(e(Dialect::Traefik, None, "/", &no_host).contains("X-Forwarded-Host"));
         let bad_host = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/"), ("x-forwarded-host", "a@b")];
         assert!(e(Dialect::Traefik, None, "/", &bad_host).contains("X-Forwarded-Host"));
-        for target in ["orders", "http://a/orders", "//orders", "/a//b", "/%6frders", "/a%2Db", "/a%7e"] {
+        for target in [
+            "orders",
+            "http://a/orders",
+            "//orders",
+            "/a//b",
+            "/%6frders",
+            "/a%2Db",
+            "/a%7e",
+            "/orders/x#/../../billing",
+            "/orders;jsessionid=1/1",
+            "/health/..;/orders",
+            "/health\\..\\orders",
+            "/health%5C..%5Corders",
+            "/orders%00/x",
+            "/orders%0a",
+        ] {
             let h = [("host", "a"), ("x-original-method", "GET"), ("x-original-uri", target)];
             assert!(describe(Dialect::Nginx, None, &parts("/", &h)).is_err(), "{target}");
         }
         // Reserved characters stay encoded: they are not normalized away.
-        let h = [("host", "a"), ("x-original-method", "GET"), ("x-original-uri", "/a%20b%3F")];
+        let h = [("host", "a"), ("x-original-method", "GET"), ("x-original-uri", "/a%20b%3F/caf%C3%A9")];
         assert!(describe(Dialect::Nginx, None, &parts("/", &h)).is_ok());
         let h = [("host", "a"), ("x-original-method", "CONNECT"), ("x-original-uri", "/")];
         assert!(describe(Dialect::Nginx, None, &parts("/", &h)).is_err());

@@ -31,6 +31,12 @@ use crate::error::GatewayError;
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// A check request at most (headers; Envoy sends the body only when configured to).
 const MAX_CHECK_BYTES: usize = 1024 * 1024;
+/// The original request's headers at most, in number and in bytes (names
+/// and values): Envoy's own defaults are 100 and 60 KiB.
+const MAX_HEADERS: usize = 256;
+const MAX_HEADER_BYTES: usize = 128 * 1024;
+/// Time to receive a whole check request.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `envoy.service.auth.v3.CheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -187,6 +193,16 @@ impl GrpcChecks {
             return tonic::Status::unimplemented("tokex serves envoy.service.auth.v3.Authorization/Check only")
                 .into_http();
         }
+        // The whole request first, bounded in size and time: a stalled
+        // client holds nothing for long.
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, MAX_CHECK_BYTES + 5);
+        let body = match tokio::time::timeout(READ_TIMEOUT, limited.collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return tonic::Status::resource_exhausted("check request too large").into_http(),
+            Err(_) => return tonic::Status::deadline_exceeded("check request not received in time").into_http(),
+        };
+        let req = Request::from_parts(parts, http_body_util::Full::new(body));
         let codec = tonic_prost::ProstCodec::<CheckResponse, CheckRequest>::default();
         let mut grpc = tonic::server::Grpc::new(codec).max_decoding_message_size(MAX_CHECK_BYTES);
         grpc.unary(Check { gateway: self.gateway.clone(), peer }, req).await
@@ -234,7 +250,7 @@ async fn check(gateway: &Gateway, req: CheckRequest, envoy: SocketAddr) -> Check
     let empty = HeaderMap::new();
     let headers = headers.as_ref().unwrap_or(&empty);
     let original = match &described {
-        Ok(d) => Ok(d.original(headers)),
+        Ok(d) => Ok(d.original(headers, Dialect::Envoy)),
         Err(why) => Err(GatewayError::BadTarget(why)),
     };
     let (method, uri) = (Method::GET, Uri::from_static("/"));
@@ -268,13 +284,18 @@ fn describe(http: &HttpRequest) -> Result<Described, &'static str> {
 /// not a valid header refuses the check.
 fn headers(http: &HttpRequest) -> Result<HeaderMap, &'static str> {
     let mut map = HeaderMap::new();
+    let mut bytes = 0usize;
     let mut add = |key: &str, value: &[u8]| -> Result<(), &'static str> {
         if key.starts_with(':') {
             return Ok(());
         }
+        bytes += key.len() + value.len();
+        if map.len() >= MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+            return Err("too many or too large original headers");
+        }
         let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| "invalid original header name")?;
         let value = HeaderValue::from_bytes(value).map_err(|_| "invalid original header value")?;
-        map.append(name, value);
+        map.try_append(name, value).map_err(|_| "too many original headers")?;
         Ok(())
     };
     match &http.header_map {
@@ -392,6 +413,16 @@ mod tests {
         assert!(describe(&http).is_err());
         http.headers.insert("bad name".into(), "x".into());
         assert!(headers(&http).is_err());
+        // Bounded: a flood of names is refused, not a panic.
+        let flood = HttpRequest {
+            header_map: Some(HeaderMapProto {
+                headers: (0..40_000)
+                    .map(|i| HeaderValueProto { key: format!("h{i}"), value: "v".into(), raw_value: Vec::new() })
+                    .collect(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(headers(&flood).err(), Some("too many or too large original headers"));
         // encode_raw_headers: header_map instead of headers.
         let raw = HttpRequest {
             header_map: Some(HeaderMapProto {

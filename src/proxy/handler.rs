@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
@@ -82,6 +83,18 @@ pub(super) struct Original<'a> {
     pub headers: &'a HeaderMap,
     /// `Some(declared length, at least)` when a body follows.
     pub body: Option<u64>,
+    pub via: Via,
+}
+
+/// Who forwards the request, and what it removes on tokex's word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// tokex: it removes and replaces the headers itself.
+    Proxy,
+    /// A front proxy that removes the headers tokex names (Envoy).
+    Removing,
+    /// A front proxy that removes nothing on tokex's word (nginx, Traefik).
+    Front,
 }
 
 /// An exchanged credential's cache key and the subject token's SHA-256.
@@ -281,6 +294,7 @@ impl Gateway {
             authority: authority.as_ref(),
             headers: req.headers(),
             body: (!hyper::body::Body::is_end_stream(req.body())).then_some(body),
+            via: Via::Proxy,
         };
         // 1. to 4.
         let Authorized { route, token, caller_token } = self.authorize(runtime, &original, peer, trace).await?;
@@ -364,6 +378,14 @@ impl Gateway {
         if credentials::url_names_token(req.uri) {
             return Err(GatewayError::InvalidRequest("an access_token parameter in the URL is refused"));
         }
+        // A front proxy that is not told to overwrite the route's forward
+        // header would pass on the caller's own value.
+        if req.via != Via::Proxy
+            && route.forward_header != AUTHORIZATION
+            && req.headers.contains_key(&route.forward_header)
+        {
+            return Err(GatewayError::InvalidRequest("the request already carries the route's forward header"));
+        }
 
         // 2. Extract the caller's token, 3. validate it (inbound check and
         // required scopes: a refused token never reaches the AS) and
@@ -381,12 +403,27 @@ impl Gateway {
                 {
                     trace.request_id = ids::generate();
                 }
-                // The broad token must not ride along anywhere else.
+                // The broad token must not ride along anywhere else: in a
+                // header that will be removed or replaced, unless it is a
+                // front proxy that may not remove or replace it.
                 let head = (req.method, req.uri, req.authority.map(|a| a.value().as_bytes()));
-                let skipped = (&route.remove_headers[..], &route.forward_header);
+                let skipped = match req.via {
+                    Via::Proxy => (&route.remove_headers[..], &route.forward_header),
+                    Via::Removing => (&route.remove_headers[..], &AUTHORIZATION),
+                    Via::Front => (&[][..], &AUTHORIZATION),
+                };
                 if let Some(leak) = credentials::token_elsewhere(head, req.headers, skipped, subject) {
                     trace.redact |= leak == credentials::Leak::Target;
                     return Err(GatewayError::InvalidRequest(leak.message()));
+                }
+                if req.via == Via::Front
+                    && req
+                        .headers
+                        .get_all(PROXY_AUTHORIZATION)
+                        .iter()
+                        .any(|v| credentials::contains(v.as_bytes(), subject.as_bytes()))
+                {
+                    return Err(GatewayError::InvalidRequest(credentials::Leak::Header.message()));
                 }
                 if req.body.is_some() {
                     caller_token = Some(subject.to_owned());

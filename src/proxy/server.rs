@@ -103,16 +103,18 @@ pub trait Handler: Send + Sync + 'static {
 /// Descriptors kept for the authorization servers, JWKS, files and logs.
 const RESERVED_FDS: usize = 64;
 
-/// What the open-files limit allows: the connection cap (`max_connections`
-/// lowered, with a warning, to half the descriptors left after
-/// [`RESERVED_FDS`]: each client connection may need an upstream one), and
+/// What the open-files limit allows: the connection cap of each of
+/// `listeners` (`max_connections` lowered, with a warning, to their share
+/// of half the descriptors left after [`RESERVED_FDS`]: each client
+/// connection may need an upstream one), and
 /// how many requests may be at upstreams at once (the descriptors the client
 /// connections leave: HTTP/2 puts many requests on one client connection,
 /// each of which may need an upstream connection). No bound on the latter
 /// when the limit is unknown.
-pub fn fd_budget(max_connections: usize) -> (usize, Option<usize>) {
+pub fn fd_budget(max_connections: usize, listeners: usize) -> (usize, Option<usize>) {
     let Some(limit) = open_files_limit() else { return (max_connections, None) };
-    let allowed = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
+    // Each listener has its own cap; together they stay within the limit.
+    let allowed = (limit.saturating_sub(RESERVED_FDS) / 2 / listeners.max(1)).max(1);
     if max_connections > allowed {
         tracing::warn!(
             max_connections,
@@ -122,7 +124,8 @@ pub fn fd_budget(max_connections: usize) -> (usize, Option<usize>) {
         );
     }
     let cap = max_connections.min(allowed);
-    (cap, Some(limit.saturating_sub(RESERVED_FDS).saturating_sub(cap).max(16)))
+    let clients = cap.saturating_mul(listeners.max(1));
+    (cap, Some(limit.saturating_sub(RESERVED_FDS).saturating_sub(clients).max(16)))
 }
 
 /// The soft `RLIMIT_NOFILE`, from `/proc/self/limits` (Linux).

@@ -124,6 +124,22 @@ async fn exercise(kind: Kind) {
     assert_eq!(fx.received(&echo), ("/health".to_owned(), None), "{kind:?}: {echo}");
     assert!(seen(&echo, "cookie").is_empty(), "{kind:?}: forward.remove_headers (cookie) applies: {echo}");
 
+    // The caller's token in another header: refused, whatever the proxy
+    // would have passed on.
+    let before = fx.auth_server.count();
+    let r = front
+        .send(
+            "GET",
+            "/orders/5",
+            &[
+                ("authorization", "Bearer broad-token-five-0123456789abcdef"),
+                ("x-api-key", "broad-token-five-0123456789abcdef"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{kind:?}: {r:?}");
+    assert_eq!(fx.auth_server.count(), before, "{kind:?}");
+
     // 5. Spoofs: another dialect's headers, or this dialect's, sent by the
     // caller, never pick the route. The token the backend gets is always
     // the one for the path it serves.
@@ -172,6 +188,11 @@ async fn spoofs(kind: Kind, fx: &Fixture, front: &Front) {
         "//billing/1",
         "/health%2F..%2Fbilling%2F1",
         "/orders/3?x=/billing/1",
+        "/orders/x#/../../billing/1",
+        "/billing;jsessionid=1/../orders/1",
+        "/health/..;/billing/1",
+        "/health\\..\\billing\\1",
+        "/billing%00/../orders/1",
     ];
     for target in targets {
         for (name, value) in spoofed {
@@ -285,6 +306,56 @@ async fn checks_that_do_not_say_are_refused() {
         }
         assert_eq!(fx.auth_server.count(), 0, "{dialect}: no exchange for a guessed route");
         assert!(r.headers().get("authorization").is_none());
+    }
+}
+
+/// What a front proxy may pass on unless told otherwise is refused: the
+/// route's own forward header sent by the caller (its value would reach the
+/// backend), and, where the front proxy removes nothing on tokex's word
+/// (nginx, Traefik), the caller's token in a header tokex would remove.
+#[tokio::test]
+async fn checks_refuse_what_the_front_proxy_may_pass_on() {
+    let auth_server = RecordingAs::start().await;
+    for dialect in ["envoy", "nginx", "traefik"] {
+        let yaml = format!(
+            "authz: {{ address: \"127.0.0.1:0\", dialect: {dialect} }}\n\
+             authorization_servers:\n  corp: {{ token_endpoint: {}, client_auth: {BASIC_AUTH} }}\n\
+             routes:\n\
+             \x20 - {{ name: x, match: {{ path_prefix: /x }}, exchange: {{ authorization_server: corp }}, forward: {{ header: x-token }} }}\n\
+             \x20 - {{ name: o, match: {{ path_prefix: /o }}, exchange: {{ authorization_server: corp }} }}\n",
+            auth_server.token_url()
+        );
+        let running = tokex::app::start(tokex::config::parse(&yaml).unwrap()).await.unwrap();
+        let url = format!("http://{}", running.authz_addr.unwrap());
+        let described = |path: &str| -> Vec<(&str, String)> {
+            match dialect {
+                "nginx" => vec![("x-original-uri", path.to_owned()), ("x-original-method", "GET".into())],
+                "traefik" => vec![
+                    ("x-forwarded-uri", path.to_owned()),
+                    ("x-forwarded-method", "GET".into()),
+                    ("x-forwarded-host", "a.example".into()),
+                ],
+                _ => vec![],
+            }
+        };
+        let check = |path: &'static str, extra: (&'static str, &'static str)| {
+            let mut req = client().get(if dialect == "envoy" { format!("{url}{path}") } else { format!("{url}/") });
+            for (n, v) in described(path) {
+                req = req.header(n, v);
+            }
+            req.header("authorization", "Bearer the-callers-broad-token").header(extra.0, extra.1).send()
+        };
+        let before = auth_server.count();
+        // The caller's own x-token would go on where a proxy does not overwrite it.
+        let r = check("/x/1", ("x-token", "chosen-by-the-caller")).await.unwrap();
+        assert_eq!(r.status(), 400, "{dialect}");
+        // The token in Proxy-Authorization: Envoy removes it on tokex's word; nginx and Traefik are not told.
+        let r = check("/o/1", ("proxy-authorization", "Bearer the-callers-broad-token")).await.unwrap();
+        assert_eq!(r.status(), if dialect == "envoy" { 200 } else { 400 }, "{dialect}");
+        let r = check("/o/1", ("cookie", "t=the-callers-broad-token")).await.unwrap();
+        assert_eq!(r.status(), if dialect == "envoy" { 200 } else { 400 }, "{dialect}");
+        assert_eq!(auth_server.count() - before, if dialect == "envoy" { 1 } else { 0 }, "{dialect}");
+        running.shutdown().await;
     }
 }
 
