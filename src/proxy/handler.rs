@@ -1,7 +1,10 @@
 //! The request path, top to bottom: check the target → match → extract →
 //! validate (inbound check, required scopes) → exchange (cache) → rewrite
 //! and forward → on a backend `invalid_token`: evict, and send a bodiless
-//! idempotent request again with a fresh token → log.
+//! idempotent request again with a fresh token → log. A front proxy's
+//! check (`authz.rs`, `grpc_authz.rs`) takes the same phases up to the
+//! exchange (`authorize`) and answers with the credential instead of
+//! forwarding (`check`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! The proxy: accept loop (`server`), the request phases (`handler`), the
-//! upstream client (`forward`) and header rules (`headers`).
+//! upstream client (`forward`) and header rules (`headers`); the check
+//! listeners another proxy asks (`authz`, `grpc_authz`).
 
 pub mod authz;
 pub mod bearer;
