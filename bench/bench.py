@@ -856,6 +856,10 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
     date = datetime.datetime.fromtimestamp(t_start).strftime("%Y-%m-%d %H:%M")
     cmd = "bash bench/run.sh" + (" --quick" if QUICK else "")
     envs = f"BENCH_SECONDS={SECONDS:g} ROUNDS={ROUNDS}"
+    if ONLY:
+        envs += f" BENCH_TARGETS={shlex.quote(','.join(ONLY))}"
+    if SKIP:
+        envs += f" BENCH_SKIP={','.join(sorted(SKIP))}"
     L = []
     L.append(f"# tokex benchmark — {date}")
     L.append("")
