@@ -19,7 +19,7 @@ backend's is not counted, as for every row. The split per process is reported to
 
 Selecting any authz row (BENCH_TARGETS=authz) also selects the rows they are
 compared with: envoy proxy, nginx proxy (with the nginx row) and tokex hit, 1 token
-(log off); those rows then also get the c=1 latency measurement.
+(log off); those rows then also get the c=1 latency measurement (in a full run too).
 
 bench.py calls bind(itself) first; everything else here reads its helpers via B.
 """
@@ -144,8 +144,8 @@ def targets(add):
 
 
 def select(ts, chosen):
-    """chosen: the rows BENCH_TARGETS picked; adds the rows the picked authz rows are
-    compared with (and measures their c=1 latency)."""
+    """chosen: the rows BENCH_TARGETS picked (all of ts without it); adds the rows the
+    picked authz rows are compared with (and measures their c=1 latency). Keeps ts's order."""
     names = {t["name"] for t in chosen}
     extra = {c for n in names if n in COMPANIONS for c in COMPANIONS[n]}
     for t in ts:

@@ -1127,7 +1127,7 @@ def main():
         startup = start_to_ready()
 
     def selected(ts):
-        return authz.select(ts, [t for t in ts if any(o in t["name"] for o in ONLY)]) if ONLY else ts
+        return authz.select(ts, [t for t in ts if any(o in t["name"] for o in ONLY)] if ONLY else ts)
     # The servers only the new rows use start only when one of their rows is selected.
     wanted = {p for t in selected(targets(token, str(tokens_file)))
               for p in (t["pids"] if isinstance(t["pids"], tuple) else (t["pids"],))}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tokex benchmark: tokex vs nginx vs Envoy (and the backend direct), one command.
 #
-#   bash bench/run.sh            # full run: ROUNDS=3, BENCH_SECONDS=5 (about 15 min)
+#   bash bench/run.sh            # full run: ROUNDS=3, BENCH_SECONDS=5 (about 20 min)
 #   bash bench/run.sh --quick    # smoke run: 1 round, 2 s per measurement
 #   BENCH_SECONDS=10 ROUNDS=5 bash bench/run.sh
 #   bash bench/run.sh --fleet    # fleet run (cache.shared): 3 replicas + redis-server (~3 min)
