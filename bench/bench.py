@@ -21,6 +21,10 @@ Environment (run.sh sets the tool paths):
                 the JWT and 2-worker rows and the rows they are compared with)
   BENCH_SKIP (comma list of: h1,fixed,h2,c1,rss,start)
   TOKEX OHA ENVOY WRK H2LOAD NGINX (binaries)  BENCH_WORK (scratch dir)  BENCH_RESULTS (output dir)
+
+The authz rows (tokex answering Envoy ext_authz / nginx auth_request checks, CPU of
+both processes counted) are in bench/authz.py; BENCH_TARGETS=authz runs them with the
+rows they are compared with.
 """
 
 import base64
@@ -39,6 +43,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import authz
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -93,6 +99,7 @@ PORTS = {
     "tokex2": PORT_BASE + 510, "tokex2_admin": PORT_BASE + 511,
 }
 JWT_AUDIENCE = "tokex"
+authz.bind(sys.modules[__name__])  # its ports, base+600 … base+642
 
 BACKEND_BODY = "ok tokex-bench backend\\n"
 ISSUED_TOKEN = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9." + "Z" * 180 + ".exchanged-" + "x" * 64
@@ -303,7 +310,7 @@ def backend_argv():
     listen 127.0.0.1:{PORTS['backend']} backlog=4096;
     listen 127.0.0.1:{PORTS['backend_h2']} http2 backlog=4096;
     location / {{ default_type text/plain; return 200 "{BACKEND_BODY}"; }}
-  }}""")
+{authz.backend_location()}  }}""")
 
 
 def as_argv():
@@ -602,14 +609,26 @@ def targets(token, tokens_file, jwt_token="pending"):
     add("nginx proxy, 2 workers", "nginx-2w", PORTS["nginx2"], "/bench", "nginx2", fixed=False, cores=WORKERS_CPUS)
     add("tokex hit, 1 token, 2 workers (log off)", "tokex-2w", PORTS["tokex2"], "/x/bench", "tokex2", fixed=False,
         log="tokex2", cores=WORKERS_CPUS)
+    authz.targets(add)  # front proxy + tokex: pids is the two servers whose CPU is counted
     for x in t:
         x["log_on"] = "(log on)" in x["name"]
     return t
 
 
 def measure(target, pidmap, rnd):
-    """One target, one round: saturation (wrk), fixed rate (oha), h2c (h2load), c=1 latency."""
-    pids = tree(pidmap[target["pids"]])
+    """One target, one round: saturation (wrk), fixed rate (oha), h2c (h2load), c=1 latency.
+    target["pids"]: the server whose CPU is counted, or a tuple of servers (all counted,
+    and each one's share reported as cpu_us:<server>)."""
+    names = target["pids"] if isinstance(target["pids"], tuple) else (target["pids"],)
+    groups = {n: tree(pidmap[n]) for n in names}
+    pids = [p for g in groups.values() for p in g]
+
+    def split(key, before, n):  # each server's CPU µs/req, when more than one is counted
+        if len(groups) > 1:
+            res.update({f"{key}:{k}": (cpu_seconds(g) - before[k]) / max(n, 1) * 1e6 for k, g in groups.items()})
+
+    def parts():
+        return {k: cpu_seconds(g) for k, g in groups.items()}
     ours = [p for pid in pidmap.values() for p in tree(pid)]
     res = {}
     run_wrk(target, CONNS, WARM_SECONDS)  # warm pools and caches
@@ -624,7 +643,9 @@ def measure(target, pidmap, rnd):
             return r.ru_utime + r.ru_stime
         c0, all0, busy0, steal0, l0, t0 = (cpu_seconds(pids), cpu_seconds(ours), busy(), core_stat(SERVER_CPU)[1],
                                            load_cpu(), time.monotonic())
+        p0 = parts()
         w = run_wrk(target, CONNS, int(SECONDS))
+        split("cpu_us", p0, w["requests"])
         c1, all1, busy1, steal1, l1, t1 = (cpu_seconds(pids), cpu_seconds(ours), busy(), core_stat(SERVER_CPU)[1],
                                            load_cpu(), time.monotonic())
         # Noise indicator: user+system time on the server core(s) not charged to
@@ -636,8 +657,9 @@ def measure(target, pidmap, rnd):
         res.update(rps=w["rps"], cpu_us=(c1 - c0) / max(w["requests"], 1) * 1e6, h1_errors=w["errors"],
                    h1_requests=w["requests"], other_pct=other, steal_pct=(steal1 - steal0) / CLK / (t1 - t0) * 100)
     if target["fixed"] and "fixed" not in SKIP:
-        c0 = cpu_seconds(pids)
+        c0, p0 = cpu_seconds(pids), parts()
         o = run_oha(target, int(SECONDS))
+        split("fixed_cpu_us", p0, o["requests"])
         c1 = cpu_seconds(pids)
         res.update(p50_ms=o["p50_ms"], p99_ms=o["p99_ms"], fixed_errors=o["errors"], fixed_rps=o["rps"],
                    fixed_cpu_us=(c1 - c0) / max(o["requests"], 1) * 1e6)
@@ -818,7 +840,7 @@ def met(ok):
     return "**met**" if ok else "**missed**"
 
 
-def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, anomalies):
+def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, anomalies, exch=None):
     by = {}
     for rnd in rounds:
         for name, res in rnd.items():
@@ -834,6 +856,10 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
     date = datetime.datetime.fromtimestamp(t_start).strftime("%Y-%m-%d %H:%M")
     cmd = "bash bench/run.sh" + (" --quick" if QUICK else "")
     envs = f"BENCH_SECONDS={SECONDS:g} ROUNDS={ROUNDS}"
+    if ONLY:
+        envs += f" BENCH_TARGETS={shlex.quote(','.join(ONLY))}"
+    if SKIP:
+        envs += f" BENCH_SKIP={','.join(sorted(SKIP))}"
     L = []
     L.append(f"# tokex benchmark — {date}")
     L.append("")
@@ -868,6 +894,10 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
                                            f"generator and the backend, so these rows measure CPU per request and rps "
                                            f"under sharing, not ideal scaling." if LOAD_CPU in WORKERS_CPUS or
                                            SERVER_CPU in WORKERS_CPUS else "."))
+    if any(n in order for n in authz.ROWS):
+        extra.append("The *authz* rows (`… + tokex authz …`) are a front proxy asking tokex before each request: "
+                     "their CPU/request counts **both** processes, the front proxy's and tokex's "
+                     "([below](#tokex-behind-your-existing-proxy-authz)).")
     if extra:
         L.append(" ".join(extra))
         L.append("")
@@ -900,6 +930,8 @@ def report(rounds, order, startup, fills, info, t_start, t_end, load0, load1, an
         for name in h2names:
             L.append(f"| {name} | {fmt(m(name, 'h2_rps'), 0)} | {fmt(m(name, 'h2_cpu_us'))} |")
         L.append("")
+
+    L.extend(authz.report(m, order, fmt, RATE, exch))
 
     # targets
     ng, ev = "nginx proxy", "envoy proxy"
@@ -1095,9 +1127,10 @@ def main():
         startup = start_to_ready()
 
     def selected(ts):
-        return [t for t in ts if any(o in t["name"] for o in ONLY)] if ONLY else ts
+        return authz.select(ts, [t for t in ts if any(o in t["name"] for o in ONLY)] if ONLY else ts)
     # The servers only the new rows use start only when one of their rows is selected.
-    wanted = {t["pids"] for t in selected(targets(token, str(tokens_file)))}
+    wanted = {p for t in selected(targets(token, str(tokens_file)))
+              for p in (t["pids"] if isinstance(t["pids"], tuple) else (t["pids"],))}
     sts_secret = secrets.token_hex(16)
 
     log("starting servers")
@@ -1130,6 +1163,7 @@ def main():
     if "tokex2" in wanted:
         servers.append(("tokex2", tokex_conf_variant("tokex2", PORTS["tokex2"], PORTS["tokex2_admin"], workers=2),
                         tokex_env(False), (PORTS["tokex2_admin"], "/readyz"), WORKERS_CPUS))
+    servers += authz.servers(wanted)
     for name, argv, env, ready, *cpus in servers:
         p = PROCS.start(name, argv, env=env, cpu=cpus[0] if cpus else SERVER_CPU)
         pidmap[name] = p.pid
@@ -1174,6 +1208,7 @@ def main():
         st, _, body = get(PORTS["tokex2"], "/x/bench", f"Bearer {token}")
         if st != 200 or b"ok" not in body:
             raise RuntimeError(f"tokex (2 workers) exchange route answered {st}: {body[:300]!r}")
+    authz.check(pidmap, token, get)
     jwt_token = "pending"
     if "sts" in pidmap:
         jwt_token = mint_jwt(sts_secret, "user-jwt")
@@ -1239,11 +1274,12 @@ def main():
             log(f"  {t['name']}: " + ", ".join(f"{k}={v:.3g}" for k, v in res.items() if isinstance(v, float)))
         rounds.append(results)
 
+    exch = authz.exchanges(pidmap)
     for name, pid in pidmap.items():
         if PROCS.running.get(name) and PROCS.running[name].poll() is not None:
             anomalies.append(f"{name} exited during the run (code {PROCS.running[name].returncode})")
     for name in ("nginx", "envoy", "tokex_on", "tokex_off", "miss_on", "miss_off", "jwt_on", "jwt_off", "nginx2",
-                 "tokex2", "sts"):
+                 "tokex2", "sts") + authz.SERVERS:
         PROCS.stop(name)
 
     fills = []
@@ -1254,12 +1290,12 @@ def main():
 
     t_end = time.time()
     load1 = open("/proc/loadavg").read().split()[:3]
-    md = report(rounds, order, startup, fills, info, t_start, t_end, " ".join(load0), " ".join(load1), anomalies)
+    md = report(rounds, order, startup, fills, info, t_start, t_end, " ".join(load0), " ".join(load1), anomalies, exch)
     stamp = datetime.datetime.fromtimestamp(t_start).strftime("%Y-%m-%d-%H%M%S") + ("-quick" if QUICK else "")
     out = RESULTS / f"{stamp}.md"
     out.write_text(md)
     (RESULTS / f"{stamp}.raw.json").write_text(json.dumps(
-        {"rounds": rounds, "startup": startup, "fills": fills, "info": info, "anomalies": anomalies,
+        {"rounds": rounds, "startup": startup, "fills": fills, "info": info, "anomalies": anomalies, "exchanges": exch,
          "seconds": SECONDS, "rounds_n": ROUNDS, "rate": RATE, "connections": CONNS}, indent=1))
     print(md)
     log(f"written {out}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tokex benchmark: tokex vs nginx vs Envoy (and the backend direct), one command.
 #
-#   bash bench/run.sh            # full run: ROUNDS=3, BENCH_SECONDS=5 (about 15 min)
+#   bash bench/run.sh            # full run: ROUNDS=3, BENCH_SECONDS=5 (about 20 min)
 #   bash bench/run.sh --quick    # smoke run: 1 round, 2 s per measurement
 #   BENCH_SECONDS=10 ROUNDS=5 bash bench/run.sh
 #   bash bench/run.sh --fleet    # fleet run (cache.shared): 3 replicas + redis-server (~3 min)
@@ -17,7 +17,9 @@
 # with 1 and 10k tokens, miss), tokex with inbound JWT validation (a `tokex dev-sts`
 # issues the user token and serves the JWKS), and nginx and tokex with 2 workers
 # (allowed on both cores: on a 2-core machine they share them with the load generator
-# and the backend); then a targets table (reported, not asserted).
+# and the backend); then a targets table (reported, not asserted). The authz rows
+# (bench/authz.py; BENCH_TARGETS=authz): Envoy HTTP and gRPC ext_authz and nginx
+# auth_request in front of a check-only tokex, CPU of both processes counted.
 # --fleet runs bench/fleet.py instead: three tokex replicas without and with
 # cache.shared, one redis-server on a free port, a counting fast AS and an nginx
 # backend; it counts the AS calls for 10,000 subjects each sent to all 3 replicas
@@ -41,7 +43,7 @@ for arg in "$@"; do
     --fleet) FLEET=1 ;;      # bench/fleet.py: 3 replicas, cache.shared on and off
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;   # use the tokex binary as it is ($TOKEX or <target dir>/release/tokex)
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
