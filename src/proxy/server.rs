@@ -120,7 +120,8 @@ pub fn fd_budget(max_connections: usize, listeners: usize) -> (usize, Option<usi
             max_connections,
             open_files_limit = limit,
             using = allowed,
-            "listen.max_connections is more than the open-files limit allows; raise the limit (ulimit -n) to use it"
+            "the connection cap (listen.max_connections, or its default) is more than the open-files limit allows \
+             each listener; raise the limit (ulimit -n) to use it"
         );
     }
     let cap = max_connections.min(allowed);

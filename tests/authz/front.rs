@@ -115,8 +115,8 @@ impl Front {
             Kind::Nginx => {
                 let mut c = example("nginx.conf");
                 c = sub(c, "listen 10000;", &format!("listen 127.0.0.1:{port};"));
-                c = sub(c, "http://127.0.0.1:8081", &format!("http://127.0.0.1:{backend}"));
-                c = sub(c, "http://127.0.0.1:9191", &format!("http://127.0.0.1:{authz}"));
+                c = sub(c, "server 127.0.0.1:8081;", &format!("server 127.0.0.1:{backend};"));
+                c = sub(c, "server 127.0.0.1:9191;", &format!("server 127.0.0.1:{authz};"));
                 let d = dir.display();
                 let main = format!(
                     "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
