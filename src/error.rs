@@ -146,7 +146,7 @@ impl GatewayError {
         use InboundError as I;
         match self {
             GatewayError::NoRoute => "no route matches this request",
-            GatewayError::BadPath => "paths with '.' or '..' segments are refused",
+            GatewayError::BadPath => "paths with '.' or '..' segments, an encoded '/' or a backslash are refused",
             GatewayError::BadTarget(why) => why,
             GatewayError::MissingToken => "a bearer token is required",
             GatewayError::InvalidRequest(why) => why,

@@ -485,9 +485,16 @@ async fn dot_segment_paths_are_refused() {
     let auth_server = RecordingAs::start().await;
     let backend = echo_backend().await;
     let gw = gateway_with(&auth_server, &exchange_route("orders", "/orders", backend, "")).await;
-    for path in
-        ["/orders/../admin", "/orders/%2e%2e/admin", "/orders/%2E%2E/admin", "/orders/.%2e/admin", "/orders/./1"]
-    {
+    for path in [
+        "/orders/../admin",
+        "/orders/%2e%2e/admin",
+        "/orders/%2E%2E/admin",
+        "/orders/.%2e/admin",
+        "/orders/./1",
+        "/orders/..;/admin",
+        "/orders/%5c..%5cadmin",
+        "/orders/%5C..%5Cadmin",
+    ] {
         let resp = raw_get(gw.running.addr, path, "gw", &["Authorization: Bearer broad"]).await;
         assert_eq!(resp.status, 400, "{path}: {}", resp.text());
         assert_eq!(json(&resp.text())["error"], "invalid_request", "{path}");

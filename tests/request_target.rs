@@ -131,3 +131,30 @@ async fn connect_and_asterisk_form_are_refused() {
         raw(gw.running.addr, "OPTIONS * HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").await.unwrap();
     bad_request(&resp, "OPTIONS *");
 }
+
+/// Routes match on the path without segment parameters (`;...`), as
+/// servers that strip them route: `/orders;jsessionid=1/1` is an orders
+/// request, forwarded as sent. A header a backend may read as the route's
+/// forward header (`x_token` for `x-token`) is refused.
+#[tokio::test]
+async fn segment_parameters_do_not_change_the_route_and_forward_header_aliases_are_refused() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let routes = exchange_route("orders", "/orders", backend, "    forward: { header: x-token }\n")
+        + &format!("  - {{ name: open, upstream: \"http://{backend}\", auth: none }}\n");
+    let gw = TestGateway::start(&config_with(&auth_server.token_url(), BASIC_AUTH, &routes)).await;
+    let resp = raw_get(gw.running.addr, "/orders;jsessionid=1/1", "gw", &["Authorization: Bearer broad-token-1"]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let echo = echoed(&resp.text());
+    assert_eq!(echo["path"], "/orders;jsessionid=1/1");
+    assert_eq!(seen(&echo, "x-token"), ["exchanged-1"], "the orders route's token: {echo}");
+    assert_eq!(auth_server.last().param("audience"), Some("orders-api"));
+    let resp = raw_get(
+        gw.running.addr,
+        "/orders/1",
+        "gw",
+        &["Authorization: Bearer broad-token-1", "X_Token: chosen-by-the-caller"],
+    )
+    .await;
+    bad_request(&resp, "x_token beside x-token");
+}

@@ -366,11 +366,12 @@ impl Gateway {
         peer: SocketAddr,
         trace: &mut Trace,
     ) -> Result<Authorized, GatewayError> {
-        // 1. Match.
+        // 1. Match, on the path without segment parameters.
         let host = req.authority.map(Authority::host);
-        let route = runtime.routes.find(req.method, req.uri.path(), host, req.headers).ok_or(GatewayError::NoRoute)?;
+        let path = headers::without_params(req.uri.path());
+        let route = runtime.routes.find(req.method, &path, host, req.headers).ok_or(GatewayError::NoRoute)?;
         trace.route = Some(route.clone());
-        if headers::has_dot_segments(req.uri.path()) {
+        if headers::has_dot_segments(&path) || headers::has_dot_segments(req.uri.path()) {
             return Err(GatewayError::BadPath);
         }
         // A body declared longer than the route allows: refused before any
@@ -382,12 +383,16 @@ impl Gateway {
             return Err(GatewayError::InvalidRequest("an access_token parameter in the URL is refused"));
         }
         // A front proxy that is not told to overwrite the route's forward
-        // header would pass on the caller's own value.
+        // header would pass on the caller's own value; and a backend may
+        // read `x_token` as `x-token`, whoever forwards.
         if req.via != Via::Proxy
             && route.forward_header != AUTHORIZATION
             && req.headers.contains_key(&route.forward_header)
         {
             return Err(GatewayError::InvalidRequest("the request already carries the route's forward header"));
+        }
+        if headers::aliases(&route.forward_header, req.headers) {
+            return Err(GatewayError::InvalidRequest("a header that backends may read as the route's forward header"));
         }
 
         // 2. Extract the caller's token, 3. validate it (inbound check and

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use std::borrow::Cow;
+
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -97,17 +99,50 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str,
     }
 }
 
-/// True for paths with `.` or `..` segments, plain or percent-encoded: such
-/// paths could match one route here and mean another path at the backend.
+/// True for paths with `.` or `..` segments, plain or percent-encoded, an
+/// encoded `/`, or a backslash, plain or encoded (which some servers take
+/// for `/`): such paths could match one route here and mean another path
+/// at the backend. Pass the path without its parameters
+/// ([`without_params`]) as well, so `..;` is a dot segment too.
 pub fn has_dot_segments(path: &str) -> bool {
-    if !path.contains('.') && !path.contains('%') {
+    if !path.contains('.') && !path.contains('%') && !path.contains('\\') {
         return false;
     }
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
+    let lower = path.to_ascii_lowercase();
+    lower.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".");
         decoded == "." || decoded == ".."
-    }) || path.to_ascii_lowercase().contains("%2f")
+    }) || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
+}
+
+/// The path routes match on: each segment without its parameters (`;...`,
+/// RFC 3986 §3.3), which servers such as Tomcat and Spring strip before
+/// they route. `/orders;jsessionid=1/1` is `/orders/1`.
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.find(';').map_or(seg, |end| &seg[..end]));
+    }
+    Cow::Owned(out)
+}
+
+/// A header that some backends read as `name` (CGI and its heirs map `-`
+/// and `_` alike to `HTTP_X_TOKEN`) without being it.
+pub fn aliases(name: &HeaderName, headers: &HeaderMap) -> bool {
+    let want = name.as_str().as_bytes();
+    want.contains(&b'-')
+        && headers.keys().any(|k| {
+            let k = k.as_str().as_bytes();
+            k != want && k.len() == want.len() && k.iter().zip(want).all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+        })
 }
 
 /// True when a backend challenge says the token is invalid (RFC 6750 §3.1).
@@ -219,6 +254,16 @@ mod tests {
         assert!(!has_dot_segments("/a/b.json"));
         assert!(!has_dot_segments("/a/...b"));
         assert!(!has_dot_segments("/orders/1"));
+        assert!(has_dot_segments("/a/%5c..%5cb"));
+        assert!(has_dot_segments("/a\\b"));
+        assert!(has_dot_segments(&without_params("/orders/..;/billing")));
+        assert_eq!(without_params("/orders;jsessionid=1/1;v=2"), "/orders/1");
+        assert_eq!(without_params("/orders/1"), "/orders/1");
+        let mut h = HeaderMap::new();
+        h.insert("x_token", HeaderValue::from_static("mine"));
+        assert!(aliases(&HeaderName::from_static("x-token"), &h));
+        assert!(!aliases(&HeaderName::from_static("x-other"), &h));
+        assert!(!aliases(&http::header::AUTHORIZATION, &h));
     }
 
     #[test]
