@@ -48,6 +48,14 @@ pub(super) struct Described {
 }
 
 impl Described {
+    /// The described request, unless it is one tokex never serves.
+    pub fn new(method: Method, uri: Uri, authority: Option<Authority>) -> Result<Self, &'static str> {
+        if method == Method::CONNECT {
+            return Err("CONNECT is not supported");
+        }
+        Ok(Described { method, uri, authority })
+    }
+
     pub fn original<'a>(&'a self, headers: &'a HeaderMap, dialect: Dialect) -> Original<'a> {
         // Envoy removes the headers tokex names (x-envoy-auth-headers-to-remove,
         // headers_to_remove); nginx and Traefik remove what their configuration says.
@@ -122,14 +130,11 @@ fn describe(dialect: Dialect, path_prefix: Option<&str>, check: &Parts) -> Resul
             let uri = origin_form(one(h, "x-forwarded-uri")?.ok_or("Traefik check without X-Forwarded-Uri")?)?;
             let host = one(h, "x-forwarded-host")?.ok_or("Traefik check without X-Forwarded-Host")?;
             let host = HeaderValue::from_bytes(host).map_err(|_| "invalid X-Forwarded-Host")?;
-            let authority = Authority::reported(&host).map_err(|_| "invalid X-Forwarded-Host")?;
+            let authority = Authority::reported(host).map_err(|_| "invalid X-Forwarded-Host")?;
             (method, uri, Some(authority))
         }
     };
-    if method == Method::CONNECT {
-        return Err("CONNECT is not supported");
-    }
-    Ok(Described { method, uri, authority })
+    Described::new(method, uri, authority)
 }
 
 /// The one value of `name`, if any: two are refused (which would count?).
@@ -142,7 +147,8 @@ fn one<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a [u8]
     Ok(first.map(HeaderValue::as_bytes))
 }
 
-fn method(b: &[u8]) -> Result<Method, &'static str> {
+/// An original method: a token of at most 32 bytes.
+pub(super) fn method(b: &[u8]) -> Result<Method, &'static str> {
     if b.len() > 32 {
         return Err("the original method is too long");
     }

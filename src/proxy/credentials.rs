@@ -193,15 +193,25 @@ impl Leak {
     }
 }
 
+/// The headers that will not reach the backend as the caller sent them,
+/// besides `Authorization`: who forwards decides.
+#[derive(Clone, Copy)]
+pub struct Dropped<'a> {
+    /// Removed (`forward.remove_headers`).
+    pub removed: &'a [HeaderName],
+    /// Replaced (the route's forward header).
+    pub replaced: &'a HeaderName,
+    /// `Proxy-Authorization` is removed (hop-by-hop for tokex; named to Envoy).
+    pub proxy_authorization: bool,
+}
+
 /// Where the caller's `token` would still reach the backend, if anywhere:
 /// the method, the target, the authority (as it will be forwarded), or a
-/// header that is neither removed (`removed`, `Authorization`,
-/// `Proxy-Authorization`) nor replaced (`replaced`, the route's forward
-/// header).
+/// header other than `Authorization` that is not `dropped`.
 pub fn token_elsewhere(
     (method, uri, authority): (&Method, &Uri, Option<&[u8]>),
     headers: &HeaderMap,
-    (removed, replaced): (&[HeaderName], &HeaderName),
+    dropped: Dropped<'_>,
     token: &str,
 ) -> Option<Leak> {
     let needle = token.as_bytes();
@@ -216,7 +226,11 @@ pub fn token_elsewhere(
         if name.as_str().len() < needle.len() && value.len() < needle.len() {
             continue;
         }
-        if name == AUTHORIZATION || name == PROXY_AUTHORIZATION || name == replaced || removed.contains(name) {
+        if name == AUTHORIZATION
+            || (dropped.proxy_authorization && name == PROXY_AUTHORIZATION)
+            || name == dropped.replaced
+            || dropped.removed.contains(name)
+        {
             continue;
         }
         if header_holds(name, value.as_bytes(), needle) {
@@ -308,7 +322,8 @@ mod tests {
         let uri = |s: &str| -> Uri { s.parse().unwrap() };
         let none = HeaderMap::new();
         let removed = DEFAULT_REMOVED.to_vec();
-        let skip = (&removed[..], &AUTHORIZATION);
+        let dropped = |removed, replaced| Dropped { removed, replaced, proxy_authorization: true };
+        let skip = dropped(&removed[..], &AUTHORIZATION);
         let at = |u: &str, h: &HeaderMap, skip| token_elsewhere((&get, &uri(u), None), h, skip, token);
         assert_eq!(token_elsewhere((&get, &uri("/x/ab"), None), &none, skip, "ab"), None, "too short");
         assert_eq!(at(&format!("/x?t={token}"), &none, skip), Some(Leak::Target));
@@ -324,10 +339,10 @@ mod tests {
         h.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
         h.insert(COOKIE, format!("session={token}").parse().unwrap());
         assert_eq!(at("/x", &h, skip), None, "removed headers do not count");
-        assert_eq!(at("/x", &h, (&[], &AUTHORIZATION)), Some(Leak::Header), "a kept cookie does");
+        assert_eq!(at("/x", &h, dropped(&[], &AUTHORIZATION)), Some(Leak::Header), "a kept cookie does");
         let forward = HeaderName::from_static("x-access-token");
         h.insert(forward.clone(), token.parse().unwrap());
-        assert_eq!(at("/x", &h, (&removed[..], &forward)), None, "the forward header is replaced");
+        assert_eq!(at("/x", &h, dropped(&removed[..], &forward)), None, "the forward header is replaced");
         h.insert("x-api-token", token.parse().unwrap());
         assert_eq!(at("/x", &h, skip), Some(Leak::Header));
 

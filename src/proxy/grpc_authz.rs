@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::authz::{allowed, origin_form, Described, ENVOY_REMOVE};
+use super::authz::{allowed, method, origin_form, Described, ENVOY_REMOVE};
 use super::handler::Gateway;
 use super::target::Authority;
 use crate::config::Dialect;
@@ -245,15 +245,17 @@ async fn check(gateway: &Gateway, req: CheckRequest, envoy: SocketAddr) -> Check
         .and_then(|s| s.address.parse::<IpAddr>().ok());
     let peer = caller.map_or(envoy, |ip| SocketAddr::new(ip, 0));
     let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
-    let headers = headers(&http);
-    let described = headers.as_ref().map_err(|e| *e).and_then(|_| describe(&http));
-    let empty = HeaderMap::new();
-    let headers = headers.as_ref().unwrap_or(&empty);
+    let (headers, described) = match headers(&http) {
+        Ok(h) => (h, describe(&http)),
+        Err(why) => (HeaderMap::new(), Err(why)),
+    };
     let original = match &described {
-        Ok(d) => Ok(d.original(headers, Dialect::Envoy)),
+        Ok(d) => Ok(d.original(&headers, Dialect::Envoy)),
         Err(why) => Err(GatewayError::BadTarget(why)),
     };
-    let (method, uri) = (Method::GET, Uri::from_static("/"));
+    // What is logged of a check that does not say what the request was.
+    let (method, uri) = (Method::POST, Uri::from_static(CHECK_PATH));
+    let headers = &headers;
     let resp = gateway
         .check(original, (&method, &uri, headers), peer, |route, credential| allowed(Dialect::Envoy, route, credential))
         .await;
@@ -262,22 +264,16 @@ async fn check(gateway: &Gateway, req: CheckRequest, envoy: SocketAddr) -> Check
 
 /// The original request of a gRPC check.
 fn describe(http: &HttpRequest) -> Result<Described, &'static str> {
-    if http.method.len() > 32 {
-        return Err("the original method is too long");
-    }
-    let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| "invalid original method")?;
-    if method == Method::CONNECT {
-        return Err("CONNECT is not supported");
-    }
+    let method = method(http.method.as_bytes())?;
     let uri = origin_form(http.path.as_bytes())?;
     let authority = match http.host.as_str() {
         "" => None,
         host => {
             let value = HeaderValue::from_str(host).map_err(|_| "invalid original host")?;
-            Some(Authority::reported(&value).map_err(|_| "invalid original host")?)
+            Some(Authority::reported(value).map_err(|_| "invalid original host")?)
         }
     };
-    Ok(Described { method, uri, authority })
+    Described::new(method, uri, authority)
 }
 
 /// The original request's headers, pseudo-headers left out. One that is
@@ -336,7 +332,7 @@ async fn into_check_response(resp: Response<super::Body>) -> CheckResponse {
         let headers = parts
             .headers
             .iter()
-            .filter(|(name, _)| !matches!(name.as_str(), "x-envoy-auth-headers-to-remove" | "x-request-id"))
+            .filter(|(name, _)| **name != ENVOY_REMOVE && **name != super::ids::X_REQUEST_ID)
             .map(|(n, v)| option(n, v))
             .collect();
         return CheckResponse {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
@@ -104,8 +104,8 @@ pub(super) enum Via {
 type Exchanged = (Key, [u8; 32]);
 
 /// What phases 1 to 4 decided.
-struct Authorized {
-    route: Arc<Route>,
+struct Authorized<'r> {
+    route: &'r Arc<Route>,
     /// The credential, and for an exchanged one its cache key and the
     /// subject token's SHA-256.
     token: Option<(Arc<Entry>, Option<Exchanged>)>,
@@ -169,8 +169,8 @@ impl Gateway {
             Ok(original) => {
                 let runtime = self.runtime();
                 self.authorize(&runtime, &original, peer, &mut trace).await.map(|a| {
-                    let credential = a.token.as_ref().and_then(|(entry, _)| credential(&a.route, entry));
-                    allow(&a.route, credential)
+                    let credential = a.token.as_ref().and_then(|(entry, _)| credential(a.route, entry));
+                    allow(a.route, credential)
                 })
             }
             Err(e) => Err(e),
@@ -301,7 +301,7 @@ impl Gateway {
         };
         // 1. to 4.
         let Authorized { route, token, caller_token } = self.authorize(runtime, &original, peer, trace).await?;
-        let route = &*route;
+        let route = &**route;
         let replay = match &token {
             Some((_, Some(_))) if route.retry_on_invalid_token => Replay::of(&req),
             _ => None,
@@ -359,19 +359,19 @@ impl Gateway {
     }
 
     /// Phases 1 to 4: match → extract → validate → exchange (cache first).
-    async fn authorize(
+    async fn authorize<'r>(
         &self,
-        runtime: &Runtime,
+        runtime: &'r Runtime,
         req: &Original<'_>,
         peer: SocketAddr,
         trace: &mut Trace,
-    ) -> Result<Authorized, GatewayError> {
+    ) -> Result<Authorized<'r>, GatewayError> {
         // 1. Match, on the path without segment parameters.
         let host = req.authority.map(Authority::host);
         let path = headers::without_params(req.uri.path());
         let route = runtime.routes.find(req.method, &path, host, req.headers).ok_or(GatewayError::NoRoute)?;
         trace.route = Some(route.clone());
-        if headers::has_dot_segments(&path) || headers::has_dot_segments(req.uri.path()) {
+        if headers::has_dot_segments(req.uri.path()) {
             return Err(GatewayError::BadPath);
         }
         // A body declared longer than the route allows: refused before any
@@ -415,23 +415,15 @@ impl Gateway {
                 // header that will be removed or replaced, unless it is a
                 // front proxy that may not remove or replace it.
                 let head = (req.method, req.uri, req.authority.map(|a| a.value().as_bytes()));
-                let skipped = match req.via {
-                    Via::Proxy => (&route.remove_headers[..], &route.forward_header),
-                    Via::Removing => (&route.remove_headers[..], &AUTHORIZATION),
-                    Via::Front => (&[][..], &AUTHORIZATION),
+                let (removed, replaced): (&[HeaderName], _) = match req.via {
+                    Via::Proxy => (&route.remove_headers, &route.forward_header),
+                    Via::Removing => (&route.remove_headers, &AUTHORIZATION),
+                    Via::Front => (&[], &AUTHORIZATION),
                 };
-                if let Some(leak) = credentials::token_elsewhere(head, req.headers, skipped, subject) {
+                let dropped = credentials::Dropped { removed, replaced, proxy_authorization: req.via != Via::Front };
+                if let Some(leak) = credentials::token_elsewhere(head, req.headers, dropped, subject) {
                     trace.redact |= leak == credentials::Leak::Target;
                     return Err(GatewayError::InvalidRequest(leak.message()));
-                }
-                if req.via == Via::Front
-                    && req
-                        .headers
-                        .get_all(PROXY_AUTHORIZATION)
-                        .iter()
-                        .any(|v| credentials::contains(v.as_bytes(), subject.as_bytes()))
-                {
-                    return Err(GatewayError::InvalidRequest(credentials::Leak::Header.message()));
                 }
                 if req.body.is_some() {
                     caller_token = Some(subject.to_owned());
@@ -465,7 +457,7 @@ impl Gateway {
                 Some((lookup.entry, None))
             }
         };
-        Ok(Authorized { route: route.clone(), token, caller_token })
+        Ok(Authorized { route, token, caller_token })
     }
 
     /// Forwards to the route's backend, timing the wait for its answer.

@@ -35,8 +35,8 @@ impl Authority {
 
     /// An authority a front proxy reports (`X-Forwarded-Host`, Envoy's
     /// `host`), checked as a `Host` header is.
-    pub fn reported(value: &HeaderValue) -> Result<Self, &'static str> {
-        Self::parse(value.clone())
+    pub fn reported(value: HeaderValue) -> Result<Self, &'static str> {
+        Self::parse(value)
     }
 
     fn parse(value: HeaderValue) -> Result<Self, &'static str> {
