@@ -41,6 +41,11 @@ pub struct Config {
     /// Answers another proxy's checks (SPEC §8).
     pub authz: Option<AuthzConfig>,
     pub admin: Option<SocketAddr>,
+    /// `admin.token_file`: the Bearer token of the admin's mutating
+    /// endpoints (`POST /cache/purge`), re-read when it changes.
+    pub admin_token: Option<PathBuf>,
+    /// `revocation.ssf`: the Shared Signals push endpoint on the main listener.
+    pub ssf: Option<SsfConfig>,
     pub workers: Option<usize>,
     pub shutdown_grace: Duration,
     /// After SIGTERM: not ready, still accepting, for this long (lets load
@@ -113,6 +118,8 @@ pub struct AuthServerConfig {
     /// Requests in flight at this server at most; more wait within their budget.
     pub max_concurrent: usize,
     pub circuit_breaker: BreakerConfig,
+    /// RFC 7009 revocation endpoint (else the discovered one, if any).
+    pub revocation_endpoint: Option<Url>,
     /// The provider whose defaults apply (`generic`: RFC 8693 as written).
     pub profile: Profile,
     /// The profile's error mapping with `error_map:` applied over it.
@@ -364,6 +371,21 @@ pub struct JwtConfig {
     pub ca_file: Option<PathBuf>,
     /// Budget for one JWKS fetch.
     pub timeout: Duration,
+}
+
+/// `revocation.ssf`: an RFC 8935 push endpoint receiving RFC 8417 Security
+/// Event Tokens (CAEP / RISC) signed by one issuer.
+#[derive(Debug, Clone)]
+pub struct SsfConfig {
+    /// On the main listener; answered before any route.
+    pub path: String,
+    /// The transmitter's issuer, JWKS, the receiver's audience (one), the
+    /// algorithms, the leeway and `typ: secevent+jwt`.
+    pub jwt: JwtConfig,
+    /// A SET issued (`iat`) longer ago than this is refused.
+    pub max_age: Duration,
+    /// SETs accepted per second (burst: as many), more get `429`.
+    pub max_per_second: u32,
 }
 
 /// RFC 7662 token introspection.

@@ -30,7 +30,45 @@ pub struct RawConfig {
     #[serde(default)]
     pub tracing: Option<RawTracing>,
     #[serde(default)]
+    pub revocation: Option<RawRevocation>,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `revocation:` how revocation reaches the cache (SPEC §5).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    #[serde(default)]
+    pub ssf: Option<RawSsf>,
+}
+
+/// `revocation.ssf:` the RFC 8935 push endpoint for Security Event Tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsf {
+    #[serde(default)]
+    pub path: Option<Text>,
+    #[serde(default)]
+    pub issuer: Option<Text>,
+    #[serde(default)]
+    pub jwks_uri: Option<Text>,
+    #[serde(default)]
+    pub authorization_server: Option<Text>,
+    #[serde(default)]
+    pub audience: Option<Text>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<Text>>,
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
 }
 
 /// `upstream_pool:` the connections tokex keeps to backends.
@@ -126,6 +164,8 @@ pub struct RawListenTls {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: Text,
+    #[serde(default)]
+    pub token_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +198,8 @@ pub struct RawAuthServer {
     pub max_concurrent: Option<usize>,
     #[serde(default)]
     pub circuit_breaker: Option<RawBreaker>,
+    #[serde(default)]
+    pub revocation_endpoint: Option<Text>,
     #[serde(default)]
     pub profile: Option<Text>,
     /// AS error code (or provider code, e.g. `AADSTS50076`) → caller outcome.

@@ -19,6 +19,7 @@ mod client_auth;
 mod inbound;
 mod ops;
 mod profile;
+mod revocation;
 mod routes;
 
 #[derive(Default)]
@@ -77,6 +78,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
     }
     // Outer None: no proxy listener; inner None: an error was recorded.
     let listen = raw.listen.map(|l| listen(&mut cx, l));
+    let admin_token = raw.admin.as_ref().and_then(|a| a.token_file.as_ref()).map(|f| existing_file(&mut cx, "admin.token_file", f));
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
     let authz = raw.authz.and_then(|a| authz::authz(&mut cx, a));
     let (workers, shutdown_grace, shutdown_delay) = match raw.runtime {
@@ -104,6 +106,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
     let has_inbound = raw.inbound.is_some();
     let inbound = raw.inbound.and_then(|i| inbound::inbound(&mut cx, i, &servers));
 
+    let ssf = raw.revocation.and_then(|r| r.ssf).and_then(|s| revocation::ssf(&mut cx, s, &servers));
     let cache = cache(&mut cx, raw.cache);
     let pool = ops::pool(&mut cx, raw.upstream_pool);
     let otlp = ops::tracing(&mut cx, raw.tracing);
@@ -158,6 +161,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         }
     }
 
+    revocation::warnings(&mut cx, admin.is_some(), admin_token.is_some(), ssf.as_ref(), &routes);
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
@@ -171,6 +175,8 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         listen,
         authz,
         admin,
+        admin_token,
+        ssf,
         workers,
         shutdown_grace,
         shutdown_delay,
@@ -361,6 +367,7 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     {
         cx.err(format!("{base}.circuit_breaker.open_for"), "must be more than 0s and at most 1h");
     }
+    let revocation_endpoint = s.revocation_endpoint.as_ref().and_then(|u| http_url(cx, &format!("{base}.revocation_endpoint"), u));
     let (profile, error_map) = profile::server(cx, &base, s.profile.as_ref(), &s.error_map)?;
     if let Some(auth) = &client_auth {
         profile::server_checks(cx, &base, profile, auth);
@@ -374,6 +381,7 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         retries,
         max_concurrent,
         circuit_breaker,
+        revocation_endpoint,
         profile,
         error_map,
     })

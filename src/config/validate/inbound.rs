@@ -85,12 +85,21 @@ fn discoverable(
 }
 
 fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) -> Option<JwtConfig> {
-    const BASE: &str = "inbound.jwt";
+    jwt_at(cx, "inbound.jwt", j, servers)
+}
+
+/// A JWT check configured at `base` (`inbound.jwt`, or `revocation.ssf` for SETs).
+pub(super) fn jwt_at(
+    cx: &mut Ctx,
+    base: &str,
+    j: RawJwt,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<JwtConfig> {
     let mut ok = true;
     // The JWKS: a URL, or the `jwks_uri` a discovered authorization server
     // publishes (whose issuer is then the default `issuer`).
     let (jwks, default_issuer) =
-        discoverable(cx, BASE, "jwks_uri", j.jwks_uri.as_ref(), j.authorization_server.as_ref(), servers);
+        discoverable(cx, base, "jwks_uri", j.jwks_uri.as_ref(), j.authorization_server.as_ref(), servers);
     let issuer = match (j.issuer.map(|t| t.value), default_issuer) {
         (Some(i), _) if !i.is_empty() => i,
         (None, Some(d)) => d,
@@ -102,25 +111,25 @@ fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) ->
         }
         (None, None) => {
             cx.err(
-                format!("{BASE}.issuer"),
+                format!("{base}.issuer"),
                 "required: the exact iss of accepted tokens (or use authorization_server: an issuer: server)",
             );
             ok = false;
             String::new()
         }
         (Some(_), _) => {
-            cx.err(format!("{BASE}.issuer"), "must not be empty");
+            cx.err(format!("{base}.issuer"), "must not be empty");
             ok = false;
             String::new()
         }
     };
     if j.audiences.is_empty() {
-        cx.err(format!("{BASE}.audiences"), "list at least one audience this gateway accepts (RFC 9068 §4)");
+        cx.err(format!("{base}.audiences"), "list at least one audience this gateway accepts (RFC 9068 §4)");
         ok = false;
     }
     for (i, a) in j.audiences.iter().enumerate() {
         if a.value.is_empty() {
-            cx.err(format!("{BASE}.audiences[{i}]"), "must not be empty");
+            cx.err(format!("{base}.audiences[{i}]"), "must not be empty");
             ok = false;
         }
     }
@@ -128,12 +137,12 @@ fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) ->
         .algorithms
         .map_or_else(|| vec!["RS256".to_owned(), "ES256".to_owned()], |v| v.into_iter().map(|t| t.value).collect());
     if names.is_empty() {
-        cx.err(format!("{BASE}.algorithms"), "list at least one algorithm");
+        cx.err(format!("{base}.algorithms"), "list at least one algorithm");
         ok = false;
     }
     let mut algorithms = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
-        let path = format!("{BASE}.algorithms[{i}]");
+        let path = format!("{base}.algorithms[{i}]");
         match Algorithm::from_str(name) {
             Ok(a) if ALLOWED.contains(&a) => {
                 if !algorithms.contains(&a) {
@@ -162,39 +171,39 @@ fn jwt(cx: &mut Ctx, j: RawJwt, servers: &BTreeMap<String, AuthServerConfig>) ->
     }
     let leeway = j.leeway.map_or(Duration::from_secs(30), |d| d.0);
     if leeway > Duration::from_secs(300) {
-        cx.err(format!("{BASE}.leeway"), "at most 5m");
+        cx.err(format!("{base}.leeway"), "at most 5m");
         ok = false;
     }
     let require_typ = j.require_typ.map(|t| t.value);
     if require_typ.as_deref().is_some_and(str::is_empty) {
-        cx.err(format!("{BASE}.require_typ"), "must not be empty (omit it to accept any typ)");
+        cx.err(format!("{base}.require_typ"), "must not be empty (omit it to accept any typ)");
         ok = false;
     }
     let max_token_bytes = j.max_token_bytes.unwrap_or(8 * 1024);
     if !(1024..=MAX_TOKEN_CAP).contains(&max_token_bytes) {
-        cx.err(format!("{BASE}.max_token_bytes"), format!("must be between 1024 and {MAX_TOKEN_CAP}"));
+        cx.err(format!("{base}.max_token_bytes"), format!("must be between 1024 and {MAX_TOKEN_CAP}"));
         ok = false;
     }
     let jwks_refresh_min = j.jwks_refresh_min.map_or(Duration::from_secs(60), |d| d.0);
     let jwks_refresh_max = j.jwks_refresh_max.map_or(Duration::from_secs(3600), |d| d.0);
     if jwks_refresh_min < Duration::from_secs(1) {
-        cx.err(format!("{BASE}.jwks_refresh_min"), "at least 1s");
+        cx.err(format!("{base}.jwks_refresh_min"), "at least 1s");
         ok = false;
     }
     if jwks_refresh_max < jwks_refresh_min {
-        cx.err(format!("{BASE}.jwks_refresh_max"), "must not be shorter than jwks_refresh_min");
+        cx.err(format!("{base}.jwks_refresh_max"), "must not be shorter than jwks_refresh_min");
         ok = false;
     }
     let unknown_kid_cooldown = j.unknown_kid_cooldown.map_or(Duration::from_secs(10), |d| d.0);
     if unknown_kid_cooldown < Duration::from_secs(1) {
         cx.err(
-            format!("{BASE}.unknown_kid_cooldown"),
+            format!("{base}.unknown_kid_cooldown"),
             "at least 1s (it bounds how often forged kids make tokex refetch the JWKS)",
         );
         ok = false;
     }
-    let ca_file = j.ca_file.as_ref().map(|f| existing_file(cx, &format!("{BASE}.ca_file"), f));
-    let timeout = positive(cx, &format!("{BASE}.timeout"), j.timeout, Duration::from_secs(5));
+    let ca_file = j.ca_file.as_ref().map(|f| existing_file(cx, &format!("{base}.ca_file"), f));
+    let timeout = positive(cx, &format!("{base}.timeout"), j.timeout, Duration::from_secs(5));
     let jwks = jwks?;
     ok.then(|| JwtConfig {
         issuer,
