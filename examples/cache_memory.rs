@@ -4,7 +4,10 @@
 //!
 //!   cargo run --release --example cache_memory -- [N] [TOKEN_BYTES] [MODE]
 //!
-//! MODE `cache` (default) is tokex's cache; `moka`, `moka-noexpiry` and
+//! MODE `cache` (default) is tokex's cache as the gateway fills it: every
+//! entry with its revocation metadata and in the subject index (one
+//! subject per entry, by `sub` and `email`); `cache-noindex` leaves both
+//! out (what the index costs is the difference); `moka`, `moka-noexpiry` and
 //! `moka-nolistener` are a bare moka cache with tokex's builder options
 //! and a unit value (moka's own cost per entry); `values` keeps the entries
 //! in a Vec (the value's own cost). Not a test: it takes seconds and a GiB.
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokex::exchange::cache::{Entry, KeyHash, TokenCache};
+use tokex::exchange::index::{id_of, Meta, SubjectIndex};
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -32,8 +36,13 @@ fn token(i: u64, len: usize) -> String {
     t
 }
 
-fn entry(i: u64, len: usize) -> Arc<Entry> {
-    let e = Entry::token(&token(i, len), Duration::from_secs(3600)).expect("a valid token");
+/// With `indexed`, the metadata of an exchanged token (a subject of its own).
+fn entry(i: u64, len: usize, indexed: bool) -> Arc<Entry> {
+    let meta = indexed.then(|| {
+        let sub = format!("user-{i}");
+        Meta::new(7, id_of("sub", Some(&sub)), id_of("email", Some(&format!("{sub}@example.com"))), None)
+    });
+    let e = Entry::token(&token(i, len), Duration::from_secs(3600), meta).expect("a valid token");
     // Forwarded once (a miss forwards the token it just cached).
     if let tokex::exchange::cache::EntryKind::Token(t) = &e.kind {
         drop(t.bearer.clone());
@@ -67,8 +76,10 @@ async fn main() {
     let metrics = tokex::metrics::Metrics::new();
     let before = rss_bytes();
     let mut keep: Vec<Arc<Entry>> = Vec::new();
+    let index = Arc::new(SubjectIndex::default());
+    let indexed = mode == "cache";
     let (cache, bare) = match mode.as_str() {
-        "cache" => (Some(TokenCache::new(n * 2, metrics.cache_evictions())), None),
+        "cache" | "cache-noindex" => (Some(TokenCache::new(n * 2, metrics.cache_evictions(), index.clone())), None),
         "moka" => (None, Some(moka(true, true, n))),
         "moka-noexpiry" => (None, Some(moka(false, true, n))),
         "moka-nolistener" => (None, Some(moka(true, false, n))),
@@ -81,9 +92,15 @@ async fn main() {
     let base = rss_bytes();
     for i in 0..n {
         match (&cache, &bare) {
-            (Some(c), _) => c.insert(key(i), entry(i, len)).await,
+            (Some(c), _) => {
+                let e = entry(i, len, indexed);
+                if let Some(meta) = &e.meta {
+                    index.add(&key(i), meta);
+                }
+                c.insert(key(i), e).await
+            }
             (_, Some(m)) => m.insert(key(i), ()).await,
-            _ => keep.push(entry(i, len)),
+            _ => keep.push(entry(i, len, false)),
         }
     }
     if let Some(c) = &cache {

@@ -1,29 +1,63 @@
 //! The admin listener: `/healthz` (the process serves), `/readyz` (listeners
 //! bound, every start-up dependency up — `issuer:` discovery, the inbound
-//! JWKS — and not draining: see `readiness`), `/metrics` (Prometheus text).
+//! JWKS — and not draining: see `readiness`), `/metrics` (Prometheus text),
+//! and `POST /cache/purge` (revocation, SPEC §5), the one mutating endpoint:
+//! it needs `admin.token_file`'s token as a Bearer token (compared in
+//! constant time) and does not exist (`404`) without one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
 use crate::exchange::Exchanger;
 use crate::metrics::Metrics;
 use crate::proxy::server::Handler;
 use crate::proxy::Body;
 use crate::readiness::Readiness;
+use crate::revocation::{PurgeError, Purger, Selector};
+use crate::secret::Secret;
+
+/// Largest purge request body.
+const MAX_PURGE_BODY: usize = 4096;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub exchanger: Exchanger,
     pub readiness: Arc<Readiness>,
+    /// `POST /cache/purge`: the purger and the admin token (`admin.token_file`).
+    pub purge: Option<(Arc<Purger>, Secret)>,
+}
+
+/// A purge request: at most one selector; none purges everything.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    route: Option<String>,
+    #[serde(default)]
+    token_sha256: Option<String>,
 }
 
 impl Admin {
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/cache/purge" {
+            return match &self.purge {
+                Some((purger, token)) => purge(req, purger, token).await,
+                None => json_response(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#),
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json_response(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"method_not_allowed"}"#);
         }
@@ -46,6 +80,106 @@ impl Admin {
     }
 }
 
+/// `POST /cache/purge`: the admin token, then the selector, then the purge.
+async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Response<Body> {
+    let presented = req.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let expected = match token.get() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "admin.token_file cannot be read: purges are refused");
+            return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"admin_token_unreadable"}"#);
+        }
+    };
+    let expected = expected.expose().trim().as_bytes();
+    let good = presented.is_some_and(|p| !expected.is_empty() && bool::from(p.ct_eq(expected)));
+    if !good {
+        let mut resp = json_response(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#);
+        resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tokex admin\""));
+        return resp;
+    }
+    if req.method() != Method::POST {
+        let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"method_not_allowed"}"#);
+        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_PURGE_BODY).collect();
+    let body = match tokio::time::timeout(Duration::from_secs(10), body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => return bad_request("the body must be a JSON object of at most 4 KiB"),
+    };
+    let selector = match selector(&body) {
+        Ok(s) => s,
+        Err(why) => return bad_request(why),
+    };
+    match purger.purge(&selector, "admin").await {
+        Ok(p) => {
+            tracing::info!(
+                selector = kind(&selector),
+                purged = p.local,
+                introspection = p.introspection,
+                shared = p.shared,
+                "cache purged"
+            );
+            let body = serde_json::json!({ "purged": p.local, "introspection": p.introspection, "shared": p.shared });
+            json(StatusCode::OK, &body)
+        }
+        Err(e @ PurgeError::UnknownRoute(_)) => {
+            json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "unknown_route", "error_description": e.to_string() }))
+        }
+    }
+}
+
+/// The selector a purge body names: `{}` (everything), or exactly one of
+/// `sub`, `email`, `route`, `token_sha256` (64 hex digits).
+fn selector(body: &[u8]) -> Result<Selector, &'static str> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { body };
+    let r: PurgeRequest = serde_json::from_slice(body)
+        .map_err(|_| "expected {}, {\"sub\": ...}, {\"email\": ...}, {\"route\": ...} or {\"token_sha256\": ...}")?;
+    let named = [r.sub.is_some(), r.email.is_some(), r.route.is_some(), r.token_sha256.is_some()];
+    if named.iter().filter(|n| **n).count() > 1 {
+        return Err("name one of sub, email, route, token_sha256 (or none, to purge everything)");
+    }
+    let nonempty = |s: String| if s.is_empty() { Err("the selector must not be empty") } else { Ok(s) };
+    Ok(match r {
+        PurgeRequest { sub: Some(s), .. } => Selector::sub(&nonempty(s)?),
+        PurgeRequest { email: Some(e), .. } => Selector::email(&nonempty(e)?),
+        PurgeRequest { route: Some(r), .. } => Selector::Route(nonempty(r)?),
+        PurgeRequest { token_sha256: Some(h), .. } => {
+            let h = h.to_ascii_lowercase();
+            let valid = h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+            let mut out = [0u8; 32];
+            for (i, o) in out.iter_mut().enumerate().filter(|_| valid) {
+                *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| "token_sha256: 64 hex digits")?;
+            }
+            if !valid {
+                return Err("token_sha256: the SHA-256 of the subject token, 64 hex digits");
+            }
+            Selector::Token(out)
+        }
+        _ => Selector::All,
+    })
+}
+
+fn kind(s: &Selector) -> &'static str {
+    match s {
+        Selector::All => "all",
+        Selector::Subject(_) => "subject",
+        Selector::Route(_) => "route",
+        Selector::Token(_) => "token",
+    }
+}
+
+fn bad_request(why: &str) -> Response<Body> {
+    json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": "invalid_request", "error_description": why }))
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Body::Right(http_body_util::Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 impl Handler for Admin {
     type Body = crate::proxy::Body;
 
@@ -64,4 +198,32 @@ pub fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_bodies() {
+        assert_eq!(selector(b""), Ok(Selector::All));
+        assert_eq!(selector(b"{}"), Ok(Selector::All));
+        assert_eq!(selector(br#"{"sub":"alice"}"#), Ok(Selector::sub("alice")));
+        assert_eq!(selector(br#"{"email":"a@b"}"#), Ok(Selector::email("a@b")));
+        assert_eq!(selector(br#"{"route":"orders"}"#), Ok(Selector::Route("orders".into())));
+        let hex = "AB".repeat(32);
+        assert_eq!(selector(format!(r#"{{"token_sha256":"{hex}"}}"#).as_bytes()), Ok(Selector::Token([0xab; 32])));
+        for bad in [
+            &br#"{"sub":"a","route":"b"}"#[..],
+            br#"{"sub":""}"#,
+            br#"{"token_sha256":"abc"}"#,
+            br#"{"token_sha256":"zz"}"#,
+            br#"{"nope":1}"#,
+            br#"{"sub":7}"#,
+            b"[]",
+            b"not json",
+        ] {
+            assert!(selector(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::auth::scopes::RequiredScopes;
 use crate::auth::Inbound;
-use crate::config::{AuthMode, Config, ListenConfig, MachineConfig};
+use crate::config::{AuthMode, Config, ListenConfig, MachineConfig, SecretSource};
 use crate::exchange::client::AsClient;
 use crate::exchange::guard::AsGuard;
 use crate::exchange::{Exchanger, MachinePolicy, Policy};
@@ -27,6 +27,10 @@ use crate::proxy::routes::{Route, RouteAuth, RouteTable};
 use crate::proxy::server::{serve, Limits, Listening, Phase};
 use crate::proxy::workers::Workers;
 use crate::readiness::Readiness;
+use crate::revocation::push::{MainListener, Push};
+use crate::revocation::ssf::Receiver;
+use crate::revocation::Purger;
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -265,9 +269,27 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     };
     let mut tasks = Vec::new();
     let grace = config.shutdown_grace;
+    let purger = Arc::new(Purger::new(gateway.clone(), metrics.clone()));
+    tasks.extend(purger.follow(rx.clone()));
+    let push = match &config.ssf {
+        Some(ssf) => {
+            let receiver = Receiver::new(ssf, &metrics).map_err(StartError::Setup)?;
+            tasks.push(receiver.start(rx.clone()));
+            Some(Arc::new(Push::new(receiver, purger.clone(), metrics.clone())))
+        }
+        None => None,
+    };
     if let Some((listener, _)) = proxy_listener {
         let listening = Listening { tls, connections: Some(metrics.connections()), workers: workers.clone() };
-        tasks.push(tokio::spawn(serve(listener, listening, limits, gateway.clone(), phase_rx.clone(), grace)));
+        let phase = phase_rx.clone();
+        tasks.push(match push {
+            // The push endpoint answers at its path, before any route.
+            Some(push) => {
+                let main = Arc::new(MainListener { gateway: gateway.clone(), push });
+                tokio::spawn(serve(listener, listening, limits, main, phase, grace))
+            }
+            None => tokio::spawn(serve(listener, listening, limits, gateway.clone(), phase, grace)),
+        });
     }
     if let (Some((listener, _)), Some(a)) = (authz_listener, authz) {
         let checks = Arc::new(Checks::new(gateway.clone(), a));
@@ -284,7 +306,9 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
         tasks.extend(inbound.start(&readiness, rx.clone()));
     }
     if let Some((l, _)) = admin_listener {
-        let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone() });
+        let token = config.admin_token.as_ref().map(|p| Secret::from_source(&SecretSource::File(p.clone())));
+        let purge = token.map(|t| (purger.clone(), t));
+        let admin = Arc::new(Admin { metrics: metrics.clone(), exchanger, readiness: readiness.clone(), purge });
         let plain = Listening::plain();
         tasks.push(tokio::spawn(serve(l, plain, Limits::internal(16 * 1024), admin, phase_rx, Duration::from_secs(1))));
     }

@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod otel;
 pub mod proxy;
 pub mod readiness;
+pub mod revocation;
 pub mod secret;
 pub mod telemetry;

@@ -51,6 +51,10 @@ enum Command {
     /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, JWKS, discovery);
     /// `dev-sts mint` gets a user token from a running one.
     DevSts(tokex::dev_sts::cli::DevStsArgs),
+    /// Purge cached tokens of a running gateway (`POST /cache/purge` on its admin listener):
+    /// by subject, route or subject token, or all; they are revoked at the AS when it has a
+    /// revocation endpoint.
+    Purge(tokex::revocation::cli::PurgeArgs),
     /// Walk through a token exchange: dev authorization server, echo backend and gateway, all on 127.0.0.1.
     Demo {
         /// Keep everything running afterwards and print curl commands.
@@ -76,6 +80,7 @@ fn command() -> ExitCode {
     let path = match command {
         Command::DevSts(args) => return dev_sts(args, &log("info"), cli.log_format),
         Command::Demo { serve } => return demo(serve, &log("warn"), cli.log_format),
+        Command::Purge(args) => return tokex::revocation::cli::run(args, cli.config.as_deref()),
         Command::Run | Command::Check { .. } => match cli.config {
             Some(p) => p,
             None => {

@@ -74,6 +74,14 @@ pub struct Metrics {
     shared_duration: HistogramFamily<OpLabels>,
     connections_open: Gauge,
     connections: Counter,
+    revocations: Family<ExchangeLabels, Counter>,
+    purged: Family<SourceLabels, Counter>,
+    security_events: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +184,24 @@ impl Metrics {
         );
         let connections_open = Gauge::default();
         let connections = Counter::default();
+        let revocations = Family::<ExchangeLabels, Counter>::default();
+        registry.register(
+            "revocations",
+            "RFC 7009 revocations of exchanged tokens tokex stopped using (purged, or refused by the backend), by authorization server and outcome (revoked, refused: the server answered an error, failed: no answer, dropped: too many waiting)",
+            revocations.clone(),
+        );
+        let purged = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "cache_purged",
+            "Token cache entries removed by a purge, by source (admin: POST /cache/purge, ssf: a Security Event Token, replica: a purge announced by another replica through the shared store)",
+            purged.clone(),
+        );
+        let security_events = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "security_events",
+            "Security Event Tokens pushed to revocation.ssf, by result (accepted, or the RFC 8935 error code: invalid_request, invalid_key, invalid_issuer, invalid_audience; rate_limited)",
+            security_events.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "1, labelled with the running tokex version", build_info);
@@ -293,7 +319,25 @@ impl Metrics {
             shared_duration,
             connections_open,
             connections,
+            revocations,
+            purged,
+            security_events,
         }
+    }
+
+    /// One RFC 7009 revocation's outcome.
+    pub fn revocation(&self, server: &str, outcome: &'static str) {
+        self.revocations.get_or_create(&ExchangeLabels { server: server.to_owned(), outcome }).inc();
+    }
+
+    /// `n` entries purged on behalf of `source`.
+    pub fn purged(&self, source: &'static str, n: u64) {
+        self.purged.get_or_create(&SourceLabels { source }).inc_by(n);
+    }
+
+    /// One pushed Security Event Token's result.
+    pub fn security_event(&self, result: &'static str) {
+        self.security_events.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The configuration was loaded at start (`ok`), or a reload was tried.

@@ -117,6 +117,11 @@ impl Claims {
         let exp = self.exp.as_ref().and_then(Value::as_f64).ok_or(Invalid::MissingClaim)?;
         let window = Window { exp, nbf: self.nbf.as_ref().and_then(Value::as_f64) };
         window.check_at(want.leeway, now)?;
+        self.issuer_and_audience(want)?;
+        Ok(Valid { granted: Granted::from_claims(self.scope.as_ref(), self.scp.as_ref()), window })
+    }
+
+    fn issuer_and_audience(&self, want: &Expected<'_>) -> Result<(), Invalid> {
         match self.iss.as_ref().and_then(Value::as_str) {
             None => return Err(Invalid::MissingClaim),
             Some(iss) if iss != want.issuer => return Err(Invalid::WrongIssuer),
@@ -124,12 +129,38 @@ impl Claims {
         }
         let named = |a: &str| want.audiences.iter().any(|w| w == a);
         match &self.aud {
-            None => return Err(Invalid::MissingClaim),
-            Some(Value::String(a)) if named(a) => {}
-            Some(Value::Array(list)) if list.iter().filter_map(Value::as_str).any(named) => {}
-            Some(_) => return Err(Invalid::WrongAudience),
+            None => Err(Invalid::MissingClaim),
+            Some(Value::String(a)) if named(a) => Ok(()),
+            Some(Value::Array(list)) if list.iter().filter_map(Value::as_str).any(named) => Ok(()),
+            Some(_) => Err(Invalid::WrongAudience),
         }
-        Ok(Valid { granted: Granted::from_claims(self.scope.as_ref(), self.scp.as_ref()), window })
+    }
+
+    /// The claims of a Security Event Token (RFC 8417 §2.2): `iss`, `aud`,
+    /// `jti` and `iat` required, `iat` no older than `max_age` nor in the
+    /// future (beyond the leeway), `exp` and `nbf` honoured when present.
+    /// Its `jti`.
+    pub fn check_event(&self, want: &Expected<'_>, max_age: Duration, now: f64) -> Result<&str, Invalid> {
+        self.types()?;
+        let iat = self.iat.as_ref().and_then(Value::as_f64).ok_or(Invalid::MissingClaim)?;
+        let leeway = want.leeway.as_secs_f64();
+        if iat + max_age.as_secs_f64() + leeway < now {
+            return Err(Invalid::Expired);
+        }
+        if iat > now + leeway {
+            return Err(Invalid::NotYetValid);
+        }
+        if let Some(exp) = self.exp.as_ref().and_then(Value::as_f64) {
+            Window { exp, nbf: self.nbf.as_ref().and_then(Value::as_f64) }.check_at(want.leeway, now)?;
+        } else if self.nbf.as_ref().and_then(Value::as_f64).is_some_and(|nbf| nbf > now + leeway) {
+            return Err(Invalid::NotYetValid);
+        }
+        self.issuer_and_audience(want)?;
+        match self.jti.as_ref().and_then(Value::as_str) {
+            Some(jti) if !jti.is_empty() && jti.len() <= 256 => Ok(jti),
+            Some(_) => Err(Invalid::Malformed),
+            None => Err(Invalid::MissingClaim),
+        }
     }
 
     /// Every present registered claim has its registered type: NumericDate
@@ -182,6 +213,35 @@ mod tests {
         let audiences = ["edge".to_owned(), "other".to_owned()];
         let want = Expected { issuer: "https://iss", audiences: &audiences, leeway: Duration::from_secs(5) };
         claims.check_at(&want, NOW)
+    }
+
+    #[test]
+    fn security_event_claims() {
+        let want = Expected { issuer: "https://iss", audiences: &["tokex".to_owned()], leeway: Duration::from_secs(5) };
+        let age = Duration::from_secs(300);
+        let check = |extra: Value| {
+            let mut c = json!({"iss": "https://iss", "aud": "tokex", "iat": NOW - 10.0, "jti": "j1"});
+            for (k, v) in extra.as_object().unwrap() {
+                if v == &json!("<absent>") {
+                    c.as_object_mut().unwrap().remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+            let claims: Claims = serde_json::from_value(c).unwrap();
+            claims.check_event(&want, age, NOW).map(str::to_owned)
+        };
+        assert_eq!(check(json!({})), Ok("j1".to_owned()));
+        assert_eq!(check(json!({"aud": ["x", "tokex"]})), Ok("j1".to_owned()));
+        assert_eq!(check(json!({"iat": NOW - 306.0})), Err(Invalid::Expired));
+        assert_eq!(check(json!({"iat": NOW + 6.0})), Err(Invalid::NotYetValid));
+        assert_eq!(check(json!({"exp": NOW - 6.0})), Err(Invalid::Expired));
+        assert_eq!(check(json!({"iss": "https://other"})), Err(Invalid::WrongIssuer));
+        assert_eq!(check(json!({"aud": "other"})), Err(Invalid::WrongAudience));
+        assert_eq!(check(json!({"jti": "<absent>"})), Err(Invalid::MissingClaim));
+        assert_eq!(check(json!({"iat": "<absent>"})), Err(Invalid::MissingClaim));
+        assert_eq!(check(json!({"jti": ""})), Err(Invalid::Malformed));
+        assert_eq!(check(json!({"jti": 7})), Err(Invalid::ClaimType));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::introspection::Introspector;
+use super::introspection::{IntrospectionPurge, Introspector};
 use super::jwt::JwtValidator;
 use super::scopes::RequiredScopes;
 use crate::config::InboundConfig;
@@ -146,22 +146,31 @@ impl Inbound {
     }
 
     /// Checks the caller's `token` (`token_hash`: its SHA-256) and the
-    /// route's required scopes.
+    /// route's required scopes. An introspected token's `sub`, when the
+    /// answer names one (a JWT's is in the token).
     pub async fn check(
         &self,
         token: &str,
         token_hash: &[u8; 32],
         required: &RequiredScopes,
-    ) -> Result<(), InboundError> {
+    ) -> Result<Option<Arc<str>>, InboundError> {
         let granted = match &self.check {
-            Check::Jwt(v) => v.validate(token, token_hash).await,
+            Check::Jwt(v) => v.validate(token, token_hash).await.map(|g| (g, None)),
             Check::Introspection(i) => i.check(token, token_hash).await,
         };
-        let result = granted.and_then(|g| required.check(&g));
+        let result = granted.and_then(|(g, sub)| required.check(&g).map(|()| sub));
         if let Err(e) = &result {
             self.rejections.inc(e.reason());
         }
         result
+    }
+
+    /// Forgets cached introspection answers (none are kept for JWTs). How many.
+    pub async fn purge(&self, target: IntrospectionPurge<'_>) -> u64 {
+        match &self.check {
+            Check::Introspection(i) => i.purge(target).await,
+            Check::Jwt(_) => 0,
+        }
     }
 
     /// Starts the background work: for JWT, the JWKS refresh, with a

@@ -30,6 +30,8 @@ type Key = [u8; 32];
 /// A cached answer and how long it may be used.
 struct Answer {
     verdict: Result<Granted, Invalid>,
+    /// The answer's `sub` (RFC 7662 §2.2): an opaque token's subject.
+    sub: Option<Arc<str>>,
     ttl: Duration,
 }
 
@@ -39,6 +41,14 @@ impl Expiry<Key, Arc<Answer>> for PerAnswer {
     fn expire_after_create(&self, _: &Key, v: &Arc<Answer>, _: std::time::Instant) -> Option<Duration> {
         Some(v.ttl)
     }
+}
+
+/// What [`Introspector::purge`] forgets.
+pub enum IntrospectionPurge<'a> {
+    Token(&'a Key),
+    /// Answers whose `sub` has one of these identifiers (`exchange::index::id`).
+    Subject(&'a [crate::exchange::index::Id]),
+    All,
 }
 
 pub struct Introspector {
@@ -62,6 +72,9 @@ struct Introspected {
     scp: Option<Value>,
     #[serde(default)]
     exp: Option<f64>,
+    /// Any JSON: only a string is used.
+    #[serde(default)]
+    sub: Option<Value>,
 }
 
 impl Introspector {
@@ -98,10 +111,36 @@ impl Introspector {
         }
     }
 
-    /// The scopes of an active `token` (`hash`: its SHA-256).
-    pub async fn check(&self, token: &str, hash: &Key) -> Result<Granted, InboundError> {
+    /// The scopes of an active `token` (`hash`: its SHA-256) and its
+    /// subject (`sub`), when the answer names one.
+    pub async fn check(&self, token: &str, hash: &Key) -> Result<(Granted, Option<Arc<str>>), InboundError> {
         let answer = self.cache.try_get_with(*hash, self.introspect(token)).await.map_err(|e| (*e).clone())?;
-        answer.verdict.clone().map_err(InboundError::Invalid)
+        let granted = answer.verdict.clone().map_err(InboundError::Invalid)?;
+        Ok((granted, answer.sub.clone()))
+    }
+
+    /// Forgets cached answers: the one for a token's SHA-256, those for a
+    /// subject (`sub_id`: its hashed `sub`), or all. How many.
+    pub async fn purge(&self, target: IntrospectionPurge<'_>) -> u64 {
+        let keys: Vec<Key> = match target {
+            IntrospectionPurge::Token(hash) => vec![*hash],
+            IntrospectionPurge::Subject(ids) => self
+                .cache
+                .iter()
+                .filter(|(_, a)| {
+                    a.sub.as_deref().is_some_and(|s| ids.contains(&crate::exchange::index::id("sub", s)))
+                })
+                .map(|(k, _)| *k)
+                .collect(),
+            IntrospectionPurge::All => self.cache.iter().map(|(k, _)| *k).collect(),
+        };
+        let mut n = 0;
+        for k in keys {
+            if self.cache.remove(&k).await.is_some() {
+                n += 1;
+            }
+        }
+        n
     }
 
     async fn introspect(&self, token: &str) -> Result<Arc<Answer>, InboundError> {
@@ -163,7 +202,7 @@ impl Introspector {
     fn answer(&self, body: &[u8]) -> Result<Arc<Answer>, InboundError> {
         let a: Introspected = serde_json::from_slice(body)
             .map_err(|_| InboundError::Introspection("the answer is not an introspection response".into()))?;
-        let refused = |why| Arc::new(Answer { verdict: Err(why), ttl: self.negative_ttl });
+        let refused = |why| Arc::new(Answer { verdict: Err(why), sub: None, ttl: self.negative_ttl });
         if !a.active {
             return Ok(refused(Invalid::Inactive));
         }
@@ -176,6 +215,7 @@ impl Introspector {
             ttl = ttl.min(Duration::from_secs_f64((exp - now).min(1e9)));
         }
         let granted = Granted::from_claims(a.scope.as_ref(), a.scp.as_ref());
-        Ok(Arc::new(Answer { verdict: Ok(granted), ttl }))
+        let sub = a.sub.as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()).map(Arc::from);
+        Ok(Arc::new(Answer { verdict: Ok(granted), sub, ttl }))
     }
 }

@@ -3,7 +3,7 @@
 //! scopes. (The bearer token is extracted in `proxy::bearer`.)
 
 pub mod claims;
-mod fetch;
+pub(crate) mod fetch;
 pub mod inbound;
 pub mod introspection;
 pub mod jwks;

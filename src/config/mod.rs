@@ -375,7 +375,7 @@ pub struct JwtConfig {
 
 /// `revocation.ssf`: an RFC 8935 push endpoint receiving RFC 8417 Security
 /// Event Tokens (CAEP / RISC) signed by one issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SsfConfig {
     /// On the main listener; answered before any route.
     pub path: String,

@@ -1,11 +1,11 @@
 //! What a reload does not change: listeners, workers, shutdown timers, the
-//! cache and tracing are set up once, at start. A reload that changes one
+//! cache, tracing and the Shared Signals receiver are set up once, at start. A reload that changes one
 //! is applied without it, and the running gateway says so.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{AuthzConfig, CacheConfig, Config, ListenConfig, OtlpConfig};
+use super::{AuthzConfig, CacheConfig, Config, ListenConfig, OtlpConfig, SsfConfig};
 
 /// The settings a running gateway keeps until it restarts.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,7 @@ pub struct StartSettings {
     shutdown_delay: Duration,
     cache: CacheConfig,
     otlp: Option<OtlpConfig>,
+    ssf: Option<SsfConfig>,
 }
 
 impl Config {
@@ -31,6 +32,7 @@ impl Config {
             shutdown_delay: self.shutdown_delay,
             cache: self.cache.clone(),
             otlp: self.otlp.clone(),
+            ssf: self.ssf.clone(),
         }
     }
 }
@@ -66,6 +68,7 @@ impl StartSettings {
             ("cache.negative_ttl", c.negative_ttl != d.negative_ttl),
             ("cache.shared", c.shared != d.shared),
             ("tracing.otlp", self.otlp != new.otlp),
+            ("revocation.ssf", self.ssf != new.ssf),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))

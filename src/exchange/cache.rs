@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use moka::Expiry;
 
+use super::index::{Meta, SubjectIndex};
+
 pub type Key = [u8; 32];
 
 /// An issued token ready to forward: one buffer, `Bearer <token>`, seen
@@ -26,7 +28,7 @@ const SCHEME: &[u8] = b"Bearer ";
 
 impl CachedToken {
     /// `None` when `token` is not a valid header value.
-    fn new(token: &str) -> Option<Self> {
+    pub(super) fn new(token: &str) -> Option<Self> {
         let mut buf = Vec::with_capacity(SCHEME.len() + token.len());
         buf.extend_from_slice(SCHEME);
         buf.extend_from_slice(token.as_bytes());
@@ -54,6 +56,8 @@ pub struct Entry {
     pub kind: EntryKind,
     pub expires_at: Instant,
     refreshing: AtomicBool,
+    /// Who it was exchanged for, for revocation (see `index`).
+    pub meta: Option<Meta>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -69,13 +73,17 @@ impl std::fmt::Debug for Entry {
 
 impl Entry {
     pub fn new(kind: EntryKind, ttl: Duration) -> Arc<Self> {
-        Arc::new(Entry { kind, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false) })
+        Entry::with_meta(kind, ttl, None)
+    }
+
+    pub fn with_meta(kind: EntryKind, ttl: Duration, meta: Option<Meta>) -> Arc<Self> {
+        Arc::new(Entry { kind, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false), meta })
     }
 
     /// An issued token, ready to forward, for `ttl`; `None` when the token
     /// is not a valid header value.
-    pub fn token(token: &str, ttl: Duration) -> Option<Arc<Self>> {
-        Some(Entry::new(EntryKind::Token(CachedToken::new(token)?), ttl))
+    pub fn token(token: &str, ttl: Duration, meta: Option<Meta>) -> Option<Arc<Self>> {
+        Some(Entry::with_meta(EntryKind::Token(CachedToken::new(token)?), ttl, meta))
     }
 
     /// The issued token's text (not for a refusal).
@@ -168,14 +176,17 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// `evictions` counts entries leaving, by reason (`expired`, `size`,
-    /// `invalidated`, `replaced`).
-    pub fn new(max_entries: u64, evictions: crate::metrics::Counters) -> Self {
+    /// `invalidated`, `replaced`); `index` loses each as it leaves.
+    pub fn new(max_entries: u64, evictions: crate::metrics::Counters, index: Arc<SubjectIndex>) -> Self {
         use moka::notification::RemovalCause;
         TokenCache {
             inner: moka::future::Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(PerEntry)
-                .eviction_listener(move |_, _, cause| {
+                .eviction_listener(move |key: Arc<Key>, entry: Arc<Entry>, cause| {
+                    if let Some(meta) = &entry.meta {
+                        index.remove(&key, meta);
+                    }
                     evictions.inc(match cause {
                         RemovalCause::Expired => "expired",
                         RemovalCause::Size => "size",
@@ -229,6 +240,16 @@ impl TokenCache {
         self.inner.invalidate(key).await;
     }
 
+    /// Removes and returns whatever is under `key`.
+    pub async fn take(&self, key: &Key) -> Option<Arc<Entry>> {
+        self.inner.remove(key).await
+    }
+
+    /// The keys of the entries `keep` selects (a walk over the whole cache).
+    pub fn keys_where(&self, keep: impl Fn(&Entry) -> bool) -> Vec<Key> {
+        self.inner.iter().filter(|(_, e)| keep(e)).map(|(k, _)| *k).collect()
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }
@@ -245,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_token_is_stored_once_and_forwarded_sensitive() {
-        let e = Entry::token("abc.def", Duration::from_secs(60)).unwrap();
+        let e = Entry::token("abc.def", Duration::from_secs(60), None).unwrap();
         let EntryKind::Token(t) = &e.kind else { panic!("a token entry") };
         assert_eq!(t.bearer.as_bytes(), b"Bearer abc.def");
         assert_eq!(t.raw.as_bytes(), b"abc.def");
@@ -253,7 +274,7 @@ mod tests {
         assert_eq!(t.raw.as_bytes().as_ptr(), t.bearer.as_bytes()[SCHEME.len()..].as_ptr());
         assert!(t.bearer.is_sensitive() && t.raw.is_sensitive());
         assert_eq!(e.token_text(), Some("abc.def"));
-        assert!(Entry::token("a\nb", Duration::from_secs(60)).is_none());
+        assert!(Entry::token("a\nb", Duration::from_secs(60), None).is_none());
     }
 
     #[test]
@@ -270,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_entry_is_gone() {
-        let cache = TokenCache::new(10, crate::metrics::Metrics::new().cache_evictions());
+        let cache = TokenCache::new(10, crate::metrics::Metrics::new().cache_evictions(), Default::default());
         cache.insert([1; 32], Entry::new(EntryKind::Rejected, Duration::from_millis(50))).await;
         cache.insert([2; 32], Entry::new(EntryKind::Rejected, Duration::from_secs(60))).await;
         assert!(cache.get(&[1; 32]).await.is_some());

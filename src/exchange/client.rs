@@ -51,6 +51,8 @@ pub struct AsClient {
     guard: Arc<AsGuard>,
     /// How this server's refusals reach the caller (profile and `error_map`).
     errors: ErrorMap,
+    /// `revocation_endpoint:` as configured (else the discovered one).
+    revocation: Option<Url>,
 }
 
 /// A token issued by the authorization server.
@@ -153,6 +155,7 @@ impl AsClient {
             retries: cfg.retries,
             guard,
             errors: cfg.error_map.clone(),
+            revocation: cfg.revocation_endpoint.clone(),
         })
     }
 
@@ -190,6 +193,16 @@ impl AsClient {
     /// alias with `tls_client_auth`).
     pub fn introspection_endpoint(&self) -> Option<&Url> {
         self.endpoints().and_then(|e| e.introspection_endpoint.as_ref())
+    }
+
+    /// Where tokens are revoked (RFC 7009): configured, or discovered.
+    pub fn revocation_endpoint(&self) -> Option<&Url> {
+        self.revocation.as_ref().or_else(|| self.endpoints().and_then(|e| e.revocation_endpoint.as_ref()))
+    }
+
+    /// How tokex authenticates at this server.
+    pub(crate) fn auth(&self) -> &ClientAuth {
+        &self.auth
     }
 
     /// The configured issuer (`issuer:` servers only).

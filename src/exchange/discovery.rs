@@ -1,7 +1,7 @@
 //! RFC 8414 discovery. An authorization server configured with `issuer:`
-//! has its `token_endpoint`, `jwks_uri` and `introspection_endpoint` read
-//! from its metadata document, in the background from start, retried with
-//! jittered backoff until it succeeds. Until then the gateway is not ready
+//! has its `token_endpoint`, `jwks_uri`, `introspection_endpoint` and
+//! `revocation_endpoint` read from its metadata document, in the background
+//! from start, retried with jittered backoff until it succeeds. Until then the gateway is not ready
 //! and its exchanges answer 503 (`Retry-After`). The document must name
 //! exactly the configured issuer (RFC 8414 §3.3).
 
@@ -29,6 +29,8 @@ pub struct Endpoints {
     pub token_endpoint: Url,
     pub jwks_uri: Option<Url>,
     pub introspection_endpoint: Option<Url>,
+    /// RFC 7009 (RFC 8414 `revocation_endpoint`).
+    pub revocation_endpoint: Option<Url>,
     /// The issuer, when the endpoints were discovered from it.
     pub issuer: Option<String>,
 }
@@ -58,7 +60,13 @@ pub struct EndpointSlot {
 
 impl EndpointSlot {
     pub fn fixed(token_endpoint: Url) -> Self {
-        let endpoints = Endpoints { token_endpoint, jwks_uri: None, introspection_endpoint: None, issuer: None };
+        let endpoints = Endpoints {
+            token_endpoint,
+            jwks_uri: None,
+            introspection_endpoint: None,
+            revocation_endpoint: None,
+            issuer: None,
+        };
         EndpointSlot { issuer: None, mtls: false, resolved: OnceLock::from(endpoints), gate: Mutex::new(None) }
     }
 
@@ -172,6 +180,7 @@ fn spawn(client: &Arc<AsClient>) {
                         token_endpoint = %e.token_endpoint,
                         jwks_uri = e.jwks_uri.as_ref().map(Url::as_str),
                         introspection_endpoint = e.introspection_endpoint.as_ref().map(Url::as_str),
+                        revocation_endpoint = e.revocation_endpoint.as_ref().map(Url::as_str),
                         "authorization server metadata discovered"
                     );
                     return;
@@ -279,6 +288,7 @@ struct Metadata {
     token_endpoint: Option<String>,
     jwks_uri: Option<String>,
     introspection_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
     mtls_endpoint_aliases: Option<Aliases>,
 }
 
@@ -287,6 +297,7 @@ struct Metadata {
 struct Aliases {
     token_endpoint: Option<String>,
     introspection_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
 }
 
 /// Checks a metadata document: the issuer, and http(s) endpoint URLs (https
@@ -317,9 +328,9 @@ pub fn parse(url: &Url, body: &[u8], issuer: &str, mtls: bool) -> Result<Endpoin
             Err(e) => Err(invalid(format!("{name} {value:?}: {e}"))),
         }
     };
-    let (alias_token, alias_introspection) = match doc.mtls_endpoint_aliases {
-        Some(a) if mtls => (a.token_endpoint, a.introspection_endpoint),
-        _ => (None, None),
+    let (alias_token, alias_introspection, alias_revocation) = match doc.mtls_endpoint_aliases {
+        Some(a) if mtls => (a.token_endpoint, a.introspection_endpoint, a.revocation_endpoint),
+        _ => (None, None, None),
     };
     let token_endpoint = endpoint("token_endpoint", alias_token.or(doc.token_endpoint))?
         .ok_or_else(|| invalid("no token_endpoint".into()))?;
@@ -330,6 +341,7 @@ pub fn parse(url: &Url, body: &[u8], issuer: &str, mtls: bool) -> Result<Endpoin
         token_endpoint,
         jwks_uri: endpoint("jwks_uri", doc.jwks_uri)?,
         introspection_endpoint: endpoint("introspection_endpoint", alias_introspection.or(doc.introspection_endpoint))?,
+        revocation_endpoint: endpoint("revocation_endpoint", alias_revocation.or(doc.revocation_endpoint))?,
         issuer: Some(found),
     })
 }
@@ -361,8 +373,11 @@ mod tests {
     #[test]
     fn checks_the_document() {
         let url = Url::parse("https://as/.well-known/oauth-authorization-server").unwrap();
-        let doc = br#"{"issuer":"https://as","token_endpoint":"https://as/token","jwks_uri":"https://as/jwks","introspection_endpoint":"https://as/introspect","mtls_endpoint_aliases":{"token_endpoint":"https://mtls.as/token"}}"#;
+        let doc = br#"{"issuer":"https://as","token_endpoint":"https://as/token","jwks_uri":"https://as/jwks","introspection_endpoint":"https://as/introspect","revocation_endpoint":"https://as/revoke","mtls_endpoint_aliases":{"token_endpoint":"https://mtls.as/token","revocation_endpoint":"https://mtls.as/revoke"}}"#;
         let e = parse(&url, doc, "https://as", false).unwrap();
+        assert_eq!(e.revocation_endpoint.as_ref().unwrap().as_str(), "https://as/revoke");
+        let m = parse(&url, doc, "https://as", true).unwrap();
+        assert_eq!(m.revocation_endpoint.unwrap().as_str(), "https://mtls.as/revoke");
         assert_eq!(e.token_endpoint.as_str(), "https://as/token");
         assert_eq!(e.jwks_uri.unwrap().as_str(), "https://as/jwks");
         assert_eq!(e.introspection_endpoint.unwrap().as_str(), "https://as/introspect");

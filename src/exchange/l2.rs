@@ -5,12 +5,14 @@
 //! exchange. Whatever the store does — down, slow, garbage — the answer is
 //! at worst a local exchange within the same budget.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use super::cache::{Entry, EntryKind};
+use super::index;
 use super::seal::{self, Sealed};
 use super::shared::{Lease, SharedStore};
 use super::{ExchangeError, Exchanger, Origin, Policy};
@@ -54,14 +56,17 @@ impl Exchanger {
     ) -> Result<Arc<Entry>, ExchangeError> {
         // One budget for the whole miss, waiting included.
         let give_up = Instant::now() + policy.client.timeout();
-        let Some(store) = &self.shared else { return self.exchange(policy, subject, origin, give_up).await };
+        let Some(store) = &self.shared else { return self.exchange(policy, subject, origin, give_up, None).await };
         let Some(key) = store.key(subject_hash, &policy.shared_digest) else {
-            return self.exchange(policy, subject, origin, give_up).await;
+            return self.exchange(policy, subject, origin, give_up, None).await;
         };
+        let epoch = self.purges.load(Ordering::Acquire);
+        let sub = origin.and_then(|o| o.sub);
+        let read = |by| read(store, &key, policy, subject, sub, by);
         // The read and the lease share one `timeout`: the store never makes
         // a request wait longer than that, but for another replica's lease.
         let deadline = store.deadline();
-        if let Some(entry) = read(store, &key, policy, subject, deadline).await {
+        if let Some(entry) = read(deadline).await {
             return Ok(entry);
         }
         let mut lease = store.lease(&key, LEASE_TTL, deadline).await;
@@ -71,7 +76,7 @@ impl Exchanger {
             let mut pause = FIRST_POLL;
             while lease == Lease::Held && Instant::now() + pause < give_up {
                 tokio::time::sleep(pause).await;
-                if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
+                if let Some(entry) = read(store.deadline()).await {
                     return Ok(entry);
                 }
                 lease = store.lease(&key, LEASE_TTL, store.deadline()).await;
@@ -79,7 +84,7 @@ impl Exchanger {
             }
             // Taken just as the value was stored and the lease ran out?
             if lease == Lease::Taken {
-                if let Some(entry) = read(store, &key, policy, subject, store.deadline()).await {
+                if let Some(entry) = read(store.deadline()).await {
                     let (store, key) = (store.clone(), key.clone());
                     tokio::spawn(async move { store.set_lease_ttl(&key, LEASE_AFTER_VALUE, "shortened").await });
                     return Ok(entry);
@@ -87,14 +92,14 @@ impl Exchanger {
             }
         }
         if lease != Lease::Taken {
-            let result = self.exchange(policy, subject, origin, give_up).await;
-            self.publish(store, key, policy, subject, &result, false);
+            let result = self.exchange(policy, subject, origin, give_up, None).await;
+            self.publish(store, key, (policy, subject), &result, false, epoch);
             return result;
         }
         // This replica holds the lease: renew it while the exchange runs,
         // and give it back if the request is dropped.
         let mut guard = LeaseGuard(Some((store.clone(), key.clone())));
-        let exchange = self.exchange(policy, subject, origin, give_up);
+        let exchange = self.exchange(policy, subject, origin, give_up, None);
         tokio::pin!(exchange);
         let result = loop {
             tokio::select! {
@@ -106,7 +111,7 @@ impl Exchanger {
             }
         };
         guard.0 = None;
-        self.publish(store, key, policy, subject, &result, true);
+        self.publish(store, key, (policy, subject), &result, true, epoch);
         result
     }
 
@@ -120,12 +125,18 @@ impl Exchanger {
         }
     }
 
-    /// Shares a token refreshed in the background.
-    pub(super) fn share(&self, policy: &Policy, subject: &str, result: &Result<Arc<Entry>, ExchangeError>) {
+    /// Shares a token refreshed in the background (begun at purge `epoch`).
+    pub(super) fn share(
+        &self,
+        policy: &Policy,
+        subject: &str,
+        result: &Result<Arc<Entry>, ExchangeError>,
+        epoch: u64,
+    ) {
         if let Some(store) = &self.shared {
             let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
             if let Some(key) = store.key(&subject_hash, &policy.shared_digest) {
-                self.publish(store, key, policy, subject, result, false);
+                self.publish(store, key, (policy, subject), result, false, epoch);
             }
         }
     }
@@ -136,25 +147,28 @@ impl Exchanger {
     /// before the write finds the lease held and reads the value, instead of
     /// taking a lease given back and exchanging again. With no value to
     /// share (the exchange failed) the lease is given back at once, so a
-    /// waiter takes over.
+    /// waiter takes over. A token exchanged while a purge ran (the purge
+    /// `epoch` moved since the exchange began) is not shared.
     fn publish(
         &self,
         store: &Arc<SharedStore>,
         key: String,
-        policy: &Policy,
-        subject: &str,
+        (policy, subject): (&Policy, &str),
         result: &Result<Arc<Entry>, ExchangeError>,
         holds_lease: bool,
+        epoch: u64,
     ) {
         let sealed = sealed(&key, policy, subject, result);
         if sealed.is_none() && !holds_lease {
             return;
         }
-        let store = store.clone();
+        let subjects = result.as_ref().ok().and_then(|e| e.meta.as_ref()).map(|m| [m.sub, m.email]);
+        let (store, purges) = (store.clone(), self.purges.clone());
         tokio::spawn(async move {
             match sealed {
+                _ if purges.load(Ordering::Acquire) != epoch => store.release(&key).await,
                 Some((value, ttl)) => {
-                    store.put(&key, &value, ttl).await;
+                    store.put(&key, &value, ttl, subjects.as_ref().map_or(&[][..], |s| &s[..])).await;
                     if holds_lease {
                         store.set_lease_ttl(&key, LEASE_AFTER_VALUE, "shortened").await;
                     }
@@ -166,8 +180,15 @@ impl Exchanger {
 }
 
 /// The store's entry for `subject`, when there is one that opens and has
-/// time left.
-async fn read(store: &SharedStore, key: &str, policy: &Policy, subject: &str, by: Instant) -> Option<Arc<Entry>> {
+/// time left (`sub`: the subject's, from introspection).
+async fn read(
+    store: &SharedStore,
+    key: &str,
+    policy: &Policy,
+    subject: &str,
+    sub: Option<&str>,
+    by: Instant,
+) -> Option<Arc<Entry>> {
     let sealed = store.get(key, by).await?;
     let Some(value) = seal::open(subject, &policy.shared_digest, key, &sealed) else {
         // Another key's value, altered bytes, another format: a miss.
@@ -181,7 +202,8 @@ async fn read(store: &SharedStore, key: &str, policy: &Policy, subject: &str, by
     if left < MIN_SHARED_TTL {
         return None;
     }
-    Entry::token(&value.token, left)
+    let meta = policy.meta(super::unverified::peek(subject).as_ref(), index::id_of("sub", sub), Some(&value.token));
+    Entry::token(&value.token, left, Some(meta))
 }
 
 /// A fresh token sealed for the store, with its store lifetime (never

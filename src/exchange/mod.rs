@@ -12,18 +12,22 @@ mod error;
 pub mod explain;
 mod fields;
 pub mod guard;
+pub mod index;
 mod l2;
+mod outcome;
+mod purge;
 pub mod rate;
 pub mod request;
+pub mod revoke;
 pub mod seal;
 pub mod shared;
 pub mod unverified;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
@@ -32,20 +36,26 @@ use crate::config::{
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretString};
 use audit::Audit;
-use cache::{CachedToken, Entry, EntryKind, Key, TokenCache};
-use client::{AsClient, Issued};
+use cache::{Entry, EntryKind, Key, TokenCache};
+use client::AsClient;
 use fields::Fields;
+use outcome::blames_actor;
+use index::{Meta, SubjectIndex};
 use rate::RateLimit;
 use request::Template;
+use revoke::Revoker;
 
 pub use error::{ExchangeError, Refusal, StepUpHint};
+pub use purge::Target;
 
-/// Who asked for an exchange: the client address (for `max_rate`) and the
-/// request id (for the audit event).
+/// Who asked for an exchange: the client address (for `max_rate`), the
+/// request id (for the audit event) and the subject's `sub` as the
+/// introspection answer gave it (an opaque token's subject, for revocation).
 #[derive(Clone, Copy)]
 pub struct Origin<'a> {
     pub client: IpAddr,
     pub request_id: &'a str,
+    pub sub: Option<&'a str>,
 }
 
 /// A route's exchange policy, built once per configuration.
@@ -85,6 +95,11 @@ pub struct MachinePolicy {
 }
 
 impl MachinePolicy {
+    /// The cache key of this token.
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
     pub fn new(cfg: MachineConfig, client: Arc<AsClient>) -> Self {
         let mut f = Fields::new();
         f.field("grant", "client_credentials");
@@ -196,6 +211,36 @@ impl Policy {
         })
     }
 
+    /// The tag its entries carry (a purge by route finds them by it).
+    pub fn tag(&self) -> u64 {
+        index::tag(&self.digest)
+    }
+
+    /// The digest its shared-store keys are made from.
+    pub fn shared_digest(&self) -> &[u8; 32] {
+        &self.shared_digest
+    }
+
+    /// What an entry exchanged under this policy is indexed by: the
+    /// subject token's own `sub` and `email` (a JWT), else `known` (the
+    /// introspection answer's `sub`), else the issued token's claims.
+    pub(crate) fn meta(
+        &self,
+        peeked: Option<&unverified::PeekedClaims>,
+        known: Option<index::Id>,
+        issued: Option<&str>,
+    ) -> Meta {
+        let from = |c: Option<&unverified::PeekedClaims>| {
+            (index::id_of("sub", c.and_then(|c| c.sub.as_deref())), index::id_of("email", c.and_then(|c| c.email())))
+        };
+        let (mut sub, mut email) = from(peeked);
+        sub = sub.or(known);
+        if sub.is_none() && email.is_none() {
+            (sub, email) = from(issued.and_then(unverified::peek).as_ref());
+        }
+        Meta::new(index::tag(&self.digest), sub, email, Some(self.client.clone()))
+    }
+
     /// The cache key of `subject` (given as its SHA-256) under this policy:
     /// SHA-256 over 128 bits of the policy digest (which includes the
     /// process's secret [`cache::salt`]) and the subject's hash — 48 bytes,
@@ -250,15 +295,26 @@ pub struct Exchanger {
     metrics: Arc<Metrics>,
     /// The store shared with the other replicas (`cache.shared`).
     shared: Option<Arc<shared::SharedStore>>,
+    /// The cache's entries by subject (revocation).
+    index: Arc<SubjectIndex>,
+    /// Bumped by every purge: an exchange that was running meanwhile does
+    /// not keep (nor share) its token.
+    purges: Arc<AtomicU64>,
+    /// RFC 7009 revocation of purged and refused tokens, in the background.
+    revoker: Arc<Revoker>,
 }
 
 impl Exchanger {
     pub fn new(settings: CacheConfig, metrics: Arc<Metrics>) -> Self {
+        let index = Arc::new(SubjectIndex::default());
         Exchanger {
-            cache: TokenCache::new(settings.max_entries, metrics.cache_evictions()),
+            cache: TokenCache::new(settings.max_entries, metrics.cache_evictions(), index.clone()),
+            revoker: Arc::new(Revoker::new(metrics.clone())),
             settings,
             metrics,
             shared: None,
+            index,
+            purges: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -270,6 +326,11 @@ impl Exchanger {
 
     pub fn cache(&self) -> &TokenCache {
         &self.cache
+    }
+
+    /// The store shared with the other replicas, when configured.
+    pub fn shared(&self) -> Option<&Arc<shared::SharedStore>> {
+        self.shared.as_ref()
     }
 
     /// The exchanged token for `subject` (whose SHA-256 is `subject_hash`
@@ -290,10 +351,30 @@ impl Exchanger {
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let fill = self.fill(policy, subject, subject_hash, Some(origin));
+        let epoch = self.purges.load(Ordering::Acquire);
+        let fill = async {
+            let entry = self.fill(policy, subject, subject_hash, Some(origin)).await?;
+            // Indexed before it is in the cache: the eviction listener
+            // takes it out again, whenever it leaves.
+            if let Some(meta) = &entry.meta {
+                self.index.add(&key, meta);
+            }
+            Ok::<_, ExchangeError>(entry)
+        };
         let (entry, hit) = self.cache.get_or_try_insert(key, fill).await.map_err(|e| (*e).clone())?;
+        if !hit {
+            self.purged_meanwhile(epoch, &key, &entry).await;
+        }
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
+    }
+
+    /// A purge that ran while this entry was being exchanged may have
+    /// missed it: it is not kept (the request that waited for it uses it).
+    async fn purged_meanwhile(&self, epoch: u64, key: &Key, entry: &Arc<Entry>) {
+        if self.purges.load(Ordering::Acquire) != epoch {
+            self.cache.invalidate_entry(key, entry).await;
+        }
     }
 
     fn hit(entry: Arc<Entry>, hit: bool, exchange_time: Option<Duration>) -> Result<Lookup, ExchangeError> {
@@ -301,12 +382,6 @@ impl Exchanger {
             EntryKind::Token(_) => Ok(Lookup { entry, hit, exchange_time }),
             EntryKind::Rejected => Err(ExchangeError::InvalidGrant(Refusal::new("invalid_grant", None))),
         }
-    }
-
-    /// Forgets `entry` (a token the backend refused), unless a fresher one
-    /// has already taken its place.
-    pub async fn evict(&self, key: &Key, entry: &Arc<Entry>) {
-        self.cache.invalidate_entry(key, entry).await;
     }
 
     /// A hit within `refresh_ahead` of expiry starts one background exchange.
@@ -321,12 +396,19 @@ impl Exchanger {
         let this = self.clone();
         let policy = policy.clone();
         let subject = subject.to_owned();
+        // What the entry was indexed under carries over (an introspected `sub`).
+        let sub = entry.meta.as_ref().and_then(|m| m.sub);
         tokio::spawn(async move {
-            let fresh = this.exchange(&policy, &subject, None, Instant::now() + policy.client.timeout()).await;
-            this.share(&policy, &subject, &fresh);
+            let epoch = this.purges.load(Ordering::Acquire);
+            let fresh = this.exchange(&policy, &subject, None, Instant::now() + policy.client.timeout(), sub).await;
+            this.share(&policy, &subject, &fresh, epoch);
             if let Ok(fresh) = fresh {
                 if matches!(fresh.kind, EntryKind::Token(_)) {
-                    this.cache.insert(key, fresh).await;
+                    if let Some(meta) = &fresh.meta {
+                        this.index.add(&key, meta);
+                    }
+                    this.cache.insert(key, fresh.clone()).await;
+                    this.purged_meanwhile(epoch, &key, &fresh).await;
                 }
             }
         });
@@ -339,15 +421,19 @@ impl Exchanger {
     /// `origin` started it (a background refresh has none): the route's
     /// rate limit counts it. `deadline` ends the budget (a request that
     /// waited for another replica's exchange has less of it left).
+    /// `known`: the subject's `sub` from outside the token (introspection).
     async fn exchange(
         &self,
         policy: &Policy,
         subject: &str,
         origin: Option<Origin<'_>>,
         deadline: Instant,
+        known: Option<index::Id>,
     ) -> Result<Arc<Entry>, ExchangeError> {
         let started = Instant::now();
         let peeked = unverified::peek(subject);
+        let known = known.or_else(|| index::id_of("sub", origin.and_then(|o| o.sub)));
+        let meta = |issued: Option<&str>| policy.meta(peeked.as_ref(), known, issued);
         // Refusals that cost the AS nothing come first: an open breaker (so
         // the route's rate limit spends no token on it), then the rate limit.
         // A required claim the caller's token lacks costs nothing at all.
@@ -416,7 +502,7 @@ impl Exchanger {
             token: Some(Fingerprint::of(&Sha256::digest(subject.as_bytes()))),
             request_id: origin.map(|o| o.request_id),
         };
-        self.finish(audit, started, result, ttls, subject_exp)
+        self.finish(audit, started, result, ttls, subject_exp, meta)
     }
 
     /// tokex's own token for `m`, from the cache or one client_credentials
@@ -452,99 +538,13 @@ impl Exchanger {
                 token: None,
                 request_id,
             };
-            self.finish(audit, started, result, (m.cfg.default_ttl, m.cfg.max_ttl), None)
+            // Found by a purge of everything, or of the route, only.
+            let meta = |_: Option<&str>| Meta::new(index::tag(&m.key), None, None, None);
+            self.finish(audit, started, result, (m.cfg.default_ttl, m.cfg.max_ttl), None, meta)
         };
         let (entry, hit) = self.cache.get_or_try_insert(m.key, fetch).await.map_err(|e| (*e).clone())?;
         Self::hit(entry, hit, (!hit).then(|| started.elapsed()))
     }
-
-    /// Records an AS answer (metrics, audit event, error log) and turns it
-    /// into a cache entry. `invalid_grant` becomes a short negative entry;
-    /// other errors are not cached.
-    fn finish(
-        &self,
-        audit: Audit<'_>,
-        started: Instant,
-        result: Result<Issued, ExchangeError>,
-        (default_ttl, max_ttl): (Duration, Duration),
-        subject_exp: Option<f64>,
-    ) -> Result<Arc<Entry>, ExchangeError> {
-        let elapsed = started.elapsed();
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.reason(),
-        };
-        self.metrics.exchange(audit.server, outcome, elapsed);
-        // A refusal that made no call is in the metrics and the access line,
-        // not in the audit trail of token requests.
-        if !result.as_ref().is_err_and(ExchangeError::made_no_call) {
-            audit.record(outcome, elapsed, result.as_ref().err());
-        }
-        match result {
-            Ok(issued) => Ok(self.entry_for(issued, default_ttl, max_ttl, subject_exp)),
-            Err(ExchangeError::InvalidGrant(_)) => Ok(Entry::new(EntryKind::Rejected, self.settings.negative_ttl)),
-            Err(e) => {
-                match &e {
-                    ExchangeError::ActorRejected(_) => {
-                        tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: the authorization server refused the actor token (tokex's own credential)")
-                    }
-                    ExchangeError::ClientRejected(_)
-                    | ExchangeError::OtherError { .. }
-                    | ExchangeError::BadAnswer(_)
-                    | ExchangeError::Config(_) => {
-                        tracing::error!(route = audit.route, server = audit.server, error = %e, "token request failed: gateway misconfigured or AS misbehaving")
-                    }
-                    // Refused without a call: the breaker's and the bound's own
-                    // transitions are what is worth a warning, not each refusal.
-                    e if e.made_no_call() => {
-                        tracing::debug!(route = audit.route, server = audit.server, error = %e, "token request refused")
-                    }
-                    // (the refusals listed here for exhaustiveness are taken above)
-                    ExchangeError::Unavailable(_)
-                    | ExchangeError::Throttled { .. }
-                    | ExchangeError::Busy
-                    | ExchangeError::CircuitOpen { .. }
-                    | ExchangeError::RateLimited { .. } => {
-                        tracing::warn!(route = audit.route, server = audit.server, error = %e, "token request failed")
-                    }
-                    ExchangeError::InvalidGrant(_)
-                    | ExchangeError::InsufficientScope(_)
-                    | ExchangeError::StepUp(..)
-                    | ExchangeError::MissingClaim(_) => {}
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Lifetime = min(expires_in or default_ttl, max_ttl, subject exp) − skew.
-    fn entry_for(
-        &self,
-        issued: Issued,
-        default_ttl: Duration,
-        max_ttl: Duration,
-        subject_exp: Option<f64>,
-    ) -> Arc<Entry> {
-        let mut ttl = issued.expires_in.unwrap_or(default_ttl).min(max_ttl);
-        if let Some(exp) = subject_exp {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-            ttl = ttl.min(Duration::from_secs_f64((exp - now).clamp(0.0, 1e9)));
-        }
-        let ttl = ttl.saturating_sub(self.settings.expiry_skew);
-        // `parse_answer` checked the token is a valid header value.
-        Entry::token(issued.access_token.expose(), ttl).unwrap_or_else(|| {
-            let empty = HeaderValue::from_static("");
-            Entry::new(EntryKind::Token(CachedToken { bearer: empty.clone(), raw: empty }), ttl)
-        })
-    }
-}
-
-/// Whether an `invalid_grant` answer to a delegation is about the actor
-/// token: the AS's description names it, or the actor token (a JWT) has
-/// expired. RFC 8693 gives no field to say which token was refused.
-fn blames_actor(r: &Refusal, actor: Option<&unverified::PeekedClaims>) -> bool {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    r.description.to_ascii_lowercase().contains("actor") || actor.and_then(|c| c.exp).is_some_and(|exp| exp <= now)
 }
 
 #[cfg(test)]

@@ -3,8 +3,12 @@
 //!
 //! - **Key**: HMAC-SHA-256 over a domain tag, the subject token's SHA-256 and
 //!   the route policy's digest, keyed with the deployment's secret when one
-//!   is configured. The same on every replica, never the token nor a
-//!   reversible form of it.
+//!   is configured, after a 64-bit keyed tag of the policy (so a route's
+//!   entries can be purged). The same on every replica, never the token
+//!   nor a reversible form of it.
+//! - **Subject sets**: per subject (a keyed hash of its hashed `sub` or
+//!   `email`), the store keys exchanged for it, living as long as they do:
+//!   what a purge by subject deletes.
 //! - **Value**: the exchanged token and its expiry, sealed with AES-256-GCM
 //!   under a key derived (HKDF-SHA-256) from the *subject token itself* and
 //!   the policy digest, with the store key as associated data. Without the
@@ -21,26 +25,57 @@ use ring::{hkdf, hmac};
 /// Format version, first byte of every value.
 const VERSION: u8 = 1;
 const KEY_TAG: &[u8] = b"tokex/shared-cache/key/v1";
+const POLICY_TAG: &[u8] = b"tokex/shared-cache/policy/v1";
+const SUBJECT_TAG: &[u8] = b"tokex/shared-cache/subject/v1";
 const SEAL_INFO: &[u8] = b"tokex/shared-cache/aead/v1";
 /// Longest token a value may carry (larger answers are not shared).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// The store key (hex) of a subject under a policy: `prefix` + `t:` + 64 hex.
+/// The store key of a subject under a policy:
+/// `prefix` + `t:` + 16 hex (the policy's tag, so a route's entries can be
+/// found) + `:` + 64 hex (the keyed hash of subject and policy).
 pub fn store_key(prefix: &str, secret: Option<&[u8]>, subject_sha256: &[u8; 32], policy_digest: &[u8; 32]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.unwrap_or(KEY_TAG));
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(KEY_TAG);
-    ctx.update(subject_sha256);
-    ctx.update(policy_digest);
-    let tag = ctx.sign();
-    let mut out = String::with_capacity(prefix.len() + 2 + 64);
+    let mut out = policy_prefix(prefix, secret, policy_digest);
+    hex(&mut out, mac(secret, &[KEY_TAG, subject_sha256, policy_digest]).as_ref());
+    out
+}
+
+/// What every store key of a policy starts with: `prefix` + `t:` + tag + `:`.
+pub fn policy_prefix(prefix: &str, secret: Option<&[u8]>, policy_digest: &[u8; 32]) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2 + 17 + 64);
     out.push_str(prefix);
     out.push_str("t:");
-    for b in tag.as_ref() {
+    hex(&mut out, &mac(secret, &[POLICY_TAG, policy_digest]).as_ref()[..8]);
+    out.push(':');
+    out
+}
+
+/// The store key of the set of store keys exchanged for one subject
+/// (`id`: its hashed `sub` or `email`): `prefix` + `s:` + 32 hex.
+pub fn subject_set(prefix: &str, secret: Option<&[u8]>, id: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2 + 32);
+    out.push_str(prefix);
+    out.push_str("s:");
+    hex(&mut out, &mac(secret, &[SUBJECT_TAG, id]).as_ref()[..16]);
+    out
+}
+
+/// HMAC-SHA-256 over `parts`, keyed with the deployment secret (or, without
+/// one, the public key tag).
+fn mac(secret: Option<&[u8]>, parts: &[&[u8]]) -> hmac::Tag {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.unwrap_or(KEY_TAG));
+    let mut ctx = hmac::Context::with_key(&key);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.sign()
+}
+
+fn hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
         // Writing into a String cannot fail.
         let _ = write!(out, "{b:02x}");
     }
-    out
 }
 
 /// An exchanged token as stored: its text and when it expires (Unix milliseconds).
@@ -119,7 +154,10 @@ mod tests {
     fn keys_are_stable_keyed_and_reveal_nothing() {
         let a = store_key("tokex:", None, &sha("alice-token"), &DIGEST);
         assert_eq!(a, store_key("tokex:", None, &sha("alice-token"), &DIGEST), "same on every replica");
-        assert!(a.starts_with("tokex:t:") && a.len() == "tokex:t:".len() + 64);
+        assert!(a.starts_with(&policy_prefix("tokex:", None, &DIGEST)));
+        assert!(a.starts_with("tokex:t:") && a.len() == "tokex:t:".len() + 17 + 64);
+        assert_ne!(policy_prefix("tokex:", None, &DIGEST), policy_prefix("tokex:", None, &[8; 32]));
+        assert_ne!(subject_set("tokex:", None, &[1; 16]), subject_set("tokex:", Some(b"s"), &[1; 16]));
         assert_ne!(a, store_key("tokex:", None, &sha("bob-token"), &DIGEST));
         assert_ne!(a, store_key("tokex:", None, &sha("alice-token"), &[8; 32]), "another policy");
         assert_ne!(a, store_key("tokex:", Some(b"deployment secret"), &sha("alice-token"), &DIGEST));

@@ -4,6 +4,10 @@
 //! answer is a miss, never a failed request. The connection is made lazily
 //! and re-made in the background by the client's connection manager.
 
+mod purge;
+
+pub use purge::MAX_MESSAGE_BYTES;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, SetExpiry, SetOptions};
 
+use super::index::Id;
 use crate::config::{SecretSource, SharedCacheConfig};
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretString};
@@ -147,27 +152,42 @@ impl SharedStore {
         guard.0.clone()
     }
 
-    /// The store key of a subject under a policy (see [`super::seal::store_key`]);
-    /// `None` (the store is not used) while `key_secret_file` cannot be read:
-    /// never an unkeyed key in its place.
+    /// The deployment secret keying store keys: `Err` while
+    /// `key_secret_file` cannot be read (the store is then not used: never
+    /// an unkeyed key in its place).
+    fn secret(&self) -> Result<Option<SecretString>, ()> {
+        match &self.key_secret {
+            Some(s) => s.get().map(Some).map_err(|e| {
+                tracing::warn!(error = %e, "cache.shared.key_secret_file cannot be read: the store is not used");
+                self.metrics.shared_count("key", "error");
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The store key of a subject under a policy (see [`super::seal::store_key`]).
     pub fn key(&self, subject_sha256: &[u8; 32], policy_digest: &[u8; 32]) -> Option<String> {
-        let secret = match &self.key_secret {
-            Some(s) => match s.get() {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache.shared.key_secret_file cannot be read: the store is not used");
-                    self.metrics.shared_count("key", "error");
-                    return None;
-                }
-            },
-            None => None,
-        };
-        Some(super::seal::store_key(
-            &self.prefix,
-            secret.as_ref().map(|s| s.expose().as_bytes()),
-            subject_sha256,
-            policy_digest,
-        ))
+        let secret = self.secret().ok()?;
+        let secret = secret.as_ref().map(|s| s.expose().as_bytes());
+        Some(super::seal::store_key(&self.prefix, secret, subject_sha256, policy_digest))
+    }
+
+    /// The store key of the set of one subject's store keys.
+    fn subject_set(&self, id: &Id) -> Option<String> {
+        let secret = self.secret().ok()?;
+        Some(super::seal::subject_set(&self.prefix, secret.as_ref().map(|s| s.expose().as_bytes()), id))
+    }
+
+    /// A `SCAN MATCH` pattern for every store key of a policy.
+    pub fn policy_pattern(&self, policy_digest: &[u8; 32]) -> Option<String> {
+        let secret = self.secret().ok()?;
+        let prefix = super::seal::policy_prefix("", secret.as_ref().map(|s| s.expose().as_bytes()), policy_digest);
+        Some(format!("{}{prefix}*", glob_escape(&self.prefix)))
+    }
+
+    /// A `SCAN MATCH` pattern for every entry tokex keeps in the store.
+    pub fn all_pattern(&self) -> String {
+        format!("{}[ts]:*", glob_escape(&self.prefix))
     }
 
     /// The deadline of a request's store operations: one `timeout` in all.
@@ -227,15 +247,24 @@ impl SharedStore {
         (!value.is_empty() && value.len() <= MAX_VALUE_BYTES).then_some(value)
     }
 
-    /// Stores `value` under `key` for `ttl` (never longer than the token lives).
-    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) {
+    /// Stores `value` under `key` for `ttl` (never longer than the token
+    /// lives), and adds `key` to the sets of the `subjects` it was exchanged
+    /// for (each lives as long as its longest member), in one transaction.
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration, subjects: &[Option<Id>]) {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if ms == 0 {
             return;
         }
         let mut conn = self.connection();
-        let opts = SetOptions::default().with_expiration(SetExpiry::PX(ms));
-        self.op("put", self.deadline(), conn.set_options::<_, _, ()>(key, value, opts), |_| "ok").await;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SET").arg(key).arg(value).arg("PX").arg(ms).ignore();
+        for set in subjects.iter().flatten().filter_map(|id| self.subject_set(id)) {
+            pipe.cmd("SADD").arg(&set).arg(key).ignore();
+            // A new set gets the entry's lifetime; a longer one extends it.
+            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("NX").ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("GT").ignore();
+        }
+        self.op("put", self.deadline(), pipe.query_async::<()>(&mut conn), |_| "ok").await;
     }
 
     /// Tries to take the exchange lease of `key` for `ttl` (`SET NX PX`).
@@ -287,4 +316,16 @@ impl SharedStore {
         self.op("delete", self.deadline(), conn.del::<_, ()>(&[key.to_owned(), format!("{key}:lease")]), |_| "ok")
             .await;
     }
+}
+
+/// `s` with the `SCAN MATCH` glob characters escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

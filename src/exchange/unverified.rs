@@ -1,6 +1,7 @@
 //! Reads JWT claims WITHOUT verifying the signature. Used only to bound a
-//! cache entry's lifetime by the subject token's `exp` and to name the
-//! subject in audit events; never to make an access decision.
+//! cache entry's lifetime by the subject token's `exp`, to name the
+//! subject in audit events and to index entries for revocation (a purge by
+//! `sub` may only remove more); never to make an access decision.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,8 +11,19 @@ use serde::Deserialize;
 pub struct PeekedClaims {
     #[serde(default)]
     pub sub: Option<String>,
+    /// OIDC `email`: a Shared Signals event may name the subject by it.
+    /// Any JSON here (a token with an odd `email` keeps its `sub` and `exp`).
+    #[serde(default)]
+    email: Option<serde_json::Value>,
     #[serde(default)]
     pub exp: Option<f64>,
+}
+
+impl PeekedClaims {
+    /// `email`, when it is a string.
+    pub fn email(&self) -> Option<&str> {
+        self.email.as_ref().and_then(serde_json::Value::as_str)
+    }
 }
 
 /// Claims of a compact JWS, or `None` when the token is not one.

@@ -111,6 +111,8 @@ struct Authorized<'r> {
     token: Option<(Arc<Entry>, Option<Exchanged>)>,
     /// The caller's token, when a body follows that must be scanned for it.
     caller_token: Option<String>,
+    /// The subject's `sub` from the introspection answer (revocation index).
+    introspected: Option<Arc<str>>,
 }
 
 impl Gateway {
@@ -300,7 +302,8 @@ impl Gateway {
             via: Via::Proxy,
         };
         // 1. to 4.
-        let Authorized { route, token, caller_token } = self.authorize(runtime, &original, peer, trace).await?;
+        let Authorized { route, token, caller_token, introspected } =
+            self.authorize(runtime, &original, peer, trace).await?;
         let route = &**route;
         let replay = match &token {
             Some((_, Some(_))) if route.retry_on_invalid_token => Replay::of(&req),
@@ -336,7 +339,7 @@ impl Gateway {
         let (Some(replay), RouteAuth::Exchange(policy)) = (replay, &route.auth) else { return Ok(resp) };
         let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };
         // The fresh token, or else the backend's answer stands.
-        let origin = Origin { client: peer.ip(), request_id: request_id_str(&request_id) };
+        let origin = Origin { client: peer.ip(), request_id: request_id_str(&request_id), sub: introspected.as_deref() };
         let lookup = match self.exchanger.token(policy, subject, subject_hash, *key, origin).await {
             Ok(lookup) => lookup,
             Err(_) => return Ok(resp),
@@ -399,6 +402,7 @@ impl Gateway {
         // required scopes: a refused token never reaches the AS) and
         // 4. exchange it (cache first).
         let mut caller_token = None;
+        let mut introspected = None;
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
@@ -431,10 +435,14 @@ impl Gateway {
                 let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
                 trace.fingerprint = Some(Fingerprint::of(&subject_hash));
                 if let Some(inbound) = &runtime.inbound {
-                    inbound.check(subject, &subject_hash, &route.require_scopes).await?;
+                    introspected = inbound.check(subject, &subject_hash, &route.require_scopes).await?;
                 }
                 let key = policy.key(&subject_hash);
-                let origin = Origin { client: peer.ip(), request_id: request_id_str(&trace.request_id) };
+                let origin = Origin {
+                    client: peer.ip(),
+                    request_id: request_id_str(&trace.request_id),
+                    sub: introspected.as_deref(),
+                };
                 let child = trace.span.as_ref().map(|s| s.child("token exchange"));
                 let lookup = self.exchanger.token(policy, subject, &subject_hash, key, origin).await;
                 if let Some(mut child) = child {
@@ -457,7 +465,7 @@ impl Gateway {
                 Some((lookup.entry, None))
             }
         };
-        Ok(Authorized { route, token, caller_token })
+        Ok(Authorized { route, token, caller_token, introspected })
     }
 
     /// Forwards to the route's backend, timing the wait for its answer.

@@ -1,0 +1,302 @@
+//! Revocation that reaches the cache (SPEC §5): a purge removes cached
+//! exchanged tokens (and introspection answers) by subject, route, subject
+//! token or all, on this replica, in the shared store, and — through the
+//! store's purge log — on every other replica; the tokens removed are
+//! revoked at their authorization server (RFC 7009, `exchange::revoke`).
+//! Purges come from the admin listener (`POST /cache/purge`, `tokex purge`)
+//! and from Shared Signals (`ssf`, `push`).
+
+pub mod cli;
+pub mod push;
+pub mod ssf;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::introspection::IntrospectionPurge;
+use crate::exchange::index::{self, Id};
+use crate::exchange::shared::{SharedStore, MAX_MESSAGE_BYTES};
+use crate::exchange::{Exchanger, Target};
+use crate::metrics::Metrics;
+use crate::proxy::handler::Gateway;
+use crate::proxy::routes::RouteAuth;
+
+/// How often a replica reads the purge log.
+const POLL: Duration = Duration::from_millis(200);
+/// Longest route name a purge log message carries.
+const MAX_ROUTE_NAME: usize = 256;
+
+/// What a purge names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Everything cached.
+    All,
+    /// The entries exchanged for these subjects (hashed `sub` or `email`).
+    Subject(Vec<Id>),
+    /// One route's entries.
+    Route(String),
+    /// The entries of one subject token, by its SHA-256.
+    Token([u8; 32]),
+}
+
+impl Selector {
+    pub fn sub(sub: &str) -> Self {
+        Selector::Subject(vec![index::id("sub", sub)])
+    }
+
+    pub fn email(email: &str) -> Self {
+        Selector::Subject(vec![index::id("email", email)])
+    }
+
+    /// As a purge log message from replica `from`: `v1 <from> <kind> <value>`.
+    fn message(&self, from: u64) -> String {
+        let (kind, value) = match self {
+            Selector::All => ("all", "-".to_owned()),
+            Selector::Subject(ids) => ("subject", ids.iter().map(|i| hex(i)).collect::<Vec<_>>().join(",")),
+            Selector::Route(name) => ("route", name.clone()),
+            Selector::Token(hash) => ("token", hex(hash)),
+        };
+        format!("v1 {from:016x} {kind} {value}")
+    }
+
+    /// A purge log message read back, and the replica it came from; `None`
+    /// for anything else (another version, a malformed or oversized one).
+    fn parse(message: &str) -> Option<(u64, Self)> {
+        let mut parts = message.splitn(4, ' ');
+        let (Some("v1"), Some(from), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let from = u64::from_be_bytes(unhex(from)?);
+        let selector = match kind {
+            "all" => Some(Selector::All),
+            "subject" => {
+                let ids: Option<Vec<Id>> = value.split(',').take(16).map(unhex).collect();
+                ids.filter(|i| !i.is_empty()).map(Selector::Subject)
+            }
+            "route" if !value.is_empty() && value.len() <= MAX_ROUTE_NAME => Some(Selector::Route(value.to_owned())),
+            "token" => unhex(value).map(Selector::Token),
+            _ => None,
+        };
+        selector.map(|s| (from, s))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// What one purge removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Token cache entries on this replica.
+    pub local: u64,
+    /// Cached introspection answers on this replica.
+    pub introspection: u64,
+    /// Keys deleted in the shared store; `None` without one, or when it did
+    /// not answer (the other replicas then learn of the purge only if the
+    /// log took it).
+    pub shared: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PurgeError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+}
+
+/// Applies purges: shared by the admin listener and the SSF receiver.
+pub struct Purger {
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    /// This replica, in the purge log (random per process).
+    replica: u64,
+}
+
+impl Purger {
+    pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>) -> Self {
+        Purger { gateway, metrics, replica: fastrand::u64(..) }
+    }
+
+    fn exchanger(&self) -> &Exchanger {
+        &self.gateway.exchanger
+    }
+
+    /// Purges what `selector` names here and in the shared store, and
+    /// announces it to the other replicas. `source` labels the metrics.
+    pub async fn purge(&self, selector: &Selector, source: &'static str) -> Result<Purged, PurgeError> {
+        let (local, introspection) = self.local(selector).await?;
+        self.metrics.purged(source, local);
+        let shared = match self.exchanger().shared() {
+            Some(store) => {
+                let deleted = self.shared(store, selector).await;
+                if !store.announce(&selector.message(self.replica)).await {
+                    tracing::warn!("cache.shared: the purge could not be announced to the other replicas");
+                }
+                deleted
+            }
+            None => None,
+        };
+        Ok(Purged { local, introspection, shared })
+    }
+
+    /// This replica's token cache and introspection answers.
+    async fn local(&self, selector: &Selector) -> Result<(u64, u64), PurgeError> {
+        let runtime = self.gateway.runtime();
+        let exchanger = self.exchanger();
+        let (target, answers) = match selector {
+            Selector::All => (Target::All, Some(IntrospectionPurge::All)),
+            Selector::Subject(ids) => (Target::Subject(ids.clone()), Some(IntrospectionPurge::Subject(ids))),
+            Selector::Route(name) => {
+                let route = runtime.routes.iter().find(|r| &r.name == name);
+                let target = match route.map(|r| &r.auth) {
+                    None => return Err(PurgeError::UnknownRoute(name.clone())),
+                    Some(RouteAuth::Exchange(policy)) => Target::Policy(policy.tag()),
+                    Some(RouteAuth::ClientCredentials(m)) => Target::Keys(vec![m.key()]),
+                    Some(RouteAuth::None) => Target::Keys(Vec::new()),
+                };
+                (target, None)
+            }
+            Selector::Token(hash) => {
+                let mut keys: Vec<_> = runtime
+                    .routes
+                    .iter()
+                    .filter_map(|r| match &r.auth {
+                        RouteAuth::Exchange(p) => Some(p.key(hash)),
+                        _ => None,
+                    })
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                (Target::Keys(keys), Some(IntrospectionPurge::Token(hash)))
+            }
+        };
+        let local = exchanger.purge(&target).await;
+        let introspection = match (answers, &runtime.inbound) {
+            (Some(a), Some(inbound)) => inbound.purge(a).await,
+            _ => 0,
+        };
+        Ok((local, introspection))
+    }
+
+    /// The shared store's entries.
+    async fn shared(&self, store: &SharedStore, selector: &Selector) -> Option<u64> {
+        let runtime = self.gateway.runtime();
+        let policies = || {
+            runtime.routes.iter().filter_map(|r| match &r.auth {
+                RouteAuth::Exchange(p) => Some(p.clone()),
+                _ => None,
+            })
+        };
+        match selector {
+            Selector::All => store.purge_matching(&store.all_pattern()).await,
+            Selector::Subject(ids) => {
+                let mut n = 0;
+                for id in ids {
+                    n += store.purge_subject(id).await?;
+                }
+                Some(n)
+            }
+            Selector::Route(name) => {
+                let mut patterns: Vec<String> = policies()
+                    .filter(|p| &p.route == name)
+                    .filter_map(|p| store.policy_pattern(p.shared_digest()))
+                    .collect();
+                patterns.dedup();
+                let mut n = 0;
+                for p in patterns {
+                    n += store.purge_matching(&p).await?;
+                }
+                Some(n)
+            }
+            Selector::Token(hash) => {
+                let mut keys: Vec<String> = policies().filter_map(|p| store.key(hash, p.shared_digest())).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                store.purge_keys(&keys).await
+            }
+        }
+    }
+
+    /// Reads the purge log and applies other replicas' purges here, until
+    /// shutdown (only with a shared store).
+    pub fn follow(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        let store = self.exchanger().shared()?.clone();
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                let Some(from) = after.clone() else {
+                    after = store.log_end().await;
+                    continue;
+                };
+                let Some(entries) = store.announced(&from).await else { continue };
+                for (id, message) in entries {
+                    after = Some(id);
+                    if message.len() > MAX_MESSAGE_BYTES {
+                        continue;
+                    }
+                    match Selector::parse(&message) {
+                        Some((from, _)) if from == this.replica => {}
+                        Some((_, selector)) => match this.local(&selector).await {
+                            Ok((n, _)) => this.metrics.purged("replica", n),
+                            Err(e) => tracing::debug!(error = %e, "purge log: not applied here"),
+                        },
+                        None => tracing::debug!("purge log: an entry this version does not read"),
+                    }
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_messages_round_trip_and_garbage_is_ignored() {
+        for s in [
+            Selector::All,
+            Selector::sub("alice"),
+            Selector::Subject(vec![index::id("sub", "a"), index::id("email", "b@c")]),
+            Selector::Route("orders api".into()),
+            Selector::Token([7; 32]),
+        ] {
+            assert_eq!(Selector::parse(&s.message(u64::MAX - 1)), Some((u64::MAX - 1, s)));
+        }
+        let r = "0000000000000001";
+        for bad in [
+            "".to_owned(),
+            "v1".to_owned(),
+            format!("v2 {r} all -"),
+            format!("v1 {r} subject zz"),
+            format!("v1 {r} token 00"),
+            format!("v1 {r} route "),
+            format!("v1 {r} nope x"),
+            format!("v1 {r} subject "),
+            "v1 xyz all -".to_owned(),
+        ] {
+            assert_eq!(Selector::parse(&bad), None, "{bad:?}");
+        }
+        assert!(!Selector::sub("alice").message(1).contains("alice"), "a subject travels hashed");
+    }
+}
