@@ -97,14 +97,12 @@ fn request(args: &PurgeArgs, config: Option<&Path>) -> Result<(url::Url, String,
         (None, Some(p)) => p,
         (None, None) => return Err("the configuration has no admin.token_file (or pass --token-file)".into()),
     };
-    let token = crate::secret::read_secret_file(&token_file, 0)
-        .map_err(|e| format!("{}: {e}", token_file.display()))?
+    let source = crate::config::SecretSource::File(token_file.clone());
+    let token = crate::secret::Secret::from_source(&source)
+        .get()
+        .map_err(|e| format!("admin token {}: {e}", token_file.display()))?
         .expose()
-        .trim()
         .to_owned();
-    if token.is_empty() {
-        return Err(format!("{} is empty", token_file.display()));
-    }
     let mut url = url::Url::parse(&base).map_err(|e| format!("--admin {base}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("--admin {base}: an http(s) URL"));

@@ -1,0 +1,175 @@
+//! `POST /cache/purge`: each selector purges what it names and nothing
+//! else (the next request re-exchanges), the admin token, and RFC 7009.
+
+use super::*;
+
+#[tokio::test]
+async fn each_selector_purges_what_it_names_and_the_next_request_re_exchanges() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, "", ""))).await;
+    let (alice, bob) = (subject("alice"), subject("bob"));
+    let warm = || async {
+        call(&gw, "/orders/1", &alice).await;
+        call(&gw, "/billing/1", &alice).await;
+        call(&gw, "/orders/1", &bob).await;
+    };
+    warm().await;
+    assert_eq!(exchanges(&auth_server), 3);
+    warm().await;
+    assert_eq!(exchanges(&auth_server), 3, "all cached");
+
+    // By subject: alice's two entries, not bob's.
+    let (status, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "alice"})).await;
+    assert_eq!((status, answer["purged"].as_u64()), (200, Some(2)), "{answer}");
+    assert_eq!(answer["shared"], Value::Null, "no shared store");
+    call(&gw, "/orders/1", &bob).await;
+    assert_eq!(exchanges(&auth_server), 3, "bob's entry stays");
+    call(&gw, "/orders/1", &alice).await;
+    call(&gw, "/billing/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), 5, "alice re-exchanges on both routes");
+
+    // By email (the subject token's `email` claim).
+    let (_, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"email": "ALICE@example.com"})).await;
+    assert_eq!(answer["purged"], 2, "{answer}");
+    warm().await;
+    assert_eq!(exchanges(&auth_server), 7);
+
+    // By route: orders (alice and bob), not billing.
+    let (_, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"route": "orders"})).await;
+    assert_eq!(answer["purged"], 2, "{answer}");
+    call(&gw, "/billing/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), 7, "billing stays");
+    call(&gw, "/orders/1", &alice).await;
+    call(&gw, "/orders/1", &bob).await;
+    assert_eq!(exchanges(&auth_server), 9);
+
+    // By the subject token's SHA-256: bob's token on every route.
+    let (_, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"token_sha256": sha256_hex(&bob)})).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    call(&gw, "/orders/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), 9, "alice stays");
+    call(&gw, "/orders/1", &bob).await;
+    assert_eq!(exchanges(&auth_server), 10);
+
+    // Everything.
+    let (_, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({})).await;
+    assert_eq!(answer["purged"], 3, "{answer}");
+    warm().await;
+    assert_eq!(exchanges(&auth_server), 13);
+
+    // Nothing cached for them: nothing purged, and no error.
+    let (status, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "carol"})).await;
+    assert_eq!((status, answer["purged"].as_u64()), (200, Some(0)));
+    let (status, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"route": "nope"})).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("unknown_route")));
+    let (status, _) = purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "a", "route": "orders"})).await;
+    assert_eq!(status, 400);
+    let (status, _) = purge(&gw, Some(ADMIN_TOKEN), json!({"token_sha256": "abc"})).await;
+    assert_eq!(status, 400);
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("tokex_cache_purged_total{source=\"admin\"} 10"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_admin_token_is_required_and_without_one_the_endpoint_does_not_exist() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, "", ""))).await;
+    let alice = subject("alice");
+    call(&gw, "/orders/1", &alice).await;
+    for token in [None, Some("wrong"), Some("admin-s3cret-toke"), Some("")] {
+        let (status, _) = purge(&gw, token, json!({})).await;
+        assert_eq!(status, 401, "{token:?}");
+    }
+    // Not Bearer: refused too.
+    let resp = client()
+        .post(format!("{}/cache/purge", gw.admin))
+        .header("authorization", format!("Basic {ADMIN_TOKEN}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    call(&gw, "/orders/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), 1, "nothing was purged");
+    // The read-only endpoints stay open.
+    assert_eq!(client().get(format!("{}/healthz", gw.admin)).send().await.unwrap().status(), 200);
+    let resp = client().get(format!("{}/cache/purge", gw.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+
+    // No admin.token_file: the endpoint does not exist, whatever is sent.
+    let open = TestGateway::start(&config(&auth_server, backend, "", "")).await;
+    let (status, answer) = purge(&open, Some(ADMIN_TOKEN), json!({})).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn purged_and_refused_tokens_are_revoked_at_the_authorization_server() {
+    let auth_server = RecordingAs::start().await;
+    answer_revocations(&auth_server);
+    let backend = echo_backend().await;
+    let revoke = format!("    revocation_endpoint: http://{}/revoke\n", auth_server.addr);
+    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, &revoke, ""))).await;
+    let alice = subject("alice");
+    assert_eq!(call(&gw, "/orders/1", &alice).await, "Bearer exchanged-1");
+    assert!(revocations(&auth_server).is_empty(), "nothing revoked on the request path");
+
+    let (_, answer) = purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "alice"})).await;
+    assert_eq!(answer["purged"], 1);
+    within(Duration::from_secs(2), || revocations(&auth_server).len() == 1).await.expect("revoked in the background");
+    let r = &revocations(&auth_server)[0];
+    assert_eq!(r.param("token"), Some("exchanged-1"));
+    assert_eq!(r.param("token_type_hint"), Some("access_token"));
+    assert_eq!(r.basic(), Some(("tokex".to_owned(), "s3cret".to_owned())), "the AS's client authentication");
+    assert_eq!(r.headers["content-type"], "application/x-www-form-urlencoded");
+    assert!(r.param("client_secret").is_none());
+
+    // A token the backend refuses (401 invalid_token) is revoked too.
+    let resp = client()
+        .get(format!("{}/orders/status/401", gw.url))
+        .bearer_auth(&alice)
+        .header("x-echo-www-authenticate", "Bearer error=\"invalid_token\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    within(Duration::from_secs(2), || revocations(&auth_server).len() == 2).await.expect("refused token revoked");
+    assert_eq!(revocations(&auth_server)[1].param("token"), Some("exchanged-2"));
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("tokex_revocations_total{server=\"corp\",outcome=\"revoked\"} 2"), "{metrics}");
+
+    // A server without a revocation endpoint: purged, nothing sent.
+    let quiet = RecordingAs::start().await;
+    let gw = TestGateway::start(&(admin_section() + &config(&quiet, backend, "", ""))).await;
+    call(&gw, "/orders/1", &alice).await;
+    purge(&gw, Some(ADMIN_TOKEN), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(revocations(&quiet).is_empty());
+}
+
+#[tokio::test]
+async fn the_revocation_endpoint_is_discovered_from_the_metadata() {
+    let auth_server = RecordingAs::start().await;
+    let base = format!("http://{}", auth_server.addr);
+    let meta = json!({"issuer": base, "token_endpoint": format!("{base}/token"), "revocation_endpoint": format!("{base}/revoke")});
+    auth_server.set(move |r, n| match r.path.as_str() {
+        "/.well-known/oauth-authorization-server" => Reply::Json(200, meta.clone()),
+        "/revoke" => Reply::Raw(200, "application/json", Vec::new()),
+        _ => issue(n),
+    });
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "{}authorization_servers:\n  corp:\n    issuer: {base}\n    client_auth: {BASIC_AUTH}\ncache: {{ expiry_skew: 0s }}\nroutes:\n{}",
+        admin_section(),
+        exchange_route("orders", "/orders", backend, "")
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let alice = subject("alice");
+    assert!(common::jwt::ready(&gw, Duration::from_secs(5)).await, "discovered");
+    let got = call(&gw, "/orders/1", &alice).await;
+    purge(&gw, Some(ADMIN_TOKEN), json!({"token_sha256": sha256_hex(&alice)})).await;
+    within(Duration::from_secs(2), || revocations(&auth_server).len() == 1).await.expect("revoked");
+    assert_eq!(revocations(&auth_server)[0].param("token"), got.strip_prefix("Bearer "));
+}
