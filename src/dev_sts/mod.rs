@@ -46,6 +46,7 @@ mod endpoint;
 mod keys;
 mod mint;
 pub mod mint_cli;
+mod outbound;
 mod token;
 
 use std::net::SocketAddr;
