@@ -168,6 +168,7 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
     println!("  issuer          {issuer}");
     println!("  token endpoint  {}", sts.token_endpoint());
     println!("  jwks            {}", sts.jwks_uri());
+    println!("  revocation      {}", sts.revocation_endpoint());
     println!("  metadata        {issuer}/.well-known/oauth-authorization-server");
     println!("  clients         {}", summary.join("; "));
     println!("  token lifetime  {}", humantime::format_duration(args.expires_in));
