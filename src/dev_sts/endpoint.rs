@@ -129,6 +129,8 @@ enum Endpoint {
     Mint,
     /// RFC 7009: see `revoke.rs`.
     Revoke,
+    /// Not standard, not advertised: see `emit.rs`.
+    Emit,
     Jwks,
     Metadata,
 }
@@ -161,6 +163,7 @@ impl State {
             "/token" => Some(Endpoint::Token),
             "/mint" => Some(Endpoint::Mint),
             "/revoke" => Some(Endpoint::Revoke),
+            "/ssf/emit" => Some(Endpoint::Emit),
             "/jwks.json" | "/.well-known/jwks.json" => Some(Endpoint::Jwks),
             META => Some(Endpoint::Metadata),
             _ => None,
@@ -178,6 +181,8 @@ impl State {
             Some(Endpoint::Mint) => token_answer(self.mint(req).await, "mint"),
             Some(Endpoint::Revoke) if method != Method::POST => method_not_allowed("POST"),
             Some(Endpoint::Revoke) => empty_answer(self.revoke(req).await, "revocation"),
+            Some(Endpoint::Emit) if method != Method::POST => method_not_allowed("POST"),
+            Some(Endpoint::Emit) => token_answer(self.emit(req).await, "security event"),
             Some(_) if method != Method::GET && method != Method::HEAD => method_not_allowed("GET, HEAD"),
             Some(Endpoint::Jwks) => document(&self.jwks),
             Some(Endpoint::Metadata) => document(&self.metadata),
@@ -231,7 +236,8 @@ pub(crate) struct Form {
     pub params: Params,
 }
 
-/// Reads a token-endpoint style request (also `/mint`, `/revoke`): an
+/// Reads a token-endpoint style request (also `/mint`, `/revoke`,
+/// `/ssf/emit`): an
 /// `application/x-www-form-urlencoded` body of at most [`MAX_FORM_BYTES`],
 /// received within [`BODY_TIMEOUT`], and at most one `Authorization` header.
 pub(crate) async fn read_form(req: Request<Incoming>) -> Result<Form, OAuthError> {

@@ -18,6 +18,11 @@
 //!   authentication of `/token`; `200` and an empty body for any token. A
 //!   revoked token of this server is refused afterwards as a subject or
 //!   actor token ([`DevSts::revocations`] lists what was revoked).
+//! - `POST /ssf/emit`: revokes a subject ([`DevSts::revoke_subject`]) and
+//!   pushes a Security Event Token about it (RFC 8417, CAEP / RISC events,
+//!   RFC 8935 push) to a receiver's URL, for a caller authenticated as any
+//!   registered client (`tokex dev-sts revoke`). Not standard and not
+//!   advertised. [`DevSts::security_event`] makes the same SETs in tests.
 //! - `GET /jwks.json` (also `/.well-known/jwks.json`): the public key.
 //! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
 //!
@@ -48,12 +53,14 @@
 
 pub mod cli;
 mod clients;
+mod emit;
 mod endpoint;
 mod keys;
 mod mint;
 pub mod mint_cli;
 mod outbound;
 mod revoke;
+mod ssf;
 mod token;
 
 use std::net::SocketAddr;
@@ -68,9 +75,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use clients::{ClientSpec, JWT_BEARER};
+pub use emit::{MAX_RECEIVER_ANSWER_BYTES, PUSH_TIMEOUT};
 pub use endpoint::MAX_FORM_BYTES;
 pub use mint::{DEFAULT_MINT_LIFETIME, MAX_MINT_LIFETIME};
 pub use revoke::{RevocationRecord, MAX_REVOKED_SUBJECTS, MAX_REVOKED_TOKENS};
+pub use ssf::{SecurityEvent, SubjectFormat, UnknownName, SET_TYP};
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
 
 use crate::proxy::server::{serve, Limits, Listening, Phase};
@@ -126,6 +135,8 @@ pub(crate) struct State {
     mint_endpoint: String,
     /// `<issuer>/revoke`.
     revocation_endpoint: String,
+    /// `<issuer>/ssf/emit` (not advertised).
+    emit_endpoint: String,
     revocations: Revocations,
     key: SigningKey,
     clients: Registry,
@@ -173,6 +184,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     let token_endpoint = format!("{issuer}/token");
     let mint_endpoint = format!("{issuer}/mint");
     let revocation_endpoint = format!("{issuer}/revoke");
+    let emit_endpoint = format!("{issuer}/ssf/emit");
     let jwks_uri = format!("{issuer}/jwks.json");
     let jwks = json!({"keys": [key.jwk.clone()]}).to_string();
     let mut scopes: Vec<&str> = clients.iter().flat_map(|c| c.listed_scopes()).collect();
@@ -199,6 +211,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         token_endpoint,
         mint_endpoint,
         revocation_endpoint,
+        emit_endpoint,
         revocations: Revocations::default(),
         key,
         clients,
@@ -252,6 +265,11 @@ impl DevSts {
     /// `<issuer>/revoke` (RFC 7009).
     pub fn revocation_endpoint(&self) -> String {
         self.state.revocation_endpoint.clone()
+    }
+
+    /// `<issuer>/ssf/emit`: revoke a subject and push a SET (`tokex dev-sts revoke`).
+    pub fn emit_endpoint(&self) -> String {
+        self.state.emit_endpoint.clone()
     }
 
     /// `<issuer>/jwks.json`.
@@ -317,6 +335,22 @@ impl DevSts {
     pub fn revoke_subject(&self, sub: &str) {
         self.state.revocations.revoke_subject(sub, unix_now());
         tracing::info!(sub, "dev-sts: subject revoked");
+    }
+
+    /// A signed Security Event Token (RFC 8417) about `sub` for the
+    /// receiver `audience`, issued now, with a fresh `jti`: header
+    /// `{alg, kid, typ: secevent+jwt}`, claims `iss aud iat jti sub_id
+    /// events` (see `ssf.rs`). It does not revoke the subject.
+    pub fn security_event(&self, sub: &str, event: SecurityEvent, audience: &str, format: SubjectFormat) -> String {
+        let content = ssf::SetContent { issuer: &self.state.issuer, sub, event, audience, format };
+        self.sign_security_event(&ssf::set_claims(&content, &ssf::new_jti(), unix_now()))
+    }
+
+    /// Signs any claims as a SET (header `{alg, kid, typ: secevent+jwt}`),
+    /// for tests that need a wrong `aud`, an old `iat` or a reused `jti`.
+    pub fn sign_security_event(&self, claims: &serde_json::Value) -> String {
+        // As in `mint`: the self-tested key fails only if the system RNG does.
+        self.state.key.sign_typed(claims, SET_TYP).expect("signing with the self-tested dev-sts key")
     }
 
     /// Stops accepting and waits (at most ~1 s) for open connections.
