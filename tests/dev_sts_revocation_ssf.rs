@@ -1,6 +1,7 @@
 //! Security Event Tokens from the dev-sts: `DevSts::security_event` and
 //! `sign_security_event` verify against its JWKS; `POST /ssf/emit` revokes
-//! the subject and pushes the SET to a receiver (RFC 8935).
+//! the subject and pushes the SET to a receiver (RFC 8935); and
+//! `tokex dev-sts revoke` does that from the command line.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::BIN;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -287,4 +289,78 @@ async fn emit_needs_a_client_and_a_good_form() {
     assert_eq!(exchange_status(&sts, &alice).await, 200, "nobody revoked");
     let resp = client().get(sts.emit_endpoint()).send().await.unwrap();
     assert_eq!(resp.status(), 405);
+}
+
+// ---------------------------------------------------------------------------
+// tokex dev-sts revoke (the binary)
+
+async fn run_revoke(sts: &DevSts, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["dev-sts", "revoke", "--sts", sts.issuer(), "--client-id", "tokex"]).args(args);
+    cmd.env_remove("TOKEX_CONFIG").env_remove("TOKEX_LOG").env("TOKEX_DEV_CLIENT_SECRET", GW_SECRET);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.unwrap().unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn the_revoke_command_exits_0_when_the_receiver_accepts() {
+    let sts = start().await;
+    let (addr, seen) = receiver(202, "").await;
+    let push = push_url(addr);
+    let alice = sts.mint("alice", &["orders:read"], &["tokex"], Duration::from_secs(600));
+    let (code, stdout, stderr) = run_revoke(&sts, &["--sub", "alice", "--audience", "tokex", "--push", &push]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "pushed session-revoked for alice: receiver answered 202\n");
+    let pushes = seen.lock().unwrap().clone();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].content_type, "application/secevent+jwt");
+    let c = verify_set(&sts, &pushes[0].body, "tokex").unwrap();
+    assert_eq!(c["sub_id"]["sub"], "alice");
+    assert!(!stderr.contains(&pushes[0].body) && !stderr.contains(GW_SECRET), "{stderr}");
+    assert_eq!(exchange_status(&sts, &alice).await, 400);
+
+    let args =
+        ["--sub", "bob", "--audience", "tokex", "--push", &push, "--event", "account-disabled", "--format", "opaque"];
+    let (code, stdout, stderr) = run_revoke(&sts, &args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "pushed account-disabled for bob: receiver answered 202\n");
+    let c = verify_set(&sts, &seen.lock().unwrap()[1].body, "tokex").unwrap();
+    assert_eq!(c["sub_id"], json!({"format": "opaque", "id": "bob"}));
+}
+
+#[tokio::test]
+async fn the_revoke_command_exits_1_when_refused_and_64_for_bad_flags() {
+    let sts = start().await;
+    let (addr, _) = receiver(400, r#"{"err":"invalid_issuer","description":"unknown issuer"}"#).await;
+    let push = push_url(addr);
+    let (code, stdout, stderr) = run_revoke(&sts, &["--sub", "alice", "--audience", "tokex", "--push", &push]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("receiver answered 400: invalid_issuer: unknown issuer"), "{stderr}");
+
+    let closed = push_url(TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap());
+    let (code, _, stderr) = run_revoke(&sts, &["--sub", "alice", "--audience", "tokex", "--push", &closed]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+
+    // The dev-sts refuses: a wrong secret.
+    let (ok_addr, seen) = receiver(202, "").await;
+    let ok = push_url(ok_addr);
+    let args = ["--client-secret", "wrong", "--sub", "alice", "--audience", "tokex", "--push", &ok];
+    let (code, _, stderr) = run_revoke(&sts, &args).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("invalid_client"), "{stderr}");
+
+    for bad in [
+        vec!["--sub", "alice", "--audience", "tokex", "--push", &ok, "--event", "logout"],
+        vec!["--sub", "alice", "--audience", "tokex", "--push", &ok, "--format", "phone"],
+        vec!["--sub", "alice", "--audience", "tokex"],
+        vec!["--sub", "alice", "--audience", "tokex", "--push", "ftp://127.0.0.1/"],
+        vec!["--sub", "alice", "--audience", "to kex", "--push", &ok],
+    ] {
+        let (code, stdout, stderr) = run_revoke(&sts, &bad).await;
+        assert_eq!(code, Some(64), "{bad:?}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
 }

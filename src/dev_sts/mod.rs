@@ -60,6 +60,7 @@ mod mint;
 pub mod mint_cli;
 mod outbound;
 mod revoke;
+pub mod revoke_cli;
 mod ssf;
 mod token;
 
