@@ -48,8 +48,9 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
-    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, JWKS, discovery);
-    /// `dev-sts mint` gets a user token from a running one.
+    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, RFC 7009
+    /// revocation, JWKS, discovery); `dev-sts mint` gets a user token from a running one, `dev-sts
+    /// revoke` revokes a subject there and pushes a Security Event Token to a receiver.
     DevSts(tokex::dev_sts::cli::DevStsArgs),
     /// Purge cached tokens of a running gateway (`POST /cache/purge` on its admin listener):
     /// by subject, route or subject token, or all; they are revoked at the AS when it has a
@@ -98,16 +99,16 @@ fn command() -> ExitCode {
 }
 
 /// Help and version (exit 0) or a usage error (clap's exit 2, except
-/// under `dev-sts mint`, whose exit codes are 0 token, 1 refused, 64 bad
-/// flags: a script tells a mistyped flag from a refusal).
+/// under `dev-sts mint` and `dev-sts revoke`, whose exit codes are 0 done,
+/// 1 refused, 64 bad flags: a script tells a mistyped flag from a refusal).
 fn clap_answer(e: &clap::Error) -> ExitCode {
     let _ = e.print();
     if !e.use_stderr() {
         return ExitCode::SUCCESS;
     }
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let minting = args.windows(2).any(|w| w[0] == "dev-sts" && w[1] == "mint");
-    let code = if minting { EXIT_CONFIG } else { u8::try_from(e.exit_code()).unwrap_or(2) };
+    let client = args.windows(2).any(|w| w[0] == "dev-sts" && (w[1] == "mint" || w[1] == "revoke"));
+    let code = if client { EXIT_CONFIG } else { u8::try_from(e.exit_code()).unwrap_or(2) };
     ExitCode::from(code)
 }
 

@@ -1,7 +1,8 @@
 //! `tokex dev-sts`: runs the development authorization server alone, prints
 //! where it listens and ready-to-paste commands, and stops on SIGINT/SIGTERM.
 //! `tokex dev-sts mint` asks a running one for a user token (`POST /mint`)
-//! and prints only the token.
+//! and prints only the token; `tokex dev-sts revoke` asks it to revoke a
+//! subject and push a Security Event Token to a receiver (`POST /ssf/emit`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use super::mint_cli::{mint, MintArgs};
+use super::revoke_cli::{revoke, RevokeArgs};
 use super::{start, ClientSpec, DevStsConfig};
 
 /// Exit code for unusable flags or files (EX_USAGE).
@@ -54,13 +56,25 @@ pub enum DevStsCommand {
     /// stdout, 1 when the dev-sts refuses or cannot be reached (its error on stderr), 64 for
     /// bad flags.
     Mint(Box<MintArgs>),
+    /// Revoke a subject at a running dev-sts and push a Security Event Token about it to a receiver.
+    ///
+    /// The dev-sts (POST /ssf/emit) refuses later token exchanges of the subject's tokens issued
+    /// until now, and pushes a signed SET (RFC 8417: CAEP session-revoked by default, or
+    /// another CAEP / RISC event) to --push with Content-Type application/secevent+jwt
+    /// (RFC 8935), e.g. `tokex dev-sts revoke --client-id ID --sub alice --audience tokex
+    /// --push http://127.0.0.1:8080/.well-known/ssf/push`. Exit 0 when the receiver answered
+    /// 202 (one line on stdout), 1 when the receiver or the dev-sts refused or could not be
+    /// reached (why on stderr), 64 for bad flags.
+    Revoke(Box<RevokeArgs>),
 }
 
 /// Runs the server until SIGINT or SIGTERM, or the subcommand. Logging
 /// must already be set up.
 pub fn run(mut args: DevStsArgs) -> ExitCode {
-    if let Some(DevStsCommand::Mint(m)) = args.command.take() {
-        return mint(*m);
+    match args.command.take() {
+        Some(DevStsCommand::Mint(m)) => return mint(*m),
+        Some(DevStsCommand::Revoke(r)) => return revoke(*r),
+        None => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -168,6 +182,7 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
     println!("  issuer          {issuer}");
     println!("  token endpoint  {}", sts.token_endpoint());
     println!("  jwks            {}", sts.jwks_uri());
+    println!("  revocation      {}", sts.revocation_endpoint());
     println!("  metadata        {issuer}/.well-known/oauth-authorization-server");
     println!("  clients         {}", summary.join("; "));
     println!("  token lifetime  {}", humantime::format_duration(args.expires_in));

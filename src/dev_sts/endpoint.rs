@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -33,6 +35,8 @@ pub(crate) enum OAuthError {
     UnsupportedGrantType,
     /// The body exceeds [`MAX_FORM_BYTES`] (413, `invalid_request`).
     TooLarge,
+    /// The revocation store is full of live revoked tokens (503, RFC 7009 §2.2.1).
+    Unavailable,
     ServerError,
 }
 
@@ -45,6 +49,7 @@ impl OAuthError {
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::InvalidTarget(_) => "invalid_target",
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::Unavailable => "temporarily_unavailable",
             OAuthError::ServerError => "server_error",
         }
     }
@@ -53,6 +58,7 @@ impl OAuthError {
         match self {
             OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
             OAuthError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             OAuthError::InvalidRequest(_)
             | OAuthError::InvalidGrant(_)
@@ -68,6 +74,7 @@ impl OAuthError {
             OAuthError::InvalidClient(d) | OAuthError::InvalidGrant(d) => d,
             OAuthError::UnsupportedGrantType => "supported: client_credentials, token exchange (RFC 8693)",
             OAuthError::TooLarge => "request body too large",
+            OAuthError::Unavailable => "too many live revoked tokens; retry later",
             OAuthError::ServerError => "internal error",
         }
     }
@@ -78,6 +85,9 @@ impl OAuthError {
         no_store(&mut resp);
         if let OAuthError::InvalidClient(_) = self {
             resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokex-dev-sts\""));
+        }
+        if let OAuthError::Unavailable = self {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("60"));
         }
         resp
     }
@@ -117,6 +127,10 @@ enum Endpoint {
     Token,
     /// Not standard, not advertised: see `mint.rs`.
     Mint,
+    /// RFC 7009: see `revoke.rs`.
+    Revoke,
+    /// Not standard, not advertised: see `emit.rs`.
+    Emit,
     Jwks,
     Metadata,
 }
@@ -148,6 +162,8 @@ impl State {
         match rel {
             "/token" => Some(Endpoint::Token),
             "/mint" => Some(Endpoint::Mint),
+            "/revoke" => Some(Endpoint::Revoke),
+            "/ssf/emit" => Some(Endpoint::Emit),
             "/jwks.json" | "/.well-known/jwks.json" => Some(Endpoint::Jwks),
             META => Some(Endpoint::Metadata),
             _ => None,
@@ -163,6 +179,10 @@ impl State {
             Some(Endpoint::Token) => token_answer(self.token(req).await, "token request"),
             Some(Endpoint::Mint) if method != Method::POST => method_not_allowed("POST"),
             Some(Endpoint::Mint) => token_answer(self.mint(req).await, "mint"),
+            Some(Endpoint::Revoke) if method != Method::POST => method_not_allowed("POST"),
+            Some(Endpoint::Revoke) => empty_answer(self.revoke(req).await, "revocation"),
+            Some(Endpoint::Emit) if method != Method::POST => method_not_allowed("POST"),
+            Some(Endpoint::Emit) => token_answer(self.emit(req).await, "security event"),
             Some(_) if method != Method::GET && method != Method::HEAD => method_not_allowed("GET, HEAD"),
             Some(Endpoint::Jwks) => document(&self.jwks),
             Some(Endpoint::Metadata) => document(&self.metadata),
@@ -216,7 +236,8 @@ pub(crate) struct Form {
     pub params: Params,
 }
 
-/// Reads a token-endpoint style request (also `/mint`): an
+/// Reads a token-endpoint style request (also `/mint`, `/revoke`,
+/// `/ssf/emit`): an
 /// `application/x-www-form-urlencoded` body of at most [`MAX_FORM_BYTES`],
 /// received within [`BODY_TIMEOUT`], and at most one `Authorization` header.
 pub(crate) async fn read_form(req: Request<Incoming>) -> Result<Form, OAuthError> {
@@ -256,11 +277,25 @@ fn token_answer(result: Result<Value, OAuthError>, what: &'static str) -> Respon
             no_store(&mut resp);
             resp
         }
-        Err(e) => {
-            tracing::info!(error = e.code(), reason = e.description(), "dev-sts: {what} refused");
-            e.into_response()
-        }
+        Err(e) => refused(e, what),
     }
+}
+
+/// `200` with an empty body (RFC 7009 §2.2), or the error answer, logged.
+fn empty_answer(result: Result<(), OAuthError>, what: &'static str) -> Response<Body> {
+    match result {
+        Ok(()) => {
+            let mut resp = Response::new(Body::Right(Full::new(Bytes::new())));
+            no_store(&mut resp);
+            resp
+        }
+        Err(e) => refused(e, what),
+    }
+}
+
+fn refused(e: OAuthError, what: &'static str) -> Response<Body> {
+    tracing::info!(error = e.code(), reason = e.description(), "dev-sts: {what} refused");
+    e.into_response()
 }
 
 fn json_answer(status: StatusCode, body: &Value) -> Response<Body> {

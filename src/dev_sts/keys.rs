@@ -125,8 +125,14 @@ impl SigningKey {
 
     /// A compact JWS with `typ: at+jwt` (RFC 9068) and this key's `kid`.
     pub fn sign(&self, claims: &Value) -> Result<String, DevStsError> {
+        self.sign_typed(claims, "at+jwt")
+    }
+
+    /// A compact JWS with the given `typ` (e.g. `secevent+jwt`, RFC 8417
+    /// §2.3) and this key's `kid`.
+    pub fn sign_typed(&self, claims: &Value, typ: &str) -> Result<String, DevStsError> {
         let mut header = Header::new(self.alg);
-        header.typ = Some("at+jwt".into());
+        header.typ = Some(typ.into());
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| DevStsError::Sign(e.to_string()))
     }

@@ -44,7 +44,7 @@ pub const MAX_MINT_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Longest `sub` / `act`, in characters.
 const MAX_NAME_CHARS: usize = 256;
 /// Longest single audience, in characters.
-const MAX_AUDIENCE_CHARS: usize = 1024;
+pub(super) const MAX_AUDIENCE_CHARS: usize = 1024;
 
 /// A checked mint request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +107,7 @@ fn parse_lifetime(v: &str) -> Option<u64> {
 }
 
 /// `sub` or `act`: at most once, 1–256 characters, no control characters.
-fn name(params: &Params, key: &str) -> Result<Option<String>, OAuthError> {
+pub(super) fn name(params: &Params, key: &str) -> Result<Option<String>, OAuthError> {
     let Some(v) = params.one(key)? else { return Ok(None) };
     if v.chars().count() > MAX_NAME_CHARS || v.chars().any(char::is_control) {
         return Err(OAuthError::InvalidRequest(format!(

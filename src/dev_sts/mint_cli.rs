@@ -5,14 +5,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::HeaderValue;
-use serde_json::Value;
-
 use super::endpoint::Params;
 use super::mint::MintRequest;
+use super::outbound::{post_form, sts_endpoint};
 use super::MAX_MINT_LIFETIME;
 
 /// Exit code for unusable flags (EX_USAGE).
@@ -47,8 +42,6 @@ pub struct MintArgs {
     pub act: Option<String>,
 }
 
-/// Largest answer read from the dev-sts.
-const MAX_MINT_ANSWER_BYTES: usize = 64 * 1024;
 /// Time allowed for the whole mint request.
 const MINT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,84 +109,21 @@ fn mint_form(args: &MintArgs) -> Result<(url::Url, String), String> {
 /// `--url`: the issuer URL, or its `/mint` URL (or its `/token` URL,
 /// which is what a gateway configuration names).
 fn mint_endpoint(url: &str) -> Result<url::Url, String> {
-    let bad = |why: &str| format!("--url {url}: {why}");
-    let mut u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    if !matches!(u.scheme(), "http" | "https") || u.query().is_some() || u.fragment().is_some() {
-        return Err(bad("must be an http(s) URL without query or fragment"));
-    }
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(bad("give the credentials with --client-id and --client-secret"));
-    }
-    let path = u.path().trim_end_matches('/');
-    let base = path.strip_suffix("/mint").or_else(|| path.strip_suffix("/token")).unwrap_or(path);
-    let path = format!("{base}/mint");
-    u.set_path(&path);
-    Ok(u)
+    sts_endpoint("--url", url, "/mint")
 }
 
-/// Posts the form with client_secret_basic (id and secret form-encoded,
-/// RFC 6749 §2.3.1) and returns the token, or what to tell the user.
+/// Posts the form with client_secret_basic and returns the token, or what
+/// to tell the user.
 async fn request_mint(endpoint: &url::Url, id: &str, secret: &str, form: String) -> Result<String, String> {
-    let tls = crate::exchange::client::tls_config(None)?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(MINT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tokex/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let credentials = STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
-    let mut basic = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|e| e.to_string())?;
-    basic.set_sensitive(true);
-    let resp = http
-        .post(endpoint.clone())
-        .header(AUTHORIZATION, basic)
-        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(ACCEPT, "application/json")
-        .body(form)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the dev-sts at {endpoint}: {}", crate::telemetry::error_chain(&e)))?;
-    let status = resp.status();
-    let body = read_capped(resp).await.map_err(|e| format!("{endpoint}: {e}"))?;
-    let json: Option<Value> = serde_json::from_slice(&body).ok();
-    let field = |name: &str| json.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str);
-    if status.is_success() {
-        return field("access_token")
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned)
-            .ok_or_else(|| format!("{endpoint} answered {status} without an access_token: is it a tokex dev-sts?"));
+    let answer = post_form(endpoint, id, secret, form, MINT_TIMEOUT).await?;
+    if !answer.status.is_success() {
+        return Err(answer.refusal(endpoint, "--url"));
     }
-    if status == http::StatusCode::NOT_FOUND {
-        return Err(format!("{endpoint} answered 404: is --url the issuer URL of a tokex dev-sts?"));
-    }
-    match field("error") {
-        Some(code) => Err(format!(
-            "the dev-sts refused (HTTP {}): {}: {}",
-            status.as_u16(),
-            printable(code),
-            printable(field("error_description").unwrap_or("-"))
-        )),
-        None => Err(format!("{endpoint} answered HTTP {}", status.as_u16())),
-    }
-}
-
-async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::telemetry::error_chain(&e))? {
-        if body.len() + chunk.len() > MAX_MINT_ANSWER_BYTES {
-            return Err("answer too large".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Text from the server, safe for a terminal: no control characters, at
-/// most 300 characters.
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(300).collect()
+    answer
+        .field("access_token")
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{endpoint} answered {} without an access_token: is it a tokex dev-sts?", answer.status))
 }
 
 #[cfg(test)]

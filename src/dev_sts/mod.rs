@@ -14,6 +14,15 @@
 //!   and lifetime, for a caller authenticated as any registered client, so
 //!   the gateway can be tried by hand with curl (`tokex dev-sts mint`). Not
 //!   standard and not advertised in the metadata.
+//! - `POST /revoke`: token revocation (RFC 7009), with the client
+//!   authentication of `/token`; `200` and an empty body for any token. A
+//!   revoked token of this server is refused afterwards as a subject or
+//!   actor token ([`DevSts::revocations`] lists what was revoked).
+//! - `POST /ssf/emit`: revokes a subject ([`DevSts::revoke_subject`]) and
+//!   pushes a Security Event Token about it (RFC 8417, CAEP / RISC events,
+//!   RFC 8935 push) to a receiver's URL, for a caller authenticated as any
+//!   registered client (`tokex dev-sts revoke`). Not standard and not
+//!   advertised. [`DevSts::security_event`] makes the same SETs in tests.
 //! - `GET /jwks.json` (also `/.well-known/jwks.json`): the public key.
 //! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
 //!
@@ -24,6 +33,8 @@
 //! `actor_token` the new token carries `act: {sub: <actor>}`, nesting the
 //! subject's own `act` (RFC 8693 §4.1); without one, the subject's `act` is
 //! kept. A subject `may_act` claim restricts who may be the actor (§4.4).
+//! A revoked subject or actor token, and a subject token of a revoked
+//! subject issued at or before the revocation, are refused (`invalid_grant`).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), tokex::dev_sts::DevStsError> {
@@ -42,10 +53,15 @@
 
 pub mod cli;
 mod clients;
+mod emit;
 mod endpoint;
 mod keys;
 mod mint;
 pub mod mint_cli;
+mod outbound;
+mod revoke;
+pub mod revoke_cli;
+mod ssf;
 mod token;
 
 use std::net::SocketAddr;
@@ -60,13 +76,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use clients::{ClientSpec, JWT_BEARER};
+pub use emit::{MAX_RECEIVER_ANSWER_BYTES, PUSH_TIMEOUT};
 pub use endpoint::MAX_FORM_BYTES;
 pub use mint::{DEFAULT_MINT_LIFETIME, MAX_MINT_LIFETIME};
+pub use revoke::{RevocationRecord, MAX_REVOKED_SUBJECTS, MAX_REVOKED_TOKENS};
+pub use ssf::{SecurityEvent, SubjectFormat, UnknownName, SET_TYP};
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
 
 use crate::proxy::server::{serve, Limits, Listening, Phase};
 use clients::Registry;
 use keys::SigningKey;
+use revoke::Revocations;
 
 /// Settings of the development authorization server.
 #[derive(Clone, Debug)]
@@ -114,6 +134,11 @@ pub(crate) struct State {
     token_endpoint: String,
     /// `<issuer>/mint` (not advertised).
     mint_endpoint: String,
+    /// `<issuer>/revoke`.
+    revocation_endpoint: String,
+    /// `<issuer>/ssf/emit` (not advertised).
+    emit_endpoint: String,
+    revocations: Revocations,
     key: SigningKey,
     clients: Registry,
     expires_in: Duration,
@@ -159,6 +184,8 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     let clients = Registry::new(cfg.clients)?;
     let token_endpoint = format!("{issuer}/token");
     let mint_endpoint = format!("{issuer}/mint");
+    let revocation_endpoint = format!("{issuer}/revoke");
+    let emit_endpoint = format!("{issuer}/ssf/emit");
     let jwks_uri = format!("{issuer}/jwks.json");
     let jwks = json!({"keys": [key.jwk.clone()]}).to_string();
     let mut scopes: Vec<&str> = clients.iter().flat_map(|c| c.listed_scopes()).collect();
@@ -171,6 +198,9 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         "grant_types_supported": [TOKEN_EXCHANGE, token::CLIENT_CREDENTIALS],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
+        "revocation_endpoint": revocation_endpoint,
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "revocation_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
         "response_types_supported": [],
         "scopes_supported": scopes,
         "tokex_development_only": true,
@@ -181,6 +211,9 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         issuer_path,
         token_endpoint,
         mint_endpoint,
+        revocation_endpoint,
+        emit_endpoint,
+        revocations: Revocations::default(),
         key,
         clients,
         expires_in: cfg.expires_in,
@@ -228,6 +261,16 @@ impl DevSts {
     /// `<issuer>/mint`: user tokens for hand testing (`tokex dev-sts mint`).
     pub fn mint_endpoint(&self) -> String {
         self.state.mint_endpoint.clone()
+    }
+
+    /// `<issuer>/revoke` (RFC 7009).
+    pub fn revocation_endpoint(&self) -> String {
+        self.state.revocation_endpoint.clone()
+    }
+
+    /// `<issuer>/ssf/emit`: revoke a subject and push a SET (`tokex dev-sts revoke`).
+    pub fn emit_endpoint(&self) -> String {
+        self.state.emit_endpoint.clone()
     }
 
     /// `<issuer>/jwks.json`.
@@ -279,6 +322,36 @@ impl DevSts {
     /// The JWK Set served at `/jwks.json`.
     pub fn jwks_json(&self) -> String {
         self.state.jwks.clone()
+    }
+
+    /// The tokens revoked at `/revoke`, oldest first (each token once).
+    pub fn revocations(&self) -> Vec<RevocationRecord> {
+        self.state.revocations.records()
+    }
+
+    /// Revokes `sub`: a later exchange whose subject token has this `sub`
+    /// and was issued (`iat`) at or before now (whole seconds, so within
+    /// this second too) is refused with `invalid_grant`. Tokens issued
+    /// from the next second on work again.
+    pub fn revoke_subject(&self, sub: &str) {
+        self.state.revocations.revoke_subject(sub, unix_now());
+        tracing::info!(sub, "dev-sts: subject revoked");
+    }
+
+    /// A signed Security Event Token (RFC 8417) about `sub` for the
+    /// receiver `audience`, issued now, with a fresh `jti`: header
+    /// `{alg, kid, typ: secevent+jwt}`, claims `iss aud iat jti sub_id
+    /// events` (see `ssf.rs`). It does not revoke the subject.
+    pub fn security_event(&self, sub: &str, event: SecurityEvent, audience: &str, format: SubjectFormat) -> String {
+        let content = ssf::SetContent { issuer: &self.state.issuer, sub, event, audience, format };
+        self.sign_security_event(&ssf::set_claims(&content, &ssf::new_jti(), unix_now()))
+    }
+
+    /// Signs any claims as a SET (header `{alg, kid, typ: secevent+jwt}`),
+    /// for tests that need a wrong `aud`, an old `iat` or a reused `jti`.
+    pub fn sign_security_event(&self, claims: &serde_json::Value) -> String {
+        // As in `mint`: the self-tested key fails only if the system RNG does.
+        self.state.key.sign_typed(claims, SET_TYP).expect("signing with the self-tested dev-sts key")
     }
 
     /// Stops accepting and waits (at most ~1 s) for open connections.

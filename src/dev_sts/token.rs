@@ -56,7 +56,8 @@ pub(crate) fn client_credentials(
 }
 
 /// RFC 8693 token exchange. The subject (and actor) token must be one of
-/// this server's own valid, unexpired JWTs. The new token narrows the
+/// this server's own valid, unexpired JWTs, not revoked (nor the subject's
+/// session, for a token issued before that). The new token narrows the
 /// subject's: scopes are a subset of the subject's (and allowed for the
 /// client), audiences are allowed for the client, and it expires no later
 /// than the subject token.
@@ -96,6 +97,18 @@ pub(crate) fn token_exchange(state: &State, client: &Client, params: &Params, no
         None => None,
     };
     let sub = subject.get("sub").and_then(Value::as_str).ok_or(OAuthError::InvalidGrant("subject_token has no sub"))?;
+    if state.revocations.token_revoked(subject_token) {
+        return Err(OAuthError::InvalidGrant("subject_token was revoked"));
+    }
+    if let Some(at) = state.revocations.subject_revoked_at(sub) {
+        // No `iat` counts as issued before any revocation.
+        if subject.get("iat").and_then(Value::as_u64).unwrap_or(0) <= at {
+            return Err(OAuthError::InvalidGrant("subject's session was revoked"));
+        }
+    }
+    if actor_token.is_some_and(|t| state.revocations.token_revoked(t)) {
+        return Err(OAuthError::InvalidGrant("actor_token was revoked"));
+    }
     let actor_sub = match &actor {
         Some(a) => {
             Some(a.get("sub").and_then(Value::as_str).ok_or(OAuthError::InvalidGrant("actor_token has no sub"))?)
