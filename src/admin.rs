@@ -123,9 +123,10 @@ async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Respo
             let body = serde_json::json!({ "purged": p.local, "introspection": p.introspection, "shared": p.shared });
             json(StatusCode::OK, &body)
         }
-        Err(e @ PurgeError::UnknownRoute(_)) => {
-            json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "unknown_route", "error_description": e.to_string() }))
-        }
+        Err(e @ PurgeError::UnknownRoute(_)) => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "unknown_route", "error_description": e.to_string() }),
+        ),
     }
 }
 

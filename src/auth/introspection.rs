@@ -127,9 +127,7 @@ impl Introspector {
             IntrospectionPurge::Subject(ids) => self
                 .cache
                 .iter()
-                .filter(|(_, a)| {
-                    a.sub.as_deref().is_some_and(|s| ids.contains(&crate::exchange::index::id("sub", s)))
-                })
+                .filter(|(_, a)| a.sub.as_deref().is_some_and(|s| ids.contains(&crate::exchange::index::id("sub", s))))
                 .map(|(k, _)| *k)
                 .collect(),
             IntrospectionPurge::All => self.cache.iter().map(|(k, _)| *k).collect(),

@@ -78,7 +78,8 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
     }
     // Outer None: no proxy listener; inner None: an error was recorded.
     let listen = raw.listen.map(|l| listen(&mut cx, l));
-    let admin_token = raw.admin.as_ref().and_then(|a| a.token_file.as_ref()).map(|f| existing_file(&mut cx, "admin.token_file", f));
+    let admin_token =
+        raw.admin.as_ref().and_then(|a| a.token_file.as_ref()).map(|f| existing_file(&mut cx, "admin.token_file", f));
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
     let authz = raw.authz.and_then(|a| authz::authz(&mut cx, a));
     let (workers, shutdown_grace, shutdown_delay) = match raw.runtime {
@@ -367,7 +368,8 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     {
         cx.err(format!("{base}.circuit_breaker.open_for"), "must be more than 0s and at most 1h");
     }
-    let revocation_endpoint = s.revocation_endpoint.as_ref().and_then(|u| http_url(cx, &format!("{base}.revocation_endpoint"), u));
+    let revocation_endpoint =
+        s.revocation_endpoint.as_ref().and_then(|u| http_url(cx, &format!("{base}.revocation_endpoint"), u));
     let (profile, error_map) = profile::server(cx, &base, s.profile.as_ref(), &s.error_map)?;
     if let Some(auth) = &client_auth {
         profile::server_checks(cx, &base, profile, auth);

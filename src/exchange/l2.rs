@@ -126,13 +126,7 @@ impl Exchanger {
     }
 
     /// Shares a token refreshed in the background (begun at purge `epoch`).
-    pub(super) fn share(
-        &self,
-        policy: &Policy,
-        subject: &str,
-        result: &Result<Arc<Entry>, ExchangeError>,
-        epoch: u64,
-    ) {
+    pub(super) fn share(&self, policy: &Policy, subject: &str, result: &Result<Arc<Entry>, ExchangeError>, epoch: u64) {
         if let Some(store) = &self.shared {
             let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
             if let Some(key) = store.key(&subject_hash, &policy.shared_digest) {

@@ -109,4 +109,3 @@ pub(super) fn blames_actor(r: &Refusal, actor: Option<&unverified::PeekedClaims>
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     r.description.to_ascii_lowercase().contains("actor") || actor.and_then(|c| c.exp).is_some_and(|exp| exp <= now)
 }
-

@@ -339,7 +339,8 @@ impl Gateway {
         let (Some(replay), RouteAuth::Exchange(policy)) = (replay, &route.auth) else { return Ok(resp) };
         let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };
         // The fresh token, or else the backend's answer stands.
-        let origin = Origin { client: peer.ip(), request_id: request_id_str(&request_id), sub: introspected.as_deref() };
+        let origin =
+            Origin { client: peer.ip(), request_id: request_id_str(&request_id), sub: introspected.as_deref() };
         let lookup = match self.exchanger.token(policy, subject, subject_hash, *key, origin).await {
             Ok(lookup) => lookup,
             Err(_) => return Ok(resp),

@@ -66,7 +66,8 @@ impl Selector {
     /// for anything else (another version, a malformed or oversized one).
     fn parse(message: &str) -> Option<(u64, Self)> {
         let mut parts = message.splitn(4, ' ');
-        let (Some("v1"), Some(from), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some("v1"), Some(from), Some(kind), Some(value)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return None;
         };

@@ -78,14 +78,22 @@ impl Push {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
             return Err((resp, "rate_limited"));
         }
-        let body = match tokio::time::timeout(BODY_TIMEOUT, http_body_util::Limited::new(req.into_body(), MAX_SET_BYTES).collect()).await {
+        let body = match tokio::time::timeout(
+            BODY_TIMEOUT,
+            http_body_util::Limited::new(req.into_body(), MAX_SET_BYTES).collect(),
+        )
+        .await
+        {
             Ok(Ok(b)) => b.to_bytes(),
             Ok(Err(_)) => {
                 let why = "the body is larger than 64 KiB, or was cut off";
                 return Err((error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", why), "invalid_request"));
             }
             Err(_) => {
-                return Err((error(StatusCode::REQUEST_TIMEOUT, "invalid_request", "the body took too long"), "invalid_request"))
+                return Err((
+                    error(StatusCode::REQUEST_TIMEOUT, "invalid_request", "the body took too long"),
+                    "invalid_request",
+                ))
             }
         };
         let accepted = match self.receiver.receive(&body).await {
@@ -96,14 +104,19 @@ impl Push {
             }
             Err(SetError::Unavailable(why)) => {
                 tracing::warn!(error = %why, "security event token not verified: the transmitter's JWKS is unavailable");
-                let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "invalid_key", "the transmitter's keys are not available yet");
+                let mut resp = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "invalid_key",
+                    "the transmitter's keys are not available yet",
+                );
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 return Err((resp, "unavailable"));
             }
         };
         if !accepted.subjects.is_empty() {
             // `Selector::Subject` never names a route: this cannot fail.
-            let purged = self.purger.purge(&Selector::Subject(accepted.subjects.clone()), "ssf").await.unwrap_or_default();
+            let purged =
+                self.purger.purge(&Selector::Subject(accepted.subjects.clone()), "ssf").await.unwrap_or_default();
             tracing::info!(
                 events = accepted.events.join(" "),
                 purged = purged.local,
@@ -140,7 +153,11 @@ pub struct MainListener {
 impl Handler for MainListener {
     type Body = Body;
 
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl std::future::Future<Output = Response<Body>> + Send {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
         let push = (req.uri().path() == self.push.receiver.path()).then(|| self.push.clone());
         let gateway = self.gateway.clone();
         async move {

@@ -101,7 +101,8 @@ impl Receiver {
 
     /// Verifies one SET (the request body) and reads its events.
     pub async fn receive(&self, body: &[u8]) -> Result<Accepted, SetError> {
-        let token = std::str::from_utf8(body).map_err(|_| refused("invalid_request", "the body is not a compact JWS"))?;
+        let token =
+            std::str::from_utf8(body).map_err(|_| refused("invalid_request", "the body is not a compact JWS"))?;
         let token = token.trim_matches(|c: char| c.is_ascii_whitespace());
         let header = parse_header(token).map_err(|e| verification(&e))?;
         if !self.cfg.jwt.algorithms.contains(&header.alg) {
@@ -122,7 +123,8 @@ impl Receiver {
         let registered = Claims::parse(payload_b64).map_err(|e| verification(&e.into()))?;
         let want =
             Expected { issuer: &self.cfg.jwt.issuer, audiences: &self.cfg.jwt.audiences, leeway: self.cfg.jwt.leeway };
-        let jti = registered.check_event(&want, self.cfg.max_age, claims::now()).map_err(|e| verification(&e.into()))?;
+        let jti =
+            registered.check_event(&want, self.cfg.max_age, claims::now()).map_err(|e| verification(&e.into()))?;
         let jti_key: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
         let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| refused("invalid_request", "payload"))?;
         let set: Map<String, Value> =
@@ -243,7 +245,8 @@ mod tests {
         assert_eq!(ok.subjects, vec![index::id("email", "alice@example.com")]);
         let opaque = json!({"format": "opaque", "id": "alice"});
         assert_eq!(read(json!({"sub_id": opaque, "events": {REVOKED: {}}})).unwrap().subjects, vec![alice]);
-        let aliases = json!({"format": "aliases", "identifiers": [opaque, {"format": "phone_number", "phone_number": "+1"}]});
+        let aliases =
+            json!({"format": "aliases", "identifiers": [opaque, {"format": "phone_number", "phone_number": "+1"}]});
         assert_eq!(read(json!({"sub_id": aliases, "events": {REVOKED: {}}})).unwrap().subjects, vec![alice]);
         let complex = json!({"format": "complex", "user": iss_sub, "session": {"format": "opaque", "id": "s1"}});
         assert_eq!(read(json!({"sub_id": complex, "events": {REVOKED: {}}})).unwrap().subjects, vec![alice]);

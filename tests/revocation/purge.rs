@@ -111,7 +111,9 @@ async fn purged_and_refused_tokens_are_revoked_at_the_authorization_server() {
     answer_revocations(&auth_server);
     let backend = echo_backend().await;
     let revoke = format!("    revocation_endpoint: http://{}/revoke\n", auth_server.addr);
-    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, &revoke, ""))).await;
+    // A third route whose backend path answers 401 invalid_token on demand.
+    let status = exchange_route("status", "/status", backend, "");
+    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, &revoke, "") + &status)).await;
     let alice = subject("alice");
     assert_eq!(call(&gw, "/orders/1", &alice).await, "Bearer exchanged-1");
     assert!(revocations(&auth_server).is_empty(), "nothing revoked on the request path");
@@ -128,17 +130,20 @@ async fn purged_and_refused_tokens_are_revoked_at_the_authorization_server() {
 
     // A token the backend refuses (401 invalid_token) is revoked too.
     let resp = client()
-        .get(format!("{}/orders/status/401", gw.url))
+        .get(format!("{}/status/401", gw.url))
         .bearer_auth(&alice)
         .header("x-echo-www-authenticate", "Bearer error=\"invalid_token\"")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    within(Duration::from_secs(2), || revocations(&auth_server).len() == 2).await.expect("refused token revoked");
-    assert_eq!(revocations(&auth_server)[1].param("token"), Some("exchanged-2"));
+    // Refused, retried with a fresh token (a bodiless GET), refused again: both revoked.
+    within(Duration::from_secs(2), || revocations(&auth_server).len() == 3).await.expect("refused tokens revoked");
+    let revoked: Vec<_> = revocations(&auth_server).iter().map(|r| r.param("token").unwrap().to_owned()).collect();
+    // (the AS numbers every request it gets, revocations too)
+    assert_eq!(revoked[1..], ["exchanged-3", "exchanged-4"]);
     let metrics = gw.metrics().await;
-    assert!(metrics.contains("tokex_revocations_total{server=\"corp\",outcome=\"revoked\"} 2"), "{metrics}");
+    assert!(metrics.contains("tokex_revocations_total{server=\"corp\",outcome=\"revoked\"} 3"), "{metrics}");
 
     // A server without a revocation endpoint: purged, nothing sent.
     let quiet = RecordingAs::start().await;

@@ -3,7 +3,7 @@
 //! replayed, mis-addressed, stale and mistyped ones get `400` and purge
 //! nothing; a flood is rate-limited and costs no JWKS fetch per SET.
 
-use common::jwt::{jws, metric, EcSigner, JwksServer};
+use common::jwt::{b64, jws, metric, EcSigner, JwksServer};
 
 use super::*;
 
@@ -133,10 +133,20 @@ async fn forged_replayed_misaddressed_and_stale_sets_purge_nothing() {
     let good = f.set(&set_claims("alice", json!({})));
     let other_key = EcSigner::new("ssf-1");
     let forged = jws(&header(&f.signer), &set_claims("alice", json!({})), |m| other_key.sign(m));
-    let unknown_kid = jws(&json!({"alg": "ES256", "kid": "nope", "typ": "secevent+jwt"}), &set_claims("alice", json!({})), |m| other_key.sign(m));
-    let access_token_typ = jws(&json!({"alg": "ES256", "kid": "ssf-1", "typ": "at+jwt"}), &set_claims("alice", json!({})), |m| f.signer.sign(m));
+    let unknown_kid =
+        jws(&json!({"alg": "ES256", "kid": "nope", "typ": "secevent+jwt"}), &set_claims("alice", json!({})), |m| {
+            other_key.sign(m)
+        });
+    let access_token_typ =
+        jws(&json!({"alg": "ES256", "kid": "ssf-1", "typ": "at+jwt"}), &set_claims("alice", json!({})), |m| {
+            f.signer.sign(m)
+        });
     let no_typ = jws(&json!({"alg": "ES256", "kid": "ssf-1"}), &set_claims("alice", json!({})), |m| f.signer.sign(m));
-    let none_alg = format!("{}.{}.", b64(json!({"alg": "none", "typ": "secevent+jwt"}).to_string()), b64(set_claims("alice", json!({})).to_string()));
+    let none_alg = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "secevent+jwt"}).to_string()),
+        b64(set_claims("alice", json!({})).to_string())
+    );
     let cases: Vec<(&str, String, &str)> = vec![
         ("forged signature", forged, "invalid_key"),
         ("unknown kid", unknown_kid, "invalid_key"),
@@ -152,7 +162,11 @@ async fn forged_replayed_misaddressed_and_stale_sets_purge_nothing() {
         ("no iat", f.set(&set_claims("alice", json!({"iat": null}))), "invalid_request"),
         ("no events", f.set(&set_claims("alice", json!({"events": null}))), "invalid_request"),
         ("no subject", f.set(&set_claims("alice", json!({"sub_id": null}))), "invalid_request"),
-        ("a subject format tokex cannot find", f.set(&set_claims("alice", json!({"sub_id": {"format": "phone_number", "phone_number": "+1"}}))), "invalid_request"),
+        (
+            "a subject format tokex cannot find",
+            f.set(&set_claims("alice", json!({"sub_id": {"format": "phone_number", "phone_number": "+1"}}))),
+            "invalid_request",
+        ),
         ("not a JWS", "hello".to_owned(), "invalid_request"),
     ];
     for (what, set, err) in &cases {
@@ -178,7 +192,10 @@ async fn forged_replayed_misaddressed_and_stale_sets_purge_nothing() {
     assert_eq!(exchanges(&f.auth_server), 2, "a replay purges nothing");
 
     // An event type tokex does not act on: accepted, ignored.
-    let other = set_claims("alice", json!({"events": {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": "x"}}}));
+    let other = set_claims(
+        "alice",
+        json!({"events": {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": "x"}}}),
+    );
     assert_eq!(f.push(&f.set(&other)).await.0, 202);
     call(&f.gw, "/orders/1", &alice).await;
     assert_eq!(exchanges(&f.auth_server), 2);
@@ -196,7 +213,10 @@ async fn a_flood_is_rate_limited_and_costs_no_jwks_fetch_per_set() {
     let mut limited = 0;
     for i in 0..200 {
         let kid = format!("kid-{i}");
-        let set = jws(&json!({"alg": "ES256", "kid": kid, "typ": "secevent+jwt"}), &set_claims("alice", json!({})), |m| other_key.sign(m));
+        let set =
+            jws(&json!({"alg": "ES256", "kid": kid, "typ": "secevent+jwt"}), &set_claims("alice", json!({})), |m| {
+                other_key.sign(m)
+            });
         match f.push(&set).await.0 {
             429 => limited += 1,
             400 => {}

@@ -49,7 +49,7 @@ pub(super) fn ssf(cx: &mut Ctx, s: RawSsf, servers: &BTreeMap<String, AuthServer
         // RFC 8417 §2.3 / SSF §10: explicit typing keeps an access token or
         // ID token of the same issuer from being taken for a SET.
         require_typ: Some(Text { value: "secevent+jwt".into(), literal: true, unresolved: false }),
-        max_token_bytes: Some(64 * 1024),
+        max_token_bytes: Some(16 * 1024),
         jwks_refresh_min: None,
         jwks_refresh_max: None,
         unknown_kid_cooldown: None,

@@ -75,8 +75,7 @@ impl SharedStore {
         let members: Vec<String> = self.admin("purge", redis::cmd("SMEMBERS").arg(&set)).await?;
         // Only what tokex writes there: a planted member names no other key.
         let ours = format!("{}t:", self.prefix);
-        let keys: Vec<String> =
-            members.into_iter().filter(|m| m.starts_with(&ours)).take(MAX_SET_MEMBERS).collect();
+        let keys: Vec<String> = members.into_iter().filter(|m| m.starts_with(&ours)).take(MAX_SET_MEMBERS).collect();
         let deleted = self.purge_keys(&keys).await?;
         self.admin::<u64>("purge", redis::cmd("DEL").arg(&set)).await?;
         Some(deleted)
