@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::dev_sts::{self, ClientSpec, DevStsConfig};
+use crate::dev_sts::{self, ClientSpec, DevStsConfig, SecurityEvent, SubjectFormat};
 use crate::exchange::unverified;
 use crate::proxy::server::{serve, Handler, Limits, Listening, Phase};
 use crate::proxy::Body;
@@ -25,6 +25,9 @@ const GATEWAY_SECRET: &str = "tokex-demo-secret";
 const CLI_CLIENT: &str = "demo-cli";
 const CLI_SECRET: &str = "demo-cli-secret";
 const BROAD_SCOPES: [&str; 4] = ["orders:read", "orders:write", "billing:read", "profile"];
+/// The `aud` the dev-sts puts in the Security Event Tokens it pushes to tokex.
+const SSF_AUDIENCE: &str = "tokex-demo";
+const SSF_PATH: &str = "/.well-known/ssf/push";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -166,8 +169,16 @@ routes:
     match: {{ path: /health }}
     upstream: http://{backend}
     auth: none
+revocation:
+  ssf:
+    path: {SSF_PATH}
+    issuer: {issuer}
+    jwks_uri: {jwks_uri}
+    audience: {SSF_AUDIENCE}
 "#,
         token_endpoint = sts.token_endpoint(),
+        issuer = sts.issuer(),
+        jwks_uri = sts.jwks_uri(),
     );
     let config = crate::config::parse(&yaml).map_err(|e| DemoError::Setup(format!("built-in config: {e}")))?;
     let gateway = crate::app::start(config).await.map_err(|e| DemoError::Setup(e.to_string()))?;
@@ -283,8 +294,56 @@ pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     let forged = forge(&broad);
     let (status, challenge, _) = call(&client, &format!("{gw}/orders/42"), Some(&forged)).await?;
     out.push_str(&format!("{step}. GET /orders/42 with a forged token (payload edited, signature kept) -> {status}\n"));
-    out.push_str(&format!("     WWW-Authenticate: {}\n", challenge.as_deref().unwrap_or("-")));
+    out.push_str(&format!("     WWW-Authenticate: {}\n\n", challenge.as_deref().unwrap_or("-")));
+    step += 1;
+    revoke(demo, &client, &gw, &broad, step, &mut out).await?;
     Ok(out)
+}
+
+/// alice's session is revoked at the authorization server, which pushes a
+/// CAEP session-revoked Security Event Token to tokex: her cached tokens
+/// go at once, and the next call re-exchanges — and is refused.
+async fn revoke(
+    demo: &Demo,
+    client: &reqwest::Client,
+    gw: &str,
+    broad: &str,
+    step: usize,
+    out: &mut String,
+) -> Result<(), DemoError> {
+    demo.sts.revoke_subject("alice");
+    let set = demo.sts.security_event("alice", SecurityEvent::SessionRevoked, SSF_AUDIENCE, SubjectFormat::IssSub);
+    let started = std::time::Instant::now();
+    let resp = client
+        .post(format!("{gw}{SSF_PATH}"))
+        .header(CONTENT_TYPE, "application/secevent+jwt")
+        .body(set)
+        .send()
+        .await
+        .map_err(|e| DemoError::Step(format!("POST {SSF_PATH}: {e}")))?;
+    let took = started.elapsed();
+    if resp.status() != http::StatusCode::ACCEPTED {
+        return Err(DemoError::Step(format!("POST {SSF_PATH} answered {}", resp.status())));
+    }
+    out.push_str(&format!(
+        "{step}. alice's session is revoked: the authorization server pushes a signed CAEP session-revoked event\n"
+    ));
+    out.push_str(&format!(
+        "     POST {SSF_PATH} -> 202 in {:.1} ms: alice's cached tokens are purged\n",
+        took.as_secs_f64() * 1000.0
+    ));
+    // Her cached token would have answered 200: a refusal means tokex asked again.
+    let (status, challenge, _) = call(client, &format!("{gw}/orders/42"), Some(broad)).await?;
+    out.push_str(&format!(
+        "     GET /orders/42 with the same broad token -> {status} ({})\n     WWW-Authenticate: {}\n",
+        if status == 401 {
+            "not cached any more: tokex exchanged again, and the authorization server refused"
+        } else {
+            "still served: NOT purged"
+        },
+        challenge.as_deref().unwrap_or("-")
+    ));
+    Ok(())
 }
 
 /// alice's token with its payload rewritten to claim `sub: admin`.
@@ -312,6 +371,11 @@ pub fn curl_help(demo: &Demo) -> String {
          # 3. errors\n\
          curl -si {gw}/orders/1                       # 401, no token\n\
          curl -si -H 'Authorization: Bearer junk' {gw}/orders/1   # 401 invalid_token\n\n\
+         # 4. revoke the session of that token's subject (demo-cli): the dev-sts pushes a\n\
+         #    signed CAEP event to tokex, which purges its cached tokens (the next call is refused)\n\
+         tokex dev-sts revoke --sts {issuer} --client-id {CLI_CLIENT} --client-secret {CLI_SECRET} \\\n    \
+         --sub {CLI_CLIENT} --audience {SSF_AUDIENCE} --push {gw}{SSF_PATH}\n\
+         curl -si -H \"Authorization: Bearer $TOKEN\" {gw}/orders/1   # 401 invalid_token\n\n\
          # admin: {admin}/metrics   dev-sts discovery: {issuer}/.well-known/oauth-authorization-server\n",
         scopes = BROAD_SCOPES.join(" "),
         token = demo.sts.token_endpoint(),

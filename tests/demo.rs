@@ -46,6 +46,15 @@ fn demo_walkthrough() {
     );
     assert!(text.contains("without a token -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\"\n"), "{text}");
     assert!(text.contains("forged token (payload edited, signature kept) -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\", error=\"invalid_token\""), "{text}");
+
+    // Revocation: a signed CAEP event purges alice's tokens; the next call re-exchanges and is refused.
+    let revoked = text.split("7. alice's session is revoked").nth(1).expect("revocation step");
+    assert!(revoked.contains("POST /.well-known/ssf/push -> 202 in "), "{revoked}");
+    assert!(
+        revoked.contains("GET /orders/42 with the same broad token -> 401 (not cached any more: tokex exchanged again, and the authorization server refused)"),
+        "{revoked}"
+    );
+    assert!(revoked.contains("error=\"invalid_token\""), "{revoked}");
 }
 
 #[test]
