@@ -281,6 +281,9 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
     let variants: &[(&str, &[Edit])] = &[
         ("listen.tls", &[Uncomment("# tls:")]),
         ("runtime.workers", &[Uncomment("# workers: 2")]),
+        ("admin.token_file", &[Uncomment("# token_file: /etc/tokex/admin-token")]),
+        ("revocation_endpoint", &[Uncomment("# revocation_endpoint: https://as.example.com/oauth2/revoke")]),
+        ("revocation.ssf", &[Uncomment("# revocation:")]),
         ("authz beside the proxy listener", &[Uncomment("# authz:")]),
         ("authz alone (check-only)", &[Uncomment("# authz:"), Delete("listen:")]),
         ("issuer", &[Delete("token_endpoint: https://as.example.com/oauth2/token"), Uncomment("# issuer: https://")]),

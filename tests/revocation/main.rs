@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cli;
 mod fleet;
 mod purge;
 mod ssf;

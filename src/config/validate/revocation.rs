@@ -77,3 +77,71 @@ pub(super) fn warnings(cx: &mut Ctx, admin: bool, admin_token: bool, ssf: Option
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::parse;
+
+    const BASE: &str = "listen: { address: \"127.0.0.1:0\" }\nadmin: { address: \"127.0.0.1:0\" }\nroutes: [{ name: r, auth: none, upstream: \"http://127.0.0.1:1\" }]\n";
+
+    fn check(extra: &str) -> Result<Vec<String>, String> {
+        match parse(&format!("{BASE}{extra}")) {
+            Ok(c) => Ok(c.warnings.iter().map(ToString::to_string).collect()),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+        }
+    }
+
+    const SSF: &str =
+        "revocation:\n  ssf:\n    issuer: https://idp\n    jwks_uri: https://idp/jwks\n    audience: tokex\n";
+
+    #[test]
+    fn a_shared_signals_receiver() {
+        let c = parse(&format!("{BASE}{SSF}")).unwrap();
+        let ssf = c.ssf.unwrap();
+        assert_eq!(ssf.path, "/.well-known/ssf/push");
+        assert_eq!(ssf.jwt.require_typ.as_deref(), Some("secevent+jwt"));
+        assert_eq!(ssf.jwt.audiences, ["tokex"]);
+        assert_eq!((ssf.max_age.as_secs(), ssf.max_per_second), (300, 100));
+        for (extra, at) in [
+            ("    path: relative\n", "revocation.ssf.path"),
+            ("    path: /a/../b\n", "revocation.ssf.path"),
+            ("    path: /a?b\n", "revocation.ssf.path"),
+            ("    path: /a%2f\n", "revocation.ssf.path"),
+            ("    max_age: 1s\n", "revocation.ssf.max_age"),
+            ("    max_per_second: 0\n", "revocation.ssf.max_per_second"),
+            ("    algorithms: [HS256]\n", "revocation.ssf.algorithms[0]"),
+        ] {
+            let e = check(&format!("{SSF}{extra}")).unwrap_err();
+            assert!(e.contains(at), "{extra}: {e}");
+        }
+        let no_aud = SSF.replace("    audience: tokex\n", "");
+        assert!(check(&no_aud).unwrap_err().contains("revocation.ssf.audience"));
+        let no_iss = SSF.replace("    issuer: https://idp\n", "");
+        assert!(check(&no_iss).unwrap_err().contains("revocation.ssf.issuer"));
+        // The push endpoint is on the main listener.
+        let check_only = format!(
+            "authz: {{ address: \"127.0.0.1:0\", dialect: envoy }}\nroutes: [{{ name: r, auth: none }}]\n{SSF}"
+        );
+        assert!(parse(&check_only).unwrap_err().to_string().contains("needs listen:"));
+        // A route that covers the path is warned about.
+        let shadow = format!("listen: {{ address: \"127.0.0.1:0\" }}\nroutes: [{{ name: r, auth: none, upstream: \"http://127.0.0.1:1\" }}]\n{SSF}");
+        let warnings = parse(&shadow).unwrap().warnings;
+        assert!(warnings.iter().any(|w| w.path == "revocation.ssf.path"), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_admin_token_and_the_revocation_endpoint() {
+        let w = check("").unwrap();
+        assert!(w.iter().any(|w| w.contains("admin.token_file") && w.contains("404")), "{w:?}");
+        let missing = BASE.replace(
+            "admin: { address: \"127.0.0.1:0\" }",
+            "admin: { address: \"127.0.0.1:0\", token_file: /nonexistent/t }",
+        );
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.contains("admin.token_file"), "{e}");
+        let server = "authorization_servers:\n  corp:\n    token_endpoint: https://as/token\n    revocation_endpoint: ";
+        let c = parse(&format!("{BASE}{server}https://as/revoke\n")).unwrap();
+        assert_eq!(c.servers["corp"].revocation_endpoint.as_ref().unwrap().as_str(), "https://as/revoke");
+        assert!(check(&format!("{server}ftp://as/revoke\n")).unwrap_err().contains("revocation_endpoint"));
+    }
+}
