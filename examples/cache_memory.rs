@@ -4,10 +4,11 @@
 //!
 //!   cargo run --release --example cache_memory -- [N] [TOKEN_BYTES] [MODE]
 //!
-//! MODE `cache` (default) is tokex's cache as the gateway fills it: every
-//! entry with its revocation metadata and in the subject index (one
-//! subject per entry, by `sub` and `email`); `cache-noindex` leaves both
-//! out (what the index costs is the difference); `moka`, `moka-noexpiry` and
+//! MODE `cache` (default) is tokex's cache as a gateway that can purge
+//! fills it: every entry with its revocation metadata, and in the subject
+//! index (one subject per entry, by `sub` and `email`); `cache-noindex` is
+//! the same without the index (a gateway with no admin token, no Shared
+//! Signals and no shared store keeps none); `moka`, `moka-noexpiry` and
 //! `moka-nolistener` are a bare moka cache with tokex's builder options
 //! and a unit value (moka's own cost per entry); `values` keeps the entries
 //! in a Vec (the value's own cost). Not a test: it takes seconds and a GiB.
@@ -36,9 +37,9 @@ fn token(i: u64, len: usize) -> String {
     t
 }
 
-/// With `indexed`, the metadata of an exchanged token (a subject of its own).
-fn entry(i: u64, len: usize, indexed: bool) -> Arc<Entry> {
-    let meta = indexed.then(|| {
+/// With `meta`, the metadata of an exchanged token (a subject of its own).
+fn entry(i: u64, len: usize, meta: bool) -> Arc<Entry> {
+    let meta = meta.then(|| {
         let sub = format!("user-{i}");
         Meta::new(7, id_of("sub", Some(&sub)), id_of("email", Some(&format!("{sub}@example.com"))), None)
     });
@@ -77,7 +78,7 @@ async fn main() {
     let before = rss_bytes();
     let mut keep: Vec<Arc<Entry>> = Vec::new();
     let index = Arc::new(SubjectIndex::default());
-    let indexed = mode == "cache";
+    index.set_enabled(mode == "cache");
     let (cache, bare) = match mode.as_str() {
         "cache" | "cache-noindex" => (Some(TokenCache::new(n * 2, metrics.cache_evictions(), index.clone())), None),
         "moka" => (None, Some(moka(true, true, n))),
@@ -93,7 +94,7 @@ async fn main() {
     for i in 0..n {
         match (&cache, &bare) {
             (Some(c), _) => {
-                let e = entry(i, len, indexed);
+                let e = entry(i, len, true);
                 if let Some(meta) = &e.meta {
                     index.add(&key(i), meta);
                 }

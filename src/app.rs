@@ -190,7 +190,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 pub async fn start_with_workers(config: Config, workers: usize) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = build_runtime(&config, &metrics, None)?;
-    let mut exchanger = Exchanger::new(config.cache.clone(), metrics.clone());
+    // Purges by subject need the index: only when one can come.
+    let purging = config.admin_token.is_some() || config.ssf.is_some() || config.cache.shared.is_some();
+    let mut exchanger = Exchanger::new(config.cache.clone(), metrics.clone()).index_subjects(purging);
     if let Some(shared) = &config.cache.shared {
         let store = crate::exchange::shared::SharedStore::new(shared, metrics.clone()).map_err(StartError::Setup)?;
         exchanger = exchanger.with_shared(Arc::new(store));
@@ -398,6 +400,19 @@ impl Running {
         // Spans still queued go out (bounded by the exporter's timeout).
         if let Some(tracer) = self.gateway.tracer() {
             tracer.shutdown().await;
+        }
+    }
+}
+
+/// Runs `f` to completion on a one-thread runtime: the client commands
+/// (`tokex purge`, `tokex dev-sts mint`, `tokex dev-sts revoke`). `Err`, with
+/// the reason on stderr, when no runtime can be made.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, std::process::ExitCode> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Ok(rt.block_on(f)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            Err(std::process::ExitCode::FAILURE)
         }
     }
 }

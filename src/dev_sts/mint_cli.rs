@@ -55,14 +55,12 @@ pub fn mint(args: MintArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let minted = crate::app::block_on(request_mint(&endpoint, &args.client_id, &args.client_secret, form));
+    let minted = match minted {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    match rt.block_on(request_mint(&endpoint, &args.client_id, &args.client_secret, form)) {
+    match minted {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

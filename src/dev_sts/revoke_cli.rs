@@ -58,14 +58,12 @@ pub fn revoke(args: RevokeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let outcome =
+        crate::app::block_on(post_form(&endpoint, &args.client_id, &args.client_secret, form, REVOKE_TIMEOUT));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(code) => return code,
     };
-    let outcome = rt.block_on(post_form(&endpoint, &args.client_id, &args.client_secret, form, REVOKE_TIMEOUT));
     let what = format!("{} for {}", args.event, printable(&args.sub));
     let answer = match outcome {
         Ok(a) if a.status.is_success() => a,

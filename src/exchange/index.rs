@@ -9,7 +9,7 @@
 //! by all), never the value itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -85,18 +85,39 @@ pub fn tag(digest: &[u8; 32]) -> u64 {
 /// Most subjects hold one entry (one token, one route): kept inline.
 type Slots = SmallVec<[(Key, u64); 1]>;
 
-#[derive(Default)]
+/// Off (nothing is recorded: a purge by subject finds nothing) when no
+/// purge can come: no `admin.token_file`, no `revocation.ssf`, no shared
+/// store whose purge log other replicas write to.
 pub struct SubjectIndex {
     shards: [Mutex<HashMap<Id, Slots>>; SHARDS],
+    enabled: AtomicBool,
+}
+
+impl Default for SubjectIndex {
+    fn default() -> Self {
+        SubjectIndex { shards: Default::default(), enabled: AtomicBool::new(true) }
+    }
 }
 
 impl SubjectIndex {
+    /// Turns recording on or off (at start, before any entry is cached).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     fn shard(&self, id: &Id) -> std::sync::MutexGuard<'_, HashMap<Id, Slots>> {
         self.shards[usize::from(id[0]) % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the entry `meta` describes under `key` (before it enters the cache).
     pub fn add(&self, key: &Key, meta: &Meta) {
+        if !self.is_enabled() {
+            return;
+        }
         for id in meta.ids() {
             let mut shard = self.shard(id);
             let slots = shard.entry(*id).or_default();
@@ -109,6 +130,9 @@ impl SubjectIndex {
     /// Forgets the entry `meta` describes (it left the cache). A later entry
     /// under the same key has another serial and stays.
     pub fn remove(&self, key: &Key, meta: &Meta) {
+        if !self.is_enabled() {
+            return;
+        }
         for id in meta.ids() {
             let mut shard = self.shard(id);
             if let Some(slots) = shard.get_mut(id) {
@@ -161,6 +185,9 @@ mod tests {
         index.remove(&[1; 32], &a2);
         index.remove(&[2; 32], &b);
         assert!(index.is_empty());
+        index.set_enabled(false);
+        index.add(&[3; 32], &a);
+        assert!(index.is_empty(), "off: nothing recorded");
         assert!(a.names(&id("sub", "alice")) && !a.names(&id("sub", "bob")));
         assert_ne!(id("sub", "x"), id("email", "x"));
         assert_eq!(id_of("sub", Some("")), None);

@@ -318,6 +318,13 @@ impl Exchanger {
         }
     }
 
+    /// Records which subject each entry was exchanged for (on by default),
+    /// so that a purge by `sub` or `email` finds it.
+    pub fn index_subjects(self, on: bool) -> Self {
+        self.index.set_enabled(on);
+        self
+    }
+
     /// Puts the shared store behind the local cache.
     pub fn with_shared(mut self, store: Arc<shared::SharedStore>) -> Self {
         self.shared = Some(store);

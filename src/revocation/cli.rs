@@ -55,14 +55,11 @@ pub fn run(args: PurgeArgs, config: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let outcome = match crate::app::block_on(send(&url, &token, body)) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
-    match rt.block_on(send(&url, &token, body)) {
+    match outcome {
         Ok(answer) => {
             let n = |k: &str| answer.get(k).and_then(Value::as_u64);
             let shared = n("shared").map_or_else(|| "-".to_owned(), |s| s.to_string());
