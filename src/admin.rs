@@ -15,6 +15,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::exchange::Exchanger;
@@ -82,7 +83,13 @@ impl Admin {
 
 /// `POST /cache/purge`: the admin token, then the selector, then the purge.
 async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Response<Body> {
-    let presented = req.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    // The scheme without case (RFC 9110 §11.1), then the token.
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
     let expected = match token.get() {
         Ok(t) => t,
         Err(e) => {
@@ -90,8 +97,9 @@ async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Respo
             return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"admin_token_unreadable"}"#);
         }
     };
-    let expected = expected.expose().trim().as_bytes();
-    let good = presented.is_some_and(|p| !expected.is_empty() && bool::from(p.ct_eq(expected)));
+    // Digests compared in constant time: neither the token nor its length shows.
+    let expected = Sha256::digest(expected.expose().trim().as_bytes());
+    let good = presented.is_some_and(|p| bool::from(Sha256::digest(p).ct_eq(&expected)));
     if !good {
         let mut resp = json_response(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#);
         resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tokex admin\""));
@@ -120,7 +128,9 @@ async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Respo
                 shared = p.shared,
                 "cache purged"
             );
-            let body = serde_json::json!({ "purged": p.local, "introspection": p.introspection, "shared": p.shared });
+            let body = serde_json::json!({
+                "purged": p.local, "introspection": p.introspection, "shared": p.shared, "announced": p.announced
+            });
             json(StatusCode::OK, &body)
         }
         Err(e @ PurgeError::UnknownRoute(_)) => json(
@@ -133,7 +143,7 @@ async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Respo
 /// The selector a purge body names: `{}` (everything), or exactly one of
 /// `sub`, `email`, `route`, `token_sha256` (64 hex digits).
 fn selector(body: &[u8]) -> Result<Selector, &'static str> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { body };
+    // Everything is purged on an explicit `{}` only, never on an empty body.
     let r: PurgeRequest = serde_json::from_slice(body)
         .map_err(|_| "expected {}, {\"sub\": ...}, {\"email\": ...}, {\"route\": ...} or {\"token_sha256\": ...}")?;
     let named = [r.sub.is_some(), r.email.is_some(), r.route.is_some(), r.token_sha256.is_some()];
@@ -207,7 +217,7 @@ mod tests {
 
     #[test]
     fn purge_bodies() {
-        assert_eq!(selector(b""), Ok(Selector::All));
+        assert!(selector(b"").is_err() && selector(b" ").is_err(), "an empty body purges nothing");
         assert_eq!(selector(b"{}"), Ok(Selector::All));
         assert_eq!(selector(br#"{"sub":"alice"}"#), Ok(Selector::sub("alice")));
         assert_eq!(selector(br#"{"email":"a@b"}"#), Ok(Selector::email("a@b")));

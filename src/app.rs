@@ -275,7 +275,7 @@ pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runnin
     tasks.extend(purger.follow(rx.clone()));
     let push = match &config.ssf {
         Some(ssf) => {
-            let receiver = Receiver::new(ssf, &metrics).map_err(StartError::Setup)?;
+            let receiver = Receiver::new(ssf, &metrics, &gateway.runtime().servers).map_err(StartError::Setup)?;
             tasks.push(receiver.start(rx.clone()));
             Some(Arc::new(Push::new(receiver, purger.clone(), metrics.clone())))
         }

@@ -99,15 +99,16 @@ fn command() -> ExitCode {
 }
 
 /// Help and version (exit 0) or a usage error (clap's exit 2, except
-/// under `dev-sts mint` and `dev-sts revoke`, whose exit codes are 0 done,
-/// 1 refused, 64 bad flags: a script tells a mistyped flag from a refusal).
+/// under `purge`, `dev-sts mint` and `dev-sts revoke`, whose exit codes are
+/// 0 done, 1 refused, 64 bad flags: a script tells a mistyped flag from a refusal).
 fn clap_answer(e: &clap::Error) -> ExitCode {
     let _ = e.print();
     if !e.use_stderr() {
         return ExitCode::SUCCESS;
     }
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let client = args.windows(2).any(|w| w[0] == "dev-sts" && (w[1] == "mint" || w[1] == "revoke"));
+    let client = args.windows(2).any(|w| w[0] == "dev-sts" && (w[1] == "mint" || w[1] == "revoke"))
+        || args.get(1).is_some_and(|a| a == "purge");
     let code = if client { EXIT_CONFIG } else { u8::try_from(e.exit_code()).unwrap_or(2) };
     ExitCode::from(code)
 }

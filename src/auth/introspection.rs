@@ -5,6 +5,7 @@
 //! `exp`; `active: false` for `negative_ttl`. Concurrent checks of one token
 //! share one request. An unreachable endpoint is `503`, like the exchange.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,8 @@ pub struct Introspector {
     max_entries: u64,
     cache: moka::future::Cache<Key, Arc<Answer>>,
     outcomes: Counters,
+    /// Bumped by every purge (an answer in flight meanwhile is not kept).
+    purges: AtomicU64,
 }
 
 /// The members of an introspection answer we use (RFC 7662 §2.2).
@@ -98,6 +101,7 @@ impl Introspector {
             max_entries: cfg.max_entries,
             cache: moka::future::Cache::builder().max_capacity(cfg.max_entries).expire_after(PerAnswer).build(),
             outcomes: metrics.introspections(&OUTCOMES),
+            purges: AtomicU64::new(0),
         })
     }
 
@@ -114,7 +118,14 @@ impl Introspector {
     /// The scopes of an active `token` (`hash`: its SHA-256) and its
     /// subject (`sub`), when the answer names one.
     pub async fn check(&self, token: &str, hash: &Key) -> Result<(Granted, Option<Arc<str>>), InboundError> {
-        let answer = self.cache.try_get_with(*hash, self.introspect(token)).await.map_err(|e| (*e).clone())?;
+        let since = self.purges.load(Ordering::Acquire);
+        let entry =
+            self.cache.entry(*hash).or_try_insert_with(self.introspect(token)).await.map_err(|e| (*e).clone())?;
+        // An answer asked for before a purge and cached after it is not kept.
+        if entry.is_fresh() && self.purges.load(Ordering::Acquire) != since {
+            self.cache.invalidate(hash).await;
+        }
+        let answer = entry.into_value();
         let granted = answer.verdict.clone().map_err(InboundError::Invalid)?;
         Ok((granted, answer.sub.clone()))
     }
@@ -122,6 +133,7 @@ impl Introspector {
     /// Forgets cached answers: the one for a token's SHA-256, those for a
     /// subject (`sub_id`: its hashed `sub`), or all. How many.
     pub async fn purge(&self, target: IntrospectionPurge<'_>) -> u64 {
+        self.purges.fetch_add(1, Ordering::AcqRel);
         let keys: Vec<Key> = match target {
             IntrospectionPurge::Token(hash) => vec![*hash],
             IntrospectionPurge::Subject(ids) => self

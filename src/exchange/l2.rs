@@ -5,13 +5,12 @@
 //! exchange. Whatever the store does — down, slow, garbage — the answer is
 //! at worst a local exchange within the same budget.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::cache::{Entry, EntryKind};
+use super::cache::{Entry, EntryKind, Key};
 use super::index;
 use super::seal::{self, Sealed};
 use super::shared::{Lease, SharedStore};
@@ -28,10 +27,6 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 const LEASE_TTL: Duration = Duration::from_secs(1);
 /// How long a lease outlives the value it stood for.
 const LEASE_AFTER_VALUE: Duration = Duration::from_millis(250);
-
-fn unix_now_ms() -> u64 {
-    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Gives a lease back if the request holding it is dropped (its caller went
 /// away) before the lease was settled.
@@ -60,7 +55,8 @@ impl Exchanger {
         let Some(key) = store.key(subject_hash, &policy.shared_digest) else {
             return self.exchange(policy, subject, origin, give_up, None).await;
         };
-        let epoch = self.purges.load(Ordering::Acquire);
+        // A purge that names this entry while it is exchanged keeps it out of the store.
+        let since = (self.purges.now(), policy.key(subject_hash));
         let sub = origin.and_then(|o| o.sub);
         let read = |by| read(store, &key, policy, subject, sub, by);
         // The read and the lease share one `timeout`: the store never makes
@@ -93,7 +89,7 @@ impl Exchanger {
         }
         if lease != Lease::Taken {
             let result = self.exchange(policy, subject, origin, give_up, None).await;
-            self.publish(store, key, (policy, subject), &result, false, epoch);
+            self.publish(store, key, (policy, subject), &result, false, since);
             return result;
         }
         // This replica holds the lease: renew it while the exchange runs,
@@ -111,7 +107,7 @@ impl Exchanger {
             }
         };
         guard.0 = None;
-        self.publish(store, key, (policy, subject), &result, true, epoch);
+        self.publish(store, key, (policy, subject), &result, true, since);
         result
     }
 
@@ -125,12 +121,19 @@ impl Exchanger {
         }
     }
 
-    /// Shares a token refreshed in the background (begun at purge `epoch`).
-    pub(super) fn share(&self, policy: &Policy, subject: &str, result: &Result<Arc<Entry>, ExchangeError>, epoch: u64) {
+    /// Shares a token refreshed in the background (begun at purge number
+    /// `since`, under local cache key `local`).
+    pub(super) fn share(
+        &self,
+        policy: &Policy,
+        subject: &str,
+        result: &Result<Arc<Entry>, ExchangeError>,
+        since: (u64, Key),
+    ) {
         if let Some(store) = &self.shared {
             let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
             if let Some(key) = store.key(&subject_hash, &policy.shared_digest) {
-                self.publish(store, key, (policy, subject), result, false, epoch);
+                self.publish(store, key, (policy, subject), result, false, since);
             }
         }
     }
@@ -142,7 +145,7 @@ impl Exchanger {
     /// taking a lease given back and exchanging again. With no value to
     /// share (the exchange failed) the lease is given back at once, so a
     /// waiter takes over. A token exchanged while a purge ran (the purge
-    /// `epoch` moved since the exchange began) is not shared.
+    /// purge since the exchange began, number `since.0`, names it) is not shared.
     fn publish(
         &self,
         store: &Arc<SharedStore>,
@@ -150,17 +153,19 @@ impl Exchanger {
         (policy, subject): (&Policy, &str),
         result: &Result<Arc<Entry>, ExchangeError>,
         holds_lease: bool,
-        epoch: u64,
+        (since, local): (u64, Key),
     ) {
         let sealed = sealed(&key, policy, subject, result);
         if sealed.is_none() && !holds_lease {
             return;
         }
-        let subjects = result.as_ref().ok().and_then(|e| e.meta.as_ref()).map(|m| [m.sub, m.email]);
+        let entry = result.as_ref().ok().cloned();
+        let subjects = entry.as_ref().and_then(|e| e.meta.as_ref()).map(|m| [m.sub, m.email]);
         let (store, purges) = (store.clone(), self.purges.clone());
         tokio::spawn(async move {
+            let purged = entry.as_ref().is_some_and(|e| purges.names_since(since, &local, e));
             match sealed {
-                _ if purges.load(Ordering::Acquire) != epoch => store.release(&key).await,
+                _ if purged => store.release(&key).await,
                 Some((value, ttl)) => {
                     store.put(&key, &value, ttl, subjects.as_ref().map_or(&[][..], |s| &s[..])).await;
                     if holds_lease {
@@ -189,7 +194,7 @@ async fn read(
         store.rejected();
         return None;
     };
-    let left = Duration::from_millis(value.expires_at_unix_ms.saturating_sub(unix_now_ms()));
+    let left = Duration::from_millis(value.expires_at_unix_ms.saturating_sub(super::shared::unix_ms()));
     // Never longer than this route may keep a token (the digest has the
     // same max_ttl; this also bounds a writer's clock).
     let left = left.min(policy.cfg.max_ttl);
@@ -215,6 +220,6 @@ fn sealed(
     let left = entry.expires_at.saturating_duration_since(Instant::now());
     let token = entry.token_text().filter(|_| left >= MIN_SHARED_TTL)?;
     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    let value = Sealed { token: token.to_owned(), expires_at_unix_ms: unix_now_ms().saturating_add(ms) };
+    let value = Sealed { token: token.to_owned(), expires_at_unix_ms: super::shared::unix_ms().saturating_add(ms) };
     Some((seal::seal(subject, &policy.shared_digest, key, &value)?, left))
 }

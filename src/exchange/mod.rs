@@ -24,7 +24,6 @@ pub mod shared;
 pub mod unverified;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,9 +296,9 @@ pub struct Exchanger {
     shared: Option<Arc<shared::SharedStore>>,
     /// The cache's entries by subject (revocation).
     index: Arc<SubjectIndex>,
-    /// Bumped by every purge: an exchange that was running meanwhile does
-    /// not keep (nor share) its token.
-    purges: Arc<AtomicU64>,
+    /// The last purges: an exchange that was running when one named its
+    /// entry does not keep (nor share) its token.
+    purges: Arc<purge::Purges>,
     /// RFC 7009 revocation of purged and refused tokens, in the background.
     revoker: Arc<Revoker>,
 }
@@ -314,7 +313,7 @@ impl Exchanger {
             metrics,
             shared: None,
             index,
-            purges: Arc::new(AtomicU64::new(0)),
+            purges: Arc::default(),
         }
     }
 
@@ -358,7 +357,7 @@ impl Exchanger {
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
-        let epoch = self.purges.load(Ordering::Acquire);
+        let since = self.purges.now();
         let fill = async {
             let entry = self.fill(policy, subject, subject_hash, Some(origin)).await?;
             // Indexed before it is in the cache: the eviction listener
@@ -370,18 +369,10 @@ impl Exchanger {
         };
         let (entry, hit) = self.cache.get_or_try_insert(key, fill).await.map_err(|e| (*e).clone())?;
         if !hit {
-            self.purged_meanwhile(epoch, &key, &entry).await;
+            self.purged_meanwhile(since, &key, &entry).await;
         }
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
-    }
-
-    /// A purge that ran while this entry was being exchanged may have
-    /// missed it: it is not kept (the request that waited for it uses it).
-    async fn purged_meanwhile(&self, epoch: u64, key: &Key, entry: &Arc<Entry>) {
-        if self.purges.load(Ordering::Acquire) != epoch {
-            self.cache.invalidate_entry(key, entry).await;
-        }
     }
 
     fn hit(entry: Arc<Entry>, hit: bool, exchange_time: Option<Duration>) -> Result<Lookup, ExchangeError> {
@@ -406,16 +397,16 @@ impl Exchanger {
         // What the entry was indexed under carries over (an introspected `sub`).
         let sub = entry.meta.as_ref().and_then(|m| m.sub);
         tokio::spawn(async move {
-            let epoch = this.purges.load(Ordering::Acquire);
+            let since = this.purges.now();
             let fresh = this.exchange(&policy, &subject, None, Instant::now() + policy.client.timeout(), sub).await;
-            this.share(&policy, &subject, &fresh, epoch);
+            this.share(&policy, &subject, &fresh, (since, key));
             if let Ok(fresh) = fresh {
                 if matches!(fresh.kind, EntryKind::Token(_)) {
                     if let Some(meta) = &fresh.meta {
                         this.index.add(&key, meta);
                     }
                     this.cache.insert(key, fresh.clone()).await;
-                    this.purged_meanwhile(epoch, &key, &fresh).await;
+                    this.purged_meanwhile(since, &key, &fresh).await;
                 }
             }
         });

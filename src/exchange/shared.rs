@@ -6,8 +6,6 @@
 
 mod purge;
 
-pub use purge::MAX_MESSAGE_BYTES;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +38,9 @@ pub struct SharedStore {
     pub settings: SharedCacheConfig,
     /// Milliseconds after `epoch` until which the store is not asked.
     down_until: AtomicU64,
+    /// Milliseconds after `epoch` of the last value written (a replica
+    /// that wrote just before it read a purge repeats the purge's store part).
+    last_put: AtomicU64,
     epoch: Instant,
 }
 
@@ -130,6 +131,7 @@ impl SharedStore {
             metrics,
             settings: cfg.clone(),
             down_until: AtomicU64::new(0),
+            last_put: AtomicU64::new(0),
             epoch: Instant::now(),
         })
     }
@@ -249,22 +251,33 @@ impl SharedStore {
 
     /// Stores `value` under `key` for `ttl` (never longer than the token
     /// lives), and adds `key` to the sets of the `subjects` it was exchanged
-    /// for (each lives as long as its longest member), in one transaction.
+    /// for, in one transaction. A set is sorted by its members' expiry: the
+    /// expired ones go with each write, and the set lives as long as its
+    /// longest member.
     pub async fn put(&self, key: &str, value: &[u8], ttl: Duration, subjects: &[Option<Id>]) {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if ms == 0 {
             return;
         }
+        self.last_put.store(self.now_ms().max(1), Ordering::Relaxed);
+        let now = unix_ms();
         let mut conn = self.connection();
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("SET").arg(key).arg(value).arg("PX").arg(ms).ignore();
         for set in subjects.iter().flatten().filter_map(|id| self.subject_set(id)) {
-            pipe.cmd("SADD").arg(&set).arg(key).ignore();
+            pipe.cmd("ZADD").arg(&set).arg(now.saturating_add(ms)).arg(key).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE").arg(&set).arg("-inf").arg(now).ignore();
             // A new set gets the entry's lifetime; a longer one extends it.
             pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("GT").ignore();
         }
         self.op("put", self.deadline(), pipe.query_async::<()>(&mut conn), |_| "ok").await;
+    }
+
+    /// Whether this replica wrote a value within `d`.
+    pub fn wrote_within(&self, d: Duration) -> bool {
+        let last = self.last_put.load(Ordering::Relaxed);
+        last > 0 && self.now_ms().saturating_sub(last) <= u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Tries to take the exchange lease of `key` for `ttl` (`SET NX PX`).
@@ -328,4 +341,10 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Unix time in milliseconds (scores of the subject sets).
+pub(crate) fn unix_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }

@@ -105,6 +105,11 @@ fn request(args: &PurgeArgs, config: Option<&Path>) -> Result<(url::Url, String,
         return Err(format!("--admin {base}: an http(s) URL"));
     }
     url.set_path("/cache/purge");
+    if let Some(h) = &args.token_sha256 {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("--token-sha256: the SHA-256 of the subject token, 64 hex digits".into());
+        }
+    }
     let body = match args {
         PurgeArgs { sub: Some(s), .. } => json!({ "sub": s }),
         PurgeArgs { email: Some(e), .. } => json!({ "email": e }),

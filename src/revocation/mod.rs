@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::introspection::IntrospectionPurge;
 use crate::exchange::index::{self, Id};
-use crate::exchange::shared::{SharedStore, MAX_MESSAGE_BYTES};
+use crate::exchange::shared::SharedStore;
 use crate::exchange::{Exchanger, Target};
 use crate::metrics::Metrics;
 use crate::proxy::handler::Gateway;
@@ -26,6 +26,12 @@ use crate::proxy::routes::RouteAuth;
 
 /// How often a replica reads the purge log.
 const POLL: Duration = Duration::from_millis(200);
+/// A replica that wrote a value to the store this shortly before it read a
+/// purge may have written it after the purge deleted the store's entries
+/// (its exchange ran meanwhile): it runs the purge's store part again.
+const RACE_WINDOW: Duration = Duration::from_secs(2);
+/// Subjects one purge log message names at most.
+const MAX_IDS_PER_MESSAGE: usize = 16;
 /// Longest route name a purge log message carries.
 const MAX_ROUTE_NAME: usize = 256;
 
@@ -51,15 +57,19 @@ impl Selector {
         Selector::Subject(vec![index::id("email", email)])
     }
 
-    /// As a purge log message from replica `from`: `v1 <from> <kind> <value>`.
-    fn message(&self, from: u64) -> String {
-        let (kind, value) = match self {
-            Selector::All => ("all", "-".to_owned()),
-            Selector::Subject(ids) => ("subject", ids.iter().map(|i| hex(i)).collect::<Vec<_>>().join(",")),
-            Selector::Route(name) => ("route", name.clone()),
-            Selector::Token(hash) => ("token", hex(hash)),
-        };
-        format!("v1 {from:016x} {kind} {value}")
+    /// As purge log messages from replica `from`: `v1 <from> <kind> <value>`
+    /// (subjects 16 to a message).
+    fn messages(&self, from: u64) -> Vec<String> {
+        let one = |kind: &str, value: &str| format!("v1 {from:016x} {kind} {value}");
+        match self {
+            Selector::All => vec![one("all", "-")],
+            Selector::Subject(ids) => ids
+                .chunks(MAX_IDS_PER_MESSAGE)
+                .map(|c| one("subject", &c.iter().map(|i| hex(i)).collect::<Vec<_>>().join(",")))
+                .collect(),
+            Selector::Route(name) => vec![one("route", name)],
+            Selector::Token(hash) => vec![one("token", &hex(hash))],
+        }
     }
 
     /// A purge log message read back, and the replica it came from; `None`
@@ -75,7 +85,7 @@ impl Selector {
         let selector = match kind {
             "all" => Some(Selector::All),
             "subject" => {
-                let ids: Option<Vec<Id>> = value.split(',').take(16).map(unhex).collect();
+                let ids: Option<Vec<Id>> = value.split(',').take(MAX_IDS_PER_MESSAGE).map(unhex).collect();
                 ids.filter(|i| !i.is_empty()).map(Selector::Subject)
             }
             "route" if !value.is_empty() && value.len() <= MAX_ROUTE_NAME => Some(Selector::Route(value.to_owned())),
@@ -109,9 +119,22 @@ pub struct Purged {
     /// Cached introspection answers on this replica.
     pub introspection: u64,
     /// Keys deleted in the shared store; `None` without one, or when it did
-    /// not answer (the other replicas then learn of the purge only if the
-    /// log took it).
+    /// not answer.
     pub shared: Option<u64>,
+    /// Whether the purge log took the purge (the other replicas apply it);
+    /// `None` without a shared store.
+    pub announced: Option<bool>,
+}
+
+impl Purged {
+    /// Without a shared store, always; with one, once the store's entries
+    /// are deleted and the other replicas told.
+    pub fn complete(&self) -> bool {
+        match self.announced {
+            None => true,
+            Some(announced) => announced && self.shared.is_some(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -142,17 +165,21 @@ impl Purger {
     pub async fn purge(&self, selector: &Selector, source: &'static str) -> Result<Purged, PurgeError> {
         let (local, introspection) = self.local(selector).await?;
         self.metrics.purged(source, local);
-        let shared = match self.exchanger().shared() {
+        let (shared, announced) = match self.exchanger().shared() {
             Some(store) => {
                 let deleted = self.shared(store, selector).await;
-                if !store.announce(&selector.message(self.replica)).await {
+                let mut announced = true;
+                for message in selector.messages(self.replica) {
+                    announced &= store.announce(&message).await;
+                }
+                if !announced {
                     tracing::warn!("cache.shared: the purge could not be announced to the other replicas");
                 }
-                deleted
+                (deleted, Some(announced))
             }
-            None => None,
+            None => (None, None),
         };
-        Ok(Purged { local, introspection, shared })
+        Ok(Purged { local, introspection, shared, announced })
     }
 
     /// This replica's token cache and introspection answers.
@@ -251,17 +278,20 @@ impl Purger {
                 };
                 let Some(entries) = store.announced(&from).await else { continue };
                 for (id, message) in entries {
+                    // Past every entry, readable or not.
                     after = Some(id);
-                    if message.len() > MAX_MESSAGE_BYTES {
+                    let Some((from, selector)) = message.as_deref().and_then(Selector::parse) else {
+                        tracing::debug!("purge log: an entry this version does not read");
                         continue;
-                    }
-                    match Selector::parse(&message) {
-                        Some((from, _)) if from == this.replica => {}
-                        Some((_, selector)) => match this.local(&selector).await {
+                    };
+                    if from != this.replica {
+                        match this.local(&selector).await {
                             Ok((n, _)) => this.metrics.purged("replica", n),
                             Err(e) => tracing::debug!(error = %e, "purge log: not applied here"),
-                        },
-                        None => tracing::debug!("purge log: an entry this version does not read"),
+                        }
+                    }
+                    if store.wrote_within(RACE_WINDOW) {
+                        this.shared(&store, &selector).await;
                     }
                 }
             }
@@ -282,7 +312,7 @@ mod tests {
             Selector::Route("orders api".into()),
             Selector::Token([7; 32]),
         ] {
-            assert_eq!(Selector::parse(&s.message(u64::MAX - 1)), Some((u64::MAX - 1, s)));
+            assert_eq!(Selector::parse(&s.messages(u64::MAX - 1)[0]), Some((u64::MAX - 1, s)));
         }
         let r = "0000000000000001";
         for bad in [
@@ -298,6 +328,18 @@ mod tests {
         ] {
             assert_eq!(Selector::parse(&bad), None, "{bad:?}");
         }
-        assert!(!Selector::sub("alice").message(1).contains("alice"), "a subject travels hashed");
+        assert!(!Selector::sub("alice").messages(1)[0].contains("alice"), "a subject travels hashed");
+        let many: Vec<Id> = (0..40).map(|i| index::id("sub", &i.to_string())).collect();
+        let messages = Selector::Subject(many.clone()).messages(1);
+        assert_eq!(messages.len(), 3);
+        let back: Vec<Id> = messages
+            .iter()
+            .flat_map(|m| match Selector::parse(m) {
+                Some((_, Selector::Subject(ids))) => ids,
+                _ => panic!("{m}"),
+            })
+            .collect();
+        assert_eq!(back, many);
+        assert!(messages.iter().all(|m| m.len() <= 1024));
     }
 }

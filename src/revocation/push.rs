@@ -37,9 +37,11 @@ pub struct Push {
 
 impl Push {
     pub fn new(receiver: Receiver, purger: Arc<Purger>, metrics: Arc<Metrics>) -> Self {
+        // Per client address: a flood from elsewhere does not hold the
+        // transmitter's SETs off.
         let rate = f64::from(receiver.max_per_second());
         let limit =
-            RateLimit::new(RateConfig { route: Some(Bucket { per_second: rate, burst: rate }), per_client: None });
+            RateLimit::new(RateConfig { route: None, per_client: Some(Bucket { per_second: rate, burst: rate }) });
         Push { receiver, purger, limit, metrics }
     }
 
@@ -96,7 +98,7 @@ impl Push {
                 ))
             }
         };
-        let accepted = match self.receiver.receive(&body).await {
+        let (accepted, jti) = match self.receiver.receive(&body).await {
             Ok(a) => a,
             Err(SetError::Refused { err, description }) => {
                 tracing::warn!(err, description, client = %peer.ip(), "security event token refused");
@@ -117,6 +119,19 @@ impl Push {
             // `Selector::Subject` never names a route: this cannot fail.
             let purged =
                 self.purger.purge(&Selector::Subject(accepted.subjects.clone()), "ssf").await.unwrap_or_default();
+            if !purged.complete() {
+                // The store's entries, or the other replicas, may still hold
+                // the subject's tokens: the transmitter is to send it again.
+                self.receiver.forget(jti).await;
+                tracing::warn!(
+                    purged = purged.local,
+                    "security event: purged here, but the shared store did not take it; asking for the SET again"
+                );
+                let why = "purged on this replica only: the shared store did not answer; send the SET again";
+                let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "invalid_request", why);
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return Err((resp, "unavailable"));
+            }
             tracing::info!(
                 events = accepted.events.join(" "),
                 purged = purged.local,

@@ -34,10 +34,12 @@ pub const REVOKING_EVENTS: [&str; 6] = [
     "https://schemas.openid.net/secevent/risc/event-type/sessions-revoked",
 ];
 
-/// Identifiers read from one subject at most (an `aliases` list).
+/// Identifiers read from one `aliases` subject at most (the body's 64 KiB
+/// bounds the rest).
 const MAX_IDS: usize = 16;
-/// `jti`s remembered (each for `max_age` plus twice the leeway).
-const MAX_SEEN: u64 = 100_000;
+/// `jti`s remembered at least and at most (each for `max_age` plus twice the
+/// leeway; room for `max_per_second` from 100 clients that long).
+const SEEN: (u64, u64) = (100_000, 10_000_000);
 
 /// Why a SET was refused: an RFC 8935 §2.4 error code and a description
 /// (never the token, never a claim value).
@@ -72,17 +74,26 @@ pub struct Receiver {
     seen: moka::future::Cache<[u8; 32], ()>,
 }
 
+/// An accepted SET's `jti`, to forget when what it asked for could not be
+/// done (so that the transmitter's retry is not taken for a replay).
+pub struct Jti([u8; 32]);
+
 impl Receiver {
-    /// Builds the receiver without I/O; [`Receiver::start`] fetches the JWKS.
-    pub fn new(cfg: &SsfConfig, metrics: &Metrics) -> Result<Self, String> {
-        let servers = std::collections::BTreeMap::new();
-        let uri = crate::auth::fetch::Remote::new(&cfg.jwt.jwks, &servers, |c| c.jwks_uri())
+    /// Builds the receiver without I/O; [`Receiver::start`] fetches the JWKS
+    /// (`servers`: for a JWKS an `issuer:` server publishes).
+    pub fn new(
+        cfg: &SsfConfig,
+        metrics: &Metrics,
+        servers: &std::collections::BTreeMap<String, Arc<crate::exchange::client::AsClient>>,
+    ) -> Result<Self, String> {
+        let uri = crate::auth::fetch::Remote::new(&cfg.jwt.jwks, servers, |c| c.jwks_uri())
             .map_err(|e| format!("revocation.ssf: {e}"))?;
         let http = crate::auth::fetch::client(cfg.jwt.ca_file.as_deref(), cfg.jwt.timeout)
             .map_err(|e| format!("revocation.ssf: {e}"))?;
         let jwks = Jwks::new(uri, http, &cfg.jwt, metrics.jwks_fetches(&jwks::OUTCOMES));
         let window = cfg.max_age + 2 * cfg.jwt.leeway;
-        let seen = moka::future::Cache::builder().max_capacity(MAX_SEEN).time_to_live(window).build();
+        let room = u64::from(cfg.max_per_second).saturating_mul(100).saturating_mul(window.as_secs().max(1));
+        let seen = moka::future::Cache::builder().max_capacity(room.clamp(SEEN.0, SEEN.1)).time_to_live(window).build();
         Ok(Receiver { cfg: cfg.clone(), jwks: Arc::new(jwks), seen })
     }
 
@@ -99,8 +110,9 @@ impl Receiver {
         self.cfg.max_per_second
     }
 
-    /// Verifies one SET (the request body) and reads its events.
-    pub async fn receive(&self, body: &[u8]) -> Result<Accepted, SetError> {
+    /// Verifies one SET (the request body) and reads its events; its `jti`
+    /// is remembered from then on (see [`Receiver::forget`]).
+    pub async fn receive(&self, body: &[u8]) -> Result<(Accepted, Jti), SetError> {
         let token =
             std::str::from_utf8(body).map_err(|_| refused("invalid_request", "the body is not a compact JWS"))?;
         let token = token.trim_matches(|c: char| c.is_ascii_whitespace());
@@ -135,7 +147,13 @@ impl Receiver {
         if !self.seen.entry(jti_key).or_insert(()).await.is_fresh() {
             return Err(refused("invalid_request", "jti already received: the SET is a replay"));
         }
-        Ok(accepted)
+        Ok((accepted, Jti(jti_key)))
+    }
+
+    /// Forgets an accepted SET's `jti`: what it asked for was not done, and
+    /// the transmitter may send it again.
+    pub async fn forget(&self, jti: Jti) {
+        self.seen.invalidate(&jti.0).await;
     }
 }
 
@@ -154,7 +172,7 @@ fn verification(e: &InboundError) -> SetError {
             };
             let what = match i {
                 Invalid::Expired => "iat is older than max_age (or exp has passed)",
-                Invalid::NotYetValid => "iat is in the future",
+                Invalid::NotYetValid => "iat or nbf is in the future",
                 Invalid::MissingClaim => "iss, aud, iat and jti are required",
                 _ => i.reason(),
             };
@@ -199,7 +217,6 @@ fn read_events(set: &Map<String, Value>) -> Result<Accepted, SetError> {
     }
     accepted.subjects.sort_unstable();
     accepted.subjects.dedup();
-    accepted.subjects.truncate(MAX_IDS);
     Ok(accepted)
 }
 

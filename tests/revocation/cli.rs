@@ -77,7 +77,11 @@ async fn tokex_purge_reads_the_admin_address_and_token_from_the_configuration() 
     assert_eq!(code, 1);
     assert!(err.contains("no route named"), "{err}");
     let (code, _, _) = run([flags.clone(), vec!["--sub".into(), "a".into(), "--all".into()]].concat()).await;
-    assert_eq!(code, 2, "clap refuses two selectors");
+    assert_eq!(code, 64, "two selectors");
+    let (code, _, _) = run(flags.clone()).await;
+    assert_eq!(code, 64, "no selector");
+    let (code, _, _) = run([flags.clone(), vec!["--token-sha256".into(), "zz".into()]].concat()).await;
+    assert_eq!(code, 64, "not a SHA-256");
     let (code, _, err) = run(vec!["--sub".into(), "a".into()]).await;
     assert_eq!(code, 64, "{err}");
     // An unreachable gateway.

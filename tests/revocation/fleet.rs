@@ -97,10 +97,13 @@ async fn replicas_skip_what_they_cannot_read_in_the_purge_log() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     call(&b, "/orders/1", &alice).await;
     assert_eq!(exchanges(&auth_server), 1);
-    // Garbage in the log is skipped; the real purge after it is applied.
+    // Garbage in the log (more than one read's worth) is skipped; the real
+    // purge after it is applied.
     let mut conn = redis::Client::open(format!("redis://{}/0", store.addr)).unwrap();
     let _: String = redis::cmd("XADD").arg("rv:purges").arg("*").arg("m").arg("v9 nonsense").query(&mut conn).unwrap();
-    let _: String = redis::cmd("XADD").arg("rv:purges").arg("*").arg("x").arg("y").query(&mut conn).unwrap();
+    for _ in 0..300 {
+        let _: String = redis::cmd("XADD").arg("rv:purges").arg("*").arg("x").arg("y").query(&mut conn).unwrap();
+    }
     purge(&a, Some(ADMIN_TOKEN), json!({"sub": "alice"})).await;
     let started = Instant::now();
     while replica_purges(&b.metrics().await) == 0 && started.elapsed() < Duration::from_secs(2) {
@@ -110,4 +113,100 @@ async fn replicas_skip_what_they_cannot_read_in_the_purge_log() {
     assert_eq!(replica_purges(&metrics), 1, "{metrics}");
     call(&b, "/orders/1", &alice).await;
     assert_eq!(exchanges(&auth_server), 2);
+}
+
+/// A replica whose exchange was running when another replica purged its
+/// subject, and that wrote the token to the store just after the purge
+/// deleted the store's entries, deletes it again once it reads the purge.
+#[tokio::test]
+async fn a_token_written_to_the_store_just_after_a_purge_does_not_survive_it() {
+    let store = RedisServer::start().await;
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|r, n| match r.path.as_str() {
+        "/token" => Reply::Delay(Duration::from_millis(500), Box::new(issue(n))),
+        _ => Reply::Raw(200, "application/json", Vec::new()),
+    });
+    let (a, b) = replicas(&auth_server, &store).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alice = subject("alice");
+    let slow = {
+        let (url, alice) = (b.url.clone(), alice.clone());
+        tokio::spawn(async move { get(&format!("{url}/orders/1"), Some(&alice)).await })
+    };
+    // The purge lands on A while B's exchange is still at the authorization server.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    purge(&a, Some(ADMIN_TOKEN), json!({"sub": "alice"})).await;
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // B finished after the purge deleted the store's entries, and reads it within 200 ms.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = exchanges(&auth_server);
+    call(&a, "/orders/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), before + 1, "A exchanges anew: B's token is not in the store");
+}
+
+/// Subject sets hold only live members: expired ones go with each write.
+#[tokio::test]
+async fn subject_sets_in_the_store_do_not_grow_with_expired_entries() {
+    let store = RedisServer::start().await;
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|_, n| {
+        Reply::Json(200, json!({"access_token": format!("exchanged-{n}"), "token_type": "Bearer", "expires_in": 2}))
+    });
+    let (a, _b) = replicas(&auth_server, &store).await;
+    for i in 0..3 {
+        if i > 0 {
+            // The previous token has expired (in the store too).
+            tokio::time::sleep(Duration::from_millis(2300)).await;
+        }
+        // A new subject token of the same subject each time.
+        let token = fake_jwt(json!({"sub": "svc", "exp": now() + 3600, "n": i}));
+        call(&a, "/orders/1", &token).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = redis::Client::open(format!("redis://{}/0", store.addr)).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("rv:s:*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let members: u64 = redis::cmd("ZCARD").arg(&keys[0]).query(&mut conn).unwrap();
+    assert!(members <= 1, "expired members were dropped: {members}");
+}
+
+/// A SET whose purge the shared store did not take gets 503: the transmitter
+/// sends it again, and that is not a replay.
+#[tokio::test]
+async fn a_set_whose_purge_the_store_did_not_take_is_asked_for_again() {
+    use common::jwt::{jws, EcSigner, JwksServer};
+    let store = RedisServer::start().await;
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let signer = EcSigner::new("ssf-1");
+    let jwks = JwksServer::start(vec![signer.jwk.clone()]).await;
+    let yaml = format!(
+        "cache:\n  expiry_skew: 0s\n  shared: {{ url: \"redis://{}/0\", timeout: 200ms, key_prefix: \"rv:\" }}\nrevocation:\n  ssf: {{ issuer: https://idp.example, jwks_uri: {}, audience: tokex, algorithms: [ES256] }}\n{}",
+        store.addr,
+        jwks.uri(),
+        config(&auth_server, backend, "", "").replace("cache: { expiry_skew: 0s }\n", "")
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let alice = subject("alice");
+    call(&gw, "/orders/1", &alice).await;
+    let claims = json!({
+        "iss": "https://idp.example", "aud": "tokex", "iat": now(), "jti": "set-1",
+        "sub_id": {"format": "iss_sub", "iss": "https://idp.example", "sub": "alice"},
+        "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}},
+    });
+    let set = jws(&json!({"alg": "ES256", "kid": "ssf-1", "typ": "secevent+jwt"}), &claims, |m| signer.sign(m));
+    let push = |set: String| {
+        let url = format!("{}/.well-known/ssf/push", gw.url);
+        async move {
+            let resp =
+                client().post(url).header("content-type", "application/secevent+jwt").body(set).send().await.unwrap();
+            (resp.status().as_u16(), resp.headers().get("retry-after").is_some())
+        }
+    };
+    let mut conn = redis::Client::open(format!("redis://{}/0", store.addr)).unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(4000).arg("ALL").query(&mut conn).unwrap();
+    assert_eq!(push(set.clone()).await, (503, true));
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(push(set).await.0, 202, "the retry is not a replay");
 }

@@ -178,3 +178,73 @@ async fn the_revocation_endpoint_is_discovered_from_the_metadata() {
     within(Duration::from_secs(2), || revocations(&auth_server).len() == 1).await.expect("revoked");
     assert_eq!(revocations(&auth_server)[0].param("token"), got.strip_prefix("Bearer "));
 }
+
+/// An exchange running when a purge comes keeps its token unless the purge
+/// names it; a token it may not keep is revoked.
+#[tokio::test]
+async fn only_a_purge_that_names_an_exchange_in_flight_drops_its_token() {
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|r, n| match r.path.as_str() {
+        "/token" => Reply::Delay(Duration::from_millis(300), Box::new(issue(n))),
+        _ => Reply::Raw(200, "application/json", Vec::new()),
+    });
+    let backend = echo_backend().await;
+    let revoke = format!("    revocation_endpoint: http://{}/revoke\n", auth_server.addr);
+    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, &revoke, ""))).await;
+    let alice = subject("alice");
+    let in_flight = |who: String| {
+        let url = gw.url.clone();
+        tokio::spawn(async move { get(&format!("{url}/orders/1"), Some(&who)).await })
+    };
+    // A purge of someone else leaves alice's exchange alone.
+    let first = in_flight(alice.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "bob"})).await;
+    purge(&gw, Some(ADMIN_TOKEN), json!({"route": "billing"})).await;
+    assert_eq!(first.await.unwrap().0, 200);
+    call(&gw, "/orders/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), 1, "kept");
+    assert!(revocations(&auth_server).is_empty());
+
+    // A purge of alice while her exchange runs: the caller still gets it,
+    // but it is not kept, and it is revoked.
+    purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "alice"})).await;
+    let second = in_flight(alice.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    purge(&gw, Some(ADMIN_TOKEN), json!({"sub": "alice"})).await;
+    let (status, _, body) = second.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let got = seen(&echoed(&body), "authorization")[0].clone();
+    within(Duration::from_secs(2), || revocations(&auth_server).iter().any(|r| Some(&got[7..]) == r.param("token")))
+        .await
+        .expect("the token exchanged across the purge is revoked");
+    call(&gw, "/orders/1", &alice).await;
+    assert_eq!(exchanges(&auth_server), 3, "not kept");
+}
+
+#[tokio::test]
+async fn admin_token_edge_cases() {
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let gw = TestGateway::start(&(admin_section() + &config(&auth_server, backend, "", ""))).await;
+    // The scheme is case-insensitive; an empty body purges nothing.
+    let resp = client()
+        .post(format!("{}/cache/purge", gw.admin))
+        .header("authorization", format!("bearer {ADMIN_TOKEN}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client().post(format!("{}/cache/purge", gw.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 400, "an empty body");
+    // A token file of whitespace is refused by check (and so by run).
+    let blank = admin_token_file().with_file_name("blank-token");
+    std::fs::write(&blank, "  \n").unwrap();
+    let yaml = format!(
+        "listen: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\", token_file: \"{}\" }}\nroutes: [{{ name: r, auth: none, upstream: \"http://127.0.0.1:1\" }}]\n",
+        blank.display()
+    );
+    let err = tokex::config::parse(&yaml).unwrap_err().to_string();
+    assert!(err.contains("admin.token_file") && err.contains("empty"), "{err}");
+}

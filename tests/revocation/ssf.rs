@@ -228,3 +228,58 @@ async fn a_flood_is_rate_limited_and_costs_no_jwks_fetch_per_set() {
     call(&f.gw, "/orders/1", &alice).await;
     assert_eq!(exchanges(&f.auth_server), 1, "nothing purged");
 }
+
+#[tokio::test]
+async fn every_subject_a_set_names_is_purged() {
+    let f = fixture("").await;
+    let victim = subject("victim");
+    call(&f.gw, "/orders/1", &victim).await;
+    // Two revoking events naming 9 subjects each; the cached one last.
+    let ids = |from: usize, last: &str| {
+        let mut list: Vec<Value> =
+            (from..from + 8).map(|i| json!({"format": "opaque", "id": format!("user-{i}")})).collect();
+        list.push(json!({"format": "opaque", "id": last}));
+        json!({"format": "aliases", "identifiers": list})
+    };
+    let claims = set_claims(
+        "x",
+        json!({"sub_id": null, "events": {
+            SESSION_REVOKED: {"subject": ids(0, "user-99")},
+            "https://schemas.openid.net/secevent/risc/event-type/account-disabled": {"subject": ids(10, "victim")},
+        }}),
+    );
+    assert_eq!(f.push(&f.set(&claims)).await.0, 202);
+    call(&f.gw, "/orders/1", &victim).await;
+    assert_eq!(exchanges(&f.auth_server), 2, "the 18th subject was purged too");
+}
+
+/// The transmitter's JWKS may be the one an `issuer:` server publishes.
+#[tokio::test]
+async fn the_jwks_may_come_from_an_authorization_servers_metadata() {
+    let signer = EcSigner::new("ssf-1");
+    let jwks = JwksServer::start(vec![signer.jwk.clone()]).await;
+    let auth_server = RecordingAs::start().await;
+    let base = format!("http://{}", auth_server.addr);
+    let meta = json!({"issuer": base, "token_endpoint": format!("{base}/token"), "jwks_uri": jwks.uri()});
+    auth_server.set(move |r, n| match r.path.as_str() {
+        "/.well-known/oauth-authorization-server" => Reply::Json(200, meta.clone()),
+        _ => issue(n),
+    });
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "authorization_servers:\n  corp:\n    issuer: {base}\n    client_auth: {BASIC_AUTH}\ncache: {{ expiry_skew: 0s }}\nrevocation:\n  ssf: {{ authorization_server: corp, audience: tokex, algorithms: [ES256] }}\nroutes:\n{}",
+        exchange_route("orders", "/orders", backend, "")
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert!(common::jwt::ready(&gw, Duration::from_secs(5)).await);
+    let alice = subject("alice");
+    call(&gw, "/orders/1", &alice).await;
+    // The issuer is the server's: `iss` must be it.
+    let claims = set_claims("alice", json!({"iss": base}));
+    let set = jws(&header(&signer), &claims, |m| signer.sign(m));
+    let f = Fixture { auth_server, gw, signer, jwks };
+    let (status, body) = f.push(&set).await;
+    assert_eq!(status, 202, "{body}");
+    call(&f.gw, "/orders/1", &alice).await;
+    assert_eq!(exchanges(&f.auth_server), 2);
+}

@@ -26,11 +26,11 @@ const BATCH: usize = 500;
 /// Members of one subject set read at most.
 const MAX_SET_MEMBERS: usize = 100_000;
 /// Entries kept in the purge log (approximately).
-pub const LOG_LENGTH: usize = 10_000;
+const LOG_LENGTH: usize = 10_000;
 /// Entries read from the log per poll.
 const READ_COUNT: usize = 256;
 /// Longest purge log message accepted.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+const MAX_MESSAGE_BYTES: usize = 1024;
 
 impl SharedStore {
     /// Runs one purge command within `ADMIN_TIMEOUT`, counted under `op`.
@@ -69,14 +69,27 @@ impl SharedStore {
         Some(deleted)
     }
 
-    /// Deletes the entries exchanged for the subject `id` names, and its set.
+    /// Deletes the entries exchanged for the subject `id` names (the live
+    /// members of its set, read `BATCH` at a time), and its set.
     pub async fn purge_subject(&self, id: &Id) -> Option<u64> {
         let set = self.subject_set(id)?;
-        let members: Vec<String> = self.admin("purge", redis::cmd("SMEMBERS").arg(&set)).await?;
         // Only what tokex writes there: a planted member names no other key.
         let ours = format!("{}t:", self.prefix);
-        let keys: Vec<String> = members.into_iter().filter(|m| m.starts_with(&ours)).take(MAX_SET_MEMBERS).collect();
-        let deleted = self.purge_keys(&keys).await?;
+        let now = super::unix_ms();
+        let mut deleted = 0;
+        let mut offset = 0;
+        while offset < MAX_SET_MEMBERS {
+            let mut range = redis::cmd("ZRANGE");
+            range.arg(&set).arg(now).arg("+inf").arg("BYSCORE").arg("LIMIT").arg(offset).arg(BATCH);
+            let members: Vec<String> = self.admin("purge", &range).await?;
+            let n = members.len();
+            let keys: Vec<String> = members.into_iter().filter(|m| m.starts_with(&ours)).collect();
+            deleted += self.purge_keys(&keys).await?;
+            if n < BATCH {
+                break;
+            }
+            offset += n;
+        }
         self.admin::<u64>("purge", redis::cmd("DEL").arg(&set)).await?;
         Some(deleted)
     }
@@ -129,8 +142,10 @@ impl SharedStore {
         Some(entries(&reply).into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id))
     }
 
-    /// The log's entries after `after` (at most `READ_COUNT`): (id, message).
-    pub async fn announced(&self, after: &str) -> Option<Vec<(String, String)>> {
+    /// The log's entries after `after` (at most `READ_COUNT`): each one's id,
+    /// and its message when it is one (`None`: junk, skipped by the reader,
+    /// whose cursor still moves past it).
+    pub async fn announced(&self, after: &str) -> Option<Vec<(String, Option<String>)>> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(READ_COUNT).arg("STREAMS").arg(self.log_key()).arg(after);
         let reply: Value = self.admin("announced", &cmd).await?;
@@ -159,17 +174,20 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// Stream entries `[[id, [field, value, ...]], ...]` as (id, the `m` field);
-/// anything else in the store's answer is skipped.
-fn entries(v: &Value) -> Vec<(String, String)> {
+/// Stream entries `[[id, [field, value, ...]], ...]` as (id, the `m` field
+/// when there is one of at most `MAX_MESSAGE_BYTES`); an entry without a
+/// readable id is dropped.
+fn entries(v: &Value) -> Vec<(String, Option<String>)> {
     let Some(list) = as_array(v) else { return Vec::new() };
     list.iter()
         .filter_map(|e| {
             let e = as_array(e)?;
-            let id = text(e.first()?)?;
-            let fields = as_array(e.get(1)?)?;
-            let message = fields.chunks(2).find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some("m"))?;
-            Some((id, text(&message[1])?))
+            let id = text(e.first()?).filter(|id| id.len() <= 64)?;
+            let message = e.get(1).and_then(as_array).and_then(|fields| {
+                let kv = fields.chunks(2).find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some("m"))?;
+                text(&kv[1])
+            });
+            Some((id, message))
         })
         .collect()
 }
@@ -189,7 +207,13 @@ mod tests {
         let odd = Value::Array(vec![bulk("3-0"), Value::Array(vec![bulk("m")])]);
         let big = Value::Array(vec![bulk("4-0"), Value::Array(vec![bulk("m"), bulk(&"x".repeat(5000))])]);
         let list = Value::Array(vec![good, no_m, odd, big, Value::Int(7)]);
-        assert_eq!(entries(&list), vec![("1-0".to_owned(), "v1 sub abc".to_owned())]);
+        // Every entry with an id moves the reader on; only the first has a message.
+        let read = entries(&list);
+        assert_eq!(read[0], ("1-0".to_owned(), Some("v1 sub abc".to_owned())));
+        assert_eq!(
+            read[1..].iter().map(|(id, m)| (id.as_str(), m.is_none())).collect::<Vec<_>>(),
+            [("2-0", true), ("3-0", true), ("4-0", true)]
+        );
         assert!(entries(&Value::Nil).is_empty());
     }
 }
