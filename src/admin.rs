@@ -143,7 +143,11 @@ async fn purge(req: Request<Incoming>, purger: &Purger, token: &Secret) -> Respo
 /// The selector a purge body names: `{}` (everything), or exactly one of
 /// `sub`, `email`, `route`, `token_sha256` (64 hex digits).
 fn selector(body: &[u8]) -> Result<Selector, &'static str> {
-    // Everything is purged on an explicit `{}` only, never on an empty body.
+    // Everything is purged on an explicit `{}` only: never on an empty body,
+    // nor on `[]` (which serde would read as a struct with no fields).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("the body must be a JSON object: {}, {\"sub\": ...}, {\"route\": ...}, ...");
+    }
     let r: PurgeRequest = serde_json::from_slice(body)
         .map_err(|_| "expected {}, {\"sub\": ...}, {\"email\": ...}, {\"route\": ...} or {\"token_sha256\": ...}")?;
     let named = [r.sub.is_some(), r.email.is_some(), r.route.is_some(), r.token_sha256.is_some()];

@@ -64,6 +64,10 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
     if config.offline {
         return Err(StartError::Setup("a configuration checked --offline cannot be run".into()));
     }
+    if let Some(path) = &config.admin_token {
+        let token = Secret::from_source(&SecretSource::File(path.clone()));
+        token.get().map_err(|e| StartError::At { path: "admin.token_file".into(), message: e.to_string() })?;
+    }
     let mut clients = BTreeMap::new();
     for (name, server) in &config.servers {
         let kept = previous.and_then(|p| p.servers.get(name)).map(|c| c.guard()).filter(|g| g.same_settings(server));
@@ -400,19 +404,6 @@ impl Running {
         // Spans still queued go out (bounded by the exporter's timeout).
         if let Some(tracer) = self.gateway.tracer() {
             tracer.shutdown().await;
-        }
-    }
-}
-
-/// Runs `f` to completion on a one-thread runtime: the client commands
-/// (`tokex purge`, `tokex dev-sts mint`, `tokex dev-sts revoke`). `Err`, with
-/// the reason on stderr, when no runtime can be made.
-pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, std::process::ExitCode> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => Ok(rt.block_on(f)),
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            Err(std::process::ExitCode::FAILURE)
         }
     }
 }

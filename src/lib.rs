@@ -12,6 +12,7 @@ pub mod dev_sts;
 pub mod error;
 pub mod exchange;
 pub mod metrics;
+pub mod oneshot;
 pub mod otel;
 pub mod proxy;
 pub mod readiness;

@@ -80,11 +80,6 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
     let listen = raw.listen.map(|l| listen(&mut cx, l));
     let admin_token =
         raw.admin.as_ref().and_then(|a| a.token_file.as_ref()).map(|f| existing_file(&mut cx, "admin.token_file", f));
-    if let (Some(path), false) = (&admin_token, cx.offline) {
-        if let Err(e) = crate::secret::Secret::from_source(&SecretSource::File(path.clone())).get() {
-            cx.err("admin.token_file", format!("cannot be used: {e}"));
-        }
-    }
     let admin = raw.admin.and_then(|a| socket_addr(&mut cx, "admin.address", &a.address));
     let authz = raw.authz.and_then(|a| authz::authz(&mut cx, a));
     let (workers, shutdown_grace, shutdown_delay) = match raw.runtime {

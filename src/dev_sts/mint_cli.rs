@@ -55,7 +55,7 @@ pub fn mint(args: MintArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let minted = crate::app::block_on(request_mint(&endpoint, &args.client_id, &args.client_secret, form));
+    let minted = crate::oneshot::block_on(request_mint(&endpoint, &args.client_id, &args.client_secret, form));
     let minted = match minted {
         Ok(m) => m,
         Err(code) => return code,

@@ -59,7 +59,7 @@ pub fn revoke(args: RevokeArgs) -> ExitCode {
         }
     };
     let outcome =
-        crate::app::block_on(post_form(&endpoint, &args.client_id, &args.client_secret, form, REVOKE_TIMEOUT));
+        crate::oneshot::block_on(post_form(&endpoint, &args.client_id, &args.client_secret, form, REVOKE_TIMEOUT));
     let outcome = match outcome {
         Ok(o) => o,
         Err(code) => return code,

@@ -55,7 +55,7 @@ pub fn run(args: PurgeArgs, config: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let outcome = match crate::app::block_on(send(&url, &token, body)) {
+    let outcome = match crate::oneshot::block_on(send(&url, &token, body)) {
         Ok(o) => o,
         Err(code) => return code,
     };

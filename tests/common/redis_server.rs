@@ -119,12 +119,17 @@ impl RedisServer {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
-    /// Every key and its value, as the store holds them.
+    /// Every string key and its value, as the store holds them (the
+    /// subject sets and the purge log of revocation are left out).
     pub async fn dump(&self) -> Vec<(String, Vec<u8>)> {
         let mut conn = self.connection().await;
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
         let mut out = Vec::new();
         for k in keys {
+            let kind: String = redis::cmd("TYPE").arg(&k).query_async(&mut conn).await.unwrap();
+            if kind != "string" {
+                continue;
+            }
             let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query_async(&mut conn).await.unwrap();
             out.push((k, v.unwrap_or_default()));
         }

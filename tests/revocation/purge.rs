@@ -238,13 +238,19 @@ async fn admin_token_edge_cases() {
     assert_eq!(resp.status(), 200);
     let resp = client().post(format!("{}/cache/purge", gw.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(resp.status(), 400, "an empty body");
-    // A token file of whitespace is refused by check (and so by run).
+    // A token file of whitespace is refused by check and by run.
     let blank = admin_token_file().with_file_name("blank-token");
     std::fs::write(&blank, "  \n").unwrap();
     let yaml = format!(
         "listen: {{ address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\", token_file: \"{}\" }}\nroutes: [{{ name: r, auth: none, upstream: \"http://127.0.0.1:1\" }}]\n",
         blank.display()
     );
-    let err = tokex::config::parse(&yaml).unwrap_err().to_string();
-    assert!(err.contains("admin.token_file") && err.contains("empty"), "{err}");
+    let config = blank.with_file_name("blank.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let out = std::process::Command::new(common::process::BIN).args(["check", "-c"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("admin.token_file") && text.contains("empty"), "{text}");
+    let err = tokex::app::start(tokex::config::parse(&yaml).unwrap()).await.err().expect("run refuses it");
+    assert!(err.to_string().contains("admin.token_file"), "{err}");
 }
