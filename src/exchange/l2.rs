@@ -144,8 +144,8 @@ impl Exchanger {
     /// before the write finds the lease held and reads the value, instead of
     /// taking a lease given back and exchanging again. With no value to
     /// share (the exchange failed) the lease is given back at once, so a
-    /// waiter takes over. A token exchanged while a purge ran (the purge
-    /// purge since the exchange began, number `since.0`, names it) is not shared.
+    /// waiter takes over. A token that a purge since the exchange began
+    /// (purge number `since.0`) names is not shared.
     fn publish(
         &self,
         store: &Arc<SharedStore>,
