@@ -160,16 +160,7 @@ fn selector(body: &[u8]) -> Result<Selector, &'static str> {
         PurgeRequest { email: Some(e), .. } => Selector::email(&nonempty(e)?),
         PurgeRequest { route: Some(r), .. } => Selector::Route(nonempty(r)?),
         PurgeRequest { token_sha256: Some(h), .. } => {
-            let h = h.to_ascii_lowercase();
-            let valid = h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
-            let mut out = [0u8; 32];
-            for (i, o) in out.iter_mut().enumerate().filter(|_| valid) {
-                *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| "token_sha256: 64 hex digits")?;
-            }
-            if !valid {
-                return Err("token_sha256: the SHA-256 of the subject token, 64 hex digits");
-            }
-            Selector::Token(out)
+            Selector::token_hex(&h).ok_or("token_sha256: the SHA-256 of the subject token, 64 hex digits")?
         }
         _ => Selector::All,
     })

@@ -200,16 +200,21 @@ mod tests {
         check_valid(extra).map(|v| v.granted)
     }
 
-    fn check_valid(extra: Value) -> Result<Valid, Invalid> {
-        let mut c = json!({"iss": "https://iss", "aud": "edge", "exp": NOW + 60.0, "sub": "alice", "scope": "a b"});
+    /// `base` with `extra` applied (`"<absent>"` removes a claim).
+    fn claims(mut base: Value, extra: Value) -> Claims {
         for (k, v) in extra.as_object().unwrap() {
             if v == &json!("<absent>") {
-                c.as_object_mut().unwrap().remove(k);
+                base.as_object_mut().unwrap().remove(k);
             } else {
-                c[k] = v.clone();
+                base[k] = v.clone();
             }
         }
-        let claims: Claims = serde_json::from_value(c).unwrap();
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn check_valid(extra: Value) -> Result<Valid, Invalid> {
+        let base = json!({"iss": "https://iss", "aud": "edge", "exp": NOW + 60.0, "sub": "alice", "scope": "a b"});
+        let claims = claims(base, extra);
         let audiences = ["edge".to_owned(), "other".to_owned()];
         let want = Expected { issuer: "https://iss", audiences: &audiences, leeway: Duration::from_secs(5) };
         claims.check_at(&want, NOW)
@@ -220,16 +225,8 @@ mod tests {
         let want = Expected { issuer: "https://iss", audiences: &["tokex".to_owned()], leeway: Duration::from_secs(5) };
         let age = Duration::from_secs(300);
         let check = |extra: Value| {
-            let mut c = json!({"iss": "https://iss", "aud": "tokex", "iat": NOW - 10.0, "jti": "j1"});
-            for (k, v) in extra.as_object().unwrap() {
-                if v == &json!("<absent>") {
-                    c.as_object_mut().unwrap().remove(k);
-                } else {
-                    c[k] = v.clone();
-                }
-            }
-            let claims: Claims = serde_json::from_value(c).unwrap();
-            claims.check_event(&want, age, NOW).map(str::to_owned)
+            let base = json!({"iss": "https://iss", "aud": "tokex", "iat": NOW - 10.0, "jti": "j1"});
+            claims(base, extra).check_event(&want, age, NOW).map(str::to_owned)
         };
         assert_eq!(check(json!({})), Ok("j1".to_owned()));
         assert_eq!(check(json!({"aud": ["x", "tokex"]})), Ok("j1".to_owned()));

@@ -135,16 +135,6 @@ impl Exchanger {
         self.cache.invalidate_entry(key, entry).await;
         self.revoke(entry);
     }
-
-    /// Subjects in the revocation index.
-    pub fn indexed_subjects(&self) -> usize {
-        self.index.len()
-    }
-
-    /// RFC 7009 revocations waiting or in flight.
-    pub fn revocations_pending(&self) -> usize {
-        self.revoker.pending()
-    }
 }
 
 #[cfg(test)]

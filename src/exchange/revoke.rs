@@ -27,9 +27,6 @@ pub struct Revoker {
     metrics: Arc<Metrics>,
 }
 
-/// `tokex_revocations_total` outcomes.
-pub const OUTCOMES: [&str; 4] = ["revoked", "refused", "failed", "dropped"];
-
 impl Revoker {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Revoker { slots: Arc::new(Semaphore::new(CONCURRENCY)), pending: Arc::new(AtomicUsize::new(0)), metrics }
@@ -66,11 +63,6 @@ impl Revoker {
                 tracing::warn!(server = %server.name, error = %why, "token revocation (RFC 7009) failed");
             }
         });
-    }
-
-    /// Revocations waiting or in flight.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
     }
 }
 

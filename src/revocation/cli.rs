@@ -104,11 +104,13 @@ fn request(args: &PurgeArgs, config: Option<&Path>) -> Result<(url::Url, String,
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("--admin {base}: an http(s) URL"));
     }
+    // Errors print the URL: it carries no credentials (the token comes from the file).
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("--admin: no credentials in the URL (the admin token comes from the token file)".into());
+    }
     url.set_path("/cache/purge");
-    if let Some(h) = &args.token_sha256 {
-        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("--token-sha256: the SHA-256 of the subject token, 64 hex digits".into());
-        }
+    if args.token_sha256.as_deref().is_some_and(|h| super::Selector::token_hex(h).is_none()) {
+        return Err("--token-sha256: the SHA-256 of the subject token, 64 hex digits".into());
     }
     let body = match args {
         PurgeArgs { sub: Some(s), .. } => json!({ "sub": s }),

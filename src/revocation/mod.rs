@@ -57,6 +57,11 @@ impl Selector {
         Selector::Subject(vec![index::id("email", email)])
     }
 
+    /// A subject token named by its SHA-256 in hex (64 digits, any case).
+    pub fn token_hex(hex: &str) -> Option<Self> {
+        unhex(hex).map(Selector::Token)
+    }
+
     /// As purge log messages from replica `from`: `v1 <from> <kind> <value>`
     /// (subjects 16 to a message).
     fn messages(&self, from: u64) -> Vec<String> {

@@ -45,10 +45,6 @@ impl Push {
         Push { receiver, purger, limit, metrics }
     }
 
-    pub fn receiver(&self) -> &Receiver {
-        &self.receiver
-    }
-
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let (result, label) = match self.receive(req, peer).await {
             Ok(resp) => (resp, "accepted"),
@@ -173,12 +169,12 @@ impl Handler for MainListener {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
-        let push = (req.uri().path() == self.push.receiver.path()).then(|| self.push.clone());
-        let gateway = self.gateway.clone();
+        let push = req.uri().path() == self.push.receiver.path();
         async move {
-            match push {
-                Some(push) => push.handle(req, peer).await,
-                None => gateway.handle(req, peer).await,
+            if push {
+                self.push.handle(req, peer).await
+            } else {
+                self.gateway.handle(req, peer).await
             }
         }
     }
