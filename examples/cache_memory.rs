@@ -43,10 +43,10 @@ fn entry(i: u64, len: usize, meta: bool) -> Arc<Entry> {
         let sub = format!("user-{i}");
         Meta::new(7, id_of("sub", Some(&sub)), id_of("email", Some(&format!("{sub}@example.com"))), None)
     });
-    let e = Entry::token(&token(i, len), Duration::from_secs(3600), meta).expect("a valid token");
+    let e = Entry::token(&token(i, len), None, Duration::from_secs(3600), meta).expect("a valid token");
     // Forwarded once (a miss forwards the token it just cached).
     if let tokex::exchange::cache::EntryKind::Token(t) = &e.kind {
-        drop(t.bearer.clone());
+        drop(t.authorization.clone());
     }
     e
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::auth::scopes::RequiredScopes;
-use crate::auth::Inbound;
+use crate::auth::{DpopInbound, Inbound};
 use crate::config::{AuthMode, Config, ListenConfig, MachineConfig, SecretSource};
 use crate::exchange::client::AsClient;
 use crate::exchange::guard::AsGuard;
@@ -75,9 +75,13 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             Some(g) => g.clone(),
             None => Arc::new(AsGuard::new(server, metrics.server(name))),
         };
-        let client = AsClient::new(server, guard)
+        let mut client = AsClient::new(server, guard)
             .map_err(StartError::Setup)
             .map_err(StartError::at(format!("authorization_servers.{name}")))?;
+        // Its DPoP key (a generated one too) and nonce stay when `dpop:` is unchanged.
+        if let Some(before) = previous.and_then(|p| p.servers.get(name)) {
+            client.keep_dpop(before);
+        }
         clients.insert(name.clone(), Arc::new(client));
     }
     let client = |route: &str, server: &str| {
@@ -156,7 +160,9 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             metrics: metrics.route(&r.name),
         }));
     }
-    Ok(Runtime { routes: RouteTable::new(routes), inbound, servers: clients })
+    let scheme = if config.listen.as_ref().is_some_and(|l| l.tls.is_some()) { "https" } else { "http" };
+    let dpop = DpopInbound::new(&config.dpop, scheme, previous.and_then(|p| p.dpop.as_deref()), metrics).map(Arc::new);
+    Ok(Runtime { routes: RouteTable::new(routes), inbound, dpop, servers: clients })
 }
 
 /// A running gateway.

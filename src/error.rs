@@ -7,7 +7,8 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::auth::InboundError;
+use crate::auth::{DpopRefusal, InboundError};
+use crate::dpop::ProofError;
 use crate::exchange::ExchangeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum GatewayError {
     InvalidRequest(&'static str),
     #[error("inbound check failed: {0}")]
     Inbound(#[from] InboundError),
+    /// A caller's DPoP proof or the token's binding (RFC 9449).
+    #[error("{0}")]
+    Dpop(#[from] DpopRefusal),
     #[error("token exchange failed: {0}")]
     Exchange(#[from] ExchangeError),
     /// The backend did not answer: what failed (`connect`, `tls`, `reset`,
@@ -53,6 +57,7 @@ impl GatewayError {
             GatewayError::MissingToken => "missing_token",
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::Inbound(e) => e.reason(),
+            GatewayError::Dpop(e) => e.reason(),
             GatewayError::Exchange(e) => e.reason(),
             GatewayError::UpstreamUnavailable(..) => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
@@ -99,6 +104,19 @@ impl GatewayError {
                 I::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, Some(1)),
                 I::Introspection(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None, None),
             },
+            // The handler turns these challenges into DPoP ones (`auth::dpop`).
+            GatewayError::Dpop(DpopRefusal::Proof(ProofError::ReplayFull)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", None, Some(1))
+            }
+            GatewayError::Dpop(DpopRefusal::Proof(_)) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_dpop_proof",
+                Some(format!("{REALM}, error=\"invalid_dpop_proof\"")),
+                None,
+            ),
+            GatewayError::Dpop(_) => {
+                (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
+            }
             GatewayError::Exchange(e) => match e {
                 X::InvalidGrant(_) | X::MissingClaim(_) => {
                     (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
@@ -155,6 +173,13 @@ impl GatewayError {
                 I::InsufficientScope(_) => "the token does not allow this request",
                 I::Unavailable(_) => "the token cannot be checked right now",
                 I::Introspection(_) => "the gateway could not check the token",
+            },
+            GatewayError::Dpop(e) => match e {
+                DpopRefusal::Proof(ProofError::ReplayFull) => "too many DPoP proofs to check right now",
+                DpopRefusal::Proof(_) => "the DPoP proof was rejected",
+                DpopRefusal::NotBound => "the token is not bound to the DPoP proof's key",
+                DpopRefusal::BoundAsBearer => "a DPoP-bound token must be presented with the DPoP scheme and a proof",
+                DpopRefusal::Required => "this gateway requires DPoP-bound tokens and a DPoP proof",
             },
             GatewayError::Exchange(e) => match e {
                 X::InvalidGrant(_) | X::MissingClaim(_) => "the token was rejected",

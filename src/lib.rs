@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod dev_sts;
+pub mod dpop;
 pub mod error;
 pub mod exchange;
 pub mod metrics;

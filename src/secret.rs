@@ -130,6 +130,24 @@ pub fn read_secret_file(path: &Path, len: u64) -> io::Result<SecretString> {
     Ok(SecretString::new(trimmed))
 }
 
+/// The DER of the first `PRIVATE KEY` block of a PEM file.
+pub fn pkcs8_der(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls_pemfile::Item;
+    for item in rustls_pemfile::read_all(&mut &pem[..]) {
+        match item.map_err(|e| format!("not a PEM file: {e:?}"))? {
+            Item::Pkcs8Key(der) => return Ok(der.secret_pkcs8_der().to_vec()),
+            Item::Sec1Key(_) | Item::Pkcs1Key(_) => {
+                return Err(
+                    "the key is not PKCS#8; convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8.pem`"
+                        .into(),
+                )
+            }
+            _ => continue,
+        }
+    }
+    Err("no `PRIVATE KEY` (PKCS#8) block found".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,6 +118,15 @@ impl InboundError {
     }
 }
 
+/// What a passed check learned about the token.
+#[derive(Debug, Default, Clone)]
+pub struct Checked {
+    /// The introspection answer's `sub` (a JWT's is in the token).
+    pub sub: Option<Arc<str>>,
+    /// `cnf.jkt`: the DPoP key the token is bound to (RFC 9449 §6).
+    pub jkt: Option<Arc<str>>,
+}
+
 enum Check {
     Jwt(JwtValidator),
     Introspection(Introspector),
@@ -146,19 +155,24 @@ impl Inbound {
     }
 
     /// Checks the caller's `token` (`token_hash`: its SHA-256) and the
-    /// route's required scopes. An introspected token's `sub`, when the
-    /// answer names one (a JWT's is in the token).
+    /// route's required scopes. With `binding`, what the token says of its
+    /// DPoP key (`cnf.jkt`) is read too.
     pub async fn check(
         &self,
         token: &str,
         token_hash: &[u8; 32],
         required: &RequiredScopes,
-    ) -> Result<Option<Arc<str>>, InboundError> {
+        binding: bool,
+    ) -> Result<Checked, InboundError> {
         let granted = match &self.check {
-            Check::Jwt(v) => v.validate(token, token_hash).await.map(|g| (g, None)),
+            Check::Jwt(v) => v.validate(token, token_hash).await.map(|g| {
+                // Verified: its claims are the issuer's word.
+                let jkt = binding.then(|| super::dpop::token_jkt(token)).flatten();
+                (g, Checked { sub: None, jkt })
+            }),
             Check::Introspection(i) => i.check(token, token_hash).await,
         };
-        let result = granted.and_then(|(g, sub)| required.check(&g).map(|()| sub));
+        let result = granted.and_then(|(g, checked)| required.check(&g).map(|()| checked));
         if let Err(e) = &result {
             self.rejections.inc(e.reason());
         }

@@ -33,6 +33,8 @@ struct Answer {
     verdict: Result<Granted, Invalid>,
     /// The answer's `sub` (RFC 7662 §2.2): an opaque token's subject.
     sub: Option<Arc<str>>,
+    /// `cnf.jkt` (RFC 9449 §6.2): the DPoP key the token is bound to.
+    jkt: Option<Arc<str>>,
     ttl: Duration,
 }
 
@@ -78,6 +80,9 @@ struct Introspected {
     /// Any JSON: only a string is used.
     #[serde(default)]
     sub: Option<Value>,
+    /// Any JSON: only `{"jkt": "<string>"}` is used.
+    #[serde(default)]
+    cnf: Option<Value>,
 }
 
 impl Introspector {
@@ -115,9 +120,9 @@ impl Introspector {
         }
     }
 
-    /// The scopes of an active `token` (`hash`: its SHA-256) and its
-    /// subject (`sub`), when the answer names one.
-    pub async fn check(&self, token: &str, hash: &Key) -> Result<(Granted, Option<Arc<str>>), InboundError> {
+    /// The scopes of an active `token` (`hash`: its SHA-256), its subject
+    /// (`sub`) and DPoP key (`cnf.jkt`), when the answer names them.
+    pub async fn check(&self, token: &str, hash: &Key) -> Result<(Granted, super::Checked), InboundError> {
         let since = self.purges.load(Ordering::Acquire);
         let entry =
             self.cache.entry(*hash).or_try_insert_with(self.introspect(token)).await.map_err(|e| (*e).clone())?;
@@ -127,7 +132,7 @@ impl Introspector {
         }
         let answer = entry.into_value();
         let granted = answer.verdict.clone().map_err(InboundError::Invalid)?;
-        Ok((granted, answer.sub.clone()))
+        Ok((granted, super::Checked { sub: answer.sub.clone(), jkt: answer.jkt.clone() }))
     }
 
     /// Forgets cached answers: the one for a token's SHA-256, those for a
@@ -212,7 +217,7 @@ impl Introspector {
     fn answer(&self, body: &[u8]) -> Result<Arc<Answer>, InboundError> {
         let a: Introspected = serde_json::from_slice(body)
             .map_err(|_| InboundError::Introspection("the answer is not an introspection response".into()))?;
-        let refused = |why| Arc::new(Answer { verdict: Err(why), sub: None, ttl: self.negative_ttl });
+        let refused = |why| Arc::new(Answer { verdict: Err(why), sub: None, jkt: None, ttl: self.negative_ttl });
         if !a.active {
             return Ok(refused(Invalid::Inactive));
         }
@@ -226,6 +231,7 @@ impl Introspector {
         }
         let granted = Granted::from_claims(a.scope.as_ref(), a.scp.as_ref());
         let sub = a.sub.as_ref().and_then(Value::as_str).filter(|s| !s.is_empty()).map(Arc::from);
-        Ok(Arc::new(Answer { verdict: Ok(granted), sub, ttl }))
+        let jkt = super::dpop::cnf_jkt(a.cnf.as_ref()).map(Arc::from);
+        Ok(Arc::new(Answer { verdict: Ok(granted), sub, jkt, ttl }))
     }
 }

@@ -3,6 +3,7 @@
 //! scopes. (The bearer token is extracted in `proxy::bearer`.)
 
 pub mod claims;
+pub mod dpop;
 pub(crate) mod fetch;
 pub mod inbound;
 pub mod introspection;
@@ -11,6 +12,7 @@ pub mod jwt;
 pub mod scopes;
 mod verified;
 
-pub use inbound::{Inbound, InboundError, Invalid};
+pub use dpop::{DpopInbound, DpopRefusal};
+pub use inbound::{Checked, Inbound, InboundError, Invalid};
 
 pub use crate::config::limits::ASYMMETRIC_ALGORITHMS;

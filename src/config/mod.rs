@@ -2,6 +2,7 @@
 //! validation into the runtime types below (`validate`). `load` is the only
 //! entry point that reads YAML.
 
+mod dpop;
 mod interp;
 pub mod limits;
 mod lines;
@@ -23,6 +24,7 @@ use url::Url;
 
 use matcher::Matcher;
 
+pub use dpop::{DpopInboundConfig, DpopKeyConfig, DpopMode};
 pub use interp::interpolate;
 pub use lines::line_of;
 pub use listeners::{AuthzConfig, Dialect, ListenConfig, ListenTls};
@@ -54,6 +56,8 @@ pub struct Config {
     pub servers: BTreeMap<String, AuthServerConfig>,
     /// Local validation of the caller's token on `auth: exchange` routes.
     pub inbound: Option<InboundConfig>,
+    /// `inbound.dpop`: callers' DPoP proofs (RFC 9449).
+    pub dpop: DpopInboundConfig,
     pub cache: CacheConfig,
     /// Connections to backends.
     pub pool: PoolConfig,
@@ -124,6 +128,8 @@ pub struct AuthServerConfig {
     pub profile: Profile,
     /// The profile's error mapping with `error_map:` applied over it.
     pub error_map: ErrorMap,
+    /// `dpop:` ask for DPoP-bound tokens (RFC 9449), with this key.
+    pub dpop: Option<DpopKeyConfig>,
 }
 
 /// `circuit_breaker:` of an authorization server.

@@ -205,6 +205,34 @@ pub struct RawAuthServer {
     /// AS error code (or provider code, e.g. `AADSTS50076`) → caller outcome.
     #[serde(default)]
     pub error_map: BTreeMap<String, Text>,
+    #[serde(default)]
+    pub dpop: Option<RawDpopKey>,
+}
+
+/// `authorization_servers.NAME.dpop:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpopKey {
+    #[serde(default)]
+    pub key_file: Option<Text>,
+    #[serde(default)]
+    pub algorithm: Option<Text>,
+}
+
+/// `inbound.dpop_proof:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpopProof {
+    #[serde(default)]
+    pub algorithms: Option<Vec<Text>>,
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub trust_forwarded: Option<bool>,
+    #[serde(default)]
+    pub replay_cache_entries: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -450,6 +478,11 @@ pub struct RawInbound {
     pub jwt: Option<RawJwt>,
     #[serde(default)]
     pub introspection: Option<RawIntrospection>,
+    /// `allow | require | off`: callers' DPoP proofs (RFC 9449).
+    #[serde(default)]
+    pub dpop: Option<Text>,
+    #[serde(default)]
+    pub dpop_proof: Option<RawDpopProof>,
 }
 
 #[derive(Debug, Deserialize)]

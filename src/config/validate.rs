@@ -16,6 +16,7 @@ use super::*;
 
 mod authz;
 mod client_auth;
+mod dpop;
 mod inbound;
 mod ops;
 mod profile;
@@ -104,8 +105,15 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
             servers.insert(name, server);
         }
     }
-    let has_inbound = raw.inbound.is_some();
-    let inbound = raw.inbound.and_then(|i| inbound::inbound(&mut cx, i, &servers));
+    let has_inbound = raw.inbound.as_ref().is_some_and(|i| i.jwt.is_some() || i.introspection.is_some());
+    let (inbound, dpop) = match raw.inbound {
+        Some(mut i) => {
+            let dpop = dpop::inbound(&mut cx, i.dpop.take(), i.dpop_proof.take());
+            let only_dpop = i.jwt.is_none() && i.introspection.is_none() && dpop.mode != DpopMode::Off;
+            (if only_dpop { None } else { inbound::inbound(&mut cx, i, &servers) }, dpop)
+        }
+        None => (None, DpopInboundConfig::default()),
+    };
 
     let ssf = raw.revocation.and_then(|r| r.ssf).and_then(|s| revocation::ssf(&mut cx, s, &servers));
     let cache = cache(&mut cx, raw.cache);
@@ -183,6 +191,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         shutdown_delay,
         servers,
         inbound,
+        dpop,
         cache,
         pool,
         otlp,
@@ -370,6 +379,7 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
     }
     let revocation_endpoint =
         s.revocation_endpoint.as_ref().and_then(|u| http_url(cx, &format!("{base}.revocation_endpoint"), u));
+    let dpop = s.dpop.and_then(|d| dpop::server_key(cx, &base, d));
     let (profile, error_map) = profile::server(cx, &base, s.profile.as_ref(), &s.error_map)?;
     if let Some(auth) = &client_auth {
         profile::server_checks(cx, &base, profile, auth);
@@ -386,6 +396,7 @@ fn auth_server(cx: &mut Ctx, name: &str, s: RawAuthServer) -> Option<AuthServerC
         revocation_endpoint,
         profile,
         error_map,
+        dpop,
     })
 }
 

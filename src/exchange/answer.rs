@@ -59,11 +59,12 @@ pub fn parse_answer(status: u16, body: &[u8], errors: &ErrorMap) -> Result<Issue
     if HeaderValue::from_str(&access_token).is_err() || access_token.len() > MAX_ANSWER_BYTES / 2 {
         return Err(ExchangeError::BadAnswer("access_token cannot be sent in a header".into()));
     }
-    match answer.token_type.as_deref() {
-        Some(t) if t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("n_a") => {}
+    let dpop = match answer.token_type.as_deref() {
+        Some(t) if t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("n_a") => false,
+        Some(t) if t.eq_ignore_ascii_case("dpop") => true,
         Some(t) => return Err(ExchangeError::BadAnswer(format!("unsupported token_type {}", sanitize_code(t)))),
         None => return Err(ExchangeError::BadAnswer("no token_type".into())),
-    }
+    };
     let expires_in = match answer.expires_in {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => Some(n.as_f64().filter(|s| *s >= 0.0 && s.is_finite())),
@@ -77,6 +78,8 @@ pub fn parse_answer(status: u16, body: &[u8], errors: &ErrorMap) -> Result<Issue
     };
     Ok(Issued {
         access_token: SecretString::new(access_token),
+        dpop,
+        bound: None,
         issued_token_type: answer.issued_token_type,
         expires_in,
         scope: answer.scope,
@@ -188,11 +191,19 @@ mod tests {
     }
 
     #[test]
+    fn a_dpop_token_type_is_read() {
+        let issued = parse_answer(200, br#"{"access_token":"t","token_type":"DPoP"}"#, &ErrorMap::default()).unwrap();
+        assert!(issued.dpop && issued.bound.is_none());
+        let issued = parse_answer(200, br#"{"access_token":"t","token_type":"bearer"}"#, &ErrorMap::default()).unwrap();
+        assert!(!issued.dpop);
+    }
+
+    #[test]
     fn rejects_unusable_success() {
         for body in [
             &br#"{"token_type":"Bearer"}"#[..],
             br#"{"access_token":"t"}"#,
-            br#"{"access_token":"t","token_type":"DPoP"}"#,
+            br#"{"access_token":"t","token_type":"mac"}"#,
             br#"{"access_token":"t","token_type":"Bearer","expires_in":-1}"#,
             br#"{"access_token":"t\n","token_type":"Bearer"}"#,
             b"[]",

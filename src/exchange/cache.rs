@@ -11,35 +11,51 @@ use http::HeaderValue;
 use moka::Expiry;
 
 use super::index::{Meta, SubjectIndex};
+use crate::dpop::ProofKey;
 
 pub type Key = [u8; 32];
 
-/// An issued token ready to forward: one buffer, `Bearer <token>`, seen
-/// whole and past its scheme (the token is stored once). Both header values
-/// are marked sensitive and nothing here implements `Display`.
+/// An issued token ready to forward: one buffer, `Bearer <token>` (or
+/// `DPoP <token>`), seen whole and past its scheme (the token is stored
+/// once). Both header values are marked sensitive and nothing here
+/// implements `Display`.
 pub struct CachedToken {
-    /// `Bearer <token>`, for the `authorization` header.
-    pub bearer: HeaderValue,
-    /// The bare token, for any other configured header: a view of `bearer`.
+    /// `Bearer <token>` or `DPoP <token>`, for the `authorization` header.
+    pub authorization: HeaderValue,
+    /// The bare token, for any other configured header: a view of `authorization`.
     pub raw: HeaderValue,
+    /// A DPoP-bound token (RFC 9449): the key it is bound to, which signs
+    /// a proof for every request that carries it.
+    pub bound: Option<Box<Bound>>,
 }
 
-const SCHEME: &[u8] = b"Bearer ";
+/// What a proof for a DPoP-bound token needs besides the request.
+pub struct Bound {
+    pub key: Arc<ProofKey>,
+    /// base64url SHA-256 of the token (the proofs' `ath`).
+    pub ath: String,
+}
+
+const BEARER: &[u8] = b"Bearer ";
+const DPOP: &[u8] = b"DPoP ";
 
 impl CachedToken {
-    /// `None` when `token` is not a valid header value.
-    pub(super) fn new(token: &str) -> Option<Self> {
-        let mut buf = Vec::with_capacity(SCHEME.len() + token.len());
-        buf.extend_from_slice(SCHEME);
+    /// `None` when `token` is not a valid header value. `bound`: the key of
+    /// a DPoP-bound token.
+    pub(super) fn new(token: &str, bound: Option<Arc<ProofKey>>) -> Option<Self> {
+        let scheme = if bound.is_some() { DPOP } else { BEARER };
+        let mut buf = Vec::with_capacity(scheme.len() + token.len());
+        buf.extend_from_slice(scheme);
         buf.extend_from_slice(token.as_bytes());
         // Exact capacity: the buffer is the allocation the bytes share, with
         // no spare room; `slice` shares it rather than copying.
         let whole = Bytes::from(buf);
-        let mut raw = HeaderValue::from_maybe_shared(whole.slice(SCHEME.len()..)).ok()?;
-        let mut bearer = HeaderValue::from_maybe_shared(whole).ok()?;
+        let mut raw = HeaderValue::from_maybe_shared(whole.slice(scheme.len()..)).ok()?;
+        let mut authorization = HeaderValue::from_maybe_shared(whole).ok()?;
         raw.set_sensitive(true);
-        bearer.set_sensitive(true);
-        Some(CachedToken { bearer, raw })
+        authorization.set_sensitive(true);
+        let bound = bound.map(|key| Box::new(Bound { key, ath: crate::dpop::ath(token) }));
+        Some(CachedToken { authorization, raw, bound })
     }
 }
 
@@ -80,10 +96,10 @@ impl Entry {
         Arc::new(Entry { kind, expires_at: Instant::now() + ttl, refreshing: AtomicBool::new(false), meta })
     }
 
-    /// An issued token, ready to forward, for `ttl`; `None` when the token
-    /// is not a valid header value.
-    pub fn token(token: &str, ttl: Duration, meta: Option<Meta>) -> Option<Arc<Self>> {
-        Some(Entry::with_meta(EntryKind::Token(CachedToken::new(token)?), ttl, meta))
+    /// An issued token, ready to forward, for `ttl` (`bound`: the key of a
+    /// DPoP-bound one); `None` when the token is not a valid header value.
+    pub fn token(token: &str, bound: Option<Arc<ProofKey>>, ttl: Duration, meta: Option<Meta>) -> Option<Arc<Self>> {
+        Some(Entry::with_meta(EntryKind::Token(CachedToken::new(token, bound)?), ttl, meta))
     }
 
     /// The issued token's text (not for a refusal).
@@ -266,15 +282,15 @@ mod tests {
 
     #[test]
     fn a_token_is_stored_once_and_forwarded_sensitive() {
-        let e = Entry::token("abc.def", Duration::from_secs(60), None).unwrap();
+        let e = Entry::token("abc.def", None, Duration::from_secs(60), None).unwrap();
         let EntryKind::Token(t) = &e.kind else { panic!("a token entry") };
-        assert_eq!(t.bearer.as_bytes(), b"Bearer abc.def");
+        assert_eq!(t.authorization.as_bytes(), b"Bearer abc.def");
         assert_eq!(t.raw.as_bytes(), b"abc.def");
         // The bare token is a view of the `Bearer` buffer, not a copy.
-        assert_eq!(t.raw.as_bytes().as_ptr(), t.bearer.as_bytes()[SCHEME.len()..].as_ptr());
-        assert!(t.bearer.is_sensitive() && t.raw.is_sensitive());
+        assert_eq!(t.raw.as_bytes().as_ptr(), t.authorization.as_bytes()[BEARER.len()..].as_ptr());
+        assert!(t.authorization.is_sensitive() && t.raw.is_sensitive());
         assert_eq!(e.token_text(), Some("abc.def"));
-        assert!(Entry::token("a\nb", Duration::from_secs(60), None).is_none());
+        assert!(Entry::token("a\nb", None, Duration::from_secs(60), None).is_none());
     }
 
     #[test]

@@ -15,9 +15,11 @@ use url::Url;
 use super::answer::parse_answer;
 use super::client_auth::{client_certificate, AssertionSigner, JWT_BEARER_ASSERTION};
 use super::discovery::{EndpointSlot, Endpoints};
+use super::dpop::AsDpop;
 use super::guard::{whole_seconds, AsGuard, Health};
 use super::ExchangeError;
 use crate::config::{AsLocation, AssertionAudience, AuthServerConfig, ClientAuthConfig, ErrorMap};
+use crate::dpop::ProofKey;
 use crate::secret::{Secret, SecretString};
 use crate::telemetry::error_chain;
 
@@ -53,11 +55,17 @@ pub struct AsClient {
     errors: ErrorMap,
     /// `revocation_endpoint:` as configured (else the discovered one).
     revocation: Option<Url>,
+    /// `dpop:`: proofs with every token request (RFC 9449).
+    dpop: Option<Arc<AsDpop>>,
 }
 
 /// A token issued by the authorization server.
 pub struct Issued {
     pub access_token: SecretString,
+    /// `token_type: DPoP` (RFC 9449 §5).
+    pub dpop: bool,
+    /// A DPoP-bound token: the key it is bound to.
+    pub bound: Option<Arc<ProofKey>>,
     pub issued_token_type: Option<String>,
     pub expires_in: Option<Duration>,
     pub scope: Option<String>,
@@ -145,6 +153,13 @@ impl AsClient {
             .build()
             .map_err(|e| format!("authorization server {}: {e}", cfg.name))?;
         let auth = ClientAuth::new(&cfg.client_auth).map_err(|e| format!("authorization server {}: {e}", cfg.name))?;
+        let dpop = cfg
+            .dpop
+            .as_ref()
+            .map(AsDpop::new)
+            .transpose()
+            .map_err(|e| format!("authorization server {}: {e}", cfg.name))?
+            .map(Arc::new);
         Ok(AsClient {
             name: cfg.name.clone(),
             location,
@@ -156,6 +171,7 @@ impl AsClient {
             guard,
             errors: cfg.error_map.clone(),
             revocation: cfg.revocation_endpoint.clone(),
+            dpop,
         })
     }
 
@@ -227,6 +243,22 @@ impl AsClient {
         &self.guard
     }
 
+    /// The key this server's tokens are bound to now (`dpop:` servers
+    /// only): its thumbprint is part of their cache keys.
+    pub fn dpop_key(&self) -> Option<Arc<ProofKey>> {
+        self.dpop.as_ref().map(|d| d.key())
+    }
+
+    /// Takes over `before`'s DPoP key and nonce when `dpop:` is unchanged
+    /// (a reload must not make a new key: every cached token would miss).
+    pub fn keep_dpop(&mut self, before: &AsClient) {
+        if let (Some(now), Some(then)) = (&self.dpop, &before.dpop) {
+            if now.config() == then.config() {
+                self.dpop = Some(then.clone());
+            }
+        }
+    }
+
     /// POSTs a token request (`form`: the encoded grant parameters, without
     /// client credentials) and parses the answer. The whole call, retries
     /// included, ends by `deadline` (at most this server's `timeout` away).
@@ -249,10 +281,9 @@ impl AsClient {
             self.guard.check().map_err(|e| refused(e, last.take()))?;
             let slot = self.guard.slot(deadline).await.map_err(|e| refused(e, last.take()))?;
             let pass = self.guard.admit().map_err(|e| refused(e, last.take()))?;
-            // Per attempt: a private_key_jwt assertion is never sent twice (`jti`).
-            let (body, basic) = self.auth.apply(form.clone(), endpoint.as_str(), endpoints.issuer.as_deref())?;
             let started = Instant::now();
-            let result = tokio::time::timeout_at(deadline, self.attempt(endpoint, body, basic)).await;
+            let result =
+                tokio::time::timeout_at(deadline, self.attempt(endpoint, endpoints.issuer.as_deref(), &form)).await;
             let probe = pass.is_probe();
             let (err, asked) = match result {
                 Ok(Ok(issued)) => {
@@ -301,17 +332,51 @@ impl AsClient {
         }
     }
 
-    async fn attempt(&self, endpoint: &Url, body: String, basic: Option<HeaderValue>) -> Result<Issued, Attempt> {
-        let mut req = self
-            .http
-            .post(endpoint.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
-            .body(body);
-        if let Some(b) = basic {
-            req = req.header(AUTHORIZATION, b);
+    /// One token request: a fresh client assertion (a `private_key_jwt`
+    /// one is never sent twice: `jti`) and DPoP proof each time, and with
+    /// DPoP one more at once when the server asks for a nonce.
+    async fn attempt(&self, endpoint: &Url, issuer: Option<&str>, form: &str) -> Result<Issued, Attempt> {
+        let key = self.dpop.as_ref().map(|d| d.key());
+        let mut nonce_retry = self.dpop.is_some();
+        loop {
+            let (body, basic) = self.auth.apply(form.to_owned(), endpoint.as_str(), issuer).map_err(Attempt::Final)?;
+            let mut req = self
+                .http
+                .post(endpoint.clone())
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(ACCEPT, "application/json")
+                .body(body);
+            if let Some(b) = basic {
+                req = req.header(AUTHORIZATION, b);
+            }
+            if let (Some(dpop), Some(key)) = (&self.dpop, &key) {
+                req = req.header(crate::dpop::HEADER, dpop.proof(key, endpoint).map_err(Attempt::Final)?);
+            }
+            let resp = req.send().await.map_err(|e| Attempt::Retryable { why: error_chain(&e), retry_after: None })?;
+            let fresh_nonce = self.dpop.as_ref().is_some_and(|d| d.remember_nonce(resp.headers()));
+            let (status, body) = self.read(resp).await?;
+            if nonce_retry && fresh_nonce && super::dpop::asks_for_nonce(status, &body) {
+                nonce_retry = false;
+                continue;
+            }
+            let mut issued = parse_answer(status, &body, &self.errors).map_err(|e| match e {
+                // A refusal the server's error map calls unavailable (e.g.
+                // `temporarily_unavailable`): a failure like a 5xx, retried
+                // within the budget and counted by the circuit breaker.
+                ExchangeError::Unavailable(why) => Attempt::Retryable { why, retry_after: None },
+                e => Attempt::Final(e),
+            })?;
+            if issued.dpop {
+                issued.bound = Some(key.ok_or_else(|| {
+                    Attempt::Final(ExchangeError::BadAnswer("token_type DPoP, but no DPoP proof was sent".into()))
+                })?);
+            }
+            return Ok(issued);
         }
-        let mut resp = req.send().await.map_err(|e| Attempt::Retryable { why: error_chain(&e), retry_after: None })?;
+    }
+
+    /// The answer's status and body (capped); a 5xx or 429 is retryable.
+    async fn read(&self, mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), Attempt> {
         let status = resp.status();
         if status.is_server_error() || status.as_u16() == 429 {
             let retry_after = match status.as_u16() {
@@ -340,13 +405,7 @@ impl AsClient {
                 Err(e) => return Err(Attempt::Retryable { why: error_chain(&e), retry_after: None }),
             }
         }
-        parse_answer(status.as_u16(), &buf, &self.errors).map_err(|e| match e {
-            // A refusal the server's error map calls unavailable (e.g.
-            // `temporarily_unavailable`): a failure like a 5xx, retried
-            // within the budget and counted by the circuit breaker.
-            ExchangeError::Unavailable(why) => Attempt::Retryable { why, retry_after: None },
-            e => Attempt::Final(e),
-        })
+        Ok((status.as_u16(), buf))
     }
 }
 

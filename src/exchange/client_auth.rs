@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 
 use crate::config::AssertionAudience;
-use crate::secret::WatchedFile;
+use crate::secret::{pkcs8_der, WatchedFile};
 
 /// `client_assertion_type` of RFC 7523 client authentication.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -213,24 +213,6 @@ fn load_signing_key(path: &Path, len: u64, algorithm: Option<Algorithm>) -> Resu
     jsonwebtoken::encode(&Header::new(alg), &json!({"self_test": true}), &encoding)
         .map_err(|e| format!("key self-test failed: {e}"))?;
     Ok(SigningKey { alg, encoding })
-}
-
-/// The DER of the first `PRIVATE KEY` block of a PEM file.
-fn pkcs8_der(pem: &[u8]) -> Result<Vec<u8>, String> {
-    use rustls_pemfile::Item;
-    for item in rustls_pemfile::read_all(&mut &pem[..]) {
-        match item.map_err(|e| format!("not a PEM file: {e:?}"))? {
-            Item::Pkcs8Key(der) => return Ok(der.secret_pkcs8_der().to_vec()),
-            Item::Sec1Key(_) | Item::Pkcs1Key(_) => {
-                return Err(
-                    "the key is not PKCS#8; convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8.pem`"
-                        .into(),
-                )
-            }
-            _ => continue,
-        }
-    }
-    Err("no `PRIVATE KEY` (PKCS#8) block found".into())
 }
 
 /// A `tls_client_auth` identity: the certificate chain (leaf first) from

@@ -52,7 +52,7 @@ impl Exchanger {
         // One budget for the whole miss, waiting included.
         let give_up = Instant::now() + policy.client.timeout();
         let Some(store) = &self.shared else { return self.exchange(policy, subject, origin, give_up, None).await };
-        let Some(key) = store.key(subject_hash, &policy.shared_digest) else {
+        let Some(key) = store.key(&policy.store_subject(subject_hash), &policy.shared_digest) else {
             return self.exchange(policy, subject, origin, give_up, None).await;
         };
         // A purge that names this entry while it is exchanged keeps it out of the store.
@@ -115,7 +115,7 @@ impl Exchanger {
     /// lease, so that the next request anywhere exchanges at once.
     pub async fn forget_shared(&self, policy: &Policy, subject_hash: &[u8; 32]) {
         if let Some(store) = &self.shared {
-            if let Some(key) = store.key(subject_hash, &policy.shared_digest) {
+            if let Some(key) = store.key(&policy.store_subject(subject_hash), &policy.shared_digest) {
                 store.delete(&key).await;
             }
         }
@@ -132,7 +132,7 @@ impl Exchanger {
     ) {
         if let Some(store) = &self.shared {
             let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-            if let Some(key) = store.key(&subject_hash, &policy.shared_digest) {
+            if let Some(key) = store.key(&policy.store_subject(&subject_hash), &policy.shared_digest) {
                 self.publish(store, key, (policy, subject), result, false, since);
             }
         }
@@ -202,7 +202,12 @@ async fn read(
         return None;
     }
     let meta = policy.meta(super::unverified::peek(subject).as_ref(), index::id_of("sub", sub), Some(&value.token));
-    Entry::token(&value.token, left, Some(meta))
+    // Bound to the key whose thumbprint is in the store key: this replica's.
+    let bound = match value.dpop {
+        true => Some(policy.client.dpop_key()?),
+        false => None,
+    };
+    Entry::token(&value.token, bound, left, Some(meta))
 }
 
 /// A fresh token sealed for the store, with its store lifetime (never
@@ -220,6 +225,8 @@ fn sealed(
     let left = entry.expires_at.saturating_duration_since(Instant::now());
     let token = entry.token_text().filter(|_| left >= MIN_SHARED_TTL)?;
     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    let value = Sealed { token: token.to_owned(), expires_at_unix_ms: super::shared::unix_ms().saturating_add(ms) };
+    let dpop = matches!(&entry.kind, EntryKind::Token(t) if t.bound.is_some());
+    let value =
+        Sealed { token: token.to_owned(), expires_at_unix_ms: super::shared::unix_ms().saturating_add(ms), dpop };
     Some((seal::seal(subject, &policy.shared_digest, key, &value)?, left))
 }

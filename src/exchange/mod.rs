@@ -8,6 +8,7 @@ pub mod cache;
 pub mod client;
 pub mod client_auth;
 pub mod discovery;
+mod dpop;
 mod error;
 pub mod explain;
 mod fields;
@@ -94,9 +95,13 @@ pub struct MachinePolicy {
 }
 
 impl MachinePolicy {
-    /// The cache key of this token.
+    /// The cache key of this token (with a DPoP server, of the token bound
+    /// to tokex's key of the moment).
     pub fn key(&self) -> Key {
-        self.key
+        match self.client.dpop_key() {
+            None => self.key,
+            Some(k) => Sha256::new().chain_update(self.key).chain_update(k.jkt().as_bytes()).finalize().into(),
+        }
     }
 
     pub fn new(cfg: MachineConfig, client: Arc<AsClient>) -> Self {
@@ -248,7 +253,22 @@ impl Policy {
         let mut h = Sha256::new();
         h.update(&self.digest[..16]);
         h.update(subject_hash);
+        // A DPoP server's tokens are bound to tokex's key of the moment:
+        // another key (rotated) is another entry.
+        if let Some(key) = self.client.dpop_key() {
+            h.update(key.jkt().as_bytes());
+        }
         h.finalize().into()
+    }
+
+    /// What the shared store keys a subject by: its token's SHA-256, and
+    /// for a DPoP server with the key's thumbprint (replicas share a
+    /// DPoP-bound token only when they share the key file).
+    pub fn store_subject(&self, subject_hash: &[u8; 32]) -> [u8; 32] {
+        match self.client.dpop_key() {
+            None => *subject_hash,
+            Some(key) => Sha256::new().chain_update(subject_hash).chain_update(key.jkt().as_bytes()).finalize().into(),
+        }
     }
 }
 
@@ -481,7 +501,7 @@ impl Exchanger {
                 if policy.actor.is_some() && blames_actor(&r, actor_claims.as_ref()) =>
             {
                 if let Some(Actor::Machine(m)) = &policy.actor {
-                    self.cache.remove(&m.key).await;
+                    self.cache.remove(&m.key()).await;
                 }
                 Err(ExchangeError::ActorRejected(r))
             }
@@ -510,7 +530,8 @@ impl Exchanger {
         m: &Arc<MachinePolicy>,
         request_id: Option<&str>,
     ) -> Result<Lookup, ExchangeError> {
-        if let Some(entry) = self.cache.get(&m.key).await {
+        let key = m.key();
+        if let Some(entry) = self.cache.get(&key).await {
             return Self::hit(entry, true, None);
         }
         let started = Instant::now();
@@ -540,7 +561,7 @@ impl Exchanger {
             let meta = |_: Option<&str>| Meta::new(index::tag(&m.key), None, None, None);
             self.finish(audit, started, result, (m.cfg.default_ttl, m.cfg.max_ttl), None, meta)
         };
-        let (entry, hit) = self.cache.get_or_try_insert(m.key, fetch).await.map_err(|e| (*e).clone())?;
+        let (entry, hit) = self.cache.get_or_try_insert(key, fetch).await.map_err(|e| (*e).clone())?;
         Self::hit(entry, hit, (!hit).then(|| started.elapsed()))
     }
 }

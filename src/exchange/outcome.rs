@@ -94,9 +94,9 @@ impl Exchanger {
         }
         let ttl = ttl.saturating_sub(self.settings.expiry_skew);
         // `parse_answer` checked the token is a valid header value.
-        let token = CachedToken::new(issued.access_token.expose()).unwrap_or_else(|| {
+        let token = CachedToken::new(issued.access_token.expose(), issued.bound).unwrap_or_else(|| {
             let empty = HeaderValue::from_static("");
-            CachedToken { bearer: empty.clone(), raw: empty }
+            CachedToken { authorization: empty.clone(), raw: empty, bound: None }
         });
         Entry::with_meta(EntryKind::Token(token), ttl, Some(meta))
     }

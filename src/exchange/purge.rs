@@ -147,7 +147,7 @@ mod tests {
     fn only_a_purge_that_names_the_entry_since_it_started_counts() {
         let purges = Purges::default();
         let alice =
-            Entry::token("t", Duration::from_secs(60), Some(Meta::new(7, Some(id("sub", "alice")), None, None)))
+            Entry::token("t", None, Duration::from_secs(60), Some(Meta::new(7, Some(id("sub", "alice")), None, None)))
                 .unwrap();
         let start = purges.now();
         assert!(!purges.names_since(start, &[1; 32], &alice));

@@ -22,8 +22,11 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 
-/// Format version, first byte of every value.
+/// Format version, first byte of every value: a bearer token's, and a
+/// DPoP-bound token's (whose associated data starts with it, so neither
+/// can pass for the other).
 const VERSION: u8 = 1;
+const VERSION_DPOP: u8 = 2;
 const KEY_TAG: &[u8] = b"tokex/shared-cache/key/v1";
 const POLICY_TAG: &[u8] = b"tokex/shared-cache/policy/v1";
 const SUBJECT_TAG: &[u8] = b"tokex/shared-cache/subject/v1";
@@ -83,6 +86,16 @@ fn hex(out: &mut String, bytes: &[u8]) {
 pub struct Sealed {
     pub token: String,
     pub expires_at_unix_ms: u64,
+    /// DPoP-bound (to the key whose thumbprint is in the store key).
+    pub dpop: bool,
+}
+
+/// The associated data of a value under `store_key`.
+fn aad(version: u8, store_key: &str) -> Vec<u8> {
+    match version {
+        VERSION_DPOP => [&[VERSION_DPOP][..], store_key.as_bytes()].concat(),
+        _ => store_key.as_bytes().to_vec(),
+    }
 }
 
 struct Len;
@@ -101,7 +114,8 @@ fn aead_key(subject: &str, policy_digest: &[u8; 32]) -> Option<LessSafeKey> {
     Some(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).ok()?))
 }
 
-/// `VERSION ‖ nonce ‖ AES-256-GCM(expires_at_unix_ms (8, BE) ‖ token)`, bound to `store_key`.
+/// `VERSION ‖ nonce ‖ AES-256-GCM(expires_at_unix_ms (8, BE) ‖ token)`, bound to `store_key`
+/// (a DPoP-bound token: `VERSION_DPOP`, bound to it and `store_key`).
 pub fn seal(subject: &str, policy_digest: &[u8; 32], store_key: &str, value: &Sealed) -> Option<Vec<u8>> {
     if value.token.len() > MAX_TOKEN_BYTES {
         return None;
@@ -112,10 +126,11 @@ pub fn seal(subject: &str, policy_digest: &[u8; 32], store_key: &str, value: &Se
     let mut body = Vec::with_capacity(8 + value.token.len() + AES_256_GCM.tag_len());
     body.extend_from_slice(&value.expires_at_unix_ms.to_be_bytes());
     body.extend_from_slice(value.token.as_bytes());
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(store_key.as_bytes()), &mut body)
+    let version = if value.dpop { VERSION_DPOP } else { VERSION };
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(version, store_key)), &mut body)
         .ok()?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + body.len());
-    out.push(VERSION);
+    out.push(version);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&body);
     Some(out)
@@ -124,7 +139,10 @@ pub fn seal(subject: &str, policy_digest: &[u8; 32], store_key: &str, value: &Se
 /// The value under `store_key`, or `None` for anything that does not open:
 /// another version, another key's value, another subject, altered bytes.
 pub fn open(subject: &str, policy_digest: &[u8; 32], store_key: &str, stored: &[u8]) -> Option<Sealed> {
-    let rest = stored.strip_prefix(&[VERSION])?;
+    let (&version, rest) = stored.split_first()?;
+    if version != VERSION && version != VERSION_DPOP {
+        return None;
+    }
     if rest.len() < NONCE_LEN + 8 + AES_256_GCM.tag_len() || rest.len() > NONCE_LEN + 8 + MAX_TOKEN_BYTES + 16 {
         return None;
     }
@@ -132,11 +150,11 @@ pub fn open(subject: &str, policy_digest: &[u8; 32], store_key: &str, stored: &[
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let key = aead_key(subject, policy_digest)?;
     let mut body = body.to_vec();
-    let plain = key.open_in_place(nonce, Aad::from(store_key.as_bytes()), &mut body).ok()?;
+    let plain = key.open_in_place(nonce, Aad::from(aad(version, store_key)), &mut body).ok()?;
     let (exp, token) = plain.split_at(8);
     let expires_at_unix_ms = u64::from_be_bytes(exp.try_into().ok()?);
     let token = std::str::from_utf8(token).ok()?.to_owned();
-    Some(Sealed { token, expires_at_unix_ms })
+    Some(Sealed { token, expires_at_unix_ms, dpop: version == VERSION_DPOP })
 }
 
 #[cfg(test)]
@@ -168,7 +186,7 @@ mod tests {
     #[test]
     fn a_value_opens_only_with_its_subject_policy_and_key() {
         let key = store_key("p:", None, &sha("alice"), &DIGEST);
-        let v = Sealed { token: "exchanged-token".into(), expires_at_unix_ms: 1_900_000_000 };
+        let v = Sealed { token: "exchanged-token".into(), expires_at_unix_ms: 1_900_000_000, dpop: false };
         let sealed = seal("alice", &DIGEST, &key, &v).unwrap();
         assert!(!sealed.windows(9).any(|w| w == b"exchanged"), "the token is not in clear");
         assert_eq!(open("alice", &DIGEST, &key, &sealed), Some(v));
@@ -187,8 +205,24 @@ mod tests {
     }
 
     #[test]
+    fn a_dpop_bound_value_says_so_and_cannot_pass_for_a_bearer_one() {
+        let key = store_key("p:", None, &sha("alice"), &DIGEST);
+        let v = Sealed { token: "bound".into(), expires_at_unix_ms: 1_900_000_000, dpop: true };
+        let sealed = seal("alice", &DIGEST, &key, &v).unwrap();
+        assert_eq!(sealed[0], VERSION_DPOP);
+        assert_eq!(open("alice", &DIGEST, &key, &sealed), Some(v));
+        let mut relabelled = sealed.clone();
+        relabelled[0] = VERSION;
+        assert_eq!(open("alice", &DIGEST, &key, &relabelled), None);
+        let bearer = Sealed { token: "b".into(), expires_at_unix_ms: 1, dpop: false };
+        let mut relabelled = seal("alice", &DIGEST, &key, &bearer).unwrap();
+        relabelled[0] = VERSION_DPOP;
+        assert_eq!(open("alice", &DIGEST, &key, &relabelled), None);
+    }
+
+    #[test]
     fn nonces_differ() {
-        let v = Sealed { token: "t".into(), expires_at_unix_ms: 1 };
+        let v = Sealed { token: "t".into(), expires_at_unix_ms: 1, dpop: false };
         assert_ne!(seal("a", &DIGEST, "k", &v), seal("a", &DIGEST, "k", &v));
     }
 }

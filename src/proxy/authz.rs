@@ -214,11 +214,13 @@ pub(super) fn allowed(
         resp.headers_mut().insert(name.clone(), value);
     }
     if dialect == Dialect::Envoy {
-        let mut remove: Vec<&str> = Vec::with_capacity(2 + route.remove_headers.len());
+        let mut remove: Vec<&str> = Vec::with_capacity(3 + route.remove_headers.len());
         if !replaces_authorization {
             remove.push(AUTHORIZATION.as_str());
         }
         remove.push(PROXY_AUTHORIZATION.as_str());
+        // A caller's DPoP proof is for tokex, never for the backend.
+        remove.push(crate::dpop::HEADER);
         remove.extend(route.remove_headers.iter().map(HeaderName::as_str));
         // Header names: always a valid value.
         if let Ok(v) = HeaderValue::from_str(&remove.join(",")) {

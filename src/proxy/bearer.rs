@@ -11,6 +11,12 @@ pub use crate::config::limits::MAX_TOKEN_BYTES;
 /// The bearer token of a request: exactly one `Authorization` header with the
 /// `Bearer` scheme (any case) and a b64token.
 pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    extract_with_dpop(headers, false).map(|(token, _)| token)
+}
+
+/// The caller's token, and whether it came with the `DPoP` scheme (RFC 9449
+/// §7.1; only when `dpop` is accepted, else such a request has no token).
+pub fn extract_with_dpop(headers: &HeaderMap, dpop: bool) -> Result<(&str, bool), GatewayError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(GatewayError::MissingToken);
@@ -21,18 +27,20 @@ pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
     // A field value has no surrounding whitespace (RFC 9110 §5.5): HTTP/1.1
     // parsers drop it, but an HTTP/2 peer can still send it.
     let bytes = trim(value.as_bytes(), |c| c == b' ' || c == b'\t');
+    let scheme = |s: &[u8]| s.eq_ignore_ascii_case(b"bearer") || (dpop && s.eq_ignore_ascii_case(b"dpop"));
     let Some(space) = bytes.iter().position(|&b| b == b' ') else {
-        return if bytes.eq_ignore_ascii_case(b"bearer") {
+        return if scheme(bytes) {
             Err(GatewayError::InvalidRequest("empty bearer token"))
         } else {
             Err(GatewayError::MissingToken)
         };
     };
-    if !bytes[..space].eq_ignore_ascii_case(b"bearer") {
-        // Another scheme (Basic, DPoP, ...): no bearer token was presented.
+    if !scheme(&bytes[..space]) {
+        // Another scheme (Basic, DPoP when not accepted, ...): no token was presented.
         return Err(GatewayError::MissingToken);
     }
-    // `Bearer 1*SP b64token` (RFC 6750 §2.1): only spaces before the token.
+    let is_dpop = !bytes[..space].eq_ignore_ascii_case(b"bearer");
+    // `Bearer 1*SP b64token` (RFC 6750 §2.1; the same for DPoP): only spaces before the token.
     let token = trim(&bytes[space..], |c| c == b' ');
     if token.is_empty() {
         return Err(GatewayError::InvalidRequest("empty bearer token"));
@@ -44,7 +52,8 @@ pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
         return Err(GatewayError::InvalidRequest("bearer token has characters outside b64token"));
     }
     // b64token is ASCII, so this cannot fail.
-    std::str::from_utf8(token).map_err(|_| GatewayError::InvalidRequest("bearer token is not ASCII"))
+    let token = std::str::from_utf8(token).map_err(|_| GatewayError::InvalidRequest("bearer token is not ASCII"))?;
+    Ok((token, is_dpop))
 }
 
 fn trim(b: &[u8], space: impl Fn(u8) -> bool) -> &[u8] {
@@ -105,6 +114,16 @@ mod tests {
     fn missing_or_other_scheme_is_401() {
         assert!(matches!(extract(&h(&[])), Err(GatewayError::MissingToken)));
         assert!(matches!(extract(&h(&["Basic dXNlcjpwYXNz"])), Err(GatewayError::MissingToken)));
+    }
+
+    #[test]
+    fn the_dpop_scheme_only_when_accepted() {
+        assert_eq!(extract_with_dpop(&h(&["DPoP tok"]), true).unwrap(), ("tok", true));
+        assert_eq!(extract_with_dpop(&h(&["dpop  tok"]), true).unwrap(), ("tok", true));
+        assert_eq!(extract_with_dpop(&h(&["Bearer tok"]), true).unwrap(), ("tok", false));
+        assert!(matches!(extract_with_dpop(&h(&["DPoP tok"]), false), Err(GatewayError::MissingToken)));
+        assert!(matches!(extract(&h(&["DPoP tok"])), Err(GatewayError::MissingToken)));
+        assert!(matches!(extract_with_dpop(&h(&["DPoP"]), true), Err(GatewayError::InvalidRequest(_))));
     }
 
     #[test]

@@ -20,7 +20,9 @@ use super::headers;
 use super::pool::{HostPool, Lease, SendError, UpstreamClient};
 use super::target::Authority as Target;
 use super::{Body, RequestBody};
+use crate::dpop::Nonce;
 use crate::error::GatewayError;
+use crate::exchange::cache::Bound;
 use crate::telemetry::error_chain;
 
 /// Where a route sends requests: scheme, authority and an optional base
@@ -33,6 +35,10 @@ pub struct Upstream {
     /// The client of the route's TLS setting (kept across a reload when unchanged).
     pub client: Arc<UpstreamClient>,
     pool: Arc<HostPool>,
+    /// `scheme://authority`: the start of the `htu` of DPoP proofs to it.
+    origin: String,
+    /// Its latest `DPoP-Nonce` (RFC 9449 §9).
+    nonce: Arc<Nonce>,
 }
 
 impl Upstream {
@@ -45,7 +51,9 @@ impl Upstream {
         };
         let authority = Authority::try_from(authority.as_str()).map_err(|e| format!("upstream {url}: {e}"))?;
         let pool = client.host(&scheme, &authority)?;
-        Ok(Upstream { authority, base: url.path().trim_end_matches('/').to_owned(), client, pool })
+        let origin = format!("{}://{}", scheme.as_str(), authority.as_str());
+        let base = url.path().trim_end_matches('/').to_owned();
+        Ok(Upstream { authority, base, client, pool, origin, nonce: Arc::new(Nonce::default()) })
     }
 
     /// `host[:port]` of the backend.
@@ -74,6 +82,8 @@ pub struct Rewrite<'a> {
     pub authority: Option<&'a Target>,
     /// The header to add (the exchanged token).
     pub credential: Option<(&'a HeaderName, HeaderValue)>,
+    /// A DPoP-bound token: a proof is signed for the request as the backend sees it.
+    pub dpop: Option<&'a Bound>,
     /// Inbound headers removed besides `Authorization` (and from trailers too).
     pub remove: &'a Arc<[HeaderName]>,
     /// Exchange routes: the caller's token, which the body must not carry.
@@ -184,9 +194,21 @@ impl Forwarder {
         for name in rewrite.remove.iter() {
             h.remove(name);
         }
+        // The caller's own proof never reaches the backend.
+        h.remove(crate::dpop::HEADER);
         if let Some((name, value)) = rewrite.credential {
             h.insert(name.clone(), value);
         }
+        if let Some(bound) = rewrite.dpop {
+            let htu = format!("{}{}", upstream.origin, req.uri().path());
+            let nonce = upstream.nonce.get();
+            let proof = bound.key.proof(req.method().as_str(), &htu, Some(&bound.ath), nonce.as_deref());
+            let proof = proof.ok().and_then(|p| HeaderValue::try_from(p).ok()).ok_or_else(|| {
+                crate::exchange::ExchangeError::Config("could not sign a DPoP proof for the backend".into())
+            })?;
+            req.headers_mut().insert(crate::dpop::HEADER, proof);
+        }
+        let h = req.headers_mut();
         h.insert(super::ids::X_REQUEST_ID, rewrite.request_id.clone());
         if let Some(tp) = rewrite.traceparent {
             h.insert(crate::telemetry::TRACEPARENT, tp);
@@ -204,6 +226,7 @@ impl Forwarder {
         }
         headers::set_forwarded(h, peer.ip(), self.proto, host);
 
+        let rewrite_dpop = rewrite.dpop.is_some();
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
         let scan =
             rewrite.caller_token.zip(leaked.clone()).map(|(token, found)| ScanFor { token, form: is_form(h), found });
@@ -252,6 +275,9 @@ impl Forwarder {
             ));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), None);
+        if rewrite_dpop {
+            upstream.nonce.remember(resp.headers());
+        }
         Ok(resp.map(|body| Body::Left(UpstreamBody { body, lease, _slot: slot })))
     }
 }

@@ -24,7 +24,8 @@ use super::routes::{Route, RouteAuth, RouteTable};
 use super::target::{self, Authority};
 use super::{credentials, headers, ids};
 use super::{Body, RequestBody};
-use crate::auth::Inbound;
+use crate::auth::dpop::ProofRequest;
+use crate::auth::{Checked, DpopInbound, Inbound};
 use crate::error::GatewayError;
 use crate::exchange::cache::{Entry, EntryKind, Key};
 use crate::exchange::client::AsClient;
@@ -39,6 +40,8 @@ pub struct Runtime {
     pub routes: RouteTable,
     /// The inbound check of `auth: exchange` routes, when configured.
     pub inbound: Option<Arc<Inbound>>,
+    /// Callers' DPoP proofs on `auth: exchange` routes (`inbound.dpop`, not off).
+    pub dpop: Option<Arc<DpopInbound>>,
     /// The authorization servers by name (endpoints, once discovered).
     pub servers: BTreeMap<String, Arc<AsClient>>,
 }
@@ -73,6 +76,9 @@ struct Trace {
     redact: bool,
     /// The request's span, when tracing is on.
     span: Option<RequestSpan>,
+    /// On an exchange route with `inbound.dpop`: the check (for the
+    /// challenges of a `401`) and whether the caller used DPoP.
+    dpop: Option<(Arc<DpopInbound>, bool)>,
 }
 
 /// The original request: as the proxy listener received it, or as a
@@ -170,9 +176,16 @@ impl Gateway {
         let result = match described {
             Ok(original) => {
                 let runtime = self.runtime();
-                self.authorize(&runtime, &original, peer, &mut trace).await.map(|a| {
+                self.authorize(&runtime, &original, peer, &mut trace).await.and_then(|a| {
+                    // A DPoP-bound token needs a proof per request to the
+                    // backend, which a front proxy does not sign.
+                    if a.token.as_ref().is_some_and(|(entry, _)| bound(entry).is_some()) {
+                        return Err(GatewayError::Exchange(ExchangeError::Config(
+                            "a DPoP-bound token cannot be handed to a front proxy (it signs no proofs)".into(),
+                        )));
+                    }
                     let credential = a.token.as_ref().and_then(|(entry, _)| credential(a.route, entry));
-                    allow(a.route, credential)
+                    Ok(allow(a.route, credential))
                 })
             }
             Err(e) => Err(e),
@@ -195,6 +208,7 @@ impl Gateway {
             retried: false,
             redact: credentials::bearer_in_request_line(method, uri, headers),
             span: self.tracer.as_ref().map(|t| t.request(headers, method)),
+            dpop: None,
         }
     }
 
@@ -214,6 +228,9 @@ impl Gateway {
                 (e.to_response(scope).map(Body::Right), Some(e))
             }
         };
+        if let (Some((dpop, used)), http::StatusCode::UNAUTHORIZED) = (&trace.dpop, resp.status()) {
+            dpop.challenge(resp.headers_mut(), *used);
+        }
         let elapsed = started.elapsed();
         let status = resp.status().as_u16();
         let metrics = trace.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
@@ -305,25 +322,40 @@ impl Gateway {
         let Authorized { route, token, caller_token, introspected } =
             self.authorize(runtime, &original, peer, trace).await?;
         let route = &**route;
+        let bound = token.as_ref().and_then(|(entry, _)| bound(entry));
         let replay = match &token {
             Some((_, Some(_))) if route.retry_on_invalid_token => Replay::of(&req),
+            Some(_) if bound.is_some() => Replay::of(&req),
             _ => None,
         };
 
-        // 5. Rewrite and forward with the exchanged token.
+        // 5. Rewrite and forward with the exchanged token (and, for a
+        // DPoP-bound one, a proof signed for this request).
         let request_id = trace.request_id.clone();
-        let rewrite = |credential, caller_token| Rewrite {
+        let rewrite = |credential, dpop, caller_token| Rewrite {
             authority: authority.as_ref(),
             credential,
+            dpop,
             remove: &route.remove_headers,
             caller_token,
             max_body: route.max_body_bytes,
             request_id: &request_id,
             traceparent: None,
         };
-        let first = rewrite(token.as_ref().and_then(|(entry, _)| credential(route, entry)), caller_token.as_deref());
+        let first =
+            rewrite(token.as_ref().and_then(|(entry, _)| credential(route, entry)), bound, caller_token.as_deref());
         let req = req.map(RequestBody::Left);
-        let resp = self.send(route, req, peer, first, trace).await?;
+        let mut resp = self.send(route, req, peer, first, trace).await?;
+        // A backend that wants a DPoP nonce (its answer gave one): the same
+        // token once more, with a proof that carries it.
+        if let (Some(bound), Some(again), true) =
+            (bound, &replay, headers::asks_for_dpop_nonce(resp.status(), resp.headers()))
+        {
+            let credential = token.as_ref().and_then(|(entry, _)| credential(route, entry));
+            drop(resp);
+            resp =
+                self.send(route, again.clone().request(), peer, rewrite(credential, Some(bound), None), trace).await?;
+        }
 
         // 6. A backend that calls the token invalid gets a fresh one next
         // time — or at once, for a request that can be sent again.
@@ -351,7 +383,7 @@ impl Gateway {
             (a, b) => a.or(b),
         };
         drop(resp);
-        let again = rewrite(credential(route, &lookup.entry), None);
+        let again = rewrite(credential(route, &lookup.entry), self::bound(&lookup.entry), None);
         let resp = self.send(route, replay.request(), peer, again, trace).await?;
         let refused_again = refused(&resp);
         if refused_again {
@@ -407,7 +439,9 @@ impl Gateway {
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
-                let subject = bearer::extract(req.headers)?;
+                let dpop = runtime.dpop.as_ref();
+                let (subject, used_dpop) = bearer::extract_with_dpop(req.headers, dpop.is_some())?;
+                trace.dpop = dpop.map(|d| (d.clone(), used_dpop));
                 // A request id that holds the token would carry it to the log,
                 // the backend and the answer (even past a `remove_headers`
                 // entry that skips the check below): a new one instead.
@@ -435,9 +469,31 @@ impl Gateway {
                 }
                 let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
                 trace.fingerprint = Some(Fingerprint::of(&subject_hash));
-                if let Some(inbound) = &runtime.inbound {
-                    introspected = inbound.check(subject, &subject_hash, &route.require_scopes).await?;
+                // The caller's DPoP proof for this request (RFC 9449 §4.3).
+                let proof_jkt = match dpop.filter(|_| used_dpop) {
+                    Some(d) => {
+                        let path = req.uri.path();
+                        let authority = req.authority.map(|a| a.value().to_str().unwrap_or_default());
+                        let at = ProofRequest { method: req.method, path, authority, headers: req.headers };
+                        Some(d.check_proof(&at, subject)?)
+                    }
+                    None => None,
+                };
+                let checked = match &runtime.inbound {
+                    Some(inbound) => {
+                        inbound.check(subject, &subject_hash, &route.require_scopes, dpop.is_some()).await?
+                    }
+                    None => Checked::default(),
+                };
+                // The token's binding: from the check, else from the token.
+                if let Some(d) = dpop {
+                    let token_jkt = checked.jkt.clone().or_else(|| match &runtime.inbound {
+                        Some(_) => None,
+                        None => crate::auth::dpop::token_jkt(subject),
+                    });
+                    d.bind(proof_jkt.as_deref(), token_jkt.as_deref())?;
                 }
+                introspected = checked.sub;
                 let key = policy.key(&subject_hash);
                 let origin = Origin {
                     client: peer.ip(),
@@ -512,9 +568,17 @@ fn micros(d: Duration) -> u64 {
 fn credential<'r>(route: &'r Route, entry: &Entry) -> Option<(&'r HeaderName, HeaderValue)> {
     match &entry.kind {
         EntryKind::Token(t) if route.forward_header == http::header::AUTHORIZATION => {
-            Some((&route.forward_header, t.bearer.clone()))
+            Some((&route.forward_header, t.authorization.clone()))
         }
         EntryKind::Token(t) => Some((&route.forward_header, t.raw.clone())),
+        EntryKind::Rejected => None,
+    }
+}
+
+/// A DPoP-bound token's key and `ath`.
+fn bound(entry: &Entry) -> Option<&crate::exchange::cache::Bound> {
+    match &entry.kind {
+        EntryKind::Token(t) => t.bound.as_deref(),
         EntryKind::Rejected => None,
     }
 }
@@ -526,6 +590,7 @@ fn refused(resp: &Response<Body>) -> bool {
 
 /// A request that can be sent again as it was: an idempotent method
 /// (RFC 9110 §9.2.2), no body, no upgrade.
+#[derive(Clone)]
 struct Replay {
     method: Method,
     uri: Uri,

@@ -257,7 +257,8 @@ impl Purger {
                 Some(n)
             }
             Selector::Token(hash) => {
-                let mut keys: Vec<String> = policies().filter_map(|p| store.key(hash, p.shared_digest())).collect();
+                let mut keys: Vec<String> =
+                    policies().filter_map(|p| store.key(&p.store_subject(hash), p.shared_digest())).collect();
                 keys.sort_unstable();
                 keys.dedup();
                 store.purge_keys(&keys).await

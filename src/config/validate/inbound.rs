@@ -133,42 +133,7 @@ pub(super) fn jwt_at(
             ok = false;
         }
     }
-    let names = j
-        .algorithms
-        .map_or_else(|| vec!["RS256".to_owned(), "ES256".to_owned()], |v| v.into_iter().map(|t| t.value).collect());
-    if names.is_empty() {
-        cx.err(format!("{base}.algorithms"), "list at least one algorithm");
-        ok = false;
-    }
-    let mut algorithms = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let path = format!("{base}.algorithms[{i}]");
-        match Algorithm::from_str(name) {
-            Ok(a) if ALLOWED.contains(&a) => {
-                if !algorithms.contains(&a) {
-                    algorithms.push(a);
-                }
-            }
-            Ok(_) => {
-                cx.err(
-                    path,
-                    format!("{name} is refused: HMAC needs a shared secret, and a public JWKS key used as one is the key-confusion attack"),
-                );
-                ok = false;
-            }
-            Err(_) if name.eq_ignore_ascii_case("none") => {
-                cx.err(path, "alg none (unsigned tokens) is never accepted");
-                ok = false;
-            }
-            Err(_) => {
-                cx.err(
-                    path,
-                    format!("unknown algorithm {name:?}: expected RS256/384/512, PS256/384/512, ES256/384 or EdDSA"),
-                );
-                ok = false;
-            }
-        }
-    }
+    let algorithms = algorithm_list(cx, &format!("{base}.algorithms"), j.algorithms, &["RS256", "ES256"]);
     let leeway = j.leeway.map_or(Duration::from_secs(30), |d| d.0);
     if leeway > Duration::from_secs(300) {
         cx.err(format!("{base}.leeway"), "at most 5m");
@@ -204,7 +169,7 @@ pub(super) fn jwt_at(
     }
     let ca_file = j.ca_file.as_ref().map(|f| existing_file(cx, &format!("{base}.ca_file"), f));
     let timeout = positive(cx, &format!("{base}.timeout"), j.timeout, Duration::from_secs(5));
-    let jwks = jwks?;
+    let (jwks, algorithms) = (jwks?, algorithms?);
     ok.then(|| JwtConfig {
         issuer,
         jwks,
@@ -219,6 +184,55 @@ pub(super) fn jwt_at(
         ca_file,
         timeout,
     })
+}
+
+/// An allow-list of asymmetric JWS algorithms at `path` (`default` when
+/// absent): `none` and HMAC are refused, duplicates dropped.
+pub(super) fn algorithm_list(
+    cx: &mut Ctx,
+    path: &str,
+    given: Option<Vec<Text>>,
+    default: &[&str],
+) -> Option<Vec<Algorithm>> {
+    let names = given.map_or_else(
+        || default.iter().map(|s| (*s).to_owned()).collect(),
+        |v: Vec<Text>| v.into_iter().map(|t| t.value).collect::<Vec<_>>(),
+    );
+    let mut ok = true;
+    if names.is_empty() {
+        cx.err(path, "list at least one algorithm");
+        ok = false;
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        match Algorithm::from_str(name) {
+            Ok(a) if ALLOWED.contains(&a) => {
+                if !algorithms.contains(&a) {
+                    algorithms.push(a);
+                }
+            }
+            Ok(_) => {
+                cx.err(
+                    path,
+                    format!("{name} is refused: HMAC needs a shared secret, and a public JWKS key used as one is the key-confusion attack"),
+                );
+                ok = false;
+            }
+            Err(_) if name.eq_ignore_ascii_case("none") => {
+                cx.err(path, "alg none (unsigned tokens) is never accepted");
+                ok = false;
+            }
+            Err(_) => {
+                cx.err(
+                    path,
+                    format!("unknown algorithm {name:?}: expected RS256/384/512, PS256/384/512, ES256/384 or EdDSA"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(algorithms)
 }
 
 fn introspection(
