@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 use super::bearer;
 use super::forward::{Forwarder, Rewrite};
+use super::outbound::{bound, credential, refused, Replay};
 use super::routes::{Route, RouteAuth, RouteTable};
 use super::target::{self, Authority};
 use super::{credentials, headers, ids};
@@ -27,7 +28,7 @@ use super::{Body, RequestBody};
 use crate::auth::dpop::ProofRequest;
 use crate::auth::{Checked, DpopInbound, Inbound};
 use crate::error::GatewayError;
-use crate::exchange::cache::{Entry, EntryKind, Key};
+use crate::exchange::cache::{Entry, Key};
 use crate::exchange::client::AsClient;
 use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
 use crate::metrics::RouteMetrics;
@@ -322,10 +323,10 @@ impl Gateway {
         let Authorized { route, token, caller_token, introspected } =
             self.authorize(runtime, &original, peer, trace).await?;
         let route = &**route;
-        let bound = token.as_ref().and_then(|(entry, _)| bound(entry));
+        let dpop = token.as_ref().and_then(|(entry, _)| bound(entry));
         let replay = match &token {
             Some((_, Some(_))) if route.retry_on_invalid_token => Replay::of(&req),
-            Some(_) if bound.is_some() => Replay::of(&req),
+            Some(_) if dpop.is_some() => Replay::of(&req),
             _ => None,
         };
 
@@ -343,18 +344,18 @@ impl Gateway {
             traceparent: None,
         };
         let first =
-            rewrite(token.as_ref().and_then(|(entry, _)| credential(route, entry)), bound, caller_token.as_deref());
+            rewrite(token.as_ref().and_then(|(entry, _)| credential(route, entry)), dpop, caller_token.as_deref());
         let req = req.map(RequestBody::Left);
         let mut resp = self.send(route, req, peer, first, trace).await?;
         // A backend that wants a DPoP nonce (its answer gave one): the same
         // token once more, with a proof that carries it.
-        if let (Some(bound), Some(again), true) =
-            (bound, &replay, headers::asks_for_dpop_nonce(resp.status(), resp.headers()))
+        if let (Some(dpop), Some(again), true) =
+            (dpop, &replay, headers::asks_for_dpop_nonce(resp.status(), resp.headers()))
         {
             let credential = token.as_ref().and_then(|(entry, _)| credential(route, entry));
             drop(resp);
             resp =
-                self.send(route, again.clone().request(), peer, rewrite(credential, Some(bound), None), trace).await?;
+                self.send(route, again.clone().request(), peer, rewrite(credential, Some(dpop), None), trace).await?;
         }
 
         // 6. A backend that calls the token invalid gets a fresh one next
@@ -383,7 +384,7 @@ impl Gateway {
             (a, b) => a.or(b),
         };
         drop(resp);
-        let again = rewrite(credential(route, &lookup.entry), self::bound(&lookup.entry), None);
+        let again = rewrite(credential(route, &lookup.entry), bound(&lookup.entry), None);
         let resp = self.send(route, replay.request(), peer, again, trace).await?;
         let refused_again = refused(&resp);
         if refused_again {
@@ -562,66 +563,6 @@ fn request_id_str(id: &HeaderValue) -> &str {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The header carrying the exchanged token to the backend.
-fn credential<'r>(route: &'r Route, entry: &Entry) -> Option<(&'r HeaderName, HeaderValue)> {
-    match &entry.kind {
-        EntryKind::Token(t) if route.forward_header == http::header::AUTHORIZATION => {
-            Some((&route.forward_header, t.authorization.clone()))
-        }
-        EntryKind::Token(t) => Some((&route.forward_header, t.raw.clone())),
-        EntryKind::Rejected => None,
-    }
-}
-
-/// A DPoP-bound token's key and `ath`.
-fn bound(entry: &Entry) -> Option<&crate::exchange::cache::Bound> {
-    match &entry.kind {
-        EntryKind::Token(t) => t.bound.as_deref(),
-        EntryKind::Rejected => None,
-    }
-}
-
-/// The backend refused the exchanged token (`401` with `error="invalid_token"`).
-fn refused(resp: &Response<Body>) -> bool {
-    resp.status() == http::StatusCode::UNAUTHORIZED && headers::says_invalid_token(resp.headers())
-}
-
-/// A request that can be sent again as it was: an idempotent method
-/// (RFC 9110 §9.2.2), no body, no upgrade.
-#[derive(Clone)]
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(req: &Request<Incoming>) -> Option<Self> {
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-        );
-        let bodiless = hyper::body::Body::is_end_stream(req.body());
-        let upgrade = req.headers().contains_key(http::header::UPGRADE);
-        (idempotent && bodiless && !upgrade).then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-        })
-    }
-
-    fn request(self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::Right(http_body_util::Empty::new()));
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        req
-    }
 }
 
 impl super::server::Handler for Gateway {

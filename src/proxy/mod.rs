@@ -12,6 +12,7 @@ pub mod grpc_authz;
 pub mod handler;
 pub mod headers;
 pub mod ids;
+mod outbound;
 pub mod pool;
 pub mod reload;
 pub mod routes;

@@ -373,7 +373,7 @@ async fn the_allowed_answer_carries_the_credential_only() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["authorization"], "Bearer exchanged-1");
-    assert_eq!(r.headers()["x-envoy-auth-headers-to-remove"], "proxy-authorization,cookie,forwarded");
+    assert_eq!(r.headers()["x-envoy-auth-headers-to-remove"], "proxy-authorization,dpop,cookie,forwarded");
     let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
     for name in &names {
         assert!(
@@ -385,7 +385,10 @@ async fn the_allowed_answer_carries_the_credential_only() {
     assert!(r.text().await.unwrap().is_empty());
     let r = client().get(format!("http://{}/check/health", fx.authz())).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-envoy-auth-headers-to-remove"], "authorization,proxy-authorization,cookie,forwarded");
+    assert_eq!(
+        r.headers()["x-envoy-auth-headers-to-remove"],
+        "authorization,proxy-authorization,dpop,cookie,forwarded"
+    );
     // No route: 404, as in proxy mode (Envoy passes it to the caller).
     let r = client().get(format!("http://{}/check/nowhere", fx.authz())).send().await.unwrap();
     assert_eq!(r.status(), 404);
