@@ -441,6 +441,7 @@ impl Gateway {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
                 let dpop = runtime.dpop.as_ref();
+                trace.dpop = dpop.map(|d| (d.clone(), false));
                 let (subject, used_dpop) = bearer::extract_with_dpop(req.headers, dpop.is_some())?;
                 trace.dpop = dpop.map(|d| (d.clone(), used_dpop));
                 // A request id that holds the token would carry it to the log,

@@ -101,6 +101,8 @@ pub enum Reply {
     Raw(u16, &'static str, Vec<u8>),
     /// Wait, then answer.
     Delay(Duration, Box<Reply>),
+    /// The answer, with these headers too.
+    Headers(Vec<(&'static str, String)>, Box<Reply>),
 }
 
 type Behaviour = Arc<dyn Fn(&Recorded, usize) -> Reply + Send + Sync>;
@@ -143,18 +145,25 @@ impl RecordingAs {
                 r.lock().unwrap().push(rec.clone());
                 let f = b.lock().unwrap().clone();
                 let mut reply = f(&rec, n);
-                loop {
+                let mut extra = Vec::new();
+                let mut resp = loop {
                     match reply {
                         Reply::Delay(d, next) => {
                             tokio::time::sleep(d).await;
                             reply = *next;
                         }
-                        Reply::Json(status, v) => {
-                            return response(status, "application/json", v.to_string().into_bytes())
+                        Reply::Headers(h, next) => {
+                            extra.extend(h);
+                            reply = *next;
                         }
-                        Reply::Raw(status, ct, body) => return response(status, ct, body),
+                        Reply::Json(status, v) => break response(status, "application/json", v.to_string().into_bytes()),
+                        Reply::Raw(status, ct, body) => break response(status, ct, body),
                     }
+                };
+                for (name, value) in extra {
+                    resp.headers_mut().insert(name, value.parse().unwrap());
                 }
+                resp
             }
         })
         .await;
