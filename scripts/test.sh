@@ -32,6 +32,9 @@ EOF
 # tests/kubernetes.rs runs tests/deploy/validate.py with these (pinned: the
 # bundled Kubernetes schemas change with kubernetes-validate's version).
 pip_pinned kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3
+# tests/dpop_interop.rs checks tokex's DPoP against IdentityPython's
+# (tests/interop/dpop_check.py); cryptojwt does its JOSE.
+pip_pinned idpyoidc==5.0.0 cryptojwt==1.11.0
 export TOKEX_PYTHON="$PWD/$VENV/bin/python"
 
 # tests/authz runs real front proxies in front of tokex's check listener:
