@@ -328,6 +328,11 @@ def as_argv():
       default_type application/json;
       return 200 '{answer(ISSUED_TOKEN)}';
     }}
+    location = /token-dpop {{
+      if ($request_method != POST) {{ return 405; }}
+      default_type application/json;
+      return 200 '{answer(ISSUED_TOKEN).replace('"Bearer"', '"DPoP"')}';
+    }}
     location = /token-jwt {{
       if ($request_method != POST) {{ return 405; }}
       default_type application/json;
@@ -421,6 +426,14 @@ authorization_servers:
     client_auth: {{ method: none, client_id: bench }}
     timeout: 2s
     retries: 0
+  dpop_es256:
+    token_endpoint: http://127.0.0.1:{PORTS['as']}/token-dpop
+    client_auth: {{ method: none, client_id: bench }}
+    dpop: {{ algorithm: ES256 }}
+  dpop_eddsa:
+    token_endpoint: http://127.0.0.1:{PORTS['as']}/token-dpop
+    client_auth: {{ method: none, client_id: bench }}
+    dpop: {{ algorithm: EdDSA }}
 cache:
   max_entries: {max_entries}
 routes:
@@ -437,6 +450,14 @@ routes:
       audience: [bench-api]
       scope: [read]
       max_ttl: 1h
+  - name: dpop-es256
+    match: {{ path_prefix: /dpop-es256 }}
+    upstream: http://127.0.0.1:{PORTS['backend']}
+    exchange: {{ authorization_server: dpop_es256, audience: [bench-api], max_ttl: 1h }}
+  - name: dpop-eddsa
+    match: {{ path_prefix: /dpop-eddsa }}
+    upstream: http://127.0.0.1:{PORTS['backend']}
+    exchange: {{ authorization_server: dpop_eddsa, audience: [bench-api], max_ttl: 1h }}
 """
     path = WORK / f"{name}.yaml"
     path.write_text(conf)
@@ -600,6 +621,11 @@ def targets(token, tokens_file, jwt_token="pending"):
         jk = "jwt_on" if log_on else "jwt_off"
         add("tokex JWT hit, 1 token" + sfx, "tokex-jwt", PORTS[jk], "/x/bench", jk, header=jwt_auth,
             h2port=PORTS[jk], log=jk)
+        if not log_on:
+            # A DPoP-bound token: one proof signed per request (issue 17).
+            for alg in ("ES256", "EdDSA"):
+                add(f"tokex DPoP hit, {alg}" + sfx, "tokex-dpop", PORTS[tk], f"/dpop-{alg.lower()}/bench", tk,
+                    h2port=PORTS[tk], log=tk)
         add("tokex hit, 10k tokens" + sfx, "tokex-10k", PORTS[tk], "/x/bench", tk, mode=("tokens", tokens_file),
             header=None, fixed=False, log=tk)
         add("tokex miss, new token each" + sfx, "tokex-miss", PORTS[mk], "/x/bench", mk, mode=("miss",),

@@ -300,6 +300,8 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
             ],
         ),
         ("inbound.introspection", &[Uncomment("# inbound:"), Delete("  jwt:"), Uncomment("# introspection:")]),
+        ("inbound.dpop_proof", &[Uncomment("# inbound:"), Uncomment("# dpop_proof:")]),
+        ("dpop key", &[Uncomment("# dpop:")]),
         ("tracing", &[Uncomment("# tracing:")]),
         (
             "https upstream with upstream_tls",
