@@ -105,6 +105,14 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
             servers.insert(name, server);
         }
     }
+    if authz.is_some() {
+        for (name, server) in servers.iter().filter(|(_, s)| s.dpop.is_some()) {
+            cx.warn(
+                format!("authorization_servers.{name}.dpop"),
+                "the check listener (authz:) refuses DPoP-bound tokens with 502: a front proxy signs no proofs; serve such routes on the proxy listener",
+            );
+        }
+    }
     let has_inbound = raw.inbound.as_ref().is_some_and(|i| i.jwt.is_some() || i.introspection.is_some());
     let (inbound, dpop) = match raw.inbound {
         Some(mut i) => {

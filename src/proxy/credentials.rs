@@ -149,13 +149,18 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
             || (haystack.contains(&b'%') && memmem::find(&decode(haystack, false), needle).is_some()))
 }
 
-/// True when a bearer token in `Authorization` (any line) also stands in the
+/// True when a bearer (or DPoP) token in `Authorization` (any line) also stands in the
 /// method or the target: such a request line must not be logged, whatever
 /// else refuses the request (checked first, on every route).
 pub fn bearer_in_request_line(method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
     headers.get_all(AUTHORIZATION).iter().any(|v| {
-        let v = v.as_bytes();
-        let token = v.get(7..).filter(|_| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).unwrap_or_default();
+        let v = v.as_bytes().trim_ascii();
+        // `Bearer <token>` or `DPoP <token>` (RFC 9449 §7.1).
+        let token = match v.iter().position(|&b| b == b' ') {
+            Some(6) if v[..6].eq_ignore_ascii_case(b"bearer") => &v[7..],
+            Some(4) if v[..4].eq_ignore_ascii_case(b"dpop") => &v[5..],
+            _ => &[][..],
+        };
         let token = token.trim_ascii();
         token.len() >= MIN_SCANNED && in_request_line(method, uri, token)
     })
@@ -305,6 +310,20 @@ mod tests {
         ] {
             assert!(!named(t), "{t}");
         }
+    }
+
+    #[test]
+    fn a_token_in_the_request_line_is_found_for_either_scheme() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln";
+        let uri: Uri = format!("/x/{token}").parse().unwrap();
+        for scheme in ["Bearer", "bearer", "DPoP", "dpop"] {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, format!(" {scheme} {token}").parse().unwrap());
+            assert!(bearer_in_request_line(&Method::GET, &uri, &h), "{scheme}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Basic {token}").parse().unwrap());
+        assert!(!bearer_in_request_line(&Method::GET, &uri, &h));
     }
 
     #[test]

@@ -156,7 +156,9 @@ impl RecordingAs {
                             extra.extend(h);
                             reply = *next;
                         }
-                        Reply::Json(status, v) => break response(status, "application/json", v.to_string().into_bytes()),
+                        Reply::Json(status, v) => {
+                            break response(status, "application/json", v.to_string().into_bytes())
+                        }
                         Reply::Raw(status, ct, body) => break response(status, ct, body),
                     }
                 };

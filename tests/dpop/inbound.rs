@@ -62,7 +62,8 @@ impl Fixture {
             req = req.header("dpop", *p);
         }
         let resp = req.send().await.unwrap();
-        let challenges = resp.headers().get_all(WWW_AUTHENTICATE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        let challenges =
+            resp.headers().get_all(WWW_AUTHENTICATE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
         (resp.status().as_u16(), challenges, resp.text().await.unwrap())
     }
 }
@@ -95,12 +96,18 @@ async fn a_good_proof_passes_and_every_bad_one_is_refused() {
     let (a, b) = (caller.proof("GET", &htu, &token), caller.proof("GET", &htu, &token));
     refused_proof(fx.call("GET", "/orders/1", &auth, &[&a, &b]).await, "two proofs");
     refused_proof(fx.call("GET", "/orders/1", &auth, &[&caller.proof("POST", &htu, &token)]).await, "htm");
-    refused_proof(fx.call("GET", "/orders/1", &auth, &[&caller.proof("GET", &fx.url("/orders/2"), &token)]).await, "htu");
+    refused_proof(
+        fx.call("GET", "/orders/1", &auth, &[&caller.proof("GET", &fx.url("/orders/2"), &token)]).await,
+        "htu",
+    );
     refused_proof(
         fx.call("GET", "/orders/1", &auth, &[&caller.proof("GET", &htu, "another-token")]).await,
         "ath of another token",
     );
-    refused_proof(fx.call("GET", "/orders/1", &auth, &[&caller.key.proof("GET", &htu, None, None).unwrap()]).await, "no ath");
+    refused_proof(
+        fx.call("GET", "/orders/1", &auth, &[&caller.key.proof("GET", &htu, None, None).unwrap()]).await,
+        "no ath",
+    );
     refused_proof(fx.call("GET", "/orders/1", &auth, &["not.a.proof"]).await, "garbage");
     assert_eq!(fx.auth_server.count(), 1, "refused proofs never reach the authorization server");
 

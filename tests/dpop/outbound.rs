@@ -45,8 +45,11 @@ async fn token_requests_carry_a_proof_and_bound_tokens_reach_the_backend_with_on
         let req = auth_server.last();
         let proof = req.headers["dpop"].to_str().unwrap();
         let header: Value = serde_json::from_slice(
-            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, proof.split('.').next().unwrap())
-                .unwrap(),
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                proof.split('.').next().unwrap(),
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(header["alg"], alg);
@@ -54,7 +57,8 @@ async fn token_requests_carry_a_proof_and_bound_tokens_reach_the_backend_with_on
         assert!(header["jwk"].get("d").is_none(), "the public key only");
         let at_as = check(proof, "POST", &auth_server.token_url(), None, None);
         let echo = echoed(&get(&format!("{}/orders/7", gw.url), Some("caller-token")).await.2);
-        let at_backend = check(&seen(&echo, "dpop")[0], "GET", &format!("http://{backend}/orders/7"), Some("bound-1"), None);
+        let at_backend =
+            check(&seen(&echo, "dpop")[0], "GET", &format!("http://{backend}/orders/7"), Some("bound-1"), None);
         assert_eq!(at_as.jkt, at_backend.jkt, "the token is bound to the key that proves at the backend");
     }
 }
@@ -167,7 +171,8 @@ async fn a_bearer_answer_stays_bearer_and_a_dpop_answer_needs_dpop() {
     // Without `dpop:`, a DPoP answer cannot be used.
     let plain = RecordingAs::start().await;
     plain.set(|_, n| dpop_token(n));
-    let gw = TestGateway::start(&config_with(&plain.token_url(), BASIC_AUTH, &exchange_route("o", "/", backend, ""))).await;
+    let gw =
+        TestGateway::start(&config_with(&plain.token_url(), BASIC_AUTH, &exchange_route("o", "/", backend, ""))).await;
     assert_eq!(get(&format!("{}/a", gw.url), Some("caller")).await.0, 502);
     assert!(!plain.last().headers.contains_key("dpop"), "no proof without dpop:");
 }
@@ -184,7 +189,8 @@ async fn a_key_file_is_used_and_a_new_key_is_a_new_binding() {
     let cfg = dpop_config(&auth_server.token_url(), &dpop_cfg, &exchange_route("orders", "/", backend, ""));
     let gw = TestGateway::start(&cfg).await;
     assert_eq!(get(&format!("{}/a", gw.url), Some("caller")).await.0, 200);
-    let first = check(auth_server.last().headers["dpop"].to_str().unwrap(), "POST", &auth_server.token_url(), None, None);
+    let first =
+        check(auth_server.last().headers["dpop"].to_str().unwrap(), "POST", &auth_server.token_url(), None, None);
     assert_eq!(get(&format!("{}/a", gw.url), Some("caller")).await.0, 200);
     assert_eq!(auth_server.count(), 1);
 
@@ -195,9 +201,11 @@ async fn a_key_file_is_used_and_a_new_key_is_a_new_binding() {
     let (status, _, body) = get(&format!("{}/a", gw.url), Some("caller")).await;
     assert_eq!(status, 200);
     assert_eq!(auth_server.count(), 2, "another key: another cache entry");
-    let second = check(auth_server.last().headers["dpop"].to_str().unwrap(), "POST", &auth_server.token_url(), None, None);
+    let second =
+        check(auth_server.last().headers["dpop"].to_str().unwrap(), "POST", &auth_server.token_url(), None, None);
     assert_ne!(first.jkt, second.jkt);
-    let at_backend = check(&seen(&echoed(&body), "dpop")[0], "GET", &format!("http://{backend}/a"), Some("bound-2"), None);
+    let at_backend =
+        check(&seen(&echoed(&body), "dpop")[0], "GET", &format!("http://{backend}/a"), Some("bound-2"), None);
     assert_eq!(at_backend.jkt, second.jkt);
 
     // An unusable file keeps the key in use.
