@@ -106,7 +106,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         }
     }
     if authz.is_some() {
-        for (name, server) in servers.iter().filter(|(_, s)| s.dpop.is_some()) {
+        for name in servers.iter().filter(|(_, s)| s.dpop.is_some()).map(|(n, _)| n) {
             cx.warn(
                 format!("authorization_servers.{name}.dpop"),
                 "the check listener (authz:) refuses DPoP-bound tokens with 502: a front proxy signs no proofs; serve such routes on the proxy listener",
