@@ -198,14 +198,13 @@ pub(super) async fn walkthrough_step(
         "{step}. GET {path} with alice's broad token (DPoP: the exchanged token is bound to tokex's key) -> {status}\n"
     ));
     out.push_str(&format!("     tokex's DPoP key   jkt {gateway_jkt} (generated at start)\n"));
+    // tokex sends `Authorization: DPoP` only with a token_type DPoP answer.
+    let scheme = body["scheme"].as_str().unwrap_or("-");
     out.push_str(&format!(
-        "     token request      with a DPoP proof{} -> token_type DPoP\n",
+        "     token request      with a DPoP proof{} -> token_type {scheme}\n",
         if nonces > 0 { "; dev-sts asked for a nonce (use_dpop_nonce), tokex retried with it" } else { "" }
     ));
-    out.push_str(&format!(
-        "     backend received   Authorization: {} <token>, and a DPoP proof\n",
-        body["scheme"].as_str().unwrap_or("-")
-    ));
+    out.push_str(&format!("     backend received   Authorization: {scheme} <token>, and a DPoP proof\n"));
     out.push_str(&format!(
         "     token              sub {}, aud {}, scope {}; signature verified against dev-sts JWKS: {}\n",
         show(claims, "sub"),
