@@ -1,7 +1,10 @@
 //! `tokex demo`: the whole product in one process on 127.0.0.1 — the
 //! development authorization server, an echo backend that shows what it
-//! received, and the gateway with a built-in configuration — followed by a
-//! walkthrough printed side by side. `--serve` keeps it running.
+//! received, a backend that takes only DPoP-bound tokens (`secure.rs`), and
+//! the gateway with a built-in configuration — followed by a walkthrough
+//! printed side by side. `--serve` keeps it running.
+
+mod secure;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ const BROAD_SCOPES: [&str; 4] = ["orders:read", "orders:write", "billing:read", 
 /// The `aud` the dev-sts puts in the Security Event Tokens it pushes to tokex.
 const SSF_AUDIENCE: &str = "tokex-demo";
 const SSF_PATH: &str = "/.well-known/ssf/push";
+/// The authorization server entry whose tokens are DPoP-bound (`dpop: {}`).
+const DPOP_SERVER: &str = "dev-dpop";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -37,11 +42,30 @@ pub enum DemoError {
     Step(String),
 }
 
+/// Checks tokens of the dev authorization server against its JWKS.
+#[derive(Clone)]
+struct Verifier {
+    jwks: jsonwebtoken::jwk::JwkSet,
+    issuer: String,
+}
+
+impl Verifier {
+    /// The claims of a valid (signature, issuer, unexpired) token.
+    fn claims(&self, token: &str) -> Option<Value> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let jwk = self.jwks.find(header.kid.as_deref()?)?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).ok()?;
+        let mut v = jsonwebtoken::Validation::new(header.alg);
+        v.set_issuer(&[&self.issuer]);
+        v.validate_aud = false;
+        jsonwebtoken::decode::<Value>(token, &key, &v).ok().map(|t| t.claims)
+    }
+}
+
 /// The echo backend: answers with the headers it received and the claims of
 /// the bearer token, verified against the dev authorization server's JWKS.
 struct Echo {
-    jwks: jsonwebtoken::jwk::JwkSet,
-    issuer: String,
+    verifier: Verifier,
 }
 
 impl Echo {
@@ -59,7 +83,7 @@ impl Echo {
             .map(|(k, v)| (k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
             .collect();
         let (claims, verified) = match &token {
-            Some(t) => (unverified::claims_json(t), self.verify(t)),
+            Some(t) => (unverified::claims_json(t), self.verifier.claims(t).is_some()),
             None => (None, false),
         };
         json!({
@@ -69,16 +93,6 @@ impl Echo {
             "claims": claims,
             "headers": headers,
         })
-    }
-
-    fn verify(&self, token: &str) -> bool {
-        let Ok(header) = jsonwebtoken::decode_header(token) else { return false };
-        let Some(jwk) = header.kid.as_deref().and_then(|kid| self.jwks.find(kid)) else { return false };
-        let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(jwk) else { return false };
-        let mut v = jsonwebtoken::Validation::new(header.alg);
-        v.set_issuer(&[&self.issuer]);
-        v.validate_aud = false;
-        jsonwebtoken::decode::<Value>(token, &key, &v).is_ok()
     }
 }
 
@@ -103,9 +117,12 @@ impl Handler for Echo {
 pub struct Demo {
     pub sts: dev_sts::DevSts,
     pub backend: SocketAddr,
+    /// The backend that takes only DPoP-bound tokens (route `/secure`).
+    pub secure_backend: SocketAddr,
     pub gateway: crate::app::Running,
+    secure: Arc<secure::Secure>,
     backend_stop: watch::Sender<Phase>,
-    backend_task: tokio::task::JoinHandle<()>,
+    backend_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 async fn bind() -> Result<TcpListener, DemoError> {
@@ -119,7 +136,7 @@ pub async fn start() -> Result<Demo, DemoError> {
             id: GATEWAY_CLIENT.into(),
             secret: Some(GATEWAY_SECRET.into()),
             public_key_pem: None,
-            audiences: vec!["orders-api".into(), "billing-api".into()],
+            audiences: vec!["orders-api".into(), "billing-api".into(), "secure-api".into()],
             scopes: vec!["orders:read".into(), "orders:write".into(), "billing:read".into()],
         },
         ClientSpec {
@@ -132,14 +149,23 @@ pub async fn start() -> Result<Demo, DemoError> {
     ];
     let sts_cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), key_file: None };
     let sts = dev_sts::start(sts_cfg, bind().await?).await.map_err(|e| DemoError::Setup(e.to_string()))?;
+    // DPoP nonces too (RFC 9449 §8): tokex retries its first proof with the nonce.
+    sts.set_dpop_nonce(true);
 
     let jwks = serde_json::from_str(&sts.jwks_json()).map_err(|e| DemoError::Setup(format!("dev-sts JWKS: {e}")))?;
-    let echo = Arc::new(Echo { jwks, issuer: sts.issuer().to_owned() });
+    let verifier = Verifier { jwks, issuer: sts.issuer().to_owned() };
+    let echo = Arc::new(Echo { verifier: verifier.clone() });
     let listener = bind().await?;
     let backend = listener.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?;
+    let secure_listener = bind().await?;
+    let secure_backend = secure_listener.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?;
+    let secure = Arc::new(secure::Secure::new(verifier, secure_backend));
     let (backend_stop, rx) = watch::channel(Phase::Serving);
     let limits = Limits::internal(64 * 1024);
-    let backend_task = tokio::spawn(serve(listener, Listening::plain(), limits, echo, rx, Duration::from_secs(1)));
+    let backend_tasks = vec![
+        tokio::spawn(serve(listener, Listening::plain(), limits, echo, rx.clone(), Duration::from_secs(1))),
+        tokio::spawn(serve(secure_listener, Listening::plain(), limits, secure.clone(), rx, Duration::from_secs(1))),
+    ];
 
     // The agent that acts for alice on /billing (delegation).
     let actor = sts.mint("agent-7", &["agent"], &["tokex"], Duration::from_secs(3600));
@@ -152,6 +178,11 @@ authorization_servers:
     token_endpoint: {token_endpoint}
     client_auth: {{ method: client_secret_basic, client_id: {GATEWAY_CLIENT}, client_secret: {GATEWAY_SECRET} }}
     timeout: 2s
+  {DPOP_SERVER}:
+    token_endpoint: {token_endpoint}
+    client_auth: {{ method: client_secret_basic, client_id: {GATEWAY_CLIENT}, client_secret: {GATEWAY_SECRET} }}
+    timeout: 2s
+    dpop: {{}}
 routes:
   - name: orders
     match: {{ path_prefix: /orders }}
@@ -165,6 +196,10 @@ routes:
       audience: [billing-api]
       scope: [billing:read]
       actor: {{ token: "{actor}", token_type: "urn:ietf:params:oauth:token-type:access_token" }}
+  - name: secure
+    match: {{ path_prefix: /secure }}
+    upstream: http://{secure_backend}
+    exchange: {{ authorization_server: {DPOP_SERVER}, audience: [secure-api], scope: [orders:read] }}
   - name: health
     match: {{ path: /health }}
     upstream: http://{backend}
@@ -182,14 +217,16 @@ revocation:
     );
     let config = crate::config::parse(&yaml).map_err(|e| DemoError::Setup(format!("built-in config: {e}")))?;
     let gateway = crate::app::start(config).await.map_err(|e| DemoError::Setup(e.to_string()))?;
-    Ok(Demo { sts, backend, gateway, backend_stop, backend_task })
+    Ok(Demo { sts, backend, secure_backend, gateway, secure, backend_stop, backend_tasks })
 }
 
 impl Demo {
     pub async fn stop(self) {
         self.gateway.shutdown().await;
         let _ = self.backend_stop.send(Phase::Stopping);
-        let _ = self.backend_task.await;
+        for task in self.backend_tasks {
+            let _ = task.await;
+        }
         self.sts.shutdown().await;
     }
 }
@@ -251,9 +288,16 @@ pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     out.push_str("tokex demo: token exchange (RFC 8693), everything on 127.0.0.1\n\n");
     out.push_str(&format!("  dev authorization server  {}   (development only)\n", demo.sts.issuer()));
     out.push_str(&format!("  echo backend              http://{}   (shows what it receives)\n", demo.backend));
+    out.push_str(&format!(
+        "  DPoP backend              http://{}   (takes only DPoP-bound tokens with a proof, RFC 9449)\n",
+        demo.secure_backend
+    ));
     out.push_str(&format!("  tokex gateway             {gw}\n"));
     out.push_str("     /orders  -> audience orders-api,  scope orders:read\n");
-    out.push_str("     /billing -> audience billing-api, scope billing:read, actor agent-7 (delegation)\n\n");
+    out.push_str("     /billing -> audience billing-api, scope billing:read, actor agent-7 (delegation)\n");
+    out.push_str(
+        "     /secure  -> audience secure-api,  scope orders:read, DPoP-bound to tokex's key (DPoP backend)\n\n",
+    );
     out.push_str(&format!(
         "1. alice holds a broad token: sub alice, aud tokex, scope \"{}\", expires in 3600 s\n\n",
         BROAD_SCOPES.join(" ")
@@ -295,6 +339,8 @@ pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     let (status, challenge, _) = call(&client, &format!("{gw}/orders/42"), Some(&forged)).await?;
     out.push_str(&format!("{step}. GET /orders/42 with a forged token (payload edited, signature kept) -> {status}\n"));
     out.push_str(&format!("     WWW-Authenticate: {}\n\n", challenge.as_deref().unwrap_or("-")));
+    step += 1;
+    secure::walkthrough_step(demo, &client, &gw, &broad, step, &mut out).await?;
     step += 1;
     revoke(demo, &client, &gw, &broad, step, &mut out).await?;
     Ok(out)
@@ -367,10 +413,12 @@ pub fn curl_help(demo: &Demo) -> String {
          -d 'scope={scopes}' {token} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')\n\n\
          # 2. call the backend through tokex: it receives a narrowed token\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/orders/1\n\
-         curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/billing/1\n\n\
+         curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/billing/1\n\
+         curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/secure/1   # DPoP: bound to tokex's key, with a proof\n\n\
          # 3. errors\n\
          curl -si {gw}/orders/1                       # 401, no token\n\
-         curl -si -H 'Authorization: Bearer junk' {gw}/orders/1   # 401 invalid_token\n\n\
+         curl -si -H 'Authorization: Bearer junk' {gw}/orders/1   # 401 invalid_token\n\
+         curl -si -H \"Authorization: Bearer $TOKEN\" {secure}/secure/1   # 401: the DPoP backend takes no bearer token\n\n\
          # 4. revoke the session of that token's subject (demo-cli): the dev-sts pushes a\n\
          #    signed CAEP event to tokex, which purges its cached tokens (the next call is refused)\n\
          tokex dev-sts revoke --sts {issuer} --client-id {CLI_CLIENT} --client-secret {CLI_SECRET} \\\n    \
@@ -381,5 +429,6 @@ pub fn curl_help(demo: &Demo) -> String {
         token = demo.sts.token_endpoint(),
         admin = demo.gateway.admin_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
         issuer = demo.sts.issuer(),
+        secure = format_args!("http://{}", demo.secure_backend),
     )
 }

@@ -1,5 +1,5 @@
-//! `tokex demo` prints the walkthrough: narrowed tokens, the cache hit and
-//! the error answers.
+//! `tokex demo` prints the walkthrough: narrowed tokens, the cache hit,
+//! the error answers, DPoP-bound tokens and revocation.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -47,8 +47,50 @@ fn demo_walkthrough() {
     assert!(text.contains("without a token -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\"\n"), "{text}");
     assert!(text.contains("forged token (payload edited, signature kept) -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\", error=\"invalid_token\""), "{text}");
 
+    // DPoP: the backend gets a token bound to tokex's key with a fresh proof; a stolen copy is refused.
+    assert!(text.contains("/secure  -> audience secure-api,  scope orders:read, DPoP-bound to tokex's key"), "{text}");
+    let secure = text.split("7. GET /secure/42").nth(1).expect("DPoP step").split("\n8. ").next().unwrap();
+    assert!(secure.contains("(DPoP: the exchanged token is bound to tokex's key) -> 200"), "{secure}");
+    let jkt = secure.split("tokex's DPoP key   jkt ").nth(1).and_then(|r| r.split(' ').next()).expect("jkt");
+    assert_eq!(jkt.len(), 43, "{secure}");
+    assert!(
+        secure.contains("dev-sts asked for a nonce (use_dpop_nonce), tokex retried with it -> token_type DPoP"),
+        "{secure}"
+    );
+    assert!(secure.contains("backend received   Authorization: DPoP <token>, and a DPoP proof"), "{secure}");
+    assert!(
+        secure.contains("sub alice, aud secure-api, scope orders:read; signature verified against dev-sts JWKS: yes"),
+        "{secure}"
+    );
+    assert!(secure.contains(&format!("cnf.jkt {jkt} (tokex's key: yes)")), "{secure}");
+    assert!(secure.contains("/secure/42, ath = hash of that token, jti "), "{secure}");
+    assert!(secure.contains(&format!("signed by {jkt} (the token's cnf.jkt: yes)")), "{secure}");
+    let stolen = |what: &str| {
+        let rest = secure.split(what).nth(1).unwrap_or_else(|| panic!("{what} in {secure}"));
+        let mut lines = rest.lines();
+        (lines.next().unwrap_or("").trim().to_owned(), lines.next().unwrap_or("").trim().to_owned())
+    };
+    assert_eq!(
+        stolen("as Bearer "),
+        (
+            "-> 401  WWW-Authenticate: DPoP error=\"invalid_token\"".into(),
+            "a DPoP-bound token (cnf.jkt) sent as a Bearer token".into()
+        )
+    );
+    assert_eq!(
+        stolen("as DPoP with the proof the backend saw "),
+        ("-> 401  WWW-Authenticate: DPoP error=\"invalid_dpop_proof\"".into(), "the proof was used before".into())
+    );
+    assert_eq!(
+        stolen("as DPoP with a fresh proof of another key "),
+        (
+            "-> 401  WWW-Authenticate: DPoP error=\"invalid_token\"".into(),
+            "cnf.jkt is not the key that signed the proof".into()
+        )
+    );
+
     // Revocation: a signed CAEP event purges alice's tokens; the next call re-exchanges and is refused.
-    let revoked = text.split("7. alice's session is revoked").nth(1).expect("revocation step");
+    let revoked = text.split("8. alice's session is revoked").nth(1).expect("revocation step");
     assert!(revoked.contains("POST /.well-known/ssf/push -> 202 in "), "{revoked}");
     assert!(
         revoked.contains("GET /orders/42 with the same broad token -> 401 (not cached any more: tokex exchanged again, and the authorization server refused)"),

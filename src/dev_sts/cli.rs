@@ -44,6 +44,10 @@ pub struct DevStsArgs {
     /// PKCS#8 PEM signing key (EC P-256/P-384 or RSA) [default: a fresh P-256 key per start].
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Demand DPoP nonces (RFC 9449 §8): a token request whose DPoP proof lacks the current nonce
+    /// is answered 400 use_dpop_nonce with a DPoP-Nonce header.
+    #[arg(long)]
+    pub dpop_nonce: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -177,6 +181,7 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    sts.set_dpop_nonce(args.dpop_nonce);
     let issuer = sts.issuer().to_owned();
     println!("tokex dev-sts: DEVELOPMENT authorization server listening on {}", sts.addr());
     println!("  issuer          {issuer}");
@@ -186,6 +191,11 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
     println!("  metadata        {issuer}/.well-known/oauth-authorization-server");
     println!("  clients         {}", summary.join("; "));
     println!("  token lifetime  {}", humantime::format_duration(args.expires_in));
+    println!(
+        "  dpop            proofs at /token bind the token to their key ({}){}",
+        super::dpop::SIGNING_ALG_NAMES.join(" "),
+        if args.dpop_nonce { "; nonces demanded" } else { "" }
+    );
     if let Some(hint) = hint {
         println!("try:\n  {hint} {}", sts.token_endpoint());
     }

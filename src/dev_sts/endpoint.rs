@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use super::clients::AssertionContext;
 use super::token::{self, CLIENT_CREDENTIALS, TOKEN_EXCHANGE};
-use super::{unix_now, State};
+use super::{dpop, unix_now, State};
+use crate::dpop::ProofError;
 use crate::proxy::server::Handler;
 use crate::proxy::Body;
 
@@ -38,6 +39,10 @@ pub(crate) enum OAuthError {
     /// The revocation store is full of live revoked tokens (503, RFC 7009 §2.2.1).
     Unavailable,
     ServerError,
+    /// A `DPoP` proof that fails a check (RFC 9449 §5).
+    InvalidDpopProof(ProofError),
+    /// A proof without the nonce this server demands (RFC 9449 §8).
+    UseDpopNonce,
 }
 
 impl OAuthError {
@@ -51,6 +56,8 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
             OAuthError::Unavailable => "temporarily_unavailable",
             OAuthError::ServerError => "server_error",
+            OAuthError::InvalidDpopProof(_) => "invalid_dpop_proof",
+            OAuthError::UseDpopNonce => "use_dpop_nonce",
         }
     }
 
@@ -64,7 +71,9 @@ impl OAuthError {
             | OAuthError::InvalidGrant(_)
             | OAuthError::InvalidScope(_)
             | OAuthError::InvalidTarget(_)
-            | OAuthError::UnsupportedGrantType => StatusCode::BAD_REQUEST,
+            | OAuthError::UnsupportedGrantType
+            | OAuthError::InvalidDpopProof(_)
+            | OAuthError::UseDpopNonce => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -76,6 +85,8 @@ impl OAuthError {
             OAuthError::TooLarge => "request body too large",
             OAuthError::Unavailable => "too many live revoked tokens; retry later",
             OAuthError::ServerError => "internal error",
+            OAuthError::InvalidDpopProof(e) => dpop_refusal(*e),
+            OAuthError::UseDpopNonce => "the DPoP proof must carry the nonce in the DPoP-Nonce header",
         }
     }
 
@@ -120,6 +131,26 @@ impl Params {
     /// A parameter that may repeat (`audience`, `resource`).
     pub fn all(&self, key: &str) -> Vec<&str> {
         self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// Why a proof was refused, as the answer says it.
+fn dpop_refusal(e: ProofError) -> &'static str {
+    match e {
+        ProofError::Count => "not exactly one DPoP header",
+        ProofError::Malformed => "the DPoP proof is not a well-formed JWS",
+        ProofError::Typ => "the DPoP proof's typ is not dpop+jwt",
+        ProofError::Alg => "the DPoP proof's alg is not supported (see dpop_signing_alg_values_supported)",
+        ProofError::Jwk => "the DPoP proof's jwk is not a public key that suits its alg",
+        ProofError::Signature => "the DPoP proof's signature does not verify",
+        ProofError::Claims => "the DPoP proof lacks jti, htm, htu or iat",
+        ProofError::Htm => "the DPoP proof's htm is not POST",
+        ProofError::Htu => "the DPoP proof's htu is not this token endpoint",
+        ProofError::Iat => "the DPoP proof's iat is too old or in the future",
+        ProofError::Nonce => "the DPoP proof's nonce is not the current one",
+        ProofError::Ath => "a DPoP proof for the token endpoint carries no ath",
+        ProofError::Replayed => "the DPoP proof was used before",
+        ProofError::ReplayFull => "too many recent DPoP proofs; retry later",
     }
 }
 
@@ -176,7 +207,15 @@ impl State {
         match endpoint {
             None => json_answer(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
             Some(Endpoint::Token) if method != Method::POST => method_not_allowed("POST"),
-            Some(Endpoint::Token) => token_answer(self.token(req).await, "token request"),
+            Some(Endpoint::Token) => {
+                let with_proof = req.headers().contains_key(crate::dpop::HEADER);
+                let mut resp = token_answer(self.token(req).await, "token request");
+                // Every answer to a request with a proof carries the current nonce (when demanded).
+                if let Some(n) = with_proof.then(|| self.dpop.nonce_header()).flatten() {
+                    resp.headers_mut().insert(crate::dpop::NONCE_HEADER, n);
+                }
+                resp
+            }
             Some(Endpoint::Mint) if method != Method::POST => method_not_allowed("POST"),
             Some(Endpoint::Mint) => token_answer(self.mint(req).await, "mint"),
             Some(Endpoint::Revoke) if method != Method::POST => method_not_allowed("POST"),
@@ -190,17 +229,24 @@ impl State {
     }
 
     async fn token(&self, req: Request<Incoming>) -> Result<Value, OAuthError> {
+        let proof = dpop::presented(req.headers(), req.uri());
         let form = read_form(req).await?;
         let params = &form.params;
         let now = unix_now();
         let audiences = [self.token_endpoint.as_str(), self.issuer.as_str()];
         let ctx = AssertionContext { audiences: &audiences, now };
         let client = self.clients.authenticate(form.authorization.as_deref(), params, &ctx)?;
+        // After client authentication: an anonymous caller learns nothing.
+        let jkt = match proof.map_err(OAuthError::InvalidDpopProof)? {
+            Some(p) => Some(self.dpop.check(&p, &self.token_endpoint)?),
+            None => None,
+        };
+        let jkt = jkt.as_deref();
         let grant =
             params.one("grant_type")?.ok_or_else(|| OAuthError::InvalidRequest("grant_type is required".into()))?;
         let issued = match grant {
-            CLIENT_CREDENTIALS => token::client_credentials(self, client, params, now)?,
-            TOKEN_EXCHANGE => token::token_exchange(self, client, params, now)?,
+            CLIENT_CREDENTIALS => token::client_credentials(self, client, params, now, jkt)?,
+            TOKEN_EXCHANGE => token::token_exchange(self, client, params, now, jkt)?,
             _ => return Err(OAuthError::UnsupportedGrantType),
         };
         tracing::info!(
@@ -210,11 +256,12 @@ impl State {
             aud = %issued.aud.join(" "),
             scope = %issued.scope.join(" "),
             expires_in = issued.expires_in,
+            dpop_jkt = jkt.unwrap_or("-"),
             "dev-sts: token issued"
         );
         let mut answer = json!({
             "access_token": issued.access_token,
-            "token_type": "Bearer",
+            "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
             "expires_in": issued.expires_in,
         });
         if let Some(m) = answer.as_object_mut() {

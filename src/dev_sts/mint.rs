@@ -9,8 +9,12 @@
 //! scope lists do not apply. The token has the shape of the demo's broad
 //! user token ([`super::DevSts::mint`]): `at+jwt` with
 //! `iss sub aud scope iat exp jti` (no `client_id`: it stands for a token
-//! the user got elsewhere), and `act: {sub}` when `act` is given (a token
-//! that is already delegated). It is a valid subject token at `/token`.
+//! the user got elsewhere), `act: {sub}` when `act` is given (a token
+//! that is already delegated), and `cnf: {jkt}` when `jkt` is given (a
+//! token bound to the caller's DPoP key, RFC 9449 §6.1: a resource server
+//! that checks DPoP accepts it only with proofs of that key). It is a valid
+//! subject token at `/token` (which does not check possession of a bound
+//! subject token).
 //!
 //! Form parameters (`application/x-www-form-urlencoded`, the `/token`
 //! rules: empty values count as absent, single parameters may not repeat):
@@ -22,8 +26,9 @@
 //! | `scope` | space-separated scope tokens (RFC 6749 §3.3); optional |
 //! | `expires_in` | whole seconds, 1–86400; default 3600 |
 //! | `act` | optional actor `sub`, same rules as `sub` |
+//! | `jkt` | optional DPoP key thumbprint (RFC 7638, SHA-256, base64url: 43 characters) |
 //!
-//! Answer: `{"access_token", "token_type": "Bearer", "expires_in", "scope"?}`
+//! Answer: `{"access_token", "token_type": "Bearer" (or "DPoP" with `jkt`), "expires_in", "scope"?}`
 //! with `Cache-Control: no-store`; errors are RFC 6749 §5.2 JSON.
 
 use std::time::Duration;
@@ -33,8 +38,9 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::clients::{is_scope_token, AssertionContext};
+use super::dpop::is_thumbprint;
 use super::endpoint::{read_form, OAuthError, Params};
-use super::token::build_claims;
+use super::token::{bind, build_claims};
 use super::{unix_now, State};
 
 /// Lifetime of a minted token when the request names none.
@@ -58,6 +64,8 @@ pub(crate) struct MintRequest {
     pub expires_in: u64,
     /// The actor's `sub`, for a token that is already delegated.
     pub act: Option<String>,
+    /// The DPoP key thumbprint the token is bound to.
+    pub jkt: Option<String>,
 }
 
 impl MintRequest {
@@ -94,7 +102,12 @@ impl MintRequest {
             None => DEFAULT_MINT_LIFETIME.as_secs(),
             Some(v) => parse_lifetime(v).ok_or_else(|| invalid("expires_in must be whole seconds from 1 to 86400"))?,
         };
-        Ok(MintRequest { sub, aud, scope, expires_in, act })
+        let jkt = match params.one("jkt")? {
+            Some(j) if is_thumbprint(j) => Some(j.to_owned()),
+            Some(_) => return Err(invalid("jkt must be a SHA-256 JWK thumbprint, base64url (43 characters)")),
+            None => None,
+        };
+        Ok(MintRequest { sub, aud, scope, expires_in, act, jkt })
     }
 }
 
@@ -135,7 +148,8 @@ impl State {
         let m = MintRequest::from_params(&form.params)?;
         let exp = now.saturating_add(m.expires_in);
         let act = m.act.as_deref().map(|a| json!({ "sub": a }));
-        let claims = build_claims(&self.issuer, &m.sub, &m.aud, &m.scope, None, now, exp, act);
+        let mut claims = build_claims(&self.issuer, &m.sub, &m.aud, &m.scope, None, now, exp, act);
+        bind(&mut claims, m.jkt.as_deref());
         let access_token = self.key.sign(&claims).map_err(|_| OAuthError::ServerError)?;
         tracing::info!(
             client_id = %client.id,
@@ -144,11 +158,12 @@ impl State {
             scope = %m.scope.join(" "),
             expires_in = m.expires_in,
             act = m.act.as_deref().unwrap_or("-"),
+            dpop_jkt = m.jkt.as_deref().unwrap_or("-"),
             "dev-sts: user token minted"
         );
         let mut answer = json!({
             "access_token": access_token,
-            "token_type": "Bearer",
+            "token_type": if m.jkt.is_some() { "DPoP" } else { "Bearer" },
             "expires_in": m.expires_in,
         });
         if !m.scope.is_empty() {
@@ -195,6 +210,7 @@ mod tests {
         assert!(m.scope.is_empty());
         assert_eq!(m.expires_in, 3600);
         assert_eq!(m.act, None);
+        assert_eq!(m.jkt, None);
         assert_eq!(check("sub=alice&aud=x&scope=").unwrap().scope, Vec::<String>::new(), "empty = absent");
         assert_eq!(check("sub=user%20with%20spaces%20%C3%A9&aud=x").unwrap().sub, "user with spaces é");
     }
@@ -219,6 +235,15 @@ mod tests {
         assert_eq!(code(&format!("sub=alice&aud={}", "a".repeat(1025))), "invalid_request");
         assert_eq!(code(&format!("sub=alice&aud={}", "a".repeat(1024))), "ok");
         assert_eq!(code("sub=alice&aud=https%3A%2F%2Forders.internal%2F"), "ok");
+    }
+
+    #[test]
+    fn jkt_is_a_thumbprint() {
+        let jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        assert_eq!(check(&format!("sub=a&aud=x&jkt={jkt}")).unwrap().jkt.as_deref(), Some(jkt));
+        assert_eq!(code("sub=a&aud=x&jkt=short"), "invalid_request");
+        assert_eq!(code(&format!("sub=a&aud=x&jkt={jkt}&jkt={jkt}")), "invalid_request", "repeated");
+        assert_eq!(code(&format!("sub=a&aud=x&jkt={}", jkt.replace('-', "%2B"))), "invalid_request", "not base64url");
     }
 
     #[test]

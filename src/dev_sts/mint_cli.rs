@@ -40,6 +40,9 @@ pub struct MintArgs {
     /// An actor's `sub`: the token is already delegated (`act: {sub}`).
     #[arg(long, value_name = "SUB")]
     pub act: Option<String>,
+    /// Bind the token to a DPoP key (`cnf.jkt`, RFC 9449): the key's RFC 7638 SHA-256 thumbprint.
+    #[arg(long, value_name = "THUMBPRINT")]
+    pub jkt: Option<String>,
 }
 
 /// Time allowed for the whole mint request.
@@ -99,6 +102,9 @@ fn mint_form(args: &MintArgs) -> Result<(url::Url, String), String> {
     if let Some(a) = &args.act {
         form.append_pair("act", a);
     }
+    if let Some(j) = &args.jkt {
+        form.append_pair("jkt", j);
+    }
     let body = form.finish();
     MintRequest::from_params(&Params::parse(body.as_bytes())).map_err(|e| format!("bad flags: {}", e.description()))?;
     Ok((endpoint, body))
@@ -155,6 +161,7 @@ mod tests {
             scope: vec!["orders:read".into(), "orders:write billing:read".into()],
             expires_in: Some(Duration::from_secs(600)),
             act: Some("agent-7".into()),
+            jkt: None,
         }
     }
 
@@ -168,6 +175,9 @@ mod tests {
         );
         let bare = MintArgs { scope: vec![], expires_in: None, act: None, ..mint_args() };
         assert_eq!(mint_form(&bare).unwrap().1, "sub=alice&aud=tokex&aud=orders-api");
+        let jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let bound = MintArgs { jkt: Some(jkt.into()), ..bare };
+        assert_eq!(mint_form(&bound).unwrap().1, format!("sub=alice&aud=tokex&aud=orders-api&jkt={jkt}"));
     }
 
     #[test]
@@ -181,6 +191,7 @@ mod tests {
         assert!(refused(MintArgs { sub: String::new(), ..mint_args() }).contains("sub is required"));
         assert!(refused(MintArgs { sub: "a\u{7}".into(), ..mint_args() }).contains("sub"));
         assert!(refused(MintArgs { aud: vec![" ".into()], ..mint_args() }).contains("aud"));
+        assert!(refused(MintArgs { jkt: Some("not-a-thumbprint".into()), ..mint_args() }).contains("jkt"));
         assert!(refused(MintArgs { scope: vec!["a\"b".into()], ..mint_args() }).contains("scope"));
         assert!(refused(MintArgs { url: "ftp://x".into(), ..mint_args() }).contains("--url"));
         let ok = mint_form(&MintArgs { expires_in: Some(Duration::from_secs(86_400)), ..mint_args() });

@@ -9,11 +9,12 @@
 //!   (RFC 8693), with `client_secret_basic`, `client_secret_post` and
 //!   `private_key_jwt` (RFC 7523) client authentication. Issues JWT access
 //!   tokens (RFC 9068: `typ: at+jwt`, `kid`; claims `iss sub aud scope
-//!   client_id iat exp jti`, and `act` for delegation).
+//!   client_id iat exp jti`, `act` for delegation, and `cnf` for DPoP).
 //! - `POST /mint`: a user (subject) token for any `sub`, `aud`, `scope`
 //!   and lifetime, for a caller authenticated as any registered client, so
-//!   the gateway can be tried by hand with curl (`tokex dev-sts mint`). Not
-//!   standard and not advertised in the metadata.
+//!   the gateway can be tried by hand with curl (`tokex dev-sts mint`);
+//!   with `jkt`, bound to that DPoP key. Not standard and not advertised
+//!   in the metadata.
 //! - `POST /revoke`: token revocation (RFC 7009), with the client
 //!   authentication of `/token`; `200` and an empty body for any token. A
 //!   revoked token of this server is refused afterwards as a subject or
@@ -36,6 +37,26 @@
 //! A revoked subject or actor token, and a subject token of a revoked
 //! subject issued at or before the revocation, are refused (`invalid_grant`).
 //!
+//! DPoP (RFC 9449, `dpop.rs`): a token request may carry one `DPoP` proof
+//! header, checked after client authentication: `typ`, an algorithm of
+//! `dpop_signing_alg_values_supported` (ES256, ES384, EdDSA, RS256, PS256),
+//! the public `jwk` and the signature, `htm` POST, `htu` the token endpoint
+//! as the client addressed it (`http://<Host><path>`; the advertised
+//! `token_endpoint` is accepted too), no `ath`, `iat` at most 60 s old and
+//! 5 s ahead, and a `jti` not seen before (a replay cache of 100 000
+//! proofs, refusing more when full). A failing proof is answered
+//! `400 invalid_dpop_proof`. A good one binds the token issued, by
+//! `client_credentials` or token exchange alike, to the proof's key (`cnf:
+//! {jkt}`), answered as `token_type: DPoP`; without a proof nothing changes
+//! (`Bearer`, no `cnf`). A DPoP-bound subject token is exchanged like any
+//! other (its possession is not checked here, and its `cnf` is not carried
+//! over): the new token is bound to the requester's proof key, if any.
+//! With [`DevSts::set_dpop_nonce`] (`tokex dev-sts --dpop-nonce`) the server
+//! demands nonces (§8): a proof without the current one gets `400
+//! use_dpop_nonce`, and every answer to a request with a proof carries the
+//! current `DPoP-Nonce` (a random value, renewed every 5 minutes).
+//! [`DevSts::mint_bound`] signs a DPoP-bound user token directly.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), tokex::dev_sts::DevStsError> {
 //! use tokex::dev_sts::{self, ClientSpec, DevStsConfig};
@@ -53,6 +74,7 @@
 
 pub mod cli;
 mod clients;
+mod dpop;
 mod emit;
 mod endpoint;
 mod keys;
@@ -76,6 +98,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use clients::{ClientSpec, JWT_BEARER};
+pub use dpop::{NONCE_LIFETIME, PROOF_LEEWAY, PROOF_MAX_AGE, REPLAY_CACHE_ENTRIES, SIGNING_ALGS as DPOP_SIGNING_ALGS};
 pub use emit::{MAX_RECEIVER_ANSWER_BYTES, PUSH_TIMEOUT};
 pub use endpoint::MAX_FORM_BYTES;
 pub use mint::{DEFAULT_MINT_LIFETIME, MAX_MINT_LIFETIME};
@@ -139,6 +162,8 @@ pub(crate) struct State {
     /// `<issuer>/ssf/emit` (not advertised).
     emit_endpoint: String,
     revocations: Revocations,
+    /// DPoP proofs at `/token`: the replay cache and the nonce.
+    dpop: dpop::DpopState,
     key: SigningKey,
     clients: Registry,
     expires_in: Duration,
@@ -201,6 +226,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         "revocation_endpoint": revocation_endpoint,
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
+        "dpop_signing_alg_values_supported": dpop::SIGNING_ALG_NAMES,
         "response_types_supported": [],
         "scopes_supported": scopes,
         "tokex_development_only": true,
@@ -214,6 +240,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         revocation_endpoint,
         emit_endpoint,
         revocations: Revocations::default(),
+        dpop: dpop::DpopState::default(),
         key,
         clients,
         expires_in: cfg.expires_in,
@@ -312,6 +339,27 @@ impl DevSts {
             m.extend(extra);
         }
         self.state.key.sign(&claims)
+    }
+
+    /// Like [`DevSts::mint`], bound to a DPoP key: `cnf: {jkt}` (RFC 9449
+    /// §6.1), `jkt` being the key's RFC 7638 thumbprint. A resource server
+    /// that checks DPoP accepts it only with proofs of that key.
+    pub fn mint_bound(&self, sub: &str, scope: &[&str], audience: &[&str], ttl: Duration, jkt: &str) -> String {
+        let mut extra = serde_json::Map::new();
+        extra.insert("cnf".into(), json!({ "jkt": jkt }));
+        // As in `mint`: the self-tested key fails only if the system RNG does.
+        self.mint_with(sub, scope, audience, ttl, extra).expect("signing with the self-tested dev-sts key")
+    }
+
+    /// Demand DPoP nonces (RFC 9449 §8) at `/token` from now on, or stop.
+    /// Off at start (`tokex dev-sts --dpop-nonce` turns it on).
+    pub fn set_dpop_nonce(&self, on: bool) {
+        self.state.dpop.set_demand_nonce(on);
+    }
+
+    /// `use_dpop_nonce` answers so far.
+    pub fn dpop_nonce_challenges(&self) -> u64 {
+        self.state.dpop.nonce_challenges()
     }
 
     /// Successful token exchanges so far (client_credentials not counted).

@@ -33,11 +33,14 @@ pub(crate) struct Issued {
 
 /// `client_credentials` (RFC 6749 §4.4): a token for the client itself,
 /// `sub` = `client_id`. No scope requested → all the client's listed scopes.
+/// With `jkt` (the thumbprint of the request's DPoP proof key) the token is
+/// bound to that key (`cnf`).
 pub(crate) fn client_credentials(
     state: &State,
     client: &Client,
     params: &Params,
     now: u64,
+    jkt: Option<&str>,
 ) -> Result<Issued, OAuthError> {
     let aud = targets(client, params)?;
     let scope = match requested_scopes(params)? {
@@ -50,7 +53,8 @@ pub(crate) fn client_credentials(
         None => client.default_scopes(),
     };
     let exp = now.saturating_add(state.expires_in.as_secs());
-    let claims = build_claims(&state.issuer, &client.id, &aud, &scope, Some(&client.id), now, exp, None);
+    let mut claims = build_claims(&state.issuer, &client.id, &aud, &scope, Some(&client.id), now, exp, None);
+    bind(&mut claims, jkt);
     let access_token = state.key.sign(&claims).map_err(|_| OAuthError::ServerError)?;
     Ok(Issued { access_token, issued_token_type: None, expires_in: exp - now, scope, sub: client.id.clone(), aud })
 }
@@ -60,8 +64,16 @@ pub(crate) fn client_credentials(
 /// session, for a token issued before that). The new token narrows the
 /// subject's: scopes are a subset of the subject's (and allowed for the
 /// client), audiences are allowed for the client, and it expires no later
-/// than the subject token.
-pub(crate) fn token_exchange(state: &State, client: &Client, params: &Params, now: u64) -> Result<Issued, OAuthError> {
+/// than the subject token. The new token is bound to `jkt`, the key of the
+/// request's DPoP proof, when there is one, whatever the subject token's
+/// `cnf` (possession of the subject token is not checked here).
+pub(crate) fn token_exchange(
+    state: &State,
+    client: &Client,
+    params: &Params,
+    now: u64,
+    jkt: Option<&str>,
+) -> Result<Issued, OAuthError> {
     let required =
         |name: &'static str| params.one(name)?.ok_or_else(|| OAuthError::InvalidRequest(format!("{name} is required")));
     let subject_token = required("subject_token")?;
@@ -132,7 +144,8 @@ pub(crate) fn token_exchange(state: &State, client: &Client, params: &Params, no
     };
     let subject_exp = subject.get("exp").and_then(Value::as_u64).unwrap_or(now);
     let exp = now.saturating_add(state.expires_in.as_secs()).min(subject_exp);
-    let claims = build_claims(&state.issuer, sub, &aud, &scope, Some(&client.id), now, exp, act);
+    let mut claims = build_claims(&state.issuer, sub, &aud, &scope, Some(&client.id), now, exp, act);
+    bind(&mut claims, jkt);
     let access_token = state.key.sign(&claims).map_err(|_| OAuthError::ServerError)?;
     state.exchanges.fetch_add(1, Ordering::Relaxed);
     Ok(Issued {
@@ -301,6 +314,13 @@ pub(crate) fn build_claims(
     c
 }
 
+/// Binds a token to a DPoP key: `cnf: {jkt}` (RFC 9449 §6.1).
+pub(crate) fn bind(claims: &mut Value, jkt: Option<&str>) {
+    if let (Some(m), Some(jkt)) = (claims.as_object_mut(), jkt) {
+        m.insert("cnf".into(), json!({ "jkt": jkt }));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +395,15 @@ mod tests {
         let bare = build_claims("i", "s", &[], &[], None, 1, 2, Some(json!({"sub": "x"})));
         assert!(bare.get("aud").is_none() && bare.get("scope").is_none() && bare.get("client_id").is_none());
         assert_eq!(bare["act"]["sub"], "x");
+        assert!(bare.get("cnf").is_none());
+    }
+
+    #[test]
+    fn binding_adds_cnf_jkt() {
+        let mut c = build_claims("i", "s", &[], &[], None, 1, 2, None);
+        bind(&mut c, None);
+        assert!(c.get("cnf").is_none());
+        bind(&mut c, Some("jkt-value"));
+        assert_eq!(c["cnf"], json!({"jkt": "jkt-value"}));
     }
 }
