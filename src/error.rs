@@ -118,7 +118,7 @@ impl GatewayError {
                 (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
             }
             GatewayError::Exchange(e) => match e {
-                X::InvalidGrant(_) | X::MissingClaim(_) => {
+                X::InvalidGrant(_) | X::MissingClaim(_) | X::BoundAsBearer => {
                     (StatusCode::UNAUTHORIZED, "invalid_token", Some(format!("{REALM}, error=\"invalid_token\"")), None)
                 }
                 X::StepUp(_, hint) => {
@@ -183,6 +183,7 @@ impl GatewayError {
             },
             GatewayError::Exchange(e) => match e {
                 X::InvalidGrant(_) | X::MissingClaim(_) => "the token was rejected",
+                X::BoundAsBearer => "a DPoP-bound token must be presented with the DPoP scheme and a proof",
                 X::StepUp(..) => STEP_UP,
                 X::InsufficientScope(_) => "the token does not allow this request",
                 X::ClientRejected(_) | X::ActorRejected(_) | X::OtherError { .. } | X::BadAnswer(_) | X::Config(_) => {

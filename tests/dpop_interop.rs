@@ -6,7 +6,7 @@
 //!   (typ, alg, jwk, signature, htm POST, htu the token endpoint, no ath);
 //! - tokex → backend: the DPoP-bound token goes as `Authorization: DPoP`
 //!   with a fresh proof per request that verifies for the request as the
-//!   backend sees it (htm, htu without the query, ath of the token), by the
+//!   backend sees it (htm, htu its scheme, Host and path without the query, ath of the token), by the
 //!   key the token request named; ES256 and EdDSA, keys made by tokex and
 //!   keys made by the library (`key_file`);
 //! - client → tokex: proofs the library makes are accepted once, for a
@@ -117,7 +117,7 @@ async fn tokex_to_as_and_backend(dpop: &str, jkt: Option<&str>) -> (String, Stri
         let proofs = seen(echo, "dpop");
         assert_eq!(proofs.len(), 1, "one proof per backend request: {proofs:?}");
         expected.push(json!({
-            "proof": proofs[0], "htm": method, "htu": format!("http://{backend}{path}"), "token": token, "jkt": jkt,
+            "proof": proofs[0], "htm": method, "htu": format!("http://{}{path}", seen(echo, "host")[0]), "token": token, "jkt": jkt,
         }));
     }
 

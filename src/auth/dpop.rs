@@ -12,7 +12,7 @@ use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::config::{DpopInboundConfig, DpopMode};
-use crate::dpop::{self, Expect, ProofError, ReplayCache};
+use crate::dpop::{self, Expect, ProofError, ReplayCache, Verified};
 use crate::metrics::{Counters, Metrics};
 
 /// Why a DPoP request (or a bound token sent as Bearer) was refused.
@@ -57,9 +57,36 @@ pub fn token_jkt(token: &str) -> Option<Arc<str>> {
     cnf_jkt(claims.get("cnf")).map(Arc::from)
 }
 
-/// `jkt` of a `cnf` member, when it is a non-empty string.
+/// What a `cnf` member binds the token to: nothing (absent or `null`),
+/// the key of its `jkt`, or, for any other confirmation (`x5t#S256`, a
+/// `jwk`, a `jkt` that is not a plausible thumbprint), `""`: bound to a key
+/// no DPoP proof can match, so the token passes neither as Bearer nor as DPoP.
 pub fn cnf_jkt(cnf: Option<&serde_json::Value>) -> Option<&str> {
-    cnf?.get("jkt")?.as_str().filter(|s| !s.is_empty() && s.len() <= 128)
+    let cnf = cnf.filter(|c| !c.is_null())?;
+    let jkt = cnf.get("jkt").and_then(serde_json::Value::as_str);
+    Some(jkt.filter(|j| !j.is_empty() && j.len() <= 128 && cnf.as_object().is_some_and(|o| o.len() == 1)).unwrap_or(""))
+}
+
+/// The binding rules of one request: with `inbound.dpop` on, the proof's
+/// key (if the caller used DPoP) against the token's `cnf` — from the
+/// inbound check (`checked`), or, with no inbound check (`unchecked`), from
+/// the token as presented. With it off, a token the check found bound is
+/// refused as the bearer token it was presented as.
+pub fn binding(
+    dpop: Option<&DpopInbound>,
+    proof: Option<&Verified>,
+    checked: Option<&str>,
+    unchecked: bool,
+    token: &str,
+) -> Result<(), DpopRefusal> {
+    match dpop {
+        Some(d) => {
+            let presented = if unchecked { token_jkt(token) } else { None };
+            d.bind(proof.map(|p| p.jkt.as_str()), checked.or(presented.as_deref()))
+        }
+        None if checked.is_some() => Err(DpopRefusal::BoundAsBearer),
+        None => Ok(()),
+    }
 }
 
 /// The request a proof must match.
@@ -101,8 +128,13 @@ impl DpopInbound {
         if cfg.mode == DpopMode::Off {
             return None;
         }
-        let replay = match previous.filter(|p| p.cfg.replay_cache_entries == cfg.replay_cache_entries) {
-            Some(p) => p.replay.clone(),
+        // Kept across reloads (a proof must not be accepted twice because
+        // of one), with the new bound.
+        let replay = match previous {
+            Some(p) => {
+                p.replay.set_max(cfg.replay_cache_entries);
+                p.replay.clone()
+            }
             None => Arc::new(ReplayCache::new(cfg.replay_cache_entries)),
         };
         let algs = cfg.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(" ");
@@ -114,10 +146,22 @@ impl DpopInbound {
         self.cfg.mode
     }
 
-    /// Checks the request's one `DPoP` proof for `token`; the thumbprint of
-    /// its key. The proof is remembered: a second use is refused.
-    pub fn check_proof(&self, req: &ProofRequest<'_>, token: &str) -> Result<String, DpopRefusal> {
+    /// Checks the request's one `DPoP` proof for `token`, and that it was
+    /// not accepted before. It is remembered only by [`DpopInbound::accept`],
+    /// once the token has passed too: proofs for tokens that fail cannot
+    /// fill the replay cache.
+    pub fn check_proof(&self, req: &ProofRequest<'_>, token: &str) -> Result<Verified, DpopRefusal> {
         self.counted(self.proof(req, token))
+    }
+
+    /// Remembers an accepted request's proof; a proof that another request
+    /// got accepted with meanwhile is refused now.
+    pub fn accept(&self, proof: &Verified) -> Result<(), DpopRefusal> {
+        self.counted(self.replay.first_use(proof, self.window()).map_err(DpopRefusal::Proof))
+    }
+
+    fn window(&self) -> std::time::Duration {
+        self.cfg.max_age + self.cfg.leeway
     }
 
     fn counted<T>(&self, result: Result<T, DpopRefusal>) -> Result<T, DpopRefusal> {
@@ -127,7 +171,7 @@ impl DpopInbound {
         result
     }
 
-    fn proof(&self, req: &ProofRequest<'_>, token: &str) -> Result<String, DpopRefusal> {
+    fn proof(&self, req: &ProofRequest<'_>, token: &str) -> Result<Verified, DpopRefusal> {
         let mut proofs = req.headers.get_all(dpop::HEADER).iter();
         let (Some(proof), None) = (proofs.next(), proofs.next()) else {
             return Err(DpopRefusal::Proof(ProofError::Count));
@@ -138,14 +182,17 @@ impl DpopInbound {
             algorithms: &self.cfg.algorithms,
             htm: req.method.as_str(),
             htu: &htu,
+            origins: &self.cfg.origins,
             token: Some(token),
             nonce: None,
             max_age: self.cfg.max_age,
             leeway: self.cfg.leeway,
         };
         let verified = dpop::verify(proof, &want).map_err(DpopRefusal::Proof)?;
-        self.replay.first_use(&verified, self.cfg.max_age + self.cfg.leeway).map_err(DpopRefusal::Proof)?;
-        Ok(verified.jkt)
+        if self.replay.seen(&verified, self.window()) {
+            return Err(DpopRefusal::Proof(ProofError::Replayed));
+        }
+        Ok(verified)
     }
 
     /// The URI the caller addressed: the listener's scheme (or
@@ -166,7 +213,10 @@ impl DpopInbound {
                 Some("http") => scheme = "http",
                 _ => {}
             }
-            host = forwarded("x-forwarded-host").or(host);
+            // A host and port only: no userinfo, path, query or fragment.
+            let authority =
+                |h: &&str| h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+            host = forwarded("x-forwarded-host").filter(authority).or(host);
         }
         Some(format!("{scheme}://{}{}", host?, req.path))
     }
@@ -176,7 +226,7 @@ impl DpopInbound {
     /// there is none.
     pub fn bind(&self, proof_jkt: Option<&str>, token_jkt: Option<&str>) -> Result<(), DpopRefusal> {
         self.counted(match (proof_jkt, token_jkt) {
-            (Some(p), Some(t)) if p == t => Ok(()),
+            (Some(p), Some(t)) if !t.is_empty() && p == t => Ok(()),
             (Some(_), _) => Err(DpopRefusal::NotBound),
             (None, Some(_)) => Err(DpopRefusal::BoundAsBearer),
             (None, None) if self.cfg.mode == DpopMode::Require => Err(DpopRefusal::Required),
@@ -215,6 +265,8 @@ mod tests {
         assert_eq!(allow.bind(Some("k"), Some("k")), Ok(()));
         assert_eq!(allow.bind(Some("k"), Some("j")), Err(DpopRefusal::NotBound));
         assert_eq!(allow.bind(Some("k"), None), Err(DpopRefusal::NotBound), "an unbound token sent as DPoP");
+        assert_eq!(allow.bind(Some(""), Some("")), Err(DpopRefusal::NotBound), "another kind of confirmation");
+        assert_eq!(allow.bind(None, Some("")), Err(DpopRefusal::BoundAsBearer));
         assert_eq!(allow.bind(None, Some("k")), Err(DpopRefusal::BoundAsBearer));
         assert_eq!(allow.bind(None, None), Ok(()));
         assert_eq!(inbound(DpopMode::Require, false).bind(None, None), Err(DpopRefusal::Required));
@@ -222,6 +274,24 @@ mod tests {
             DpopInbound::new(&DpopInboundConfig::default(), "http", None, &Metrics::new()).is_none(),
             "off: no check"
         );
+    }
+
+    #[test]
+    fn any_confirmation_binds() {
+        use serde_json::json;
+        assert_eq!(cnf_jkt(None), None);
+        assert_eq!(cnf_jkt(Some(&json!(null))), None);
+        assert_eq!(cnf_jkt(Some(&json!({"jkt": "abc"}))), Some("abc"));
+        for other in [
+            json!({"x5t#S256": "x"}),
+            json!({"jkt": ["a"]}),
+            json!({"jkt": "a".repeat(129)}),
+            json!({"jwk": {}}),
+            json!("jkt"),
+            json!({"jkt": "a", "jwk": {}}),
+        ] {
+            assert_eq!(cnf_jkt(Some(&other)), Some(""), "{other}");
+        }
     }
 
     #[test]
@@ -236,6 +306,12 @@ mod tests {
         h.append("x-forwarded-host", HeaderValue::from_static("evil.example"));
         let req = ProofRequest { headers: &h, ..req };
         assert_eq!(inbound(DpopMode::Allow, true).htu(&req).unwrap(), "https://10.0.0.1:8080/a", "two hosts: neither");
+        for bad in ["rs-b.example/admin/x?", "rs-b.example#", "x@rs-b.example"] {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-host", HeaderValue::from_str(bad).unwrap());
+            let req = ProofRequest { headers: &h, ..req };
+            assert_eq!(inbound(DpopMode::Allow, true).htu(&req).unwrap(), "http://10.0.0.1:8080/a", "{bad}");
+        }
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct DpopInboundConfig {
     /// `htu` is compared with `X-Forwarded-Proto` / `X-Forwarded-Host` when
     /// the request has them (behind a TLS-terminating load balancer).
     pub trust_forwarded: bool,
+    /// When not empty, a proof's `htu` must name one of these origins
+    /// (`scheme://host[:port]`, normalised) and the request's path; the
+    /// request's own scheme and host are not used.
+    pub origins: Vec<String>,
     /// Proofs remembered for replay detection at most; beyond, new ones are refused.
     pub replay_cache_entries: usize,
 }
@@ -50,6 +54,7 @@ impl Default for DpopInboundConfig {
             max_age: Duration::from_secs(60),
             leeway: Duration::from_secs(5),
             trust_forwarded: false,
+            origins: Vec::new(),
             replay_cache_entries: 1_000_000,
         }
     }

@@ -232,6 +232,8 @@ pub struct RawDpopProof {
     #[serde(default)]
     pub trust_forwarded: Option<bool>,
     #[serde(default)]
+    pub origins: Option<Vec<Text>>,
+    #[serde(default)]
     pub replay_cache_entries: Option<usize>,
 }
 

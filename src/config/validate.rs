@@ -116,8 +116,8 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
     let has_inbound = raw.inbound.as_ref().is_some_and(|i| i.jwt.is_some() || i.introspection.is_some());
     let (inbound, dpop) = match raw.inbound {
         Some(mut i) => {
+            let only_dpop = i.jwt.is_none() && i.introspection.is_none() && i.dpop.is_some();
             let dpop = dpop::inbound(&mut cx, i.dpop.take(), i.dpop_proof.take());
-            let only_dpop = i.jwt.is_none() && i.introspection.is_none() && dpop.mode != DpopMode::Off;
             (if only_dpop { None } else { inbound::inbound(&mut cx, i, &servers) }, dpop)
         }
         None => (None, DpopInboundConfig::default()),

@@ -1,7 +1,7 @@
 //! The demo's DPoP backend: a resource server that takes only DPoP-bound
 //! tokens (RFC 9449 §7). A request needs `Authorization: DPoP <token>`, a
 //! token of the dev authorization server (signature, issuer, expiry), one
-//! `DPoP` proof for this very request (`htm`, `htu` = its own URL, `ath` of
+//! `DPoP` proof for this very request (`htm`, `htu` = the URL the request addressed, `ath` of
 //! the token, `iat` window) signed by the key the token names in `cnf.jkt`,
 //! and a proof `jti` not seen before. It answers `200` with what it
 //! checked, or `401` with `WWW-Authenticate: DPoP error="invalid_token"`
@@ -38,7 +38,7 @@ pub struct Seen {
 
 pub(super) struct Secure {
     verifier: Verifier,
-    /// `http://127.0.0.1:<port>`: the start of the `htu` proofs must name.
+    /// `http://127.0.0.1:<port>`: the start of `htu` for a request without `Host`.
     origin: String,
     replay: ReplayCache,
     last: Mutex<Option<Seen>>,
@@ -94,12 +94,19 @@ impl Secure {
             return Err(invalid_proof("not exactly one DPoP header"));
         };
         let proof = proof.to_str().map_err(|_| invalid_proof("the DPoP proof is not text"))?;
-        let htu = format!("{}{}", self.origin, req.uri().path());
+        // The URI as this request addressed it: its `Host` (the gateway
+        // passes the caller's on), else this server's own address.
+        let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+        let htu = match host {
+            Some(host) => format!("http://{host}{}", req.uri().path()),
+            None => format!("{}{}", self.origin, req.uri().path()),
+        };
         let htm = req.method().as_str();
         let want = Expect {
             algorithms: &ALGORITHMS,
             htm,
             htu: &htu,
+            origins: &[],
             token: Some(token),
             nonce: None,
             max_age: MAX_AGE,
@@ -154,11 +161,11 @@ impl Handler for Secure {
 /// `WWW-Authenticate`, and the reason the backend gave.
 async fn direct(
     client: &reqwest::Client,
-    url: &str,
+    (url, host): (&str, &str),
     authorization: String,
     proof: Option<String>,
 ) -> Result<(u16, String, String), DemoError> {
-    let mut req = client.get(url).header(AUTHORIZATION, authorization);
+    let mut req = client.get(url).header(http::header::HOST, host).header(AUTHORIZATION, authorization);
     if let Some(p) = proof {
         req = req.header(dpop::HEADER, p);
     }
@@ -229,16 +236,21 @@ pub(super) async fn walkthrough_step(
     ));
 
     let seen = demo.secure.last_seen().ok_or_else(|| DemoError::Step("the DPoP backend saw no request".into()))?;
+    // The request replayed as the backend got it: the same Host (the
+    // gateway's, which tokex passes on) and path.
     let url = format!("http://{}{path}", demo.secure_backend);
+    let host = gw.trim_start_matches("http://");
     let thief = ProofKey::generate(Algorithm::ES256).map_err(DemoError::Setup)?;
-    let own_proof = thief.proof("GET", &url, Some(&dpop::ath(&seen.token)), None).map_err(DemoError::Setup)?;
+    let htu = format!("http://{host}{path}");
+    let own_proof = thief.proof("GET", &htu, Some(&dpop::ath(&seen.token)), None).map_err(DemoError::Setup)?;
     out.push_str("     a stolen copy: the token the backend received, replayed directly at the backend\n");
     for (what, scheme, proof) in [
         ("as Bearer", "Bearer", None),
         ("as DPoP with the proof the backend saw", dpop::SCHEME, Some(seen.proof.clone())),
         ("as DPoP with a fresh proof of another key", dpop::SCHEME, Some(own_proof)),
     ] {
-        let (status, challenge, reason) = direct(client, &url, format!("{scheme} {}", seen.token), proof).await?;
+        let (status, challenge, reason) =
+            direct(client, (&url, host), format!("{scheme} {}", seen.token), proof).await?;
         out.push_str(&format!("       {what:<42} -> {status}  WWW-Authenticate: {challenge}\n"));
         out.push_str(&format!("       {:<42}          {reason}\n", ""));
     }

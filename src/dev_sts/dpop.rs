@@ -137,6 +137,7 @@ impl DpopState {
                 algorithms: &SIGNING_ALGS,
                 htm: "POST",
                 htu,
+                origins: &[],
                 token: None,
                 nonce: nonce.as_deref(),
                 max_age: PROOF_MAX_AGE,

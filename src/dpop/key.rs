@@ -164,10 +164,16 @@ impl ProofKey {
     }
 }
 
+/// How many earlier keys' thumbprints are remembered (a purge finds the
+/// tokens bound to them).
+const HISTORY: usize = 8;
+
 /// Where an authorization server's DPoP key comes from.
 pub struct KeySource {
     current: ArcSwap<ProofKey>,
     file: Option<Watched>,
+    /// The thumbprints of the keys used, newest first, at most `HISTORY`.
+    used: std::sync::Mutex<Vec<String>>,
 }
 
 struct Watched {
@@ -191,12 +197,17 @@ impl KeySource {
     /// one), or a key made in memory with `alg` when there is no file.
     pub fn new(key_file: Option<&Path>, alg: jsonwebtoken::Algorithm) -> Result<Self, String> {
         match key_file {
-            None => Ok(KeySource { current: ArcSwap::from_pointee(ProofKey::generate(alg)?), file: None }),
+            None => {
+                let key = ProofKey::generate(alg)?;
+                let used = std::sync::Mutex::new(vec![key.jkt.clone()]);
+                Ok(KeySource { current: ArcSwap::from_pointee(key), file: None, used })
+            }
             Some(path) => {
                 let file = WatchedFile::new(path.to_owned());
                 let key = file.get(load).map_err(|e| format!("{}: {e}", path.display()))?;
                 let watched = Watched { file, checked: AtomicU64::new(0), epoch: Instant::now() };
-                Ok(KeySource { current: ArcSwap::new(key), file: Some(watched) })
+                let used = std::sync::Mutex::new(vec![key.jkt.clone()]);
+                Ok(KeySource { current: ArcSwap::new(key), file: Some(watched), used })
             }
         }
     }
@@ -218,6 +229,10 @@ impl KeySource {
                 match w.file.get(load) {
                     Ok(key) if key.jkt != self.current.load().jkt => {
                         tracing::info!(file = %w.file.path().display(), jkt = %key.jkt, "DPoP key changed");
+                        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+                        used.retain(|j| *j != key.jkt);
+                        used.insert(0, key.jkt.clone());
+                        used.truncate(HISTORY);
                         self.current.store(key);
                     }
                     Ok(_) => {}
@@ -228,6 +243,11 @@ impl KeySource {
             }
         }
         self.current.load_full()
+    }
+
+    /// The thumbprints of the keys this process has used, newest first.
+    pub fn thumbprints(&self) -> Vec<String> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -1,8 +1,10 @@
 //! The DPoP replay cache: every accepted proof's `(jkt, jti)` is kept
-//! until its `iat` leaves the acceptance window, so a proof is accepted
-//! once. Bounded: when full it refuses new proofs (fail closed) rather than
-//! forgetting live ones, which would let them be replayed. Sixteen shards,
-//! each swept of expired entries at most once a second.
+//! with its `iat` until that leaves the acceptance window (the window of
+//! the moment: a reload that widens it keeps older proofs longer), so a
+//! proof is accepted once. Bounded: when full it refuses new proofs (fail
+//! closed) rather than forgetting live ones, which would let them be
+//! replayed. Sixteen shards, each swept of expired entries at most once a
+//! second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +18,7 @@ use super::verify::{ProofError, Verified};
 const SHARDS: usize = 16;
 
 struct Shard {
-    /// Proof id → the second (since `epoch`) after which it may be forgotten.
+    /// Proof id → its `iat` (Unix seconds).
     seen: HashMap<[u8; 16], u64>,
     next_sweep: u64,
 }
@@ -24,15 +26,15 @@ struct Shard {
 pub struct ReplayCache {
     shards: Vec<Mutex<Shard>>,
     len: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
     epoch: Instant,
-    /// Unix time of `epoch`, to place a proof's `iat`.
+    /// Unix time of `epoch`: now is measured on the monotonic clock from it.
     epoch_unix: u64,
 }
 
 impl std::fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayCache").field("len", &self.len()).field("max", &self.max).finish()
+        f.debug_struct("ReplayCache").field("len", &self.len()).field("max", &self.max.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -43,7 +45,7 @@ impl ReplayCache {
         ReplayCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard { seen: HashMap::new(), next_sweep: 0 })).collect(),
             len: AtomicUsize::new(0),
-            max: max.max(1),
+            max: AtomicUsize::new(max.max(1)),
             epoch: Instant::now(),
             epoch_unix: unix,
         }
@@ -57,9 +59,12 @@ impl ReplayCache {
         self.len() == 0
     }
 
-    /// Records `proof`, accepted with an `iat` window reaching `window`
-    /// into the past and the future; `Replayed` when it was seen before.
-    pub fn first_use(&self, proof: &Verified, window: Duration) -> Result<(), ProofError> {
+    /// A reload's new bound (the proofs held are kept).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Relaxed);
+    }
+
+    fn id(proof: &Verified) -> [u8; 16] {
         let id: [u8; 32] = Sha256::new()
             .chain_update(proof.jkt.as_bytes())
             .chain_update([0u8])
@@ -68,31 +73,53 @@ impl ReplayCache {
             .into();
         let mut key = [0u8; 16];
         key.copy_from_slice(&id[..16]);
-        let now = self.epoch.elapsed().as_secs();
-        // Kept until its iat is out of the window, measured on this clock.
-        let iat = proof.iat.saturating_sub(self.epoch_unix);
-        let until = iat.max(now) + window.as_secs() + 1;
-        let shard = &self.shards[usize::from(key[0]) % SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        key
+    }
+
+    /// Unix seconds now.
+    fn now(&self) -> u64 {
+        self.epoch_unix + self.epoch.elapsed().as_secs()
+    }
+
+    /// Whether `proof` was accepted before and is still remembered (no
+    /// change: a proof is remembered only once the request is accepted).
+    pub fn seen(&self, proof: &Verified, window: Duration) -> bool {
+        let key = Self::id(proof);
+        let now = self.now();
+        let shard = self.shards[usize::from(key[0]) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        shard.seen.get(&key).is_some_and(|iat| live(*iat, window, now))
+    }
+
+    /// Records `proof`, whose `iat` was accepted within `window` (back and
+    /// ahead); `Replayed` when it was recorded before, `ReplayFull` when
+    /// the cache holds its bound.
+    pub fn first_use(&self, proof: &Verified, window: Duration) -> Result<(), ProofError> {
+        let key = Self::id(proof);
+        let now = self.now();
+        let iat = proof.iat;
+        let mut shard = self.shards[usize::from(key[0]) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
         if now >= shard.next_sweep {
             let before = shard.seen.len();
-            shard.seen.retain(|_, until| *until > now);
+            shard.seen.retain(|_, iat| live(*iat, window, now));
             self.len.fetch_sub(before - shard.seen.len(), Ordering::Relaxed);
             shard.next_sweep = now + 1;
         }
-        if let Some(kept) = shard.seen.get(&key) {
-            if *kept > now {
-                return Err(ProofError::Replayed);
-            }
+        if shard.seen.get(&key).is_some_and(|iat| live(*iat, window, now)) {
+            return Err(ProofError::Replayed);
         }
-        if self.len() >= self.max {
+        if self.len() >= self.max.load(Ordering::Relaxed) {
             return Err(ProofError::ReplayFull);
         }
-        if shard.seen.insert(key, until).is_none() {
+        if shard.seen.insert(key, iat).is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// A proof issued at `iat` is still inside `window` at `now` (a second of slack).
+fn live(iat: u64, window: Duration, now: u64) -> bool {
+    iat + window.as_secs() + 1 >= now
 }
 
 #[cfg(test)]
@@ -108,12 +135,26 @@ mod tests {
     fn a_proof_is_accepted_once_and_the_cache_is_bounded() {
         let c = ReplayCache::new(2);
         let w = Duration::from_secs(60);
+        assert!(!c.seen(&proof("a"), w));
         assert_eq!(c.first_use(&proof("a"), w), Ok(()));
+        assert!(c.seen(&proof("a"), w));
         assert_eq!(c.first_use(&proof("a"), w), Err(ProofError::Replayed));
         let other_key = Verified { jkt: "other".into(), ..proof("a") };
         assert_eq!(c.first_use(&other_key, w), Ok(()), "another key's jti is another proof");
         assert_eq!(c.first_use(&proof("b"), w), Err(ProofError::ReplayFull), "full: refused, nothing forgotten");
         assert_eq!(c.first_use(&proof("a"), w), Err(ProofError::Replayed));
         assert_eq!(c.len(), 2);
+        c.set_max(3);
+        assert_eq!(c.first_use(&proof("b"), w), Ok(()), "a reload's larger bound");
+    }
+
+    #[test]
+    fn an_old_proof_is_kept_as_long_as_the_window_of_the_moment() {
+        let c = ReplayCache::new(10);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let old = Verified { jkt: "k".into(), jti: "old".into(), iat: now - 30 };
+        assert_eq!(c.first_use(&old, Duration::from_secs(60)), Ok(()));
+        assert!(!c.seen(&old, Duration::from_secs(10)), "out of a 10 s window");
+        assert!(c.seen(&old, Duration::from_secs(600)), "a wider window keeps it");
     }
 }

@@ -99,6 +99,9 @@ pub struct Expect<'a> {
     pub htm: &'a str,
     /// The request URI as the caller addressed it (query ignored).
     pub htu: &'a str,
+    /// When not empty, `htu`'s origin is not compared: the proof's must be
+    /// one of these (`scheme://host[:port]`), with `htu`'s path.
+    pub origins: &'a [String],
     /// The access token sent with the proof: `ath` must be its hash.
     /// `None`: the proof must not carry one either (a token request).
     pub token: Option<&'a str>,
@@ -145,9 +148,9 @@ fn verify_at(proof: &str, want: &Expect<'_>, now: f64) -> Result<Verified, Proof
     let jwk = header.get("jwk").and_then(Value::as_object).ok_or(ProofError::Jwk)?;
     let key = PublicKey::from_jwk(jwk, alg)?;
     let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| ProofError::Malformed)?;
-    let signed = &proof[..h.len() + 1 + p.len()];
-    key.verify(alg, signed.as_bytes(), &signature)?;
 
+    // The claims before the signature: comparisons cost less than a
+    // signature check, and a proof for another request fails on them.
     let claims = object(p)?;
     let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
     let (Some(jti), Some(htm), Some(htu), Some(iat)) =
@@ -161,7 +164,13 @@ fn verify_at(proof: &str, want: &Expect<'_>, now: f64) -> Result<Verified, Proof
     if htm != want.htm {
         return Err(ProofError::Htm);
     }
-    if !same_uri(htu, want.htu) {
+    let htu_ok = match want.origins {
+        [] => same_uri(htu, want.htu),
+        origins => Url::parse(want.htu).is_ok_and(|expected| {
+            origins.iter().any(|origin| same_uri(htu, &format!("{}{}", origin.trim_end_matches('/'), expected.path())))
+        }),
+    };
+    if !htu_ok {
         return Err(ProofError::Htu);
     }
     if let Some(nonce) = want.nonce {
@@ -178,6 +187,8 @@ fn verify_at(proof: &str, want: &Expect<'_>, now: f64) -> Result<Verified, Proof
         (None, None) => {}
         _ => return Err(ProofError::Ath),
     }
+    let signed = &proof[..h.len() + 1 + p.len()];
+    key.verify(alg, signed.as_bytes(), &signature)?;
     Ok(Verified { jkt: key.jkt, jti: jti.to_owned(), iat: iat as u64 })
 }
 
@@ -287,7 +298,8 @@ impl PublicKey {
                     || matches!(alg, Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) =>
             {
                 let (n, e) = (bytes("n")?, bytes("e")?);
-                if n.first() == Some(&0) || e.first() == Some(&0) || n.len() < 256 || n.len() > 1024 || e.len() > 8 {
+                // 2048 to 4096 bits: a larger key only makes the check dearer.
+                if n.first() == Some(&0) || e.first() == Some(&0) || n.len() < 256 || n.len() > 512 || e.len() > 8 {
                     return Err(ProofError::Jwk);
                 }
                 let jkt = thumbprint(&[("e", &b64(&e)), ("kty", "RSA"), ("n", &b64(&n))]);

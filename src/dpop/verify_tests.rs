@@ -14,6 +14,7 @@ fn expect<'a>(htm: &'a str, htu: &'a str, token: Option<&'a str>) -> Expect<'a> 
         algorithms: ALGS,
         htm,
         htu,
+        origins: &[],
         token,
         nonce: None,
         max_age: Duration::from_secs(60),

@@ -249,6 +249,12 @@ impl AsClient {
         self.dpop.as_ref().map(|d| d.key())
     }
 
+    /// The thumbprints of every DPoP key this server's tokens were bound
+    /// to here, newest first (empty without `dpop:`).
+    pub fn dpop_thumbprints(&self) -> Vec<String> {
+        self.dpop.as_ref().map(|d| d.thumbprints()).unwrap_or_default()
+    }
+
     /// Takes over `before`'s DPoP key and nonce when `dpop:` is unchanged
     /// (a reload must not make a new key: every cached token would miss).
     pub fn keep_dpop(&mut self, before: &AsClient) {

@@ -34,6 +34,11 @@ impl AsDpop {
         &self.cfg
     }
 
+    /// The thumbprints of every key tokens were bound to here, newest first.
+    pub fn thumbprints(&self) -> Vec<String> {
+        self.keys.thumbprints()
+    }
+
     /// The key new tokens are bound to now.
     pub fn key(&self) -> Arc<ProofKey> {
         self.keys.current()

@@ -133,6 +133,9 @@ pub enum ExchangeError {
     /// A `required` claim for `extra_params` is not in the caller's token.
     #[error("the caller's token has no usable claim {0:?} (needed by extra_params)")]
     MissingClaim(String),
+    /// A sender-constrained token (`cnf`) presented without proof of possession.
+    #[error("a DPoP-bound token presented as a bearer token")]
+    BoundAsBearer,
     #[error("the authorization server refused tokex's client credentials ({0})")]
     ClientRejected(Refusal),
     /// An error code tokex does not map (SPEC §3.6: `502`).
@@ -166,6 +169,7 @@ impl ExchangeError {
             ExchangeError::InsufficientScope(_) => "insufficient_scope",
             ExchangeError::StepUp(..) => "step_up",
             ExchangeError::MissingClaim(_) => "missing_claim",
+            ExchangeError::BoundAsBearer => "dpop_bound_as_bearer",
             ExchangeError::ClientRejected(_) => "client_rejected",
             ExchangeError::OtherError { .. } | ExchangeError::BadAnswer(_) => "bad_answer",
             ExchangeError::Config(_) => "config",
@@ -198,6 +202,7 @@ impl ExchangeError {
                 | ExchangeError::CircuitOpen { .. }
                 | ExchangeError::RateLimited { .. }
                 | ExchangeError::MissingClaim(_)
+                | ExchangeError::BoundAsBearer
         )
     }
 
@@ -213,6 +218,7 @@ impl ExchangeError {
             | ExchangeError::InsufficientScope(_)
             | ExchangeError::StepUp(..)
             | ExchangeError::MissingClaim(_)
+            | ExchangeError::BoundAsBearer
             | ExchangeError::ClientRejected(_)
             | ExchangeError::OtherError { .. }
             | ExchangeError::BadAnswer(_)

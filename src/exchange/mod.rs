@@ -53,6 +53,9 @@ pub struct Origin<'a> {
     pub client: IpAddr,
     pub request_id: &'a str,
     pub sub: Option<&'a str>,
+    /// The caller proved possession of the token's DPoP key (RFC 9449); a
+    /// bound token (`cnf`) from a caller that did not is never exchanged.
+    pub proven: bool,
 }
 
 /// First 8 hex characters of a digest: the only form of a token that logs carry.
@@ -238,7 +241,13 @@ impl Exchanger {
         // Refusals that cost the AS nothing come first: an open breaker (so
         // the route's rate limit spends no token on it), then the rate limit.
         // A required claim the caller's token lacks costs nothing at all.
+        let bearer = origin.is_some_and(|o| !o.proven);
         let admitted = match (policy.template.missing_claim(subject), origin, &policy.limit) {
+            // Sender-constrained, and no proof: a stolen copy, whatever
+            // `inbound.dpop` says (with it on, the binding was checked before).
+            _ if bearer && peeked.as_ref().is_some_and(|c| c.cnf.as_ref().is_some_and(|c| !c.is_null())) => {
+                Err(ExchangeError::BoundAsBearer)
+            }
             (Some(claim), _, _) => Err(ExchangeError::MissingClaim(claim)),
             (None, Some(origin), Some(limit)) => {
                 policy.client.guard().check().and_then(|()| limit.admit(origin.client))

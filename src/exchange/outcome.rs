@@ -71,7 +71,8 @@ impl Exchanger {
                     ExchangeError::InvalidGrant(_)
                     | ExchangeError::InsufficientScope(_)
                     | ExchangeError::StepUp(..)
-                    | ExchangeError::MissingClaim(_) => {}
+                    | ExchangeError::MissingClaim(_)
+                    | ExchangeError::BoundAsBearer => {}
                 }
                 Err(e)
             }

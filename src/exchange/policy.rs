@@ -55,9 +55,23 @@ impl MachinePolicy {
     /// The cache key of this token (with a DPoP server, of the token bound
     /// to tokex's key of the moment).
     pub fn key(&self) -> Key {
-        match self.client.dpop_key() {
+        let key = self.client.dpop_key();
+        self.key_with(key.as_ref().map(|k| k.jkt()))
+    }
+
+    /// Every cache key this token may have here (one per DPoP key used).
+    pub fn keys(&self) -> Vec<Key> {
+        let used = self.client.dpop_thumbprints();
+        match used.is_empty() {
+            true => vec![self.key],
+            false => used.iter().map(|j| self.key_with(Some(j))).collect(),
+        }
+    }
+
+    fn key_with(&self, jkt: Option<&str>) -> Key {
+        match jkt {
             None => self.key,
-            Some(k) => Sha256::new().chain_update(self.key).chain_update(k.jkt().as_bytes()).finalize().into(),
+            Some(jkt) => Sha256::new().chain_update(self.key).chain_update(jkt.as_bytes()).finalize().into(),
         }
     }
 
@@ -207,24 +221,53 @@ impl Policy {
     /// process's secret [`cache::salt`]) and the subject's hash — 48 bytes,
     /// one compression block on the request path.
     pub fn key(&self, subject_hash: &[u8; 32]) -> Key {
+        // A DPoP server's tokens are bound to tokex's key of the moment:
+        // another key (rotated) is another entry.
+        let key = self.client.dpop_key();
+        self.key_with(subject_hash, key.as_ref().map(|k| k.jkt()))
+    }
+
+    fn key_with(&self, subject_hash: &[u8; 32], jkt: Option<&str>) -> Key {
         let mut h = Sha256::new();
         h.update(&self.digest[..16]);
         h.update(subject_hash);
-        // A DPoP server's tokens are bound to tokex's key of the moment:
-        // another key (rotated) is another entry.
-        if let Some(key) = self.client.dpop_key() {
-            h.update(key.jkt().as_bytes());
+        if let Some(jkt) = jkt {
+            h.update(jkt.as_bytes());
         }
         h.finalize().into()
+    }
+
+    /// Every cache key `subject` may have here: with DPoP, one per key
+    /// tokens were bound to (a purge must find those of a rotated key too).
+    pub fn keys(&self, subject_hash: &[u8; 32]) -> Vec<Key> {
+        let used = self.client.dpop_thumbprints();
+        match used.is_empty() {
+            true => vec![self.key_with(subject_hash, None)],
+            false => used.iter().map(|j| self.key_with(subject_hash, Some(j))).collect(),
+        }
     }
 
     /// What the shared store keys a subject by: its token's SHA-256, and
     /// for a DPoP server with the key's thumbprint (replicas share a
     /// DPoP-bound token only when they share the key file).
     pub fn store_subject(&self, subject_hash: &[u8; 32]) -> [u8; 32] {
-        match self.client.dpop_key() {
-            None => *subject_hash,
-            Some(key) => Sha256::new().chain_update(subject_hash).chain_update(key.jkt().as_bytes()).finalize().into(),
+        let key = self.client.dpop_key();
+        store_subject(subject_hash, key.as_ref().map(|k| k.jkt()))
+    }
+
+    /// Every store subject `subject` may have (see [`Policy::keys`]).
+    pub fn store_subjects(&self, subject_hash: &[u8; 32]) -> Vec<[u8; 32]> {
+        let used = self.client.dpop_thumbprints();
+        match used.is_empty() {
+            true => vec![*subject_hash],
+            false => used.iter().map(|j| store_subject(subject_hash, Some(j))).collect(),
         }
+    }
+}
+
+fn store_subject(subject_hash: &[u8; 32], jkt: Option<&str>) -> [u8; 32] {
+    match jkt {
+        None => *subject_hash,
+        Some(jkt) => Sha256::new().chain_update(subject_hash).chain_update(jkt.as_bytes()).finalize().into(),
     }
 }

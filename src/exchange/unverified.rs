@@ -17,6 +17,9 @@ pub struct PeekedClaims {
     email: Option<serde_json::Value>,
     #[serde(default)]
     pub exp: Option<f64>,
+    /// RFC 7800 / RFC 9449 §6: a sender-constrained token.
+    #[serde(default)]
+    pub cnf: Option<serde_json::Value>,
 }
 
 impl PeekedClaims {

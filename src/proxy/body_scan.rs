@@ -22,6 +22,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
+use http::HeaderName as Name;
+
+/// The caller's DPoP proof (RFC 9449) is for tokex, in a trailer too.
+const DPOP: Name = Name::from_static(crate::dpop::HEADER);
 use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -178,7 +182,7 @@ impl Guard {
     /// Trailers lose the removed fields; on exchange routes, one that names
     /// or holds the token stops the body.
     fn trailers(&self, mut trailers: HeaderMap) -> Option<HeaderMap> {
-        for name in [AUTHORIZATION, PROXY_AUTHORIZATION].iter().chain(self.removed.iter()) {
+        for name in [AUTHORIZATION, PROXY_AUTHORIZATION, DPOP].iter().chain(self.removed.iter()) {
             trailers.remove(name);
         }
         if let Some(scan) = &self.scan {

@@ -35,8 +35,8 @@ pub struct Upstream {
     /// The client of the route's TLS setting (kept across a reload when unchanged).
     pub client: Arc<UpstreamClient>,
     pool: Arc<HostPool>,
-    /// `scheme://authority`: the start of the `htu` of DPoP proofs to it.
-    origin: String,
+    /// `http` or `https`: the scheme of DPoP proofs' `htu`.
+    scheme: &'static str,
     /// Its latest `DPoP-Nonce` (RFC 9449 §9).
     nonce: Arc<Nonce>,
 }
@@ -51,9 +51,9 @@ impl Upstream {
         };
         let authority = Authority::try_from(authority.as_str()).map_err(|e| format!("upstream {url}: {e}"))?;
         let pool = client.host(&scheme, &authority)?;
-        let origin = format!("{}://{}", scheme.as_str(), authority.as_str());
         let base = url.path().trim_end_matches('/').to_owned();
-        Ok(Upstream { authority, base, client, pool, origin, nonce: Arc::new(Nonce::default()) })
+        let scheme_name = if scheme == Scheme::HTTPS { "https" } else { "http" };
+        Ok(Upstream { authority, base, client, pool, scheme: scheme_name, nonce: Arc::new(Nonce::default()) })
     }
 
     /// `host[:port]` of the backend.
@@ -75,6 +75,11 @@ impl Upstream {
         Ok(Uri::from(path_and_query))
     }
 }
+
+/// On an answer to a request with a DPoP proof: the backend gave a new
+/// `DPoP-Nonce` (kept for the next proofs; the header is not passed on).
+#[derive(Clone, Copy, Debug)]
+pub struct FreshNonce;
 
 /// How a request is rewritten for the backend.
 pub struct Rewrite<'a> {
@@ -199,16 +204,6 @@ impl Forwarder {
         if let Some((name, value)) = rewrite.credential {
             h.insert(name.clone(), value);
         }
-        if let Some(bound) = rewrite.dpop {
-            let htu = format!("{}{}", upstream.origin, req.uri().path());
-            let nonce = upstream.nonce.get();
-            let proof = bound.key.proof(req.method().as_str(), &htu, Some(&bound.ath), nonce.as_deref());
-            let proof = proof.ok().and_then(|p| HeaderValue::try_from(p).ok()).ok_or_else(|| {
-                crate::exchange::ExchangeError::Config("could not sign a DPoP proof for the backend".into())
-            })?;
-            req.headers_mut().insert(crate::dpop::HEADER, proof);
-        }
-        let h = req.headers_mut();
         h.insert(super::ids::X_REQUEST_ID, rewrite.request_id.clone());
         if let Some(tp) = rewrite.traceparent {
             h.insert(crate::telemetry::TRACEPARENT, tp);
@@ -225,6 +220,10 @@ impl Forwarder {
             }
         }
         headers::set_forwarded(h, peer.ip(), self.proto, host);
+        if let Some(bound) = rewrite.dpop {
+            sign(&mut req, upstream, bound)?;
+        }
+        let h = req.headers();
 
         let rewrite_dpop = rewrite.dpop.is_some();
         let leaked = rewrite.caller_token.map(|_| Arc::new(AtomicBool::new(false)));
@@ -275,11 +274,30 @@ impl Forwarder {
             ));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), None);
-        if rewrite_dpop {
-            upstream.nonce.remember(resp.headers());
+        // A backend's nonce is for tokex's proofs, never the caller's.
+        if rewrite_dpop && upstream.nonce.remember(resp.headers()) {
+            resp.extensions_mut().insert(FreshNonce);
         }
+        resp.headers_mut().remove(crate::dpop::NONCE_HEADER);
         Ok(resp.map(|body| Body::Left(UpstreamBody { body, lease, _slot: slot })))
     }
+}
+
+/// Adds a DPoP proof for a DPoP-bound token: `htu` is the URI the backend
+/// sees, the upstream's scheme, the `Host` it gets (the caller's, as for
+/// every request; the upstream's authority when there is none) and the
+/// path, with the backend's latest nonce.
+fn sign(req: &mut Request<RequestBody>, upstream: &Upstream, bound: &Bound) -> Result<(), GatewayError> {
+    let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(upstream.authority.as_str());
+    let htu = format!("{}://{authority}{}", upstream.scheme, req.uri().path());
+    let nonce = upstream.nonce.get();
+    let proof = bound.key.proof(req.method().as_str(), &htu, Some(&bound.ath), nonce.as_deref());
+    let proof = proof
+        .ok()
+        .and_then(|p| HeaderValue::try_from(p).ok())
+        .ok_or_else(|| crate::exchange::ExchangeError::Config("could not sign a DPoP proof for the backend".into()))?;
+    req.headers_mut().insert(crate::dpop::HEADER, proof);
+    Ok(())
 }
 
 /// What went wrong with a request the backend did not answer: `connect`

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 use super::bearer;
-use super::forward::{Forwarder, Rewrite};
+use super::forward::{Forwarder, FreshNonce, Rewrite};
 use super::outbound::{bound, credential, refused, Replay};
 use super::routes::{Route, RouteAuth, RouteTable};
 use super::target::{self, Authority};
@@ -229,7 +229,10 @@ impl Gateway {
                 (e.to_response(scope).map(Body::Right), Some(e))
             }
         };
-        if let (Some((dpop, used)), http::StatusCode::UNAUTHORIZED) = (&trace.dpop, resp.status()) {
+        // tokex's own refusals only: a backend's 401 is passed on as it is.
+        if let (Some((dpop, used)), http::StatusCode::UNAUTHORIZED, true) =
+            (&trace.dpop, resp.status(), error.is_some())
+        {
             dpop.challenge(resp.headers_mut(), *used);
         }
         let elapsed = started.elapsed();
@@ -349,8 +352,9 @@ impl Gateway {
         let mut resp = self.send(route, req, peer, first, trace).await?;
         // A backend that wants a DPoP nonce (its answer gave one): the same
         // token once more, with a proof that carries it.
+        let new_nonce = resp.extensions().get::<FreshNonce>().is_some();
         if let (Some(dpop), Some(again), true) =
-            (dpop, &replay, headers::asks_for_dpop_nonce(resp.status(), resp.headers()))
+            (dpop, &replay, new_nonce && headers::asks_for_dpop_nonce(resp.status(), resp.headers()))
         {
             let credential = token.as_ref().and_then(|(entry, _)| credential(route, entry));
             drop(resp);
@@ -369,11 +373,15 @@ impl Gateway {
             self.exchanger.forget_shared(policy, subject_hash).await;
         }
         trace.evicted = true;
-        let (Some(replay), RouteAuth::Exchange(policy)) = (replay, &route.auth) else { return Ok(resp) };
-        let Ok(subject) = bearer::extract(&replay.headers) else { return Ok(resp) };
+        let (Some(replay), RouteAuth::Exchange(policy), true) = (replay, &route.auth, route.retry_on_invalid_token)
+        else {
+            return Ok(resp);
+        };
+        let dpop_on = runtime.dpop.is_some();
+        let Ok((subject, proven)) = bearer::extract_with_dpop(&replay.headers, dpop_on) else { return Ok(resp) };
         // The fresh token, or else the backend's answer stands.
         let origin =
-            Origin { client: peer.ip(), request_id: request_id_str(&request_id), sub: introspected.as_deref() };
+            Origin { client: peer.ip(), request_id: request_id_str(&request_id), sub: introspected.as_deref(), proven };
         let lookup = match self.exchanger.token(policy, subject, subject_hash, *key, origin).await {
             Ok(lookup) => lookup,
             Err(_) => return Ok(resp),
@@ -471,12 +479,13 @@ impl Gateway {
                 }
                 let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
                 trace.fingerprint = Some(Fingerprint::of(&subject_hash));
-                // The caller's DPoP proof for this request (RFC 9449 §4.3).
-                let proof_jkt = match dpop.filter(|_| used_dpop) {
+                // The caller's DPoP proof for this request (RFC 9449 §4.3),
+                // then the token, then the token's binding to the proof's key.
+                let proof = match dpop.filter(|_| used_dpop) {
                     Some(d) => {
-                        let path = req.uri.path();
                         let authority = req.authority.map(|a| a.value().to_str().unwrap_or_default());
-                        let at = ProofRequest { method: req.method, path, authority, headers: req.headers };
+                        let at =
+                            ProofRequest { method: req.method, path: req.uri.path(), authority, headers: req.headers };
                         Some(d.check_proof(&at, subject)?)
                     }
                     None => None,
@@ -487,20 +496,21 @@ impl Gateway {
                     }
                     None => Checked::default(),
                 };
-                // The token's binding: from the check, else from the token.
-                if let Some(d) = dpop {
-                    let token_jkt = checked.jkt.clone().or_else(|| match &runtime.inbound {
-                        Some(_) => None,
-                        None => crate::auth::dpop::token_jkt(subject),
-                    });
-                    d.bind(proof_jkt.as_deref(), token_jkt.as_deref())?;
-                }
+                let unchecked = runtime.inbound.is_none();
+                crate::auth::dpop::binding(
+                    dpop.map(|d| &**d),
+                    proof.as_ref(),
+                    checked.jkt.as_deref(),
+                    unchecked,
+                    subject,
+                )?;
                 introspected = checked.sub;
                 let key = policy.key(&subject_hash);
                 let origin = Origin {
                     client: peer.ip(),
                     request_id: request_id_str(&trace.request_id),
                     sub: introspected.as_deref(),
+                    proven: proof.is_some(),
                 };
                 let child = trace.span.as_ref().map(|s| s.child("token exchange"));
                 let lookup = self.exchanger.token(policy, subject, &subject_hash, key, origin).await;
@@ -514,6 +524,10 @@ impl Gateway {
                 let lookup = lookup?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
+                // Accepted: the proof may not be used again.
+                if let (Some(d), Some(proof)) = (dpop, &proof) {
+                    d.accept(proof)?;
+                }
                 Some((lookup.entry, Some((key, subject_hash))))
             }
             // Egress: whatever the caller sent is dropped by the forwarder.

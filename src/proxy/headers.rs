@@ -156,11 +156,10 @@ pub fn says_invalid_token(headers: &HeaderMap) -> bool {
         .any(|v| v.to_str().is_ok_and(|s| s.contains("error=\"invalid_token\"") || s.contains("error=invalid_token")))
 }
 
-/// True when a backend's `401` challenge asks for a DPoP nonce and gives
-/// one (RFC 9449 §9: `DPoP error="use_dpop_nonce"` and `DPoP-Nonce`).
+/// True when a backend's `401` challenge asks for a DPoP nonce
+/// (RFC 9449 §9: `DPoP error="use_dpop_nonce"`).
 pub fn asks_for_dpop_nonce(status: http::StatusCode, headers: &HeaderMap) -> bool {
     status == http::StatusCode::UNAUTHORIZED
-        && headers.contains_key(crate::dpop::NONCE_HEADER)
         && headers.get_all(http::header::WWW_AUTHENTICATE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.trim_start().get(..5).is_some_and(|scheme| scheme.eq_ignore_ascii_case("dpop "))

@@ -199,7 +199,7 @@ impl Purger {
                 let target = match route.map(|r| &r.auth) {
                     None => return Err(PurgeError::UnknownRoute(name.clone())),
                     Some(RouteAuth::Exchange(policy)) => Target::Policy(policy.tag()),
-                    Some(RouteAuth::ClientCredentials(m)) => Target::Keys(vec![m.key()]),
+                    Some(RouteAuth::ClientCredentials(m)) => Target::Keys(m.keys()),
                     Some(RouteAuth::None) => Target::Keys(Vec::new()),
                 };
                 (target, None)
@@ -208,9 +208,9 @@ impl Purger {
                 let mut keys: Vec<_> = runtime
                     .routes
                     .iter()
-                    .filter_map(|r| match &r.auth {
-                        RouteAuth::Exchange(p) => Some(p.key(hash)),
-                        _ => None,
+                    .flat_map(|r| match &r.auth {
+                        RouteAuth::Exchange(p) => p.keys(hash),
+                        _ => Vec::new(),
                     })
                     .collect();
                 keys.sort_unstable();
@@ -257,8 +257,10 @@ impl Purger {
                 Some(n)
             }
             Selector::Token(hash) => {
-                let mut keys: Vec<String> =
-                    policies().filter_map(|p| store.key(&p.store_subject(hash), p.shared_digest())).collect();
+                let mut keys: Vec<String> = policies()
+                    .flat_map(|p| p.store_subjects(hash).into_iter().map(move |s| (s, p.clone())))
+                    .filter_map(|(s, p)| store.key(&s, p.shared_digest()))
+                    .collect();
                 keys.sort_unstable();
                 keys.dedup();
                 store.purge_keys(&keys).await

@@ -118,11 +118,13 @@ async fn exercise(kind: Kind) {
     assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer realm=\"tokex\""), "{kind:?}: {r:?}");
 
     // 4. `auth: none`: allowed, and the caller's token is removed.
-    let r = front.send("GET", "/health", &[("authorization", "Bearer broad-token-1"), ("cookie", "s=1")]).await;
+    let caller = [("authorization", "Bearer broad-token-1"), ("cookie", "s=1"), ("dpop", "a-callers-proof")];
+    let r = front.send("GET", "/health", &caller).await;
     assert_eq!(r.status, 200, "{kind:?}: {r:?}");
     let echo = r.json();
     assert_eq!(fx.received(&echo), ("/health".to_owned(), None), "{kind:?}: {echo}");
     assert!(seen(&echo, "cookie").is_empty(), "{kind:?}: forward.remove_headers (cookie) applies: {echo}");
+    assert!(seen(&echo, "dpop").is_empty(), "{kind:?}: a caller's DPoP proof stays at the front: {echo}");
 
     // The caller's token in another header: refused, whatever the proxy
     // would have passed on.

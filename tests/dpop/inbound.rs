@@ -196,6 +196,26 @@ async fn the_binding_can_come_from_introspection() {
 }
 
 #[tokio::test]
+async fn origins_name_where_proofs_may_point() {
+    let caller = Caller::new();
+    let fx = Fixture::start("  dpop: require\n  dpop_proof: { origins: [\"https://api.example.com\"] }\n").await;
+    let token = fx.token(Some(caller.key.jkt()));
+    let send = |proof: String, host: Option<&'static str>| {
+        let mut req =
+            client().get(fx.url("/orders")).header("authorization", format!("DPoP {token}")).header("dpop", proof);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send(caller.proof("GET", "https://api.example.com/orders", &token), None).await, 200);
+    // Whatever Host the caller sends, a proof for another server is refused.
+    assert_eq!(send(caller.proof("GET", "https://rs-b.example/orders", &token), Some("rs-b.example")).await, 401);
+    assert_eq!(send(caller.proof("GET", &fx.url("/orders"), &token), None).await, 401, "not a listed origin");
+    assert_eq!(send(caller.proof("GET", "https://api.example.com/other", &token), None).await, 401, "the path counts");
+}
+
+#[tokio::test]
 async fn forwarded_scheme_and_host_count_only_when_trusted() {
     let caller = Caller::new();
     for trusted in [false, true] {
@@ -214,4 +234,54 @@ async fn forwarded_scheme_and_host_count_only_when_trusted() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), if trusted { 200 } else { 401 }, "trusted: {trusted}");
     }
+}
+
+#[tokio::test]
+async fn proofs_for_refused_tokens_are_not_remembered_and_cannot_fill_the_cache() {
+    let fx = Fixture::start("  dpop: allow\n  dpop_proof: { replay_cache_entries: 1000 }\n").await;
+    let attacker = Caller::new();
+    let htu = fx.url("/a");
+    // The same proof with a token the check refuses, twice: refused for the
+    // token both times, never as a replay (it was not remembered).
+    let proof = attacker.proof("GET", &htu, "garbage-0");
+    for _ in 0..2 {
+        let (status, challenges, _) = fx.call("GET", "/a", "DPoP garbage-0", &[&proof]).await;
+        assert_eq!(status, 401);
+        assert!(challenges[0].contains("invalid_token"), "{challenges:?}");
+    }
+    // More proofs for refused tokens than the cache holds...
+    for i in 1..=1000 {
+        let token = format!("garbage-{i}");
+        let proof = attacker.proof("GET", &htu, &token);
+        assert_eq!(fx.call("GET", "/a", &format!("DPoP {token}"), &[&proof]).await.0, 401);
+    }
+    // ...and a real caller still gets in, once per proof.
+    let caller = Caller::new();
+    let token = fx.token(Some(caller.key.jkt()));
+    let proof = caller.proof("GET", &htu, &token);
+    assert_eq!(fx.call("GET", "/a", &format!("DPoP {token}"), &[&proof]).await.0, 200);
+    assert_eq!(fx.call("GET", "/a", &format!("DPoP {token}"), &[&proof]).await.0, 401);
+    let m = fx.gw.metrics().await;
+    assert_eq!(rejections(&m, "dpop_replayed"), 1);
+    assert_eq!(rejections(&m, "dpop_replay_full"), 0);
+}
+
+#[tokio::test]
+async fn a_bound_token_is_no_bearer_token_even_with_dpop_off() {
+    // inbound.jwt without dpop: tokex takes no DPoP, and a stolen bound token
+    // is not accepted as Bearer either.
+    let fx = Fixture::start("").await;
+    let key = Caller::new();
+    let (status, challenges, _) = fx.call("GET", "/a", &format!("Bearer {}", fx.token(Some(key.key.jkt()))), &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenges, [common::jwt::INVALID_TOKEN], "no DPoP challenge: tokex takes no DPoP here");
+    assert_eq!(fx.auth_server.count(), 0, "never exchanged");
+    assert_eq!(fx.call("GET", "/a", &format!("Bearer {}", fx.token(None)), &[]).await.0, 200);
+
+    // Another kind of confirmation binds as well (allow).
+    let fx = Fixture::start("  dpop: allow\n").await;
+    let x5t = fx.signer.token(&claims(json!({"cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}})));
+    assert_eq!(fx.call("GET", "/a", &format!("Bearer {x5t}"), &[]).await.0, 401);
+    let proof = key.proof("GET", &fx.url("/a"), &x5t);
+    assert_eq!(fx.call("GET", "/a", &format!("DPoP {x5t}"), &[&proof]).await.0, 401);
 }

@@ -32,6 +32,7 @@ fn check(proof: &str, htm: &str, htu: &str, token: Option<&str>, nonce: Option<&
         algorithms: ALGS,
         htm,
         htu,
+        origins: &[],
         token,
         nonce,
         max_age: Duration::from_secs(60),

@@ -35,8 +35,12 @@ async fn token_requests_carry_a_proof_and_bound_tokens_reach_the_backend_with_on
             assert_eq!(seen(&echo, "authorization"), ["DPoP bound-1"], "{alg}");
             let proofs = seen(&echo, "dpop");
             assert_eq!(proofs.len(), 1, "one proof, never the caller's: {proofs:?}");
-            let v = check(&proofs[0], "GET", &format!("http://{backend}/orders/7"), Some("bound-1"), None);
-            assert_eq!(claims_of(&proofs[0])["htu"], format!("http://{backend}/orders/7"), "no query");
+            // The URI the backend sees: its scheme, the Host it gets (the
+            // caller's, passed on), the path without the query.
+            let htu = format!("{}/orders/7", gw.url);
+            assert_eq!(seen(&echo, "host"), [gw.url.trim_start_matches("http://")]);
+            let v = check(&proofs[0], "GET", &htu, Some("bound-1"), None);
+            assert_eq!(claims_of(&proofs[0])["htu"], htu, "no query");
             seen_jti.push(v.jti);
         }
         assert_ne!(seen_jti[0], seen_jti[1], "a fresh proof per request");
@@ -57,8 +61,7 @@ async fn token_requests_carry_a_proof_and_bound_tokens_reach_the_backend_with_on
         assert!(header["jwk"].get("d").is_none(), "the public key only");
         let at_as = check(proof, "POST", &auth_server.token_url(), None, None);
         let echo = echoed(&get(&format!("{}/orders/7", gw.url), Some("caller-token")).await.2);
-        let at_backend =
-            check(&seen(&echo, "dpop")[0], "GET", &format!("http://{backend}/orders/7"), Some("bound-1"), None);
+        let at_backend = check(&seen(&echo, "dpop")[0], "GET", &format!("{}/orders/7", gw.url), Some("bound-1"), None);
         assert_eq!(at_as.jkt, at_backend.jkt, "the token is bound to the key that proves at the backend");
     }
 }
@@ -139,7 +142,7 @@ async fn a_backends_nonce_is_retried_once_for_requests_that_can_be_sent_again() 
     {
         let p = proofs.lock().unwrap();
         assert_eq!(p.len(), 2, "once without the nonce, once with it");
-        check(&p[1], "GET", &format!("http://{backend}/x"), Some("bound-1"), Some("n-7"));
+        check(&p[1], "GET", &format!("{}/x", gw.url), Some("bound-1"), Some("n-7"));
     }
     // The nonce is remembered: the next request carries it at once.
     assert_eq!(get(&format!("{}/y", gw.url), Some("caller")).await.0, 200);
@@ -204,8 +207,7 @@ async fn a_key_file_is_used_and_a_new_key_is_a_new_binding() {
     let second =
         check(auth_server.last().headers["dpop"].to_str().unwrap(), "POST", &auth_server.token_url(), None, None);
     assert_ne!(first.jkt, second.jkt);
-    let at_backend =
-        check(&seen(&echoed(&body), "dpop")[0], "GET", &format!("http://{backend}/a"), Some("bound-2"), None);
+    let at_backend = check(&seen(&echoed(&body), "dpop")[0], "GET", &format!("{}/a", gw.url), Some("bound-2"), None);
     assert_eq!(at_backend.jkt, second.jkt);
 
     // An unusable file keeps the key in use.
@@ -213,4 +215,70 @@ async fn a_key_file_is_used_and_a_new_key_is_a_new_binding() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get(&format!("{}/a", gw.url), Some("caller")).await.0, 200);
     assert_eq!(auth_server.count(), 2);
+}
+
+#[tokio::test]
+async fn a_backends_own_401_passes_unchanged_and_its_nonce_stays_at_tokex() {
+    let auth_server = RecordingAs::start().await;
+    auth_server.set(|_, n| dpop_token(n));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let backend = serve(move |_req: Request<Incoming>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            Response::builder()
+                .status(401)
+                .header("www-authenticate", "DPoP error=\"invalid_token\", error_description=\"backend says no\"")
+                .header("dpop-nonce", "backend-secret-nonce")
+                .body(full("no"))
+                .unwrap()
+        }
+    })
+    .await;
+    let route = exchange_route("orders", "/", backend, "    retry_on_invalid_token: false\n");
+    let cfg = format!("inbound:\n  dpop: allow\n") + &dpop_config(&auth_server.token_url(), "{}", &route);
+    let gw = TestGateway::start(&cfg).await;
+    let (status, headers, _) = get(&format!("{}/a", gw.url), Some("caller")).await;
+    assert_eq!(status, 401);
+    let challenges: Vec<_> = headers.get_all("www-authenticate").iter().collect();
+    assert_eq!(
+        challenges,
+        ["DPoP error=\"invalid_token\", error_description=\"backend says no\""],
+        "the backend's own"
+    );
+    assert!(!headers.contains_key("dpop-nonce"), "the backend's nonce is tokex's");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "retry_on_invalid_token: false is kept");
+    assert_eq!(auth_server.count(), 1);
+}
+
+#[tokio::test]
+async fn a_tokex_behind_tokex_accepts_the_proofs_of_the_one_in_front() {
+    // Front: binds its tokens to its key file's key. Back: takes only DPoP,
+    // reading the binding from the token as presented.
+    let dir = common::process::temp_dir("dpop-b2b");
+    let key_file = dir.join("front.pem");
+    dpop::write_new_key(&key_file, jsonwebtoken::Algorithm::EdDSA).unwrap();
+    let jkt = dpop::KeySource::new(Some(&key_file), jsonwebtoken::Algorithm::EdDSA).unwrap().current().jkt().to_owned();
+    let bound = fake_jwt(json!({"sub": "alice", "exp": now() + 300, "cnf": {"jkt": jkt}}));
+    let front_as = RecordingAs::start().await;
+    front_as.set(move |_, _| Reply::Json(200, json!({"access_token": bound, "token_type": "DPoP", "expires_in": 60})));
+    let back_as = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let back = TestGateway::start(
+        &(String::from("inbound:\n  dpop: require\n")
+            + &config_with(&back_as.token_url(), BASIC_AUTH, &exchange_route("orders", "/", backend, ""))),
+    )
+    .await;
+    let back_addr: std::net::SocketAddr = back.url.trim_start_matches("http://").parse().unwrap();
+    let front_cfg = format!("{{ key_file: {} }}", key_file.display());
+    let front = TestGateway::start(&dpop_config(
+        &front_as.token_url(),
+        &front_cfg,
+        &exchange_route("orders", "/", back_addr, ""),
+    ))
+    .await;
+    let (status, _, body) = get(&format!("{}/orders/1", front.url), Some("caller")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seen(&echoed(&body), "authorization"), ["Bearer exchanged-1"], "the back exchanged it in turn");
+    assert_eq!(back_as.count(), 1);
 }

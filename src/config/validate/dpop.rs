@@ -60,6 +60,27 @@ pub(super) fn inbound(cx: &mut Ctx, mode: Option<Text>, proof: Option<RawDpopPro
         cfg.leeway = d.0;
     }
     cfg.trust_forwarded = p.trust_forwarded.unwrap_or(false);
+    for (i, o) in p.origins.unwrap_or_default().iter().enumerate() {
+        let path = format!("{BASE}.origins[{i}]");
+        match Url::parse(o.as_str()) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                // `url` has lower-cased the host and dropped a default port.
+                cfg.origins.push(u.as_str().trim_end_matches('/').to_owned());
+            }
+            _ => cx.err(path, "an origin: http(s)://host[:port], without path, query or credentials"),
+        }
+    }
+    if cfg.trust_forwarded && !cfg.origins.is_empty() {
+        cx.warn(format!("{BASE}.trust_forwarded"), "unused: origins name where proofs may point");
+    }
     if let Some(n) = p.replay_cache_entries {
         if !(1_000..=100_000_000).contains(&n) {
             cx.err(format!("{BASE}.replay_cache_entries"), "between 1000 and 100000000");
@@ -82,23 +103,25 @@ mod tests {
 
     #[test]
     fn dpop_settings_parse_and_are_checked() {
-        let c = parse(&with("inbound:\n  dpop: require\n  dpop_proof: { algorithms: [ES256, PS256], max_age: 30s, trust_forwarded: true }\nauthorization_servers:\n  corp:\n    token_endpoint: https://as/token\n    dpop: { algorithm: EdDSA }\n")).unwrap();
+        let c = parse(&with("inbound:\n  dpop: require\n  dpop_proof: { algorithms: [ES256, PS256], max_age: 30s, trust_forwarded: true, origins: [\"HTTPS://API.example.com:443/\"] }\nauthorization_servers:\n  corp:\n    token_endpoint: https://as/token\n    dpop: { algorithm: EdDSA }\n")).unwrap();
         assert_eq!(c.dpop.mode, DpopMode::Require);
         assert_eq!(c.dpop.algorithms, [jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::PS256]);
         assert_eq!(c.dpop.max_age, std::time::Duration::from_secs(30));
         assert!(c.dpop.trust_forwarded);
+        assert_eq!(c.dpop.origins, ["https://api.example.com"]);
         assert!(c.inbound.is_none(), "dpop alone configures no token check");
         let key = c.servers["corp"].dpop.as_ref().unwrap();
         assert_eq!((key.key_file.as_ref(), key.algorithm), (None, jsonwebtoken::Algorithm::EdDSA));
         assert_eq!(parse(&with("")).unwrap().dpop.mode, DpopMode::Off);
 
-        let errs = parse(&with("inbound:\n  dpop: maybe\n  dpop_proof: { algorithms: [HS256], max_age: 1h, replay_cache_entries: 5 }\nauthorization_servers:\n  corp:\n    token_endpoint: https://as/token\n    dpop: { algorithm: RS256, key_file: /nonexistent/dpop.pem }\n")).unwrap_err();
+        let errs = parse(&with("inbound:\n  dpop: maybe\n  dpop_proof: { algorithms: [HS256], max_age: 1h, replay_cache_entries: 5, origins: [\"https://a/x\"] }\nauthorization_servers:\n  corp:\n    token_endpoint: https://as/token\n    dpop: { algorithm: RS256, key_file: /nonexistent/dpop.pem }\n")).unwrap_err();
         let errs = errs.errors.iter().map(|d| d.unlined()).collect::<Vec<_>>().join("\n");
         for want in [
             "inbound.dpop: allow, require or off",
             "inbound.dpop_proof.algorithms[0]: HS256 is refused",
             "inbound.dpop_proof.max_age",
             "inbound.dpop_proof.replay_cache_entries",
+            "inbound.dpop_proof.origins[0]: an origin",
             "authorization_servers.corp.dpop.key_file: cannot read",
             "authorization_servers.corp.dpop.algorithm: ES256 (EC P-256) or EdDSA",
         ] {
