@@ -236,7 +236,7 @@ async fn a_backends_own_401_passes_unchanged_and_its_nonce_stays_at_tokex() {
     })
     .await;
     let route = exchange_route("orders", "/", backend, "    retry_on_invalid_token: false\n");
-    let cfg = format!("inbound:\n  dpop: allow\n") + &dpop_config(&auth_server.token_url(), "{}", &route);
+    let cfg = String::from("inbound:\n  dpop: allow\n") + &dpop_config(&auth_server.token_url(), "{}", &route);
     let gw = TestGateway::start(&cfg).await;
     let (status, headers, _) = get(&format!("{}/a", gw.url), Some("caller")).await;
     assert_eq!(status, 401);
