@@ -11,6 +11,9 @@ signature get 401 before measuring. "nginx proxy, 2 workers" and "tokex hit, 1 t
 2 workers (log off)" run on BENCH_WORKERS_CPUS (default: the server and the load
 core, i.e. shared with the backend and the load generator on a 2-core machine):
 saturation rps and CPU/request only, plus the rps scaling over one worker.
+"tokex DPoP hit, ES256|EdDSA (log off)": a hit on a route whose server has `dpop:`
+(the fast AS answers `token_type: DPoP` at /token-dpop), so every request carries a DPoP
+proof tokex signs for it: the per-request signing cost of issue 17.
 
 Environment (run.sh sets the tool paths):
   BENCH_SECONDS (5)  ROUNDS (3)  BENCH_QUICK (0)  BENCH_RATE (5000)

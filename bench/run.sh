@@ -14,7 +14,8 @@
 # bench/bench.py, which starts every server on 127.0.0.1, measures, prints a Markdown
 # report and writes it to bench/results/. Every process started is stopped on exit.
 # Rows: backend direct, nginx and Envoy as plain proxies, tokex (auth:none, cache hit
-# with 1 and 10k tokens, miss), tokex with inbound JWT validation (a `tokex dev-sts`
+# with 1 and 10k tokens, miss; a DPoP-bound hit signed with ES256 and with EdDSA, log
+# off), tokex with inbound JWT validation (a `tokex dev-sts`
 # issues the user token and serves the JWKS), and nginx and tokex with 2 workers
 # (allowed on both cores: on a 2-core machine they share them with the load generator
 # and the backend); then a targets table (reported, not asserted). The authz rows
