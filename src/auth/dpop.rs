@@ -84,7 +84,9 @@ pub fn binding(
             let presented = if unchecked { token_jkt(token) } else { None };
             d.bind(proof.map(|p| p.jkt.as_str()), checked.or(presented.as_deref()))
         }
-        None if checked.is_some() => Err(DpopRefusal::BoundAsBearer),
+        // Off: only a DPoP binding refuses (a certificate-bound token is
+        // passed on as before).
+        None if checked.is_some_and(|j| !j.is_empty()) => Err(DpopRefusal::BoundAsBearer),
         None => Ok(()),
     }
 }

@@ -236,10 +236,11 @@ pub(super) async fn walkthrough_step(
     ));
 
     let seen = demo.secure.last_seen().ok_or_else(|| DemoError::Step("the DPoP backend saw no request".into()))?;
-    // The request replayed as the backend got it: the same Host (the
-    // gateway's, which tokex passes on) and path.
-    let url = format!("http://{}{path}", demo.secure_backend);
-    let host = gw.trim_start_matches("http://");
+    // The request replayed as the backend got it: the same URL (tokex
+    // names the upstream as Host when it sends a DPoP-bound token).
+    let host = demo.secure_backend.to_string();
+    let url = format!("http://{host}{path}");
+    let host = host.as_str();
     let thief = ProofKey::generate(Algorithm::ES256).map_err(DemoError::Setup)?;
     let htu = format!("http://{host}{path}");
     let own_proof = thief.proof("GET", &htu, Some(&dpop::ath(&seen.token)), None).map_err(DemoError::Setup)?;

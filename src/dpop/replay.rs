@@ -30,6 +30,9 @@ pub struct ReplayCache {
     epoch: Instant,
     /// Unix time of `epoch`: now is measured on the monotonic clock from it.
     epoch_unix: u64,
+    /// The widest window (seconds) ever asked for: entries are kept that
+    /// long, so a reload that widens the window finds every proof it covers.
+    widest: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ReplayCache {
@@ -48,6 +51,7 @@ impl ReplayCache {
             max: AtomicUsize::new(max.max(1)),
             epoch: Instant::now(),
             epoch_unix: unix,
+            widest: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -76,6 +80,12 @@ impl ReplayCache {
         key
     }
 
+    /// `window`, or a wider one asked for before.
+    fn keep(&self, window: Duration) -> Duration {
+        let secs = self.widest.fetch_max(window.as_secs(), Ordering::Relaxed).max(window.as_secs());
+        Duration::from_secs(secs)
+    }
+
     /// Unix seconds now.
     fn now(&self) -> u64 {
         self.epoch_unix + self.epoch.elapsed().as_secs()
@@ -84,6 +94,7 @@ impl ReplayCache {
     /// Whether `proof` was accepted before and is still remembered (no
     /// change: a proof is remembered only once the request is accepted).
     pub fn seen(&self, proof: &Verified, window: Duration) -> bool {
+        let window = self.keep(window);
         let key = Self::id(proof);
         let now = self.now();
         let shard = self.shards[usize::from(key[0]) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
@@ -94,6 +105,7 @@ impl ReplayCache {
     /// ahead); `Replayed` when it was recorded before, `ReplayFull` when
     /// the cache holds its bound.
     pub fn first_use(&self, proof: &Verified, window: Duration) -> Result<(), ProofError> {
+        let window = self.keep(window);
         let key = Self::id(proof);
         let now = self.now();
         let iat = proof.iat;
@@ -154,7 +166,10 @@ mod tests {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let old = Verified { jkt: "k".into(), jti: "old".into(), iat: now - 30 };
         assert_eq!(c.first_use(&old, Duration::from_secs(60)), Ok(()));
-        assert!(!c.seen(&old, Duration::from_secs(10)), "out of a 10 s window");
         assert!(c.seen(&old, Duration::from_secs(600)), "a wider window keeps it");
+        let fresh = ReplayCache::new(10);
+        assert_eq!(fresh.first_use(&old, Duration::from_secs(10)), Ok(()));
+        assert!(!fresh.seen(&old, Duration::from_secs(10)), "out of a 10 s window");
+        assert!(fresh.seen(&old, Duration::from_secs(600)), "kept for a window widened later");
     }
 }

@@ -52,12 +52,15 @@ pub struct Meta {
     pub email: Option<Id>,
     /// The server that issued it (RFC 7009 revocation); none for tokex's own tokens.
     pub server: Option<Arc<AsClient>>,
+    /// The subject token is DPoP-bound (`cnf.jkt`): only a caller that
+    /// proved possession gets this entry.
+    pub bound: bool,
 }
 
 impl Meta {
     pub fn new(policy: u64, sub: Option<Id>, email: Option<Id>, server: Option<Arc<AsClient>>) -> Self {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
-        Meta { serial: SERIAL.fetch_add(1, Ordering::Relaxed), policy, sub, email, server }
+        Meta { serial: SERIAL.fetch_add(1, Ordering::Relaxed), policy, sub, email, server, bound: false }
     }
 
     fn ids(&self) -> impl Iterator<Item = &Id> {

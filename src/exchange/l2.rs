@@ -202,6 +202,7 @@ async fn read(
         return None;
     }
     let meta = policy.meta(super::unverified::peek(subject).as_ref(), index::id_of("sub", sub), Some(&value.token));
+    let meta = index::Meta { bound: super::unverified::dpop_bound(subject), ..meta };
     // Bound to the key whose thumbprint is in the store key: this replica's.
     let bound = match value.dpop {
         true => Some(policy.client.dpop_key()?),

@@ -58,6 +58,16 @@ pub struct Origin<'a> {
     pub proven: bool,
 }
 
+/// An entry exchanged for a DPoP-bound subject token is for callers that
+/// proved possession only (whatever `inbound.dpop` says now, on this
+/// replica or the one that stored it).
+fn unproven(entry: &Entry, origin: Origin<'_>) -> Result<(), ExchangeError> {
+    match entry.meta.as_ref().is_some_and(|m| m.bound) && !origin.proven {
+        true => Err(ExchangeError::BoundAsBearer),
+        false => Ok(()),
+    }
+}
+
 /// First 8 hex characters of a digest: the only form of a token that logs carry.
 pub fn hex8(digest: &[u8]) -> String {
     Fingerprint::of(digest).to_string()
@@ -159,6 +169,7 @@ impl Exchanger {
         origin: Origin<'_>,
     ) -> Result<Lookup, ExchangeError> {
         if let Some(entry) = self.cache.get(&key).await {
+            unproven(&entry, origin)?;
             self.maybe_refresh(policy, subject, key, &entry);
             return Self::hit(entry, true, None);
         }
@@ -177,6 +188,8 @@ impl Exchanger {
         if !hit {
             self.purged_meanwhile(since, &key, &entry).await;
         }
+        // From the shared store, or another caller's exchange: the same rule.
+        unproven(&entry, origin)?;
         let exchange_time = (!hit).then(|| started.elapsed());
         Self::hit(entry, hit, exchange_time)
     }
@@ -237,7 +250,8 @@ impl Exchanger {
         let started = Instant::now();
         let peeked = unverified::peek(subject);
         let known = known.or_else(|| index::id_of("sub", origin.and_then(|o| o.sub)));
-        let meta = |issued: Option<&str>| policy.meta(peeked.as_ref(), known, issued);
+        let bound = unverified::dpop_bound(subject);
+        let meta = |issued: Option<&str>| Meta { bound, ..policy.meta(peeked.as_ref(), known, issued) };
         // Refusals that cost the AS nothing come first: an open breaker (so
         // the route's rate limit spends no token on it), then the rate limit.
         // A required claim the caller's token lacks costs nothing at all.
@@ -245,9 +259,7 @@ impl Exchanger {
         let admitted = match (policy.template.missing_claim(subject), origin, &policy.limit) {
             // Sender-constrained, and no proof: a stolen copy, whatever
             // `inbound.dpop` says (with it on, the binding was checked before).
-            _ if bearer && peeked.as_ref().is_some_and(|c| c.cnf.as_ref().is_some_and(|c| !c.is_null())) => {
-                Err(ExchangeError::BoundAsBearer)
-            }
+            _ if bearer && bound => Err(ExchangeError::BoundAsBearer),
             (Some(claim), _, _) => Err(ExchangeError::MissingClaim(claim)),
             (None, Some(origin), Some(limit)) => {
                 policy.client.guard().check().and_then(|()| limit.admit(origin.client))

@@ -17,9 +17,6 @@ pub struct PeekedClaims {
     email: Option<serde_json::Value>,
     #[serde(default)]
     pub exp: Option<f64>,
-    /// RFC 7800 / RFC 9449 §6: a sender-constrained token.
-    #[serde(default)]
-    pub cnf: Option<serde_json::Value>,
 }
 
 impl PeekedClaims {
@@ -32,6 +29,19 @@ impl PeekedClaims {
 /// Claims of a compact JWS, or `None` when the token is not one.
 pub fn peek(token: &str) -> Option<PeekedClaims> {
     serde_json::from_slice(&payload(token)?).ok()
+}
+
+/// Whether a compact JWS is DPoP-bound (`cnf.jkt`, RFC 9449 §6.1), read
+/// whatever the types of its other claims.
+pub fn dpop_bound(token: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Confirmation {
+        #[serde(default)]
+        cnf: Option<serde_json::Value>,
+    }
+    payload(token)
+        .and_then(|p| serde_json::from_slice::<Confirmation>(&p).ok())
+        .is_some_and(|c| c.cnf.is_some_and(|c| c.get("jkt").is_some()))
 }
 
 /// `iss` and `sub` of a compact JWS (unverified): who a token names, to
@@ -66,6 +76,16 @@ mod tests {
         let c = peek(&format!("e30.{payload}.sig")).unwrap();
         assert_eq!(c.sub.as_deref(), Some("alice"));
         assert_eq!(c.exp, Some(1_700_000_000.0));
+    }
+
+    #[test]
+    fn a_dpop_binding_is_read_whatever_the_other_claims() {
+        let jws = |claims: &str| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims));
+        assert!(dpop_bound(&jws(r#"{"cnf":{"jkt":"k"},"exp":"not a number","sub":7}"#)));
+        assert!(!dpop_bound(&jws(r#"{"cnf":{"x5t#S256":"t"}}"#)), "a certificate binding is not DPoP's");
+        assert!(!dpop_bound(&jws(r#"{"cnf":null}"#)));
+        assert!(!dpop_bound(&jws(r#"{"sub":"a"}"#)));
+        assert!(!dpop_bound("opaque"));
     }
 
     #[test]

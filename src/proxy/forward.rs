@@ -283,19 +283,20 @@ impl Forwarder {
     }
 }
 
-/// Adds a DPoP proof for a DPoP-bound token: `htu` is the URI the backend
-/// sees, the upstream's scheme, the `Host` it gets (the caller's, as for
-/// every request; the upstream's authority when there is none) and the
-/// path, with the backend's latest nonce.
+/// Adds a DPoP proof for a DPoP-bound token. The request then names the
+/// upstream as its `Host` (the caller's stays in `X-Forwarded-Host`), and
+/// `htu` is the upstream URL: the URI the backend sees over HTTP/1.1 and
+/// HTTP/2 alike, and never a host the caller chose. With the backend's
+/// latest nonce.
 fn sign(req: &mut Request<RequestBody>, upstream: &Upstream, bound: &Bound) -> Result<(), GatewayError> {
-    let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or(upstream.authority.as_str());
+    let authority = upstream.authority.as_str();
     let htu = format!("{}://{authority}{}", upstream.scheme, req.uri().path());
     let nonce = upstream.nonce.get();
     let proof = bound.key.proof(req.method().as_str(), &htu, Some(&bound.ath), nonce.as_deref());
-    let proof = proof
-        .ok()
-        .and_then(|p| HeaderValue::try_from(p).ok())
-        .ok_or_else(|| crate::exchange::ExchangeError::Config("could not sign a DPoP proof for the backend".into()))?;
+    let failed = || crate::exchange::ExchangeError::Config("could not sign a DPoP proof for the backend".into());
+    let proof = proof.ok().and_then(|p| HeaderValue::try_from(p).ok()).ok_or_else(failed)?;
+    let host = HeaderValue::from_str(authority).map_err(|_| failed())?;
+    req.headers_mut().insert(HOST, host);
     req.headers_mut().insert(crate::dpop::HEADER, proof);
     Ok(())
 }

@@ -226,6 +226,11 @@ impl Purger {
         Ok((local, introspection))
     }
 
+    /// Whether some route's server binds tokens to a DPoP key here.
+    fn dpop_in_use(&self) -> bool {
+        self.gateway.runtime().servers.values().any(|s| s.dpop_key().is_some())
+    }
+
     /// The shared store's entries.
     async fn shared(&self, store: &SharedStore, selector: &Selector) -> Option<u64> {
         let runtime = self.gateway.runtime();
@@ -298,7 +303,10 @@ impl Purger {
                             Err(e) => tracing::debug!(error = %e, "purge log: not applied here"),
                         }
                     }
-                    if store.wrote_within(RACE_WINDOW) {
+                    // A token's store keys depend on each replica's DPoP key:
+                    // every replica deletes its own (a few keys, no scan).
+                    let own_keys = matches!(selector, Selector::Token(_)) && this.dpop_in_use();
+                    if own_keys || store.wrote_within(RACE_WINDOW) {
                         this.shared(&store, &selector).await;
                     }
                 }

@@ -285,3 +285,31 @@ async fn a_bound_token_is_no_bearer_token_even_with_dpop_off() {
     let proof = key.proof("GET", &fx.url("/a"), &x5t);
     assert_eq!(fx.call("GET", "/a", &format!("DPoP {x5t}"), &[&proof]).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_token_cached_for_a_dpop_caller_is_not_served_to_a_bearer_one() {
+    // A DPoP caller's exchange is cached; then inbound.dpop is turned off by
+    // a reload (or another replica runs with it off): the cached token is
+    // still only for callers that prove possession.
+    let signer = EcSigner::new("k1");
+    let jwks = JwksServer::start(vec![signer.jwk.clone()]).await;
+    let auth_server = RecordingAs::start().await;
+    let backend = echo_backend().await;
+    let routes = config_with(&auth_server.token_url(), BASIC_AUTH, &exchange_route("orders", "/", backend, ""));
+    let with = |dpop: &str| jwt_inbound(&jwks.uri(), "[ES256]", dpop) + &routes;
+    let gw = TestGateway::start(&with("  dpop: allow\n")).await;
+    assert!(ready(&gw, Duration::from_secs(5)).await);
+    let caller = Caller::new();
+    let token = signer.token(&claims(json!({"cnf": {"jkt": caller.key.jkt()}})));
+    let url = format!("{}/a", gw.url);
+    let proof = caller.proof("GET", &url, &token);
+    let resp = client().get(&url).header("authorization", format!("DPoP {token}")).header("dpop", proof).send().await;
+    assert_eq!(resp.unwrap().status(), 200);
+    assert_eq!(auth_server.count(), 1);
+
+    let file = common::process::temp_dir("dpop-off").join("tokex.yaml");
+    std::fs::write(&file, format!("listen: {{ address: \"127.0.0.1:0\" }}\n{}", with(""))).unwrap();
+    assert!(gw.running.reload(&file, "test"));
+    assert_eq!(get(&url, Some(&token)).await.0, 401, "the cached bound token is not a bearer token's");
+    assert_eq!(auth_server.count(), 1, "nor exchanged again");
+}

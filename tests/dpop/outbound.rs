@@ -35,10 +35,11 @@ async fn token_requests_carry_a_proof_and_bound_tokens_reach_the_backend_with_on
             assert_eq!(seen(&echo, "authorization"), ["DPoP bound-1"], "{alg}");
             let proofs = seen(&echo, "dpop");
             assert_eq!(proofs.len(), 1, "one proof, never the caller's: {proofs:?}");
-            // The URI the backend sees: its scheme, the Host it gets (the
-            // caller's, passed on), the path without the query.
-            let htu = format!("{}/orders/7", gw.url);
-            assert_eq!(seen(&echo, "host"), [gw.url.trim_start_matches("http://")]);
+            // The URI the backend sees: the upstream URL (its Host; the
+            // caller's is in X-Forwarded-Host), the path without the query.
+            let htu = format!("http://{backend}/orders/7");
+            assert_eq!(seen(&echo, "host"), [backend.to_string()]);
+            assert_eq!(seen(&echo, "x-forwarded-host"), [gw.url.trim_start_matches("http://")]);
             let v = check(&proofs[0], "GET", &htu, Some("bound-1"), None);
             assert_eq!(claims_of(&proofs[0])["htu"], htu, "no query");
             seen_jti.push(v.jti);
@@ -61,7 +62,8 @@ async fn token_requests_carry_a_proof_and_bound_tokens_reach_the_backend_with_on
         assert!(header["jwk"].get("d").is_none(), "the public key only");
         let at_as = check(proof, "POST", &auth_server.token_url(), None, None);
         let echo = echoed(&get(&format!("{}/orders/7", gw.url), Some("caller-token")).await.2);
-        let at_backend = check(&seen(&echo, "dpop")[0], "GET", &format!("{}/orders/7", gw.url), Some("bound-1"), None);
+        let at_backend =
+            check(&seen(&echo, "dpop")[0], "GET", &format!("http://{backend}/orders/7"), Some("bound-1"), None);
         assert_eq!(at_as.jkt, at_backend.jkt, "the token is bound to the key that proves at the backend");
     }
 }
@@ -142,7 +144,7 @@ async fn a_backends_nonce_is_retried_once_for_requests_that_can_be_sent_again() 
     {
         let p = proofs.lock().unwrap();
         assert_eq!(p.len(), 2, "once without the nonce, once with it");
-        check(&p[1], "GET", &format!("{}/x", gw.url), Some("bound-1"), Some("n-7"));
+        check(&p[1], "GET", &format!("http://{backend}/x"), Some("bound-1"), Some("n-7"));
     }
     // The nonce is remembered: the next request carries it at once.
     assert_eq!(get(&format!("{}/y", gw.url), Some("caller")).await.0, 200);
@@ -207,7 +209,8 @@ async fn a_key_file_is_used_and_a_new_key_is_a_new_binding() {
     let second =
         check(auth_server.last().headers["dpop"].to_str().unwrap(), "POST", &auth_server.token_url(), None, None);
     assert_ne!(first.jkt, second.jkt);
-    let at_backend = check(&seen(&echoed(&body), "dpop")[0], "GET", &format!("{}/a", gw.url), Some("bound-2"), None);
+    let at_backend =
+        check(&seen(&echoed(&body), "dpop")[0], "GET", &format!("http://{backend}/a"), Some("bound-2"), None);
     assert_eq!(at_backend.jkt, second.jkt);
 
     // An unusable file keeps the key in use.
