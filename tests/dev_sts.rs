@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use common::sts::client_key;
 use common::*;
 use http::{HeaderMap, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 use tokex::dev_sts::{self, ClientSpec, DevSts, DevStsConfig, ACCESS_TOKEN_TYPE, JWT_BEARER, TOKEN_EXCHANGE};
 use tokio::net::TcpListener;
@@ -208,23 +207,8 @@ async fn client_secret_post_and_failures() {
     assert_error(&both, 400, "invalid_request");
 }
 
-/// An ES256 client key: (PKCS#8 DER, SPKI PEM).
-fn client_key() -> (Vec<u8>, String) {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    // SubjectPublicKeyInfo for id-ecPublicKey / prime256v1, then the point.
-    let mut spki = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    spki.extend_from_slice(kp.public_key().as_ref());
-    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(&spki));
-    (pkcs8.as_ref().to_vec(), pem)
-}
-
 fn assertion(key: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &EncodingKey::from_ec_der(key)).unwrap()
+    common::sts::signed(key, &claims)
 }
 
 #[tokio::test]

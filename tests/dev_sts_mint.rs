@@ -7,69 +7,19 @@ mod common;
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use common::process::BIN;
+use common::sts::{assertion, client_key, gw, post, start, Auth, GW_SECRET};
 use common::*;
 use http::{HeaderMap, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
-use tokex::dev_sts::{self, ClientSpec, DevSts, DevStsConfig, ACCESS_TOKEN_TYPE, JWT_BEARER, TOKEN_EXCHANGE};
-use tokio::net::TcpListener;
+use tokex::dev_sts::{self, DevSts, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE};
 
-const GW_SECRET: &str = "gw-secret";
-
-/// `tokex`: the gateway's client, allowed only orders-api and orders:read
-/// (minting is not bound by that); `bot`: private_key_jwt.
-async fn start(bot_key_pem: Option<String>, issuer_path: &str) -> DevSts {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut clients =
-        vec![ClientSpec::parse_flag(&format!("id=tokex,secret={GW_SECRET},audiences=orders-api,scopes=orders:read"))
-            .unwrap()];
-    if let Some(pem) = bot_key_pem {
-        clients.push(ClientSpec { id: "bot".into(), public_key_pem: Some(pem), ..Default::default() });
-    }
-    let issuer = (!issuer_path.is_empty()).then(|| format!("http://{addr}{issuer_path}"));
-    dev_sts::start(DevStsConfig { issuer, clients, ..Default::default() }, listener).await.unwrap()
-}
-
-enum Auth<'a> {
-    Basic(&'a str, &'a str),
-    Post(&'a str, &'a str),
-    Assertion(String),
-    None,
-}
-
+/// `POST /mint` with `auth`: the status, headers and JSON answer.
 async fn mint(sts: &DevSts, auth: Auth<'_>, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, Value) {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form {
-        ser.append_pair(k, v);
-    }
-    let mut req = client().post(sts.mint_endpoint()).header("content-type", "application/x-www-form-urlencoded");
-    match auth {
-        Auth::Basic(id, secret) => {
-            req = req.header("authorization", format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))))
-        }
-        Auth::Post(id, secret) => {
-            ser.append_pair("client_id", id).append_pair("client_secret", secret);
-        }
-        Auth::Assertion(a) => {
-            ser.append_pair("client_assertion_type", JWT_BEARER).append_pair("client_assertion", &a);
-        }
-        Auth::None => {}
-    }
-    let resp = req.body(ser.finish()).send().await.unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let text = resp.text().await.unwrap();
+    let (status, headers, text) = post(&sts.mint_endpoint(), auth, form).await;
     (status, headers, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
-}
-
-fn gw() -> Auth<'static> {
-    Auth::Basic("tokex", GW_SECRET)
 }
 
 fn assert_error(got: &(StatusCode, HeaderMap, Value), status: u16, code: &str) {
@@ -93,31 +43,12 @@ async fn verify(sts: &DevSts, token: &str, aud: &str) -> Value {
     jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &v).expect("token verifies").claims
 }
 
-/// A P-256 key pair: PKCS#8 DER (to sign assertions) and the public PEM.
-fn client_key() -> (Vec<u8>, String) {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let mut spki = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    spki.extend_from_slice(kp.public_key().as_ref());
-    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(&spki));
-    (pkcs8.as_ref().to_vec(), pem)
-}
-
-fn assertion(key: &[u8], aud: &str, jti: &str) -> String {
-    let claims = json!({"iss": "bot", "sub": "bot", "aud": aud, "exp": now() + 60, "jti": jti});
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &EncodingKey::from_ec_der(key)).unwrap()
-}
-
 // ---------------------------------------------------------------------------
 // POST /mint
 
 #[tokio::test]
 async fn mints_a_verifiable_user_token_for_any_sub_aud_and_scope() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", &[]).await;
     let form = [
         ("sub", "alice"),
         ("aud", "tokex billing-api"),
@@ -163,7 +94,7 @@ async fn mints_a_verifiable_user_token_for_any_sub_aud_and_scope() {
 #[tokio::test]
 async fn every_client_authentication_of_token_works_and_is_required() {
     let (key, pem) = client_key();
-    let sts = start(Some(pem), "").await;
+    let sts = start(Some(pem), "", &[]).await;
     let form = [("sub", "alice"), ("aud", "tokex")];
     assert_eq!(mint(&sts, Auth::Post("tokex", GW_SECRET), &form).await.0, 200);
     // private_key_jwt: the assertion may name /mint, /token or the issuer; a jti once.
@@ -192,7 +123,7 @@ async fn every_client_authentication_of_token_works_and_is_required() {
 
 #[tokio::test]
 async fn bad_forms_are_invalid_request() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", &[]).await;
     let refused = [
         vec![("aud", "tokex")],
         vec![("sub", "alice")],
@@ -236,7 +167,7 @@ async fn bad_forms_are_invalid_request() {
 
 #[tokio::test]
 async fn served_under_the_issuer_path_and_not_advertised() {
-    let sts = start(None, "/dev").await;
+    let sts = start(None, "/dev", &[]).await;
     assert!(sts.mint_endpoint().ends_with("/dev/mint"), "{}", sts.mint_endpoint());
     let got = mint(&sts, gw(), &[("sub", "alice"), ("aud", "tokex")]).await;
     assert_eq!(got.0, 200, "{:?}", got.2);
@@ -250,7 +181,7 @@ async fn served_under_the_issuer_path_and_not_advertised() {
 
 #[tokio::test]
 async fn a_minted_token_is_a_subject_token_at_token() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", &[]).await;
     let got = mint(&sts, gw(), &[("sub", "alice"), ("aud", "tokex"), ("scope", "orders:read orders:write")]).await;
     let user = got.2["access_token"].as_str().unwrap().to_owned();
     let form = [
@@ -297,7 +228,7 @@ fn backend_claims(body: &str) -> Value {
 
 #[tokio::test]
 async fn the_example_walkthrough_through_a_real_gateway() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", &[]).await;
     let backend = echo_backend().await;
     let gw_ = TestGateway::start(&example_config(&sts, backend)).await;
     let minted = |form: Vec<(&'static str, &'static str)>| {
@@ -350,7 +281,7 @@ async fn run_mint(sts: &DevSts, args: &[&str], secret_env: Option<&str>) -> (Opt
 
 #[tokio::test]
 async fn the_mint_command_prints_only_the_token() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", &[]).await;
     let args = [
         "--client-id",
         "tokex",
@@ -392,7 +323,7 @@ async fn the_mint_command_prints_only_the_token() {
 
 #[tokio::test]
 async fn the_mint_command_exits_1_when_refused_and_64_for_bad_flags() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", &[]).await;
     let base = ["--client-id", "tokex", "--sub", "alice", "--aud", "tokex"];
     let (code, stdout, stderr) = run_mint(&sts, &base, Some("wrong")).await;
     assert_eq!(code, Some(1));

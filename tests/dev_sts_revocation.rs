@@ -7,72 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use common::sts::{assertion, client_key, gw, post, start, Auth, GW_SECRET};
 use common::*;
 use http::{HeaderMap, StatusCode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokex::dev_sts::{self, ClientSpec, DevSts, DevStsConfig, RevocationRecord, ACCESS_TOKEN_TYPE, JWT_BEARER};
-use tokio::net::TcpListener;
+use tokex::dev_sts::{self, DevSts, RevocationRecord, ACCESS_TOKEN_TYPE};
 
-const GW_SECRET: &str = "gw-secret";
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// `tokex`: the gateway's client (orders-api, orders:read); `other`: a
-/// second client with a secret; `bot`: private_key_jwt, when a key is given.
-async fn start(bot_key_pem: Option<String>, issuer_path: &str) -> DevSts {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut clients = vec![
-        ClientSpec::parse_flag(&format!("id=tokex,secret={GW_SECRET},audiences=orders-api,scopes=orders:read"))
-            .unwrap(),
-        ClientSpec::parse_flag("id=other,secret=other-secret").unwrap(),
-    ];
-    if let Some(pem) = bot_key_pem {
-        clients.push(ClientSpec { id: "bot".into(), public_key_pem: Some(pem), ..Default::default() });
-    }
-    let issuer = (!issuer_path.is_empty()).then(|| format!("http://{addr}{issuer_path}"));
-    dev_sts::start(DevStsConfig { issuer, clients, ..Default::default() }, listener).await.unwrap()
-}
-
-enum Auth<'a> {
-    Basic(&'a str, &'a str),
-    Post(&'a str, &'a str),
-    Assertion(String),
-    None,
-}
-
-/// Posts `form` to `url` with `auth`; the status, headers and body text.
-async fn post(url: &str, auth: Auth<'_>, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form {
-        ser.append_pair(k, v);
-    }
-    let mut req = client().post(url).header("content-type", "application/x-www-form-urlencoded");
-    match auth {
-        Auth::Basic(id, secret) => {
-            req = req.header("authorization", format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))))
-        }
-        Auth::Post(id, secret) => {
-            ser.append_pair("client_id", id).append_pair("client_secret", secret);
-        }
-        Auth::Assertion(a) => {
-            ser.append_pair("client_assertion_type", JWT_BEARER).append_pair("client_assertion", &a);
-        }
-        Auth::None => {}
-    }
-    let resp = req.body(ser.finish()).send().await.unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    (status, headers, resp.text().await.unwrap())
-}
-
-fn gw() -> Auth<'static> {
-    Auth::Basic("tokex", GW_SECRET)
-}
+/// A second client with a secret, besides the gateway's `tokex`.
+const OTHER: &[&str] = &["id=other,secret=other-secret"];
 
 async fn revoke(sts: &DevSts, auth: Auth<'_>, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
     post(&sts.revocation_endpoint(), auth, form).await
@@ -115,31 +59,12 @@ fn user(sts: &DevSts, sub: &str) -> String {
     sts.mint(sub, &["orders:read"], &["tokex"], HOUR)
 }
 
-/// A P-256 key pair: PKCS#8 DER (to sign assertions) and the public PEM.
-fn client_key() -> (Vec<u8>, String) {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let mut spki = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    spki.extend_from_slice(kp.public_key().as_ref());
-    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(&spki));
-    (pkcs8.as_ref().to_vec(), pem)
-}
-
-fn assertion(key: &[u8], aud: &str, jti: &str) -> String {
-    let claims = json!({"iss": "bot", "sub": "bot", "aud": aud, "exp": now() + 60, "jti": jti});
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &EncodingKey::from_ec_der(key)).unwrap()
-}
-
 // ---------------------------------------------------------------------------
 // POST /revoke
 
 #[tokio::test]
 async fn a_revoked_token_is_refused_as_subject_token_afterwards() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", OTHER).await;
     let alice = user(&sts, "alice");
     let bob = user(&sts, "bob");
     assert_eq!(exchange(&sts, &alice, None).await.0, 200, "usable before");
@@ -167,7 +92,7 @@ async fn a_revoked_token_is_refused_as_subject_token_afterwards() {
 
 #[tokio::test]
 async fn a_revoked_actor_token_is_refused_too() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", OTHER).await;
     let alice = user(&sts, "alice");
     let agent = user(&sts, "agent-7");
     assert_eq!(exchange(&sts, &alice, Some(&agent)).await.0, 200);
@@ -178,7 +103,7 @@ async fn a_revoked_actor_token_is_refused_too() {
 
 #[tokio::test]
 async fn any_token_is_answered_200_and_recorded() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", OTHER).await;
     let expired = sts.mint("alice", &[], &["tokex"], Duration::ZERO);
     let foreign = fake_jwt(json!({"iss": "https://elsewhere", "sub": "alice"}));
     for (token, hint) in [("not-a-token", Some("refresh_token")), (expired.as_str(), None), (&foreign, Some("x"))] {
@@ -202,7 +127,7 @@ async fn any_token_is_answered_200_and_recorded() {
 #[tokio::test]
 async fn revoke_takes_the_client_authentication_of_token() {
     let (key, pem) = client_key();
-    let sts = start(Some(pem), "").await;
+    let sts = start(Some(pem), "", OTHER).await;
     let token = user(&sts, "alice");
     let form = [("token", token.as_str())];
     assert_eq!(revoke(&sts, Auth::Post("tokex", GW_SECRET), &form).await.0, 200);
@@ -229,7 +154,7 @@ async fn revoke_takes_the_client_authentication_of_token() {
 
 #[tokio::test]
 async fn bad_revocation_requests() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", OTHER).await;
     assert_error(&revoke(&sts, gw(), &[]).await, 400, "invalid_request");
     assert_error(&revoke(&sts, gw(), &[("token_type_hint", "access_token")]).await, 400, "invalid_request");
     assert_error(&revoke(&sts, gw(), &[("token", "")]).await, 400, "invalid_request");
@@ -260,7 +185,7 @@ async fn bad_revocation_requests() {
 
 #[tokio::test]
 async fn the_metadata_advertises_the_revocation_endpoint() {
-    let sts = start(None, "/dev").await;
+    let sts = start(None, "/dev", OTHER).await;
     assert!(sts.revocation_endpoint().ends_with("/dev/revoke"), "{}", sts.revocation_endpoint());
     let url = format!("http://{}/.well-known/oauth-authorization-server/dev", sts.addr());
     let meta: Value = serde_json::from_str(&client().get(url).send().await.unwrap().text().await.unwrap()).unwrap();
@@ -285,7 +210,7 @@ async fn the_metadata_advertises_the_revocation_endpoint() {
 
 #[tokio::test]
 async fn a_revoked_subject_refuses_older_tokens_and_accepts_newer_ones() {
-    let sts = start(None, "").await;
+    let sts = start(None, "", OTHER).await;
     let old = user(&sts, "alice");
     let bob = user(&sts, "bob");
     assert_eq!(exchange(&sts, &old, None).await.0, 200);

@@ -8,6 +8,7 @@ pub mod jwt;
 pub mod otlp;
 pub mod process;
 pub mod redis_server;
+pub mod sts;
 pub mod wire;
 
 use std::collections::BTreeMap;
