@@ -144,10 +144,6 @@ impl DpopInbound {
         Some(DpopInbound { cfg: cfg.clone(), scheme, replay, algs, rejections })
     }
 
-    pub fn mode(&self) -> DpopMode {
-        self.cfg.mode
-    }
-
     /// Checks the request's one `DPoP` proof for `token`, and that it was
     /// not accepted before. It is remembered only by [`DpopInbound::accept`],
     /// once the token has passed too: proofs for tokens that fail cannot

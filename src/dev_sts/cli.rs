@@ -193,7 +193,7 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
     println!("  token lifetime  {}", humantime::format_duration(args.expires_in));
     println!(
         "  dpop            proofs at /token bind the token to their key ({}){}",
-        super::dpop::SIGNING_ALG_NAMES.join(" "),
+        super::dpop::signing_alg_names().join(" "),
         if args.dpop_nonce { "; nonces demanded" } else { "" }
     );
     if let Some(hint) = hint {

@@ -31,7 +31,9 @@ use crate::dpop::{self, Expect, ProofError, ReplayCache};
 pub const SIGNING_ALGS: [Algorithm; 5] =
     [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256];
 /// [`SIGNING_ALGS`] by their JOSE names.
-pub(crate) const SIGNING_ALG_NAMES: [&str; 5] = ["ES256", "ES384", "EdDSA", "RS256", "PS256"];
+pub(crate) fn signing_alg_names() -> Vec<String> {
+    SIGNING_ALGS.iter().map(|a| format!("{a:?}")).collect()
+}
 /// How old a proof's `iat` may be (also how long its `jti` is remembered).
 pub const PROOF_MAX_AGE: Duration = Duration::from_secs(60);
 /// How far ahead of this server's clock a proof's `iat` may be.

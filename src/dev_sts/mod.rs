@@ -226,7 +226,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         "revocation_endpoint": revocation_endpoint,
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
-        "dpop_signing_alg_values_supported": dpop::SIGNING_ALG_NAMES,
+        "dpop_signing_alg_values_supported": dpop::signing_alg_names(),
         "response_types_supported": [],
         "scopes_supported": scopes,
         "tokex_development_only": true,

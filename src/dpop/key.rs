@@ -212,10 +212,6 @@ impl KeySource {
         }
     }
 
-    pub fn path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|w| w.file.path())
-    }
-
     /// The key to sign with now. A key file is looked at once a second at
     /// most; a changed file that cannot be read keeps the previous key (and
     /// says so in the log).

@@ -37,6 +37,8 @@ pub struct Upstream {
     pool: Arc<HostPool>,
     /// `http` or `https`: the scheme of DPoP proofs' `htu`.
     scheme: &'static str,
+    /// `authority` as a `Host` value (requests with a DPoP-bound token).
+    host: HeaderValue,
     /// Its latest `DPoP-Nonce` (RFC 9449 §9).
     nonce: Arc<Nonce>,
 }
@@ -53,7 +55,9 @@ impl Upstream {
         let pool = client.host(&scheme, &authority)?;
         let base = url.path().trim_end_matches('/').to_owned();
         let scheme_name = if scheme == Scheme::HTTPS { "https" } else { "http" };
-        Ok(Upstream { authority, base, client, pool, scheme: scheme_name, nonce: Arc::new(Nonce::default()) })
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| format!("upstream {url}: {e}"))?;
+        let nonce = Arc::new(Nonce::default());
+        Ok(Upstream { authority, base, client, pool, scheme: scheme_name, host, nonce })
     }
 
     /// `host[:port]` of the backend.
@@ -295,8 +299,7 @@ fn sign(req: &mut Request<RequestBody>, upstream: &Upstream, bound: &Bound) -> R
     let proof = bound.key.proof(req.method().as_str(), &htu, Some(&bound.ath), nonce.as_deref());
     let failed = || crate::exchange::ExchangeError::Config("could not sign a DPoP proof for the backend".into());
     let proof = proof.ok().and_then(|p| HeaderValue::try_from(p).ok()).ok_or_else(failed)?;
-    let host = HeaderValue::from_str(authority).map_err(|_| failed())?;
-    req.headers_mut().insert(HOST, host);
+    req.headers_mut().insert(HOST, upstream.host.clone());
     req.headers_mut().insert(crate::dpop::HEADER, proof);
     Ok(())
 }

@@ -451,7 +451,9 @@ impl Gateway {
                 let dpop = runtime.dpop.as_ref();
                 trace.dpop = dpop.map(|d| (d.clone(), false));
                 let (subject, used_dpop) = bearer::extract_with_dpop(req.headers, dpop.is_some())?;
-                trace.dpop = dpop.map(|d| (d.clone(), used_dpop));
+                if let Some((_, used)) = &mut trace.dpop {
+                    *used = used_dpop;
+                }
                 // A request id that holds the token would carry it to the log,
                 // the backend and the answer (even past a `remove_headers`
                 // entry that skips the check below): a new one instead.
