@@ -16,12 +16,13 @@ use crate::auth::{DpopInbound, Inbound};
 use crate::config::{AuthMode, Config, ListenConfig, MachineConfig, SecretSource};
 use crate::exchange::client::AsClient;
 use crate::exchange::guard::AsGuard;
-use crate::exchange::{Exchanger, MachinePolicy, Policy};
+use crate::exchange::{Exchanger, MachinePolicy, Policy, TxnPolicy};
 use crate::metrics::Metrics;
 use crate::proxy::authz::Checks;
 use crate::proxy::forward::{Forwarder, Upstream};
 use crate::proxy::grpc_authz::GrpcChecks;
 use crate::proxy::handler::{Gateway, Runtime};
+use crate::proxy::metadata::{Challenge, Documents};
 use crate::proxy::pool::UpstreamClient;
 use crate::proxy::routes::{Route, RouteAuth, RouteTable};
 use crate::proxy::server::{serve, Limits, Listening, Phase};
@@ -126,8 +127,25 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
                         _ => None,
                     }
                 });
-                let policy = Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m), before.as_deref());
+                let policy = match &x.chain {
+                    None => Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m), before.as_deref()),
+                    Some(c) => {
+                        let next = client(&r.name, &c.authorization_server).map_err(StartError::Setup)?;
+                        Policy::chained(
+                            &r.name,
+                            x.clone(),
+                            (as_client, next),
+                            |m| machine(&r.name, m),
+                            before.as_deref(),
+                        )
+                    }
+                };
                 RouteAuth::Exchange(Arc::new(policy.map_err(StartError::Setup).map_err(StartError::at(exchange_path))?))
+            }
+            AuthMode::TransactionToken => {
+                let t = r.transaction_token.as_ref().ok_or_else(missing)?;
+                let as_client = client(&r.name, &t.authorization_server).map_err(StartError::Setup)?;
+                RouteAuth::Transaction(Arc::new(TxnPolicy::new(&r.name, t.clone(), as_client)))
             }
             AuthMode::ClientCredentials => {
                 let m = r.machine.as_ref().ok_or_else(missing)?;
@@ -158,11 +176,13 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             retry_on_invalid_token: r.retry_on_invalid_token,
             max_body_bytes: r.max_body_bytes,
             metrics: metrics.route(&r.name),
+            challenge: r.resource_metadata.as_ref().map(Challenge::new),
         }));
     }
     let scheme = if config.listen.as_ref().is_some_and(|l| l.tls.is_some()) { "https" } else { "http" };
     let dpop = DpopInbound::new(&config.dpop, scheme, previous.and_then(|p| p.dpop.as_deref()), metrics).map(Arc::new);
-    Ok(Runtime { routes: RouteTable::new(routes), inbound, dpop, servers: clients })
+    let metadata = Documents::new(&config.routes, &routes, &config.dpop);
+    Ok(Runtime { routes: RouteTable::new(routes), inbound, dpop, servers: clients, metadata })
 }
 
 /// A running gateway.

@@ -124,6 +124,7 @@ impl GatewayError {
                 X::StepUp(_, hint) => {
                     (StatusCode::UNAUTHORIZED, "insufficient_user_authentication", Some(step_up(hint)), None)
                 }
+                X::ActorNotNamed(_) => (StatusCode::FORBIDDEN, "access_denied", None, None),
                 X::InsufficientScope(_) => (
                     StatusCode::FORBIDDEN,
                     "insufficient_scope",
@@ -185,6 +186,7 @@ impl GatewayError {
                 X::InvalidGrant(_) | X::MissingClaim(_) => "the token was rejected",
                 X::BoundAsBearer => "a DPoP-bound token must be presented with the DPoP scheme and a proof",
                 X::StepUp(..) => STEP_UP,
+                X::ActorNotNamed(_) => "the token's may_act does not allow this gateway's actor to act for its subject",
                 X::InsufficientScope(_) => "the token does not allow this request",
                 X::ClientRejected(_) | X::ActorRejected(_) | X::OtherError { .. } | X::BadAnswer(_) | X::Config(_) => {
                     "the gateway could not obtain a token"

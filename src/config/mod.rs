@@ -2,6 +2,7 @@
 //! validation into the runtime types below (`validate`). `load` is the only
 //! entry point that reads YAML.
 
+mod agents;
 mod dpop;
 mod interp;
 pub mod limits;
@@ -24,6 +25,7 @@ use url::Url;
 
 use matcher::Matcher;
 
+pub use agents::{ChainConfig, ResourceMetadataConfig, TransactionTokenConfig, METADATA_PREFIX, TXN_TOKEN_TYPE};
 pub use dpop::{DpopInboundConfig, DpopKeyConfig, DpopMode};
 pub use interp::interpolate;
 pub use lines::line_of;
@@ -276,6 +278,8 @@ pub enum AuthMode {
     None,
     /// Egress for a local workload: tokex's own client_credentials token.
     ClientCredentials,
+    /// One Txn-Token per request (`transaction_token:`), never cached.
+    TransactionToken,
 }
 
 #[derive(Debug)]
@@ -289,6 +293,10 @@ pub struct RouteConfig {
     pub exchange: Option<ExchangeConfig>,
     /// Present exactly when `auth` is `client_credentials`.
     pub machine: Option<MachineConfig>,
+    /// Present exactly when `auth` is `transaction_token`.
+    pub transaction_token: Option<TransactionTokenConfig>,
+    /// RFC 9728 metadata served for this route.
+    pub resource_metadata: Option<ResourceMetadataConfig>,
     /// Scopes the caller's token must hold (needs `inbound`); may be empty.
     pub require_scopes: Vec<String>,
     pub forward_header: HeaderName,
@@ -322,6 +330,10 @@ pub struct ExchangeConfig {
     pub grant: Grant,
     /// More form parameters, in name order.
     pub extra_params: Vec<(String, ParamValue)>,
+    /// Identity chaining: a `jwt-bearer` grant at a second server.
+    pub chain: Option<ChainConfig>,
+    /// A subject JWT's `may_act` must name the actor (checked before the exchange).
+    pub enforce_may_act: bool,
 }
 
 #[derive(Debug, Clone)]

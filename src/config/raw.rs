@@ -330,6 +330,40 @@ pub struct RawRoute {
     pub upstream_tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub transaction_token: Option<RawTransactionToken>,
+    #[serde(default)]
+    pub resource_metadata: Option<RawResourceMetadata>,
+}
+
+/// `routes[].transaction_token`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransactionToken {
+    pub authorization_server: Text,
+    #[serde(default)]
+    pub audience: Option<Text>,
+    #[serde(default)]
+    pub scope: Vec<Text>,
+    #[serde(default)]
+    pub subject_token_type: Option<Text>,
+    #[serde(default)]
+    pub header: Option<Text>,
+}
+
+/// `routes[].resource_metadata` (RFC 9728).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceMetadata {
+    pub resource: Text,
+    #[serde(default)]
+    pub authorization_servers: Vec<Text>,
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<Text>>,
+    #[serde(default)]
+    pub resource_name: Option<Text>,
+    #[serde(default)]
+    pub resource_documentation: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +407,10 @@ pub struct RawExchange {
     pub grant: Option<Text>,
     #[serde(default)]
     pub extra_params: BTreeMap<String, RawParam>,
+    #[serde(default)]
+    pub chain: Option<RawMachine>,
+    #[serde(default)]
+    pub enforce_may_act: Option<bool>,
 }
 
 /// `exchange.extra_params.NAME`: a static string (a number or boolean

@@ -14,6 +14,7 @@ use super::matcher::{HostMatch, Matcher, PathMatch};
 use super::raw::*;
 use super::*;
 
+mod agents;
 mod authz;
 mod client_auth;
 mod dpop;
@@ -146,6 +147,12 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
             );
         }
         if let Some(route) = routes::route(&mut cx, &path, r, &servers) {
+            if let Some(t) = &route.transaction_token {
+                used_servers.insert(t.authorization_server.clone());
+            }
+            if let Some(c) = route.exchange.as_ref().and_then(|x| x.chain.as_ref()) {
+                used_servers.insert(c.authorization_server.clone());
+            }
             if let Some(x) = &route.exchange {
                 used_servers.insert(x.authorization_server.clone());
                 for (name, value) in &x.extra_params {
@@ -172,6 +179,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
             routes.push(route);
         }
     }
+    agents::unique_metadata(&mut cx, &routes);
     for name in servers.keys() {
         if !used_servers.contains(name) {
             cx.warn(format!("authorization_servers.{name}"), "not used by any route");

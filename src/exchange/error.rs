@@ -136,6 +136,10 @@ pub enum ExchangeError {
     /// A sender-constrained token (`cnf`) presented without proof of possession.
     #[error("a DPoP-bound token presented as a bearer token")]
     BoundAsBearer,
+    /// `enforce_may_act`: the subject token's `may_act` (RFC 8693 §4.4)
+    /// does not name the route's actor.
+    #[error("the subject token's may_act does not name the actor ({0})")]
+    ActorNotNamed(&'static str),
     #[error("the authorization server refused tokex's client credentials ({0})")]
     ClientRejected(Refusal),
     /// An error code tokex does not map (SPEC §3.6: `502`).
@@ -170,6 +174,7 @@ impl ExchangeError {
             ExchangeError::StepUp(..) => "step_up",
             ExchangeError::MissingClaim(_) => "missing_claim",
             ExchangeError::BoundAsBearer => "dpop_bound_as_bearer",
+            ExchangeError::ActorNotNamed(_) => "may_act",
             ExchangeError::ClientRejected(_) => "client_rejected",
             ExchangeError::OtherError { .. } | ExchangeError::BadAnswer(_) => "bad_answer",
             ExchangeError::Config(_) => "config",
@@ -203,6 +208,7 @@ impl ExchangeError {
                 | ExchangeError::RateLimited { .. }
                 | ExchangeError::MissingClaim(_)
                 | ExchangeError::BoundAsBearer
+                | ExchangeError::ActorNotNamed(_)
         )
     }
 
@@ -219,6 +225,7 @@ impl ExchangeError {
             | ExchangeError::StepUp(..)
             | ExchangeError::MissingClaim(_)
             | ExchangeError::BoundAsBearer
+            | ExchangeError::ActorNotNamed(_)
             | ExchangeError::ClientRejected(_)
             | ExchangeError::OtherError { .. }
             | ExchangeError::BadAnswer(_)

@@ -23,8 +23,8 @@ pub fn explain(config: &Config) -> Vec<Explained> {
 }
 
 fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
-    let (template, server, grant, actor) = match (r.auth, &r.exchange, &r.machine) {
-        (AuthMode::Exchange, Some(x), _) => {
+    let (template, server, grant, actor) = match (r.auth, &r.exchange, &r.machine, &r.transaction_token) {
+        (AuthMode::Exchange, Some(x), _, _) => {
             let actor = x.actor.as_ref().map(|a| match &a.source {
                 ActorSource::Token(SecretSource::File(p)) => format!("the token in {}", p.display()),
                 ActorSource::Token(SecretSource::Inline(_)) => "the token in the configuration".to_owned(),
@@ -34,8 +34,11 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
             });
             (Template::exchange(x), &x.authorization_server, x.grant.name(), actor)
         }
-        (AuthMode::ClientCredentials, _, Some(m)) => {
+        (AuthMode::ClientCredentials, _, Some(m), _) => {
             (Template::machine(m), &m.authorization_server, "client_credentials", None)
+        }
+        (AuthMode::TransactionToken, _, _, Some(t)) => {
+            (Template::transaction(t), &t.authorization_server, "transaction_token", None)
         }
         _ => {
             let line = format!("route {}: auth none: no token request; Authorization is removed", r.name);
@@ -83,6 +86,15 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
     lines.push("  refusals:".to_owned());
     lines.extend(errors.iter().map(|(k, v)| format!("    {k} -> {v}")));
     lines.push(format!("    other codes -> {SPEC_36}"));
+    if matches!(r.auth, AuthMode::TransactionToken) {
+        lines.push("  per request: request_context (req_ip, authn, the caller's sub and client_id), request_details (method, path); never cached".to_owned());
+    }
+    if let Some(c) = r.exchange.as_ref().and_then(|x| x.chain.as_ref()) {
+        lines.push(format!(
+            "  identity chaining: the audience starts with {}'s issuer (or token endpoint); then grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer at {} with assertion=<this JWT>, audience {:?}, scope {:?}",
+            c.authorization_server, c.authorization_server, c.audience, c.scope.join(" ")
+        ));
+    }
     let json = json!({
         "route": r.name,
         "grant": grant,

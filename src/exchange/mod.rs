@@ -23,6 +23,7 @@ pub mod request;
 pub mod revoke;
 pub mod seal;
 pub mod shared;
+mod txn;
 pub mod unverified;
 
 use std::net::IpAddr;
@@ -44,6 +45,7 @@ pub use error::{ExchangeError, Refusal, StepUpHint};
 use policy::Actor;
 pub use policy::{MachinePolicy, Policy};
 pub use purge::Target;
+pub use txn::{TxnPolicy, TxnRequest};
 
 /// Who asked for an exchange: the client address (for `max_rate`), the
 /// request id (for the audit event) and the subject's `sub` as the
@@ -292,7 +294,23 @@ impl Exchanger {
         };
         let actor_claims = actor.as_ref().ok().and_then(|a| a.as_ref()).and_then(|a| unverified::peek(a.expose()));
         let actor_sub = actor_claims.as_ref().and_then(|c| c.sub.clone());
-        let form = actor.and_then(|actor| policy.template.form(subject, actor.as_ref().map(|a| a.expose())));
+        // RFC 8693 §4.4, when the route enforces it: refused here, not at the AS.
+        let actor = actor.and_then(|actor| match policy.cfg.enforce_may_act && policy.actor.is_some() {
+            true => unverified::may_act_names(subject, actor.as_ref().map(|a| a.expose()))
+                .map(|()| actor)
+                .map_err(ExchangeError::ActorNotNamed),
+            false => Ok(actor),
+        });
+        // A chain's second leg: the first leg's JWT grant is the assertion.
+        let grant = match (&actor, &policy.first) {
+            (Ok(_), Some(first)) => Some(self.first_leg(first, subject, origin).await),
+            _ => None,
+        };
+        let form = match grant {
+            Some(Ok(assertion)) => policy.template.form(assertion.expose(), None),
+            Some(Err(e)) => return Err(e),
+            None => actor.and_then(|actor| policy.template.form(subject, actor.as_ref().map(|a| a.expose()))),
+        };
         let result = match form {
             Ok(form) => policy.client.request(form, deadline.into()).await,
             Err(e) => Err(e),
@@ -300,6 +318,11 @@ impl Exchanger {
         // An `invalid_grant` that is about the actor token is the gateway's
         // problem, not the caller's: no negative entry for the caller's
         // token, and tokex's own actor token is fetched anew next time.
+        // A refused grant is not used again: the next try asks for another.
+        if let (Err(ExchangeError::InvalidGrant(_)), Some(first)) = (&result, &policy.first) {
+            let hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+            self.cache.remove(&first.key(&hash)).await;
+        }
         let result = match result {
             Err(ExchangeError::InvalidGrant(r))
                 if policy.actor.is_some() && blames_actor(&r, actor_claims.as_ref()) =>
@@ -325,6 +348,38 @@ impl Exchanger {
             request_id: origin.map(|o| o.request_id),
         };
         self.finish(audit, started, result, ttls, subject_exp, meta)
+    }
+
+    /// The first leg of a chain: the JWT authorization grant for `subject`
+    /// from the home server (cached, audited and mapped as its own
+    /// exchange). A background refresh (no `origin`) stands for the caller
+    /// whose entry it refreshes.
+    async fn first_leg(
+        &self,
+        first: &Arc<Policy>,
+        subject: &str,
+        origin: Option<Origin<'_>>,
+    ) -> Result<SecretString, ExchangeError> {
+        let hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+        let origin = origin.unwrap_or(Origin {
+            client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            request_id: "-",
+            sub: None,
+            proven: true,
+        });
+        let lookup = Box::pin(self.token(first, subject, &hash, first.key(&hash), origin)).await?;
+        match &lookup.entry.kind {
+            EntryKind::Token(t) if t.bound.is_none() => t
+                .raw
+                .to_str()
+                .map(SecretString::new)
+                .map_err(|_| ExchangeError::BadAnswer("the JWT authorization grant is not text".into())),
+            EntryKind::Token(_) => Err(ExchangeError::Config(
+                "the home server bound the JWT authorization grant to tokex's DPoP key: a chain needs a bearer grant"
+                    .into(),
+            )),
+            EntryKind::Rejected => Err(ExchangeError::InvalidGrant(Refusal::new("invalid_grant", None))),
+        }
     }
 
     /// tokex's own token for `m`, from the cache or one client_credentials

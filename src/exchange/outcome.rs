@@ -72,7 +72,8 @@ impl Exchanger {
                     | ExchangeError::InsufficientScope(_)
                     | ExchangeError::StepUp(..)
                     | ExchangeError::MissingClaim(_)
-                    | ExchangeError::BoundAsBearer => {}
+                    | ExchangeError::BoundAsBearer
+                    | ExchangeError::ActorNotNamed(_) => {}
                 }
                 Err(e)
             }

@@ -32,6 +32,9 @@ pub struct Policy {
     pub(super) limit: Option<Arc<RateLimit>>,
     /// The token request's parameters.
     pub template: Template,
+    /// Identity chaining: the first leg, whose token (a JWT authorization
+    /// grant) is this policy's `assertion`.
+    pub(super) first: Option<Arc<Policy>>,
 }
 
 /// Where a policy's actor token comes from.
@@ -97,6 +100,61 @@ impl Policy {
         client: Arc<AsClient>,
         machine: impl FnOnce(&MachineConfig) -> Result<Arc<MachinePolicy>, String>,
         previous: Option<&Policy>,
+    ) -> Result<Self, String> {
+        Self::build(route, cfg, client, machine, previous, None)
+    }
+
+    /// A route with `exchange.chain` (draft-ietf-oauth-identity-chaining):
+    /// an RFC 8693 exchange at `home` for a JWT whose audience is `next`
+    /// (then the route's own audiences), then the RFC 7523 `jwt-bearer`
+    /// grant at `next` for the chain's audience and scope. Each leg has
+    /// its own cache entry; the second's key depends on the first's policy.
+    pub fn chained(
+        route: &str,
+        cfg: ExchangeConfig,
+        (home, next): (Arc<AsClient>, Arc<AsClient>),
+        machine: impl FnOnce(&MachineConfig) -> Result<Arc<MachinePolicy>, String>,
+        previous: Option<&Policy>,
+    ) -> Result<Self, String> {
+        let Some(chain) = cfg.chain.clone() else { return Self::new(route, cfg, home, machine, previous) };
+        let next_id = next.issuer().unwrap_or(next.endpoint().as_str()).to_owned();
+        let mut audience: Vec<String> = cfg.audience.iter().filter(|a| **a != next_id).cloned().collect();
+        audience.insert(0, next_id);
+        let first_cfg = ExchangeConfig {
+            audience,
+            requested_token_type: Some(crate::config::JWT_TOKEN_TYPE.to_owned()),
+            grant: Grant::TokenExchange,
+            chain: None,
+            // The route's rate limit counts the second leg only.
+            max_rate: RateConfig::default(),
+            ..cfg.clone()
+        };
+        let before = previous.and_then(|p| p.first.as_deref());
+        let first = Arc::new(Self::build(route, first_cfg, home, machine, before, None)?);
+        let second = ExchangeConfig {
+            authorization_server: chain.authorization_server,
+            audience: chain.audience,
+            resource: chain.resource,
+            scope: chain.scope,
+            subject_token_type: crate::config::JWT_TOKEN_TYPE.to_owned(),
+            requested_token_type: None,
+            actor: None,
+            grant: Grant::JwtBearer,
+            extra_params: Vec::new(),
+            chain: None,
+            enforce_may_act: false,
+            ..cfg
+        };
+        Self::build(route, second, next, |_| Err("no actor on the second leg".into()), previous, Some(first))
+    }
+
+    fn build(
+        route: &str,
+        cfg: ExchangeConfig,
+        client: Arc<AsClient>,
+        machine: impl FnOnce(&MachineConfig) -> Result<Arc<MachinePolicy>, String>,
+        previous: Option<&Policy>,
+        first: Option<Arc<Policy>>,
     ) -> Result<Self, String> {
         let limit = (cfg.max_rate != RateConfig::default()).then(|| {
             match previous.and_then(|p| p.limit.as_ref()).filter(|l| l.same_settings(&cfg.max_rate)) {
@@ -168,6 +226,10 @@ impl Policy {
             (_, Some((ActorSource::ClientCredentials(_) | ActorSource::Token(SecretSource::File(_)), _)))
             | (_, None) => f.field("actor", "none"),
         }
+        // A chain's second leg: whatever shapes the first leg's grant.
+        if let Some(first) = &first {
+            f.bytes("chained_from", &first.shared_digest);
+        }
         let shared_digest = f.finish();
         let mut salted = Fields::new();
         salted.bytes("salt", cache::salt());
@@ -183,12 +245,17 @@ impl Policy {
             shared_digest,
             actor,
             limit,
+            first,
         })
     }
 
     /// The tag its entries carry (a purge by route finds them by it).
     pub fn tag(&self) -> u64 {
-        index::tag(&self.digest)
+        // A chain's two legs share one: a purge of the route finds both.
+        match &self.first {
+            Some(first) => first.tag(),
+            None => index::tag(&self.digest),
+        }
     }
 
     /// The digest its shared-store keys are made from.
@@ -213,7 +280,7 @@ impl Policy {
         if sub.is_none() && email.is_none() {
             (sub, email) = from(issued.and_then(unverified::peek).as_ref());
         }
-        Meta::new(index::tag(&self.digest), sub, email, Some(self.client.clone()))
+        Meta::new(self.tag(), sub, email, Some(self.client.clone()))
     }
 
     /// The cache key of `subject` (given as its SHA-256) under this policy:
@@ -241,10 +308,15 @@ impl Policy {
     /// tokens were bound to (a purge must find those of a rotated key too).
     pub fn keys(&self, subject_hash: &[u8; 32]) -> Vec<Key> {
         let used = self.client.dpop_thumbprints();
-        match used.is_empty() {
+        let mut keys: Vec<Key> = match used.is_empty() {
             true => vec![self.key_with(subject_hash, None)],
             false => used.iter().map(|j| self.key_with(subject_hash, Some(j))).collect(),
+        };
+        // A chain's first leg: its grant for this subject goes too.
+        if let Some(first) = &self.first {
+            keys.extend(first.keys(subject_hash));
         }
+        keys
     }
 
     /// What the shared store keys a subject by: its token's SHA-256, and

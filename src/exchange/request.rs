@@ -77,6 +77,19 @@ impl Template {
         t
     }
 
+    /// A Txn-Token (draft-ietf-oauth-transaction-tokens §7.1): RFC 8693
+    /// with `requested_token_type` txn_token; the request's context and
+    /// details are added per request.
+    pub fn transaction(cfg: &crate::config::TransactionTokenConfig) -> Self {
+        let mut t = Template { params: Vec::with_capacity(6), claims: false };
+        t.fixed("grant_type", crate::config::TOKEN_EXCHANGE_GRANT);
+        t.fixed("requested_token_type", crate::config::TXN_TOKEN_TYPE);
+        t.push("subject_token", Slot::Subject);
+        t.fixed("subject_token_type", &cfg.subject_token_type);
+        t.target(std::slice::from_ref(&cfg.audience), &[], &cfg.scope);
+        t
+    }
+
     /// tokex's own token (RFC 6749 §4.4).
     pub fn machine(cfg: &MachineConfig) -> Self {
         let mut t = Template { params: Vec::with_capacity(4), claims: false };

@@ -57,6 +57,35 @@ pub fn claims_json(token: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&payload(token)?).ok()
 }
 
+/// RFC 8693 §4.4: whether the subject token's `may_act` (when it has one)
+/// names the actor, i.e. every member of `may_act` (`sub`, `iss`, ...) is
+/// a claim of the actor token with the same value. `Err` says why not.
+/// Read unverified: the check only refuses, before the AS decides.
+pub fn may_act_names(subject: &str, actor: Option<&str>) -> Result<(), &'static str> {
+    #[derive(Deserialize)]
+    struct MayAct {
+        #[serde(default)]
+        may_act: Option<serde_json::Value>,
+    }
+    let Some(may_act) =
+        payload(subject).and_then(|p| serde_json::from_slice::<MayAct>(&p).ok()).and_then(|m| m.may_act)
+    else {
+        return Ok(());
+    };
+    let serde_json::Value::Object(named) = may_act else { return Err("may_act is not an object") };
+    if named.is_empty() {
+        return Err("may_act names no one");
+    }
+    let Some(actor) = actor else { return Err("no actor token to compare") };
+    let Some(serde_json::Value::Object(claims)) = claims_json(actor) else {
+        return Err("the actor token is not a JWT: its identity cannot be compared");
+    };
+    match named.iter().all(|(k, v)| claims.get(k) == Some(v)) {
+        true => Ok(()),
+        false => Err("the actor is not the party may_act names"),
+    }
+}
+
 fn payload(token: &str) -> Option<Vec<u8>> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
@@ -69,6 +98,30 @@ fn payload(token: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jws(claims: &str) -> String {
+        format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims))
+    }
+
+    #[test]
+    fn may_act_names_the_actor() {
+        let actor = jws(r#"{"iss":"https://as","sub":"agent-1"}"#);
+        let no_may_act = jws(r#"{"sub":"alice"}"#);
+        assert_eq!(may_act_names(&no_may_act, Some(&actor)), Ok(()));
+        assert_eq!(may_act_names("opaque", None), Ok(()), "no claims: nothing to enforce");
+        let named = jws(r#"{"sub":"alice","may_act":{"sub":"agent-1","iss":"https://as"}}"#);
+        assert_eq!(may_act_names(&named, Some(&actor)), Ok(()));
+        let other = jws(r#"{"sub":"alice","may_act":{"sub":"agent-2"}}"#);
+        assert!(may_act_names(&other, Some(&actor)).is_err());
+        let other_iss = jws(r#"{"sub":"alice","may_act":{"sub":"agent-1","iss":"https://evil"}}"#);
+        assert!(may_act_names(&other_iss, Some(&actor)).is_err());
+        assert!(may_act_names(&named, None).is_err(), "no actor");
+        assert!(may_act_names(&named, Some("opaque-actor")).is_err(), "an opaque actor cannot be compared");
+        assert!(may_act_names(&jws(r#"{"may_act":"agent-1"}"#), Some(&actor)).is_err(), "not an object");
+        assert!(may_act_names(&jws(r#"{"may_act":{}}"#), Some(&actor)).is_err(), "names no one");
+        let typed = jws(r#"{"may_act":{"sub":1}}"#);
+        assert!(may_act_names(&typed, Some(&jws(r#"{"sub":"1"}"#))).is_err(), "values compare as JSON");
+    }
 
     #[test]
     fn reads_sub_and_exp() {

@@ -16,21 +16,20 @@ use arc_swap::ArcSwap;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
 
 use super::bearer;
 use super::forward::{Forwarder, FreshNonce, Rewrite};
+use super::metadata::Documents;
 use super::outbound::{bound, credential, refused, Replay};
 use super::routes::{Route, RouteAuth, RouteTable};
 use super::target::{self, Authority};
-use super::{credentials, headers, ids};
+use super::{caller, credentials, headers, ids};
 use super::{Body, RequestBody};
-use crate::auth::dpop::ProofRequest;
-use crate::auth::{Checked, DpopInbound, Inbound};
+use crate::auth::{DpopInbound, Inbound};
 use crate::error::GatewayError;
 use crate::exchange::cache::{Entry, Key};
 use crate::exchange::client::AsClient;
-use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin};
+use crate::exchange::{ExchangeError, Exchanger, Fingerprint, Origin, TxnRequest};
 use crate::metrics::RouteMetrics;
 use crate::otel::{RequestAttrs, RequestSpan, Tracer};
 use crate::telemetry::access::{self, AccessLine};
@@ -45,6 +44,8 @@ pub struct Runtime {
     pub dpop: Option<Arc<DpopInbound>>,
     /// The authorization servers by name (endpoints, once discovered).
     pub servers: BTreeMap<String, Arc<AsClient>>,
+    /// RFC 9728 documents of routes with `resource_metadata`.
+    pub metadata: Documents,
 }
 
 /// The gateway: shared by every connection.
@@ -59,27 +60,27 @@ pub struct Gateway {
 }
 
 /// What the access line reports about one request.
-struct Trace {
+pub(super) struct Trace {
     /// `x-request-id`: the caller's, or generated.
-    request_id: HeaderValue,
+    pub(super) request_id: HeaderValue,
     /// The W3C trace id of the caller's `traceparent`.
     trace_id: Option<[u8; 32]>,
     /// From sending to the backend to its answer's head (the last send).
     upstream_time: Option<Duration>,
     route: Option<Arc<Route>>,
-    fingerprint: Option<Fingerprint>,
+    pub(super) fingerprint: Option<Fingerprint>,
     cache: Option<bool>,
     exchange_time: Option<Duration>,
     evicted: bool,
     /// Sent again with a fresh token after the backend refused the first.
     retried: bool,
     /// The caller's token is in the method or the target: log neither.
-    redact: bool,
+    pub(super) redact: bool,
     /// The request's span, when tracing is on.
-    span: Option<RequestSpan>,
+    pub(super) span: Option<RequestSpan>,
     /// On an exchange route with `inbound.dpop`: the check (for the
     /// challenges of a `401`) and whether the caller used DPoP.
-    dpop: Option<(Arc<DpopInbound>, bool)>,
+    pub(super) dpop: Option<(Arc<DpopInbound>, bool)>,
 }
 
 /// The original request: as the proxy listener received it, or as a
@@ -235,6 +236,10 @@ impl Gateway {
         {
             dpop.challenge(resp.headers_mut(), *used);
         }
+        // RFC 9728: where the route's metadata is (the backend's 401s too).
+        if let Some(c) = trace.route.as_ref().and_then(|r| r.challenge.as_ref()) {
+            c.apply(resp.status(), resp.headers_mut(), error.is_some());
+        }
         let elapsed = started.elapsed();
         let status = resp.status().as_u16();
         let metrics = trace.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
@@ -313,6 +318,12 @@ impl Gateway {
         // 0. The target: exactly one valid authority, no userinfo (RFC 9112 §3.2).
         let authority = target::authority(req.method(), req.version(), req.uri(), req.headers())
             .map_err(GatewayError::BadTarget)?;
+        // RFC 9728 documents, before any route (a catch-all would take them).
+        let host = authority.as_ref().map(Authority::host);
+        if let Some((route, doc)) = runtime.metadata.find(req.method(), req.uri().path(), host) {
+            trace.route = Some(route.clone());
+            return Ok(doc);
+        }
         let body = hyper::body::Body::size_hint(req.body()).lower();
         let original = Original {
             method: req.method(),
@@ -448,74 +459,20 @@ impl Gateway {
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
-                let dpop = runtime.dpop.as_ref();
-                trace.dpop = dpop.map(|d| (d.clone(), false));
-                let (subject, used_dpop) = bearer::extract_with_dpop(req.headers, dpop.is_some())?;
-                if let Some((_, used)) = &mut trace.dpop {
-                    *used = used_dpop;
-                }
-                // A request id that holds the token would carry it to the log,
-                // the backend and the answer (even past a `remove_headers`
-                // entry that skips the check below): a new one instead.
-                if subject.len() >= credentials::MIN_SCANNED
-                    && credentials::contains(trace.request_id.as_bytes(), subject.as_bytes())
-                {
-                    trace.request_id = ids::generate();
-                }
-                // The broad token must not ride along anywhere else: in a
-                // header that will be removed or replaced, unless it is a
-                // front proxy that may not remove or replace it.
-                let head = (req.method, req.uri, req.authority.map(|a| a.value().as_bytes()));
-                let (removed, replaced): (&[HeaderName], _) = match req.via {
-                    Via::Proxy => (&route.remove_headers, &route.forward_header),
-                    Via::Removing => (&route.remove_headers, &AUTHORIZATION),
-                    Via::Front => (&[], &AUTHORIZATION),
-                };
-                let dropped = credentials::Dropped { removed, replaced, proxy_authorization: req.via != Via::Front };
-                if let Some(leak) = credentials::token_elsewhere(head, req.headers, dropped, subject) {
-                    trace.redact |= leak == credentials::Leak::Target;
-                    return Err(GatewayError::InvalidRequest(leak.message()));
-                }
+                let caller = caller::caller(runtime, route, req, trace).await?;
                 if req.body.is_some() {
-                    caller_token = Some(subject.to_owned());
+                    caller_token = Some(caller.subject.to_owned());
                 }
-                let subject_hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-                trace.fingerprint = Some(Fingerprint::of(&subject_hash));
-                // The caller's DPoP proof for this request (RFC 9449 §4.3),
-                // then the token, then the token's binding to the proof's key.
-                let proof = match dpop.filter(|_| used_dpop) {
-                    Some(d) => {
-                        let authority = req.authority.map(|a| a.value().to_str().unwrap_or_default());
-                        let at =
-                            ProofRequest { method: req.method, path: req.uri.path(), authority, headers: req.headers };
-                        Some(d.check_proof(&at, subject)?)
-                    }
-                    None => None,
-                };
-                let checked = match &runtime.inbound {
-                    Some(inbound) => {
-                        inbound.check(subject, &subject_hash, &route.require_scopes, dpop.is_some()).await?
-                    }
-                    None => Checked::default(),
-                };
-                let unchecked = runtime.inbound.is_none();
-                crate::auth::dpop::binding(
-                    dpop.map(|d| &**d),
-                    proof.as_ref(),
-                    checked.jkt.as_deref(),
-                    unchecked,
-                    subject,
-                )?;
-                introspected = checked.sub;
-                let key = policy.key(&subject_hash);
+                introspected = caller.sub.clone();
+                let key = policy.key(&caller.hash);
                 let origin = Origin {
                     client: peer.ip(),
                     request_id: request_id_str(&trace.request_id),
                     sub: introspected.as_deref(),
-                    proven: proof.is_some(),
+                    proven: caller.proof.is_some(),
                 };
                 let child = trace.span.as_ref().map(|s| s.child("token exchange"));
-                let lookup = self.exchanger.token(policy, subject, &subject_hash, key, origin).await;
+                let lookup = self.exchanger.token(policy, caller.subject, &caller.hash, key, origin).await;
                 if let Some(mut child) = child {
                     child.set("tokex.as.server", policy.client.name.clone());
                     if let Ok(l) = &lookup {
@@ -526,11 +483,32 @@ impl Gateway {
                 let lookup = lookup?;
                 trace.cache = Some(lookup.hit);
                 trace.exchange_time = lookup.exchange_time;
-                // Accepted: the proof may not be used again.
-                if let (Some(d), Some(proof)) = (dpop, &proof) {
-                    d.accept(proof)?;
+                caller.accept(runtime.dpop.as_ref())?;
+                Some((lookup.entry, Some((key, caller.hash))))
+            }
+            // A Txn-Token for this request: asked for every time, never cached.
+            RouteAuth::Transaction(txn) => {
+                let caller = caller::caller(runtime, route, req, trace).await?;
+                if req.body.is_some() {
+                    caller_token = Some(caller.subject.to_owned());
                 }
-                Some((lookup.entry, Some((key, subject_hash))))
+                let at = TxnRequest {
+                    client: peer.ip(),
+                    request_id: request_id_str(&trace.request_id),
+                    dpop: caller.proof.is_some(),
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                };
+                let child = trace.span.as_ref().map(|s| s.child("transaction token"));
+                let lookup = self.exchanger.transaction_token(txn, caller.subject, at).await;
+                if let Some(mut child) = child {
+                    child.set("tokex.as.server", txn.client.name.clone());
+                    child.end(None, lookup.as_ref().err().map(ExchangeError::reason));
+                }
+                let lookup = lookup?;
+                trace.exchange_time = lookup.exchange_time;
+                caller.accept(runtime.dpop.as_ref())?;
+                Some((lookup.entry, None))
             }
             // Egress: whatever the caller sent is dropped by the forwarder.
             RouteAuth::ClientCredentials(machine) => {

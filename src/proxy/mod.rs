@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod bearer;
 pub mod body_scan;
+mod caller;
 pub mod conn;
 pub mod credentials;
 pub mod forward;
@@ -12,6 +13,7 @@ pub mod grpc_authz;
 pub mod handler;
 pub mod headers;
 pub mod ids;
+pub mod metadata;
 mod outbound;
 pub mod pool;
 pub mod reload;

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, Method};
 use super::forward::Upstream;
 use crate::auth::scopes::RequiredScopes;
 use crate::config::matcher::{prefix_matches, HostMatch, Matcher, PathMatch};
-use crate::exchange::{MachinePolicy, Policy};
+use crate::exchange::{MachinePolicy, Policy, TxnPolicy};
 use crate::metrics::RouteMetrics;
 
 /// What a route does with credentials.
@@ -20,6 +20,8 @@ pub enum RouteAuth {
     Exchange(Arc<Policy>),
     /// Egress: attach tokex's own token, whatever the caller sent.
     ClientCredentials(Arc<MachinePolicy>),
+    /// One Txn-Token per request for the caller's token, never cached.
+    Transaction(Arc<TxnPolicy>),
 }
 
 impl RouteAuth {
@@ -29,6 +31,7 @@ impl RouteAuth {
             RouteAuth::None => "",
             RouteAuth::Exchange(p) => &p.scope,
             RouteAuth::ClientCredentials(m) => &m.scope,
+            RouteAuth::Transaction(t) => &t.scope,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct Route {
     /// Longer request bodies get `413` (`None`: no limit).
     pub max_body_bytes: Option<u64>,
     pub metrics: RouteMetrics,
+    /// RFC 9728: what this route's challenges name (`resource_metadata`).
+    pub challenge: Option<super::metadata::Challenge>,
 }
 
 impl HostMatch {

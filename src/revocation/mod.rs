@@ -200,7 +200,7 @@ impl Purger {
                     None => return Err(PurgeError::UnknownRoute(name.clone())),
                     Some(RouteAuth::Exchange(policy)) => Target::Policy(policy.tag()),
                     Some(RouteAuth::ClientCredentials(m)) => Target::Keys(m.keys()),
-                    Some(RouteAuth::None) => Target::Keys(Vec::new()),
+                    Some(RouteAuth::None | RouteAuth::Transaction(_)) => Target::Keys(Vec::new()),
                 };
                 (target, None)
             }

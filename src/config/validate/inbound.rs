@@ -297,8 +297,8 @@ pub(super) fn require_scopes(
     let Some(list) = list else { return Some(Vec::new()) };
     let path = format!("{base}.require_scopes");
     let mut ok = true;
-    if auth.is_some_and(|a| a != AuthMode::Exchange) {
-        cx.err(&path, "only used with auth: exchange (the caller's token is checked there)");
+    if auth.is_some_and(|a| !matches!(a, AuthMode::Exchange | AuthMode::TransactionToken)) {
+        cx.err(&path, "only used with auth: exchange or transaction_token (the caller's token is checked there)");
         ok = false;
     }
     if list.is_empty() {

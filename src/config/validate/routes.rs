@@ -35,10 +35,13 @@ pub(super) fn route(
         None | Some("exchange") => Some(AuthMode::Exchange),
         Some("none") => Some(AuthMode::None),
         Some("client_credentials") => Some(AuthMode::ClientCredentials),
+        Some("transaction_token") => Some(AuthMode::TransactionToken),
         Some(other) => {
             cx.err(
                 format!("{base}.auth"),
-                format!("unknown auth mode {other:?}: expected exchange, none or client_credentials"),
+                format!(
+                    "unknown auth mode {other:?}: expected exchange, none, client_credentials or transaction_token"
+                ),
             );
             None
         }
@@ -55,11 +58,30 @@ pub(super) fn route(
             cx.err(base, "auth: client_credentials needs an exchange: section (authorization_server, audience, scope)");
             (None, None)
         }
-        (Some(AuthMode::None), Some(_)) => {
-            cx.err(format!("{base}.exchange"), "exchange: is not used with auth: none");
+        (Some(mode @ (AuthMode::None | AuthMode::TransactionToken)), Some(_)) => {
+            let mode = if mode == AuthMode::None { "none" } else { "transaction_token" };
+            cx.err(format!("{base}.exchange"), format!("exchange: is not used with auth: {mode}"));
             (None, None)
         }
-        (Some(AuthMode::None), None) | (None, _) => (None, None),
+        (Some(AuthMode::None | AuthMode::TransactionToken), None) | (None, _) => (None, None),
+    };
+    let transaction_token = match (auth, r.transaction_token) {
+        (Some(AuthMode::TransactionToken), Some(t)) => agents::transaction_token(cx, base, t, servers),
+        (Some(AuthMode::TransactionToken), None) => {
+            cx.err(base, "auth: transaction_token needs a transaction_token: section (authorization_server, audience)");
+            None
+        }
+        (_, Some(_)) => {
+            cx.err(format!("{base}.transaction_token"), "only used with auth: transaction_token");
+            None
+        }
+        (_, None) => None,
+    };
+    let resource_metadata = match r.resource_metadata {
+        Some(m) => {
+            agents::resource_metadata(cx, base, m, auth, require_scopes.as_deref().unwrap_or_default()).map(Some)
+        }
+        None => Some(None),
     };
     let (forward_header, remove_headers) = match r.forward {
         Some(f) => (f.header, f.remove_headers),
@@ -84,18 +106,25 @@ pub(super) fn route(
             names
         },
     );
-    let forward_header = match forward_header {
-        None => Some(http::header::AUTHORIZATION),
-        Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
-            Ok(n) if super::super::limits::is_hop_by_hop(&n) => {
-                cx.err(format!("{base}.forward.header"), format!("{n} is a hop-by-hop header"));
-                None
-            }
-            Ok(n) => Some(n),
-            Err(_) => {
-                cx.err(format!("{base}.forward.header"), format!("invalid header name {:?}", h.value));
-                None
-            }
+    let forward_header = match (forward_header, &transaction_token) {
+        (Some(_), Some(_)) => {
+            cx.err(format!("{base}.forward.header"), "a Txn-Token goes in transaction_token.header");
+            None
+        }
+        (None, Some(t)) => Some(t.header.clone()),
+        (forward_header, None) => match forward_header {
+            None => Some(http::header::AUTHORIZATION),
+            Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
+                Ok(n) if super::super::limits::is_hop_by_hop(&n) => {
+                    cx.err(format!("{base}.forward.header"), format!("{n} is a hop-by-hop header"));
+                    None
+                }
+                Ok(n) => Some(n),
+                Err(_) => {
+                    cx.err(format!("{base}.forward.header"), format!("invalid header name {:?}", h.value));
+                    None
+                }
+            },
         },
     };
     let timeout = r.timeout.map_or(Duration::from_secs(30), |d| d.0);
@@ -108,6 +137,8 @@ pub(super) fn route(
         auth,
         exchange: if auth == AuthMode::Exchange { Some(exchange?) } else { None },
         machine: if auth == AuthMode::ClientCredentials { Some(machine?) } else { None },
+        transaction_token: if auth == AuthMode::TransactionToken { Some(transaction_token?) } else { None },
+        resource_metadata: resource_metadata?,
         require_scopes: require_scopes?,
         forward_header: forward_header?,
         remove_headers,
@@ -250,6 +281,8 @@ fn exchange(
                         max_rate: None,
                         grant: None,
                         extra_params: BTreeMap::new(),
+                        chain: None,
+                        enforce_may_act: None,
                     };
                     match egress(cx, &format!("{path}.client_credentials"), raw, servers) {
                         Some(m) => Some(ActorConfig { source: ActorSource::ClientCredentials(m), token_type }),
@@ -277,6 +310,27 @@ fn exchange(
     let profile = servers.get(&server).map_or(Profile::Generic, |s| s.profile);
     let grant = profile::grant(cx, base, x.grant.as_ref(), profile);
     let extra_params = profile::extra_params(cx, base, x.extra_params);
+    let chain = agents::chain(cx, base, x.chain, servers);
+    if chain.as_ref().is_ok_and(Option::is_some) {
+        if grant.is_some_and(|g| g != Grant::TokenExchange) {
+            cx.err(format!("{base}.grant"), "identity chaining starts with a token exchange (RFC 8693)");
+            ok = false;
+        }
+        if x.requested_token_type.as_ref().is_some_and(|t| t.value != JWT_TOKEN_TYPE) {
+            cx.err(
+                format!("{base}.requested_token_type"),
+                format!("with chain:, the first exchange asks for a JWT authorization grant ({JWT_TOKEN_TYPE})"),
+            );
+            ok = false;
+        }
+    }
+    let enforce_may_act = x.enforce_may_act.unwrap_or(false);
+    if enforce_may_act && actor.is_none() {
+        cx.warn(
+            format!("{base}.enforce_may_act"),
+            "has no effect without exchange.actor: may_act names who may act for the subject",
+        );
+    }
     let explicit =
         (x.subject_token_type.is_some(), x.requested_token_type.as_ref().is_some_and(|t| !t.value.is_empty()));
     let subject_token_type = x.subject_token_type.map_or_else(|| profile.subject_token_type().to_owned(), |t| t.value);
@@ -287,6 +341,7 @@ fn exchange(
         scope,
         // `""` leaves out the profile's default.
         requested_token_type: match x.requested_token_type {
+            _ if matches!(chain, Ok(Some(_))) => Some(JWT_TOKEN_TYPE.to_owned()),
             Some(t) if t.value.is_empty() => None,
             Some(t) => Some(t.value),
             None => profile.requested_token_type(&subject_token_type).map(str::to_owned),
@@ -298,6 +353,8 @@ fn exchange(
         max_rate,
         grant: grant?,
         extra_params: extra_params?,
+        chain: chain.ok()?,
+        enforce_may_act,
     };
     if ok {
         profile::provider_checks(cx, base, &cfg, profile, explicit);
@@ -352,6 +409,8 @@ fn egress(
         ("max_rate", x.max_rate.is_some()),
         ("grant", x.grant.is_some()),
         ("extra_params", !x.extra_params.is_empty()),
+        ("chain", x.chain.is_some()),
+        ("enforce_may_act", x.enforce_may_act.is_some()),
     ] {
         if present {
             cx.err(format!("{base}.{key}"), "not used for a client_credentials token");
@@ -365,6 +424,8 @@ fn egress(
         max_rate: None,
         grant: None,
         extra_params: BTreeMap::new(),
+        chain: None,
+        enforce_may_act: None,
         ..x
     };
     let x = exchange(cx, base, raw, servers)?;

@@ -1,0 +1,84 @@
+//! Agent-era route settings (SPEC §6): RFC 9728 protected-resource
+//! metadata, transaction tokens and identity chaining.
+
+use http::HeaderName;
+use url::Url;
+
+use super::matcher::PathMatch;
+
+/// The `requested_token_type` of a Txn-Token request
+/// (draft-ietf-oauth-transaction-tokens).
+pub const TXN_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:txn_token";
+
+/// Where RFC 9728 metadata documents live (§3).
+pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+/// `routes[].resource_metadata`: what the route tells clients about itself
+/// (RFC 9728 §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceMetadataConfig {
+    /// The resource identifier: an absolute http(s) URL without fragment.
+    pub resource: Url,
+    /// Issuer URLs of the servers that issue tokens for it.
+    pub authorization_servers: Vec<String>,
+    /// Scopes clients may ask for (default: the route's `require_scopes`).
+    pub scopes_supported: Vec<String>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<Url>,
+}
+
+impl ResourceMetadataConfig {
+    /// The path of the document for `resource` (RFC 9728 §3.1: the
+    /// well-known prefix, then the resource's path without a trailing `/`).
+    pub fn well_known_path(&self) -> String {
+        let path = self.resource.path().trim_end_matches('/');
+        format!("{METADATA_PREFIX}{path}")
+    }
+
+    /// Where the document is served: the resource's well-known path, and
+    /// the well-known prefix plus the route's own path when that differs.
+    pub fn paths(&self, route_path: &PathMatch) -> Vec<String> {
+        let mut out = vec![self.well_known_path()];
+        let own = match route_path {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => format!("{METADATA_PREFIX}{}", p.trim_end_matches('/')),
+            PathMatch::Any => METADATA_PREFIX.to_owned(),
+        };
+        if !out.contains(&own) {
+            out.push(own);
+        }
+        out
+    }
+
+    /// The document's URL, as `401` challenges name it (`resource_metadata`).
+    pub fn url(&self) -> String {
+        let mut u = self.resource.clone();
+        u.set_path(&self.well_known_path());
+        u.set_query(None);
+        u.to_string()
+    }
+}
+
+/// `routes[].transaction_token` (with `auth: transaction_token`): one
+/// Txn-Token per request from the token service, never cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionTokenConfig {
+    pub authorization_server: String,
+    /// The trust domain the token is for.
+    pub audience: String,
+    pub scope: Vec<String>,
+    /// The `subject_token_type` of the caller's token.
+    pub subject_token_type: String,
+    /// Where the Txn-Token goes (`txn-token` by default), as it is: no scheme.
+    pub header: HeaderName,
+}
+
+/// `routes[].exchange.chain`: after the exchange at the route's server
+/// (for a JWT authorization grant whose audience is this server), an RFC
+/// 7523 `jwt-bearer` grant here (draft-ietf-oauth-identity-chaining).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConfig {
+    pub authorization_server: String,
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: Vec<String>,
+}

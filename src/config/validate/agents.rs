@@ -1,0 +1,245 @@
+//! `routes[].resource_metadata` (RFC 9728), `routes[].transaction_token`
+//! and `routes[].exchange.chain` / `enforce_may_act` (SPEC §6).
+
+use super::*;
+
+/// `resource_metadata`: on a route that takes a caller's token; the
+/// resource an absolute http(s) URL without fragment; at least one
+/// authorization server; scopes default to the route's `require_scopes`.
+pub(super) fn resource_metadata(
+    cx: &mut Ctx,
+    base: &str,
+    raw: RawResourceMetadata,
+    auth: Option<AuthMode>,
+    require_scopes: &[String],
+) -> Option<ResourceMetadataConfig> {
+    let base = format!("{base}.resource_metadata");
+    let mut ok = true;
+    if auth.is_some_and(|a| !matches!(a, AuthMode::Exchange | AuthMode::TransactionToken)) {
+        cx.err(&base, "only on routes that take the caller's token (auth: exchange or transaction_token)");
+        ok = false;
+    }
+    let resource = http_url_as(
+        cx,
+        &format!("{base}.resource"),
+        &raw.resource,
+        "the URL clients call, e.g. https://gw.example.com/mcp",
+    );
+    if let Some(r) = &resource {
+        if r.query().is_some() {
+            cx.err(format!("{base}.resource"), "a resource identifier has no query (RFC 9728 §1.2)");
+            ok = false;
+        }
+    }
+    if raw.authorization_servers.is_empty() {
+        cx.err(
+            format!("{base}.authorization_servers"),
+            "list the issuer URL of at least one authorization server clients get tokens from",
+        );
+        ok = false;
+    }
+    let mut servers = Vec::with_capacity(raw.authorization_servers.len());
+    for (i, t) in raw.authorization_servers.iter().enumerate() {
+        match http_url(cx, &format!("{base}.authorization_servers[{i}]"), t) {
+            Some(_) => servers.push(t.value.clone()),
+            None => ok = false,
+        }
+    }
+    let scopes_supported = match raw.scopes_supported {
+        None => require_scopes.to_vec(),
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, t) in list.into_iter().enumerate() {
+                if !is_scope_token(&t.value) {
+                    cx.err(
+                        format!("{base}.scopes_supported[{i}]"),
+                        "a scope is printable ASCII without spaces, '\"' or '\\'",
+                    );
+                    ok = false;
+                }
+                out.push(t.value);
+            }
+            out
+        }
+    };
+    let resource_documentation = match &raw.resource_documentation {
+        Some(t) => match http_url(cx, &format!("{base}.resource_documentation"), t) {
+            Some(u) => Some(u),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let resource_name = raw.resource_name.map(|t| t.value);
+    if resource_name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 256 || n.chars().any(char::is_control)) {
+        cx.err(format!("{base}.resource_name"), "1 to 256 characters, no control characters");
+        ok = false;
+    }
+    let resource = resource?;
+    ok.then_some(ResourceMetadataConfig {
+        resource,
+        authorization_servers: servers,
+        scopes_supported,
+        resource_name,
+        resource_documentation,
+    })
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+pub(super) fn is_scope_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// Two routes must not publish their documents at one path for one host.
+pub(super) fn unique_metadata(cx: &mut Ctx, routes: &[RouteConfig]) {
+    let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let Some(m) = &r.resource_metadata else { continue };
+        let host = format!("{:?}", r.matcher.host);
+        for path in m.paths(&r.matcher.path) {
+            if let Some(other) = seen.insert((host.clone(), path.clone()), &r.name) {
+                cx.err(
+                    format!("routes[{i}].resource_metadata"),
+                    format!("route {other} already publishes metadata at {path}"),
+                );
+            }
+        }
+    }
+}
+
+/// `transaction_token:` (with `auth: transaction_token`): a server that
+/// authenticates tokex mutually (mTLS or private_key_jwt), one audience.
+pub(super) fn transaction_token(
+    cx: &mut Ctx,
+    base: &str,
+    raw: RawTransactionToken,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Option<TransactionTokenConfig> {
+    let base = format!("{base}.transaction_token");
+    let mut ok = true;
+    let server = raw.authorization_server.value;
+    match servers.get(&server) {
+        None => {
+            cx.unknown_server(format!("{base}.authorization_server"), &server);
+            ok = false;
+        }
+        Some(s)
+            if !matches!(
+                s.client_auth,
+                ClientAuthConfig::PrivateKeyJwt { .. } | ClientAuthConfig::TlsClientAuth { .. }
+            ) =>
+        {
+            cx.err(
+                format!("{base}.authorization_server"),
+                format!(
+                    "the transaction token service {server} must authenticate tokex with tls_client_auth or private_key_jwt (mutual authentication; a shared secret is refused)"
+                ),
+            );
+            ok = false;
+        }
+        Some(_) => {}
+    }
+    let audience = match raw.audience {
+        Some(t) if !t.value.is_empty() && !t.value.contains(char::is_whitespace) => Some(t.value),
+        Some(_) => {
+            cx.err(format!("{base}.audience"), "must be non-empty and hold no spaces");
+            None
+        }
+        None => {
+            cx.err(format!("{base}.audience"), "required: the trust domain the Txn-Token is for");
+            None
+        }
+    };
+    let mut scope = Vec::with_capacity(raw.scope.len());
+    for (i, t) in raw.scope.into_iter().enumerate() {
+        if !is_scope_token(&t.value) {
+            cx.err(format!("{base}.scope[{i}]"), "a scope is printable ASCII without spaces, '\"' or '\\'");
+            ok = false;
+        }
+        scope.push(t.value);
+    }
+    let header = match raw.header {
+        None => Some(HeaderName::from_static("txn-token")),
+        Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
+            Ok(n)
+                if super::super::limits::is_hop_by_hop(&n)
+                    || [
+                        http::header::AUTHORIZATION,
+                        http::header::HOST,
+                        http::header::COOKIE,
+                        http::header::PROXY_AUTHORIZATION,
+                    ]
+                    .contains(&n) =>
+            {
+                cx.err(format!("{base}.header"), format!("{n} cannot carry the Txn-Token"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                cx.err(format!("{base}.header"), format!("invalid header name {:?}", h.value));
+                None
+            }
+        },
+    };
+    let subject_token_type = raw.subject_token_type.map_or_else(|| ACCESS_TOKEN_TYPE.to_owned(), |t| t.value);
+    let cfg = TransactionTokenConfig {
+        authorization_server: server,
+        audience: audience?,
+        scope,
+        subject_token_type,
+        header: header?,
+    };
+    ok.then_some(cfg)
+}
+
+/// `exchange.chain`: the second leg's server and the token it issues.
+pub(super) fn chain(
+    cx: &mut Ctx,
+    base: &str,
+    raw: Option<RawMachine>,
+    servers: &BTreeMap<String, AuthServerConfig>,
+) -> Result<Option<ChainConfig>, ()> {
+    let Some(raw) = raw else { return Ok(None) };
+    let path = format!("{base}.chain");
+    let server = raw.authorization_server.value;
+    let mut ok = true;
+    if !servers.contains_key(&server) {
+        cx.unknown_server(format!("{path}.authorization_server"), &server);
+        ok = false;
+    }
+    let audience = tokens(cx, &format!("{path}.audience"), raw.audience);
+    let resource = tokens(cx, &format!("{path}.resource"), raw.resource);
+    for (i, r) in resource.iter().flatten().enumerate() {
+        if Url::parse(r).is_err() {
+            cx.err(format!("{path}.resource[{i}]"), "must be an absolute URI (RFC 8707)");
+            ok = false;
+        }
+    }
+    let scope = tokens(cx, &format!("{path}.scope"), raw.scope);
+    if scope.as_ref().is_some_and(|s| s.is_empty()) {
+        cx.err(format!("{path}.scope"), "required: the jwt-bearer grant (RFC 7523) names the scope it asks for");
+        ok = false;
+    }
+    match (audience, resource, scope, ok) {
+        (Some(audience), Some(resource), Some(scope), true) => {
+            Ok(Some(ChainConfig { authorization_server: server, audience, resource, scope }))
+        }
+        _ => Err(()),
+    }
+}
+
+/// A list of non-empty values without spaces.
+fn tokens(cx: &mut Ctx, path: &str, items: Vec<Text>) -> Option<Vec<String>> {
+    let mut ok = true;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, t) in items.into_iter().enumerate() {
+        if t.value.is_empty() || t.value.contains(char::is_whitespace) {
+            cx.err(format!("{path}[{i}]"), "must be non-empty and hold no spaces");
+            ok = false;
+        }
+        out.push(t.value);
+    }
+    ok.then_some(out)
+}

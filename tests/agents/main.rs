@@ -1,0 +1,11 @@
+//! Agent-era standards (SPEC §6): RFC 9728 metadata and an MCP client's
+//! walk through it, step-up, transaction tokens, identity chaining and
+//! `may_act`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod chain;
+mod mcp;
+mod metadata;
+mod txn;
