@@ -104,8 +104,8 @@ impl Exchanger {
             (false, Err(e)) => Err(e),
             (false, Ok(())) => match p.template.form(subject, None) {
                 Ok(form) => {
-                    let at = form.len();
-                    let form = form_urlencoded::Serializer::for_suffix(form, at)
+                    // The form starts at 0: pairs are appended after an `&`.
+                    let form = form_urlencoded::Serializer::for_suffix(form, 0)
                         .append_pair("request_context", &r.context(subject))
                         .append_pair("request_details", &r.details())
                         .finish();
