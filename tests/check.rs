@@ -312,6 +312,13 @@ fn the_example_configs_commented_blocks_are_valid_when_uncommented() {
             ],
         ),
         ("actor", &[Uncomment("# actor:")]),
+        ("actor and may_act", &[Uncomment("# actor:"), Uncomment("# enforce_may_act: true")]),
+        ("an MCP route (RFC 9728)", &[Uncomment("# - name: mcp-files")]),
+        (
+            "an MCP route with identity chaining",
+            &[Uncomment("# partner:"), Uncomment("# - name: mcp-files"), Uncomment("# chain:")],
+        ),
+        ("a transaction-token route", &[Uncomment("# txn-service:"), Uncomment("# - name: internal-txn")]),
         ("error_map", &[Uncomment("# error_map:")]),
         (
             "grant and extra_params (a claim value needs inbound)",
