@@ -72,6 +72,7 @@
 //! # Ok(()) }
 //! ```
 
+mod assertion;
 pub mod cli;
 mod clients;
 mod dpop;
@@ -85,6 +86,8 @@ mod revoke;
 pub mod revoke_cli;
 mod ssf;
 mod token;
+mod trusted;
+mod txn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +100,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use assertion::{ASSERTION_GRANT_ALGS, ASSERTION_GRANT_LEEWAY, JWT_BEARER_GRANT};
 pub use clients::{ClientSpec, JWT_BEARER};
 pub use dpop::{NONCE_LIFETIME, PROOF_LEEWAY, PROOF_MAX_AGE, REPLAY_CACHE_ENTRIES, SIGNING_ALGS as DPOP_SIGNING_ALGS};
 pub use emit::{MAX_RECEIVER_ANSWER_BYTES, PUSH_TIMEOUT};
@@ -105,11 +109,14 @@ pub use mint::{DEFAULT_MINT_LIFETIME, MAX_MINT_LIFETIME};
 pub use revoke::{RevocationRecord, MAX_REVOKED_SUBJECTS, MAX_REVOKED_TOKENS};
 pub use ssf::{SecurityEvent, SubjectFormat, UnknownName, SET_TYP};
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
+pub use trusted::{TrustedIssuer, JWKS_CACHE_TTL, JWKS_FETCH_TIMEOUT, JWKS_REFETCH_INTERVAL, MAX_JWKS_BYTES};
+pub use txn::{MAX_CONTEXT_BYTES, MAX_TXN_TOKEN_LIFETIME, TXN_TOKEN_TYP, TXN_TOKEN_TYPE};
 
 use crate::proxy::server::{serve, Limits, Listening, Phase};
 use clients::Registry;
 use keys::SigningKey;
 use revoke::Revocations;
+use trusted::TrustedIssuers;
 
 /// Settings of the development authorization server.
 #[derive(Clone, Debug)]
@@ -123,11 +130,21 @@ pub struct DevStsConfig {
     /// A PKCS#8 PEM signing key (EC P-256 → ES256, EC P-384 → ES384,
     /// RSA → RS256); default a fresh P-256 key per start.
     pub key_file: Option<PathBuf>,
+    /// Issuers whose JWTs are accepted as `jwt-bearer` grants (RFC 7523).
+    /// None by default, this server's own issuer included: with none the
+    /// grant is not offered.
+    pub trusted_issuers: Vec<TrustedIssuer>,
 }
 
 impl Default for DevStsConfig {
     fn default() -> Self {
-        DevStsConfig { issuer: None, clients: Vec::new(), expires_in: Duration::from_secs(60), key_file: None }
+        DevStsConfig {
+            issuer: None,
+            clients: Vec::new(),
+            expires_in: Duration::from_secs(60),
+            key_file: None,
+            trusted_issuers: Vec::new(),
+        }
     }
 }
 
@@ -147,6 +164,8 @@ pub enum DevStsError {
     Bind(std::io::Error),
     #[error("cannot sign a token: {0}")]
     Sign(String),
+    #[error("trusted issuer: {0}")]
+    TrustedIssuer(String),
 }
 
 /// Shared state of a running server (the request handler).
@@ -166,8 +185,12 @@ pub(crate) struct State {
     dpop: dpop::DpopState,
     key: SigningKey,
     clients: Registry,
+    /// Issuers of `jwt-bearer` assertions; `None` when none is trusted.
+    trusted: Option<TrustedIssuers>,
     expires_in: Duration,
     exchanges: AtomicU64,
+    txn_tokens: AtomicU64,
+    jwt_bearer_grants: AtomicU64,
     jwks: String,
     metadata: String,
 }
@@ -207,6 +230,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         None => SigningKey::generate()?,
     };
     let clients = Registry::new(cfg.clients)?;
+    let trusted = TrustedIssuers::new(&cfg.trusted_issuers)?;
     let token_endpoint = format!("{issuer}/token");
     let mint_endpoint = format!("{issuer}/mint");
     let revocation_endpoint = format!("{issuer}/revoke");
@@ -216,11 +240,15 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     let mut scopes: Vec<&str> = clients.iter().flat_map(|c| c.listed_scopes()).collect();
     scopes.sort_unstable();
     scopes.dedup();
+    let mut grants = vec![TOKEN_EXCHANGE, token::CLIENT_CREDENTIALS];
+    if trusted.is_some() {
+        grants.push(JWT_BEARER_GRANT);
+    }
     let metadata = json!({
         "issuer": issuer,
         "token_endpoint": token_endpoint,
         "jwks_uri": jwks_uri,
-        "grant_types_supported": [TOKEN_EXCHANGE, token::CLIENT_CREDENTIALS],
+        "grant_types_supported": grants,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
         "revocation_endpoint": revocation_endpoint,
@@ -243,8 +271,11 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         dpop: dpop::DpopState::default(),
         key,
         clients,
+        trusted,
         expires_in: cfg.expires_in,
         exchanges: AtomicU64::new(0),
+        txn_tokens: AtomicU64::new(0),
+        jwt_bearer_grants: AtomicU64::new(0),
         jwks,
         metadata,
     });
@@ -362,9 +393,20 @@ impl DevSts {
         self.state.dpop.nonce_challenges()
     }
 
-    /// Successful token exchanges so far (client_credentials not counted).
+    /// Successful token exchanges so far (client_credentials, Txn-Tokens
+    /// and jwt-bearer grants not counted).
     pub fn exchange_count(&self) -> u64 {
         self.state.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// Txn-Tokens issued so far.
+    pub fn txn_token_count(&self) -> u64 {
+        self.state.txn_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Access tokens issued for `jwt-bearer` assertions so far.
+    pub fn jwt_bearer_count(&self) -> u64 {
+        self.state.jwt_bearer_grants.load(Ordering::Relaxed)
     }
 
     /// The JWK Set served at `/jwks.json`.
