@@ -32,7 +32,8 @@ pub struct DevStsArgs {
     #[arg(long)]
     pub issuer: Option<String>,
     /// A client, repeatable: `id=ID,secret=SECRET,audiences=A|B,scopes=S1|S2`
-    /// (or `public_key_file=PEM` for private_key_jwt; `*` allows any audience/scope).
+    /// (or `public_key_file=PEM` for private_key_jwt, which Txn-Token requests need; `*` allows any
+    /// audience/scope).
     #[arg(long = "client", value_name = "SPEC")]
     pub clients: Vec<String>,
     /// A YAML file of clients (`clients: [{id, secret, public_key_file, audiences, scopes}]`).

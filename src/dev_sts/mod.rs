@@ -2,14 +2,17 @@
 //! work, the `tokex demo` walkthrough and tests: never put it in front of
 //! real users. It keeps no state across restarts (a fresh signing key per
 //! start unless a key file is given), knows its clients from flags or a
-//! small YAML file, and trusts only tokens it issued itself.
+//! small YAML file, and trusts only tokens it issued itself, and the JWTs of
+//! the issuers it is told to trust for the jwt-bearer grant.
 //!
 //! Endpoints:
-//! - `POST /token`: `client_credentials` (RFC 6749 §4.4) and token exchange
-//!   (RFC 8693), with `client_secret_basic`, `client_secret_post` and
-//!   `private_key_jwt` (RFC 7523) client authentication. Issues JWT access
-//!   tokens (RFC 9068: `typ: at+jwt`, `kid`; claims `iss sub aud scope
-//!   client_id iat exp jti`, `act` for delegation, and `cnf` for DPoP).
+//! - `POST /token`: `client_credentials` (RFC 6749 §4.4), token exchange
+//!   (RFC 8693; also for Transaction Tokens, `txn.rs`) and, with trusted
+//!   issuers, the JWT bearer grant (RFC 7523 §2.1, `assertion.rs`), with
+//!   `client_secret_basic`, `client_secret_post` and `private_key_jwt` (RFC
+//!   7523) client authentication. Issues JWT access tokens (RFC 9068: `typ:
+//!   at+jwt`, `kid`; claims `iss sub aud scope client_id iat exp jti`, `act`
+//!   for delegation, and `cnf` for DPoP), and Txn-Tokens (`txntoken+jwt`).
 //! - `POST /mint`: a user (subject) token for any `sub`, `aud`, `scope`
 //!   and lifetime, for a caller authenticated as any registered client, so
 //!   the gateway can be tried by hand with curl (`tokex dev-sts mint`);
@@ -36,6 +39,49 @@
 //! kept. A subject `may_act` claim restricts who may be the actor (§4.4).
 //! A revoked subject or actor token, and a subject token of a revoked
 //! subject issued at or before the revocation, are refused (`invalid_grant`).
+//! With `requested_token_type=urn:ietf:params:oauth:token-type:jwt` the
+//! token is the same JWT, named as such; its `aud` may be another
+//! authorization server's issuer (identity chaining, below).
+//!
+//! Transaction Tokens (draft-ietf-oauth-transaction-tokens-10, `txn.rs`):
+//! token exchange with `requested_token_type` [`TXN_TOKEN_TYPE`] issues a
+//! Txn-Token, only to a client authenticated with `private_key_jwt`
+//! (`400 unauthorized_client` otherwise: no mTLS on this plain-HTTP server).
+//! `subject_token` is checked as for exchange; exactly one `audience` (the
+//! trust domain, allowed for the client), no `resource`, no `actor_token`,
+//! no `DPoP` proof (`invalid_request`: a Txn-Token is not
+//! sender-constrained); `scope` optional, each allowed for the client and,
+//! when the subject token has a scope, held by it (`invalid_scope`);
+//! `request_context` / `request_details` optional JSON objects of at most
+//! [`MAX_CONTEXT_BYTES`] (`invalid_request`). The token: header `typ:
+//! txntoken+jwt`, `kid`; claims `iss iat exp aud txn sub`, `scope` when
+//! any, `rctx` = the request context and `tctx` = the request details as
+//! given; `exp` at most [`MAX_TXN_TOKEN_LIFETIME`] (and the server's token
+//! lifetime) ahead and never after the subject token's; `txn` 128 random
+//! bits. Answered `token_type: N_A`, `issued_token_type` the Txn-Token
+//! type. A Txn-Token is not an access token: it is refused as a subject or
+//! actor token.
+//!
+//! JWT bearer grant (RFC 7523, `assertion.rs`, `trusted.rs`), for identity
+//! chaining across trust domains (draft-ietf-oauth-identity-chaining): with
+//! [`DevStsConfig::trusted_issuers`] (`--trust-issuer ISSUER=JWKS_URL`),
+//! `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` and an
+//! `assertion` JWT is accepted when: its `alg` is asymmetric
+//! ([`ASSERTION_GRANT_ALGS`]; never HMAC or `none`), its `iss` is a trusted
+//! issuer (this server's own issuer only when listed), its signature
+//! verifies with the key of that issuer's JWK Set named by `kid` (fetched
+//! with a [`JWKS_FETCH_TIMEOUT`] timeout, at most [`MAX_JWKS_BYTES`], cached
+//! [`JWKS_CACHE_TTL`], fetched again for an unknown `kid` at most once per
+//! [`JWKS_REFETCH_INTERVAL`]), its `aud` names this issuer or its token
+//! endpoint, `exp` is present and not past, `nbf` / `iat` not ahead (5 s
+//! leeway), `sub` is present, and it was not revoked here. Any failure is
+//! `400 invalid_grant` naming the check. The access token is shaped like an
+//! exchange's: the assertion's `sub`, `aud` / `resource` allowed for the
+//! client, scopes allowed for the client and held by the assertion when it
+//! has a `scope` (nothing requested: its scopes the client may hold), the
+//! assertion's `act` kept, no later expiry than the assertion's, `cnf` with
+//! a DPoP proof; no `issued_token_type`. Without trusted issuers the grant
+//! is not advertised and answered `unsupported_grant_type`.
 //!
 //! DPoP (RFC 9449, `dpop.rs`): a token request may carry one `DPoP` proof
 //! header, checked after client authentication: `typ`, an algorithm of
@@ -46,8 +92,9 @@
 //! 5 s ahead, and a `jti` not seen before (a replay cache of 100 000
 //! proofs, refusing more when full). A failing proof is answered
 //! `400 invalid_dpop_proof`. A good one binds the token issued, by
-//! `client_credentials` or token exchange alike, to the proof's key (`cnf:
-//! {jkt}`), answered as `token_type: DPoP`; without a proof nothing changes
+//! `client_credentials`, token exchange or jwt-bearer alike, to the proof's
+//! key (`cnf: {jkt}`), answered as `token_type: DPoP` (a Txn-Token request
+//! with a proof is refused, see above); without a proof nothing changes
 //! (`Bearer`, no `cnf`). A DPoP-bound subject token is exchanged like any
 //! other (its possession is not checked here, and its `cnf` is not carried
 //! over): the new token is bound to the requester's proof key, if any.

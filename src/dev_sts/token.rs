@@ -1,6 +1,7 @@
-//! The two grants (`client_credentials` and RFC 8693 token exchange) and
-//! the pure rules they apply: audience checks, scope narrowing, `act`
-//! nesting, and the claims of an issued token.
+//! The two basic grants (`client_credentials` and RFC 8693 token exchange)
+//! and the rules they share with the Txn-Token (`txn.rs`) and jwt-bearer
+//! (`assertion.rs`) grants: subject-token checks, audience checks, scope
+//! narrowing, `act` nesting, and the claims of an issued token.
 
 use std::sync::atomic::Ordering;
 
