@@ -147,7 +147,7 @@ pub async fn start() -> Result<Demo, DemoError> {
             scopes: BROAD_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
         },
     ];
-    let sts_cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), key_file: None };
+    let sts_cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), ..Default::default() };
     let sts = dev_sts::start(sts_cfg, bind().await?).await.map_err(|e| DemoError::Setup(e.to_string()))?;
     // DPoP nonces too (RFC 9449 §8): tokex retries its first proof with the nonce.
     sts.set_dpop_nonce(true);

@@ -316,7 +316,7 @@ async fn dev_sts_with_key(key: &TestKey) -> dev_sts::DevSts {
         audiences: vec!["orders-api".into()],
         scopes: vec!["orders:read".into()],
     }];
-    let cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), key_file: None };
+    let cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), ..Default::default() };
     dev_sts::start(cfg, TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap()
 }
 

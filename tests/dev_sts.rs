@@ -485,7 +485,7 @@ async fn configured_issuer_and_lifetime() {
         issuer: Some(format!("http://{addr}/dev/")),
         clients: clients(vec![]),
         expires_in: Duration::from_secs(300),
-        key_file: None,
+        ..Default::default()
     };
     let sts = dev_sts::start(cfg, listener).await.unwrap();
     assert_eq!(sts.issuer(), format!("http://{addr}/dev"));

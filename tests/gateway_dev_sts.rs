@@ -17,7 +17,7 @@ async fn sts() -> dev_sts::DevSts {
         audiences: vec!["orders-api".into()],
         scopes: vec!["orders:read".into(), "orders:write".into()],
     }];
-    let cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), key_file: None };
+    let cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), ..Default::default() };
     dev_sts::start(cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap()
 }
 

@@ -87,7 +87,7 @@ async fn actor_client_credentials_against_dev_sts_puts_tokex_in_act() {
         audiences: vec!["orders-api".into(), "tokex".into()],
         scopes: vec!["orders:read".into(), "agent".into()],
     }];
-    let cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), key_file: None };
+    let cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), ..Default::default() };
     let sts = dev_sts::start(cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     let backend = echo_backend().await;
     let auth = "{ method: client_secret_basic, client_id: tokex-agent, client_secret: agent-secret }";

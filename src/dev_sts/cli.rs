@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use super::mint_cli::{mint, MintArgs};
 use super::revoke_cli::{revoke, RevokeArgs};
-use super::{start, ClientSpec, DevStsConfig};
+use super::{start, ClientSpec, DevStsConfig, TrustedIssuer};
 
 /// Exit code for unusable flags or files (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -32,7 +32,8 @@ pub struct DevStsArgs {
     #[arg(long)]
     pub issuer: Option<String>,
     /// A client, repeatable: `id=ID,secret=SECRET,audiences=A|B,scopes=S1|S2`
-    /// (or `public_key_file=PEM` for private_key_jwt; `*` allows any audience/scope).
+    /// (or `public_key_file=PEM` for private_key_jwt, which Txn-Token requests need; `*` allows any
+    /// audience/scope).
     #[arg(long = "client", value_name = "SPEC")]
     pub clients: Vec<String>,
     /// A YAML file of clients (`clients: [{id, secret, public_key_file, audiences, scopes}]`).
@@ -48,6 +49,13 @@ pub struct DevStsArgs {
     /// is answered 400 use_dpop_nonce with a DPoP-Nonce header.
     #[arg(long)]
     pub dpop_nonce: bool,
+    /// Accept JWTs of this issuer as jwt-bearer grants (RFC 7523; identity chaining), repeatable:
+    /// `ISSUER=JWKS_URL`, both absolute http(s) URLs, e.g.
+    /// `http://127.0.0.1:9400=http://127.0.0.1:9400/jwks.json`. The assertion's `iss` must equal
+    /// ISSUER exactly; its keys are fetched from JWKS_URL. No issuer is trusted by default, this
+    /// server's own neither (list it to trust it).
+    #[arg(long = "trust-issuer", value_name = "ISSUER=JWKS_URL")]
+    pub trust_issuers: Vec<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -126,6 +134,16 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
             }
         }
     }
+    let mut trusted_issuers = Vec::new();
+    for flag in &args.trust_issuers {
+        match TrustedIssuer::parse_flag(flag) {
+            Ok(t) => trusted_issuers.push(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     if clients.is_empty() {
         let secret: String = std::iter::repeat_with(fastrand::alphanumeric).take(24).collect();
         let any = vec!["*".to_owned()];
@@ -173,6 +191,7 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
         clients: clients.into_iter().map(|(c, _)| c).collect(),
         expires_in: args.expires_in,
         key_file: args.key_file,
+        trusted_issuers: trusted_issuers.clone(),
     };
     let sts = match start(cfg, listener).await {
         Ok(s) => s,
@@ -191,6 +210,16 @@ async fn run_async(args: DevStsArgs) -> ExitCode {
     println!("  metadata        {issuer}/.well-known/oauth-authorization-server");
     println!("  clients         {}", summary.join("; "));
     println!("  token lifetime  {}", humantime::format_duration(args.expires_in));
+    println!(
+        "  txn tokens      token exchange with requested_token_type={}, for private_key_jwt clients",
+        super::TXN_TOKEN_TYPE
+    );
+    let trusted: Vec<&str> = trusted_issuers.iter().map(|t| t.issuer.as_str()).collect();
+    if trusted.is_empty() {
+        println!("  jwt-bearer      off (no --trust-issuer)");
+    } else {
+        println!("  jwt-bearer      assertions of {}", trusted.join(", "));
+    }
     println!(
         "  dpop            proofs at /token bind the token to their key ({}){}",
         super::dpop::signing_alg_names().join(" "),
@@ -300,6 +329,33 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DevStsArgs,
+    }
+
+    #[test]
+    fn trust_issuer_is_repeatable_and_documented() {
+        let cli = Cli::try_parse_from([
+            "dev-sts",
+            "--trust-issuer",
+            "http://127.0.0.1:9400=http://127.0.0.1:9400/jwks.json",
+            "--trust-issuer",
+            "https://as.example=https://as.example/keys",
+        ])
+        .unwrap();
+        let parsed: Vec<TrustedIssuer> =
+            cli.args.trust_issuers.iter().map(|f| TrustedIssuer::parse_flag(f).unwrap()).collect();
+        assert_eq!(parsed[0].jwks_uri, "http://127.0.0.1:9400/jwks.json");
+        assert_eq!(parsed[1].issuer, "https://as.example");
+        assert!(Cli::try_parse_from(["dev-sts"]).unwrap().args.trust_issuers.is_empty());
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--trust-issuer <ISSUER=JWKS_URL>"), "{help}");
+        assert!(help.contains("this server's own neither"), "{help}");
+    }
 
     #[test]
     fn curl_hint_uses_basic_for_plain_credentials() {

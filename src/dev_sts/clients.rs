@@ -210,6 +210,14 @@ impl Client {
     }
 }
 
+/// How a client authenticated at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
 /// Where a client assertion may be addressed (the endpoint called, the
 /// token endpoint, the issuer), and the time.
 pub(crate) struct AssertionContext<'a> {
@@ -272,6 +280,17 @@ impl Registry {
         params: &Params,
         ctx: &AssertionContext<'_>,
     ) -> Result<&Client, OAuthError> {
+        self.authenticate_by(authorization, params, ctx).map(|(client, _)| client)
+    }
+
+    /// Like [`Registry::authenticate`], also saying how the client
+    /// authenticated (a Txn-Token needs `private_key_jwt`).
+    pub fn authenticate_by(
+        &self,
+        authorization: Option<&[u8]>,
+        params: &Params,
+        ctx: &AssertionContext<'_>,
+    ) -> Result<(&Client, AuthMethod), OAuthError> {
         let form_id = params.one("client_id")?;
         let form_secret = params.one("client_secret")?;
         let assertion = params.one("client_assertion")?;
@@ -285,14 +304,16 @@ impl Registry {
             if form_id.is_some_and(|f| f != id) {
                 return Err(OAuthError::InvalidClient("client_id does not match the Basic credentials"));
             }
-            return self.check_secret(&id, &secret);
+            return self.check_secret(&id, &secret).map(|c| (c, AuthMethod::ClientSecretBasic));
         }
         if let Some(secret) = form_secret {
             let id = form_id.ok_or(OAuthError::InvalidClient("client_secret without client_id"))?;
-            return self.check_secret(id, secret);
+            return self.check_secret(id, secret).map(|c| (c, AuthMethod::ClientSecretPost));
         }
         match (assertion, assertion_type) {
-            (Some(a), Some(JWT_BEARER)) => self.check_assertion(a, form_id, ctx),
+            (Some(a), Some(JWT_BEARER)) => {
+                self.check_assertion(a, form_id, ctx).map(|c| (c, AuthMethod::PrivateKeyJwt))
+            }
             (Some(_), Some(_)) => Err(OAuthError::InvalidClient("unsupported client_assertion_type")),
             (Some(_), None) => Err(OAuthError::InvalidRequest("client_assertion without client_assertion_type".into())),
             (None, Some(_)) => Err(OAuthError::InvalidRequest("client_assertion_type without client_assertion".into())),

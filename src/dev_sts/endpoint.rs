@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use super::clients::AssertionContext;
 use super::token::{self, CLIENT_CREDENTIALS, TOKEN_EXCHANGE};
-use super::{dpop, unix_now, State};
+use super::txn::{self, TXN_TOKEN_TYPE};
+use super::{assertion, dpop, unix_now, State, JWT_BEARER_GRANT};
 use crate::dpop::ProofError;
 use crate::proxy::server::Handler;
 use crate::proxy::Body;
@@ -30,6 +31,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum OAuthError {
     InvalidRequest(String),
     InvalidClient(&'static str),
+    /// An authenticated client that may not use this grant or token type.
+    UnauthorizedClient(&'static str),
     InvalidGrant(&'static str),
     InvalidScope(String),
     InvalidTarget(String),
@@ -50,6 +53,7 @@ impl OAuthError {
         match self {
             OAuthError::InvalidRequest(_) | OAuthError::TooLarge => "invalid_request",
             OAuthError::InvalidClient(_) => "invalid_client",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
             OAuthError::InvalidGrant(_) => "invalid_grant",
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::InvalidTarget(_) => "invalid_target",
@@ -68,6 +72,7 @@ impl OAuthError {
             OAuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             OAuthError::InvalidRequest(_)
+            | OAuthError::UnauthorizedClient(_)
             | OAuthError::InvalidGrant(_)
             | OAuthError::InvalidScope(_)
             | OAuthError::InvalidTarget(_)
@@ -80,8 +85,10 @@ impl OAuthError {
     pub(crate) fn description(&self) -> &str {
         match self {
             OAuthError::InvalidRequest(d) | OAuthError::InvalidScope(d) | OAuthError::InvalidTarget(d) => d,
-            OAuthError::InvalidClient(d) | OAuthError::InvalidGrant(d) => d,
-            OAuthError::UnsupportedGrantType => "supported: client_credentials, token exchange (RFC 8693)",
+            OAuthError::InvalidClient(d) | OAuthError::UnauthorizedClient(d) | OAuthError::InvalidGrant(d) => d,
+            OAuthError::UnsupportedGrantType => {
+                "supported: client_credentials, token exchange (RFC 8693, also for Txn-Tokens), and jwt-bearer (RFC 7523) when issuers are trusted (--trust-issuer)"
+            }
             OAuthError::TooLarge => "request body too large",
             OAuthError::Unavailable => "too many live revoked tokens; retry later",
             OAuthError::ServerError => "internal error",
@@ -235,33 +242,41 @@ impl State {
         let now = unix_now();
         let audiences = [self.token_endpoint.as_str(), self.issuer.as_str()];
         let ctx = AssertionContext { audiences: &audiences, now };
-        let client = self.clients.authenticate(form.authorization.as_deref(), params, &ctx)?;
+        let (client, method) = self.clients.authenticate_by(form.authorization.as_deref(), params, &ctx)?;
+        let grant = params.one("grant_type");
+        let txn = grant == Ok(Some(TOKEN_EXCHANGE)) && params.one("requested_token_type") == Ok(Some(TXN_TOKEN_TYPE));
         // After client authentication: an anonymous caller learns nothing.
         let jkt = match proof.map_err(OAuthError::InvalidDpopProof)? {
+            Some(_) if txn => return Err(OAuthError::InvalidRequest("a Txn-Token is not sender-constrained".into())),
             Some(p) => Some(self.dpop.check(&p, &self.token_endpoint)?),
             None => None,
         };
         let jkt = jkt.as_deref();
-        let grant =
-            params.one("grant_type")?.ok_or_else(|| OAuthError::InvalidRequest("grant_type is required".into()))?;
-        let issued = match grant {
-            CLIENT_CREDENTIALS => token::client_credentials(self, client, params, now, jkt)?,
-            TOKEN_EXCHANGE => token::token_exchange(self, client, params, now, jkt)?,
+        let grant = grant?.ok_or_else(|| OAuthError::InvalidRequest("grant_type is required".into()))?;
+        let (issued, label) = match grant {
+            CLIENT_CREDENTIALS => (token::client_credentials(self, client, params, now, jkt)?, "client_credentials"),
+            TOKEN_EXCHANGE if txn => (txn::txn_token(self, client, method, params, now)?, "txn_token"),
+            TOKEN_EXCHANGE => (token::token_exchange(self, client, params, now, jkt)?, "token_exchange"),
+            JWT_BEARER_GRANT => match &self.trusted {
+                Some(trusted) => (assertion::jwt_bearer(self, trusted, client, params, now, jkt).await?, "jwt_bearer"),
+                None => return Err(OAuthError::UnsupportedGrantType),
+            },
             _ => return Err(OAuthError::UnsupportedGrantType),
         };
         tracing::info!(
             client_id = %client.id,
-            grant = if grant == TOKEN_EXCHANGE { "token_exchange" } else { "client_credentials" },
+            grant = label,
             sub = %issued.sub,
             aud = %issued.aud.join(" "),
             scope = %issued.scope.join(" "),
             expires_in = issued.expires_in,
             dpop_jkt = jkt.unwrap_or("-"),
+            detail = issued.detail.as_deref().unwrap_or("-"),
             "dev-sts: token issued"
         );
         let mut answer = json!({
             "access_token": issued.access_token,
-            "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
+            "token_type": issued.token_type,
             "expires_in": issued.expires_in,
         });
         if let Some(m) = answer.as_object_mut() {

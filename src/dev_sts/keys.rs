@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 
 use super::DevStsError;
 
+/// `typ` of the access tokens this server issues (RFC 9068 §2.1).
+const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
 /// The server's signing key: signs the access tokens it issues and verifies
 /// the subject and actor tokens presented back to it.
 pub(crate) struct SigningKey {
@@ -125,7 +128,7 @@ impl SigningKey {
 
     /// A compact JWS with `typ: at+jwt` (RFC 9068) and this key's `kid`.
     pub fn sign(&self, claims: &Value) -> Result<String, DevStsError> {
-        self.sign_typed(claims, "at+jwt")
+        self.sign_typed(claims, ACCESS_TOKEN_TYP)
     }
 
     /// A compact JWS with the given `typ` (e.g. `secevent+jwt`, RFC 8417
@@ -137,8 +140,9 @@ impl SigningKey {
         jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| DevStsError::Sign(e.to_string()))
     }
 
-    /// Verifies one of this server's own tokens: signature, `iss`, and an
-    /// `exp` strictly in the future (no leeway). Returns the claims.
+    /// Verifies one of this server's own access tokens: `typ: at+jwt` (not
+    /// a Txn-Token or a SET it signed), signature, `iss`, and an `exp`
+    /// strictly in the future (no leeway). Returns the claims.
     pub fn verify_own(&self, token: &str, issuer: &str, now: u64) -> Option<Value> {
         let mut v = Validation::new(self.alg);
         v.leeway = 0;
@@ -146,6 +150,9 @@ impl SigningKey {
         v.set_issuer(&[issuer]);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         let data = jsonwebtoken::decode::<Value>(token, &self.decoding, &v).ok()?;
+        if data.header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return None;
+        }
         let exp = data.claims.get("exp").and_then(Value::as_u64)?;
         (exp > now).then_some(data.claims)
     }
@@ -209,6 +216,9 @@ mod tests {
         assert!(key.verify_own(&token, "http://as", 4_000_000_000).is_none(), "exp must be in the future");
         let other = SigningKey::generate().unwrap();
         assert!(other.verify_own(&token, "http://as", 1).is_none(), "foreign signature");
+        let claims = json!({"iss": "http://as", "sub": "alice", "exp": 4_000_000_000u64});
+        let txn = key.sign_typed(&claims, "txntoken+jwt").unwrap();
+        assert!(key.verify_own(&txn, "http://as", 1).is_none(), "only access tokens");
     }
 
     #[test]

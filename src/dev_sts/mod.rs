@@ -2,14 +2,17 @@
 //! work, the `tokex demo` walkthrough and tests: never put it in front of
 //! real users. It keeps no state across restarts (a fresh signing key per
 //! start unless a key file is given), knows its clients from flags or a
-//! small YAML file, and trusts only tokens it issued itself.
+//! small YAML file, and trusts only tokens it issued itself, and the JWTs of
+//! the issuers it is told to trust for the jwt-bearer grant.
 //!
 //! Endpoints:
-//! - `POST /token`: `client_credentials` (RFC 6749 §4.4) and token exchange
-//!   (RFC 8693), with `client_secret_basic`, `client_secret_post` and
-//!   `private_key_jwt` (RFC 7523) client authentication. Issues JWT access
-//!   tokens (RFC 9068: `typ: at+jwt`, `kid`; claims `iss sub aud scope
-//!   client_id iat exp jti`, `act` for delegation, and `cnf` for DPoP).
+//! - `POST /token`: `client_credentials` (RFC 6749 §4.4), token exchange
+//!   (RFC 8693; also for Transaction Tokens, `txn.rs`) and, with trusted
+//!   issuers, the JWT bearer grant (RFC 7523 §2.1, `assertion.rs`), with
+//!   `client_secret_basic`, `client_secret_post` and `private_key_jwt` (RFC
+//!   7523) client authentication. Issues JWT access tokens (RFC 9068: `typ:
+//!   at+jwt`, `kid`; claims `iss sub aud scope client_id iat exp jti`, `act`
+//!   for delegation, and `cnf` for DPoP), and Txn-Tokens (`txntoken+jwt`).
 //! - `POST /mint`: a user (subject) token for any `sub`, `aud`, `scope`
 //!   and lifetime, for a caller authenticated as any registered client, so
 //!   the gateway can be tried by hand with curl (`tokex dev-sts mint`);
@@ -36,6 +39,49 @@
 //! kept. A subject `may_act` claim restricts who may be the actor (§4.4).
 //! A revoked subject or actor token, and a subject token of a revoked
 //! subject issued at or before the revocation, are refused (`invalid_grant`).
+//! With `requested_token_type=urn:ietf:params:oauth:token-type:jwt` the
+//! token is the same JWT, named as such; its `aud` may be another
+//! authorization server's issuer (identity chaining, below).
+//!
+//! Transaction Tokens (draft-ietf-oauth-transaction-tokens-10, `txn.rs`):
+//! token exchange with `requested_token_type` [`TXN_TOKEN_TYPE`] issues a
+//! Txn-Token, only to a client authenticated with `private_key_jwt`
+//! (`400 unauthorized_client` otherwise: no mTLS on this plain-HTTP server).
+//! `subject_token` is checked as for exchange; exactly one `audience` (the
+//! trust domain, allowed for the client), no `resource`, no `actor_token`,
+//! no `DPoP` proof (`invalid_request`: a Txn-Token is not
+//! sender-constrained); `scope` optional, each allowed for the client and,
+//! when the subject token has a scope, held by it (`invalid_scope`);
+//! `request_context` / `request_details` optional JSON objects of at most
+//! [`MAX_CONTEXT_BYTES`] (`invalid_request`). The token: header `typ:
+//! txntoken+jwt`, `kid`; claims `iss iat exp aud txn sub`, `scope` when
+//! any, `rctx` = the request context and `tctx` = the request details as
+//! given; `exp` at most [`MAX_TXN_TOKEN_LIFETIME`] (and the server's token
+//! lifetime) ahead and never after the subject token's; `txn` 128 random
+//! bits. Answered `token_type: N_A`, `issued_token_type` the Txn-Token
+//! type. A Txn-Token is not an access token: it is refused as a subject or
+//! actor token.
+//!
+//! JWT bearer grant (RFC 7523, `assertion.rs`, `trusted.rs`), for identity
+//! chaining across trust domains (draft-ietf-oauth-identity-chaining): with
+//! [`DevStsConfig::trusted_issuers`] (`--trust-issuer ISSUER=JWKS_URL`),
+//! `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` and an
+//! `assertion` JWT is accepted when: its `alg` is asymmetric
+//! ([`ASSERTION_GRANT_ALGS`]; never HMAC or `none`), its `iss` is a trusted
+//! issuer (this server's own issuer only when listed), its signature
+//! verifies with the key of that issuer's JWK Set named by `kid` (fetched
+//! with a [`JWKS_FETCH_TIMEOUT`] timeout, at most [`MAX_JWKS_BYTES`], cached
+//! [`JWKS_CACHE_TTL`], fetched again for an unknown `kid` at most once per
+//! [`JWKS_REFETCH_INTERVAL`]), its `aud` names this issuer or its token
+//! endpoint, `exp` is present and not past, `nbf` / `iat` not ahead (5 s
+//! leeway), `sub` is present, and it was not revoked here. Any failure is
+//! `400 invalid_grant` naming the check. The access token is shaped like an
+//! exchange's: the assertion's `sub`, `aud` / `resource` allowed for the
+//! client, scopes allowed for the client and held by the assertion when it
+//! has a `scope` (nothing requested: its scopes the client may hold), the
+//! assertion's `act` kept, no later expiry than the assertion's, `cnf` with
+//! a DPoP proof; no `issued_token_type`. Without trusted issuers the grant
+//! is not advertised and answered `unsupported_grant_type`.
 //!
 //! DPoP (RFC 9449, `dpop.rs`): a token request may carry one `DPoP` proof
 //! header, checked after client authentication: `typ`, an algorithm of
@@ -46,8 +92,9 @@
 //! 5 s ahead, and a `jti` not seen before (a replay cache of 100 000
 //! proofs, refusing more when full). A failing proof is answered
 //! `400 invalid_dpop_proof`. A good one binds the token issued, by
-//! `client_credentials` or token exchange alike, to the proof's key (`cnf:
-//! {jkt}`), answered as `token_type: DPoP`; without a proof nothing changes
+//! `client_credentials`, token exchange or jwt-bearer alike, to the proof's
+//! key (`cnf: {jkt}`), answered as `token_type: DPoP` (a Txn-Token request
+//! with a proof is refused, see above); without a proof nothing changes
 //! (`Bearer`, no `cnf`). A DPoP-bound subject token is exchanged like any
 //! other (its possession is not checked here, and its `cnf` is not carried
 //! over): the new token is bound to the requester's proof key, if any.
@@ -72,6 +119,7 @@
 //! # Ok(()) }
 //! ```
 
+mod assertion;
 pub mod cli;
 mod clients;
 mod dpop;
@@ -85,6 +133,8 @@ mod revoke;
 pub mod revoke_cli;
 mod ssf;
 mod token;
+mod trusted;
+mod txn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +147,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use assertion::{ASSERTION_GRANT_ALGS, ASSERTION_GRANT_LEEWAY, JWT_BEARER_GRANT};
 pub use clients::{ClientSpec, JWT_BEARER};
 pub use dpop::{NONCE_LIFETIME, PROOF_LEEWAY, PROOF_MAX_AGE, REPLAY_CACHE_ENTRIES, SIGNING_ALGS as DPOP_SIGNING_ALGS};
 pub use emit::{MAX_RECEIVER_ANSWER_BYTES, PUSH_TIMEOUT};
@@ -105,11 +156,14 @@ pub use mint::{DEFAULT_MINT_LIFETIME, MAX_MINT_LIFETIME};
 pub use revoke::{RevocationRecord, MAX_REVOKED_SUBJECTS, MAX_REVOKED_TOKENS};
 pub use ssf::{SecurityEvent, SubjectFormat, UnknownName, SET_TYP};
 pub use token::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE};
+pub use trusted::{TrustedIssuer, JWKS_CACHE_TTL, JWKS_FETCH_TIMEOUT, JWKS_REFETCH_INTERVAL, MAX_JWKS_BYTES};
+pub use txn::{MAX_CONTEXT_BYTES, MAX_TXN_TOKEN_LIFETIME, TXN_TOKEN_TYP, TXN_TOKEN_TYPE};
 
 use crate::proxy::server::{serve, Limits, Listening, Phase};
 use clients::Registry;
 use keys::SigningKey;
 use revoke::Revocations;
+use trusted::TrustedIssuers;
 
 /// Settings of the development authorization server.
 #[derive(Clone, Debug)]
@@ -123,11 +177,21 @@ pub struct DevStsConfig {
     /// A PKCS#8 PEM signing key (EC P-256 → ES256, EC P-384 → ES384,
     /// RSA → RS256); default a fresh P-256 key per start.
     pub key_file: Option<PathBuf>,
+    /// Issuers whose JWTs are accepted as `jwt-bearer` grants (RFC 7523).
+    /// None by default, this server's own issuer included: with none the
+    /// grant is not offered.
+    pub trusted_issuers: Vec<TrustedIssuer>,
 }
 
 impl Default for DevStsConfig {
     fn default() -> Self {
-        DevStsConfig { issuer: None, clients: Vec::new(), expires_in: Duration::from_secs(60), key_file: None }
+        DevStsConfig {
+            issuer: None,
+            clients: Vec::new(),
+            expires_in: Duration::from_secs(60),
+            key_file: None,
+            trusted_issuers: Vec::new(),
+        }
     }
 }
 
@@ -147,6 +211,8 @@ pub enum DevStsError {
     Bind(std::io::Error),
     #[error("cannot sign a token: {0}")]
     Sign(String),
+    #[error("trusted issuer: {0}")]
+    TrustedIssuer(String),
 }
 
 /// Shared state of a running server (the request handler).
@@ -166,8 +232,12 @@ pub(crate) struct State {
     dpop: dpop::DpopState,
     key: SigningKey,
     clients: Registry,
+    /// Issuers of `jwt-bearer` assertions; `None` when none is trusted.
+    trusted: Option<TrustedIssuers>,
     expires_in: Duration,
     exchanges: AtomicU64,
+    txn_tokens: AtomicU64,
+    jwt_bearer_grants: AtomicU64,
     jwks: String,
     metadata: String,
 }
@@ -207,6 +277,7 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         None => SigningKey::generate()?,
     };
     let clients = Registry::new(cfg.clients)?;
+    let trusted = TrustedIssuers::new(&cfg.trusted_issuers)?;
     let token_endpoint = format!("{issuer}/token");
     let mint_endpoint = format!("{issuer}/mint");
     let revocation_endpoint = format!("{issuer}/revoke");
@@ -216,11 +287,15 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
     let mut scopes: Vec<&str> = clients.iter().flat_map(|c| c.listed_scopes()).collect();
     scopes.sort_unstable();
     scopes.dedup();
+    let mut grants = vec![TOKEN_EXCHANGE, token::CLIENT_CREDENTIALS];
+    if trusted.is_some() {
+        grants.push(JWT_BEARER_GRANT);
+    }
     let metadata = json!({
         "issuer": issuer,
         "token_endpoint": token_endpoint,
         "jwks_uri": jwks_uri,
-        "grant_types_supported": [TOKEN_EXCHANGE, token::CLIENT_CREDENTIALS],
+        "grant_types_supported": grants,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": keys::ASSERTION_ALGS,
         "revocation_endpoint": revocation_endpoint,
@@ -243,8 +318,11 @@ pub async fn start(cfg: DevStsConfig, listener: TcpListener) -> Result<DevSts, D
         dpop: dpop::DpopState::default(),
         key,
         clients,
+        trusted,
         expires_in: cfg.expires_in,
         exchanges: AtomicU64::new(0),
+        txn_tokens: AtomicU64::new(0),
+        jwt_bearer_grants: AtomicU64::new(0),
         jwks,
         metadata,
     });
@@ -362,9 +440,20 @@ impl DevSts {
         self.state.dpop.nonce_challenges()
     }
 
-    /// Successful token exchanges so far (client_credentials not counted).
+    /// Successful token exchanges so far (client_credentials, Txn-Tokens
+    /// and jwt-bearer grants not counted).
     pub fn exchange_count(&self) -> u64 {
         self.state.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// Txn-Tokens issued so far.
+    pub fn txn_token_count(&self) -> u64 {
+        self.state.txn_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Access tokens issued for `jwt-bearer` assertions so far.
+    pub fn jwt_bearer_count(&self) -> u64 {
+        self.state.jwt_bearer_grants.load(Ordering::Relaxed)
     }
 
     /// The JWK Set served at `/jwks.json`.

@@ -1,6 +1,7 @@
-//! The two grants (`client_credentials` and RFC 8693 token exchange) and
-//! the pure rules they apply: audience checks, scope narrowing, `act`
-//! nesting, and the claims of an issued token.
+//! The two basic grants (`client_credentials` and RFC 8693 token exchange)
+//! and the rules they share with the Txn-Token (`txn.rs`) and jwt-bearer
+//! (`assertion.rs`) grants: subject-token checks, audience checks, scope
+//! narrowing, `act` nesting, and the claims of an issued token.
 
 use std::sync::atomic::Ordering;
 
@@ -24,11 +25,24 @@ pub(crate) struct Issued {
     pub access_token: String,
     /// Only for token exchange (RFC 8693 §2.2.1).
     pub issued_token_type: Option<&'static str>,
+    /// `Bearer`, `DPoP` (bound to the proof's key) or `N_A` (a Txn-Token).
+    pub token_type: &'static str,
     pub expires_in: u64,
     pub scope: Vec<String>,
     /// For the log line.
     pub sub: String,
     pub aud: Vec<String>,
+    /// A grant's own note for the log line (never a token).
+    pub detail: Option<String>,
+}
+
+/// `token_type` of an access token: `DPoP` when bound to a proof's key.
+pub(crate) fn token_type(jkt: Option<&str>) -> &'static str {
+    if jkt.is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
 }
 
 /// `client_credentials` (RFC 6749 §4.4): a token for the client itself,
@@ -56,7 +70,16 @@ pub(crate) fn client_credentials(
     let mut claims = build_claims(&state.issuer, &client.id, &aud, &scope, Some(&client.id), now, exp, None);
     bind(&mut claims, jkt);
     let access_token = state.key.sign(&claims).map_err(|_| OAuthError::ServerError)?;
-    Ok(Issued { access_token, issued_token_type: None, expires_in: exp - now, scope, sub: client.id.clone(), aud })
+    Ok(Issued {
+        access_token,
+        issued_token_type: None,
+        token_type: token_type(jkt),
+        expires_in: exp - now,
+        scope,
+        sub: client.id.clone(),
+        aud,
+        detail: None,
+    })
 }
 
 /// RFC 8693 token exchange. The subject (and actor) token must be one of
@@ -74,12 +97,7 @@ pub(crate) fn token_exchange(
     now: u64,
     jkt: Option<&str>,
 ) -> Result<Issued, OAuthError> {
-    let required =
-        |name: &'static str| params.one(name)?.ok_or_else(|| OAuthError::InvalidRequest(format!("{name} is required")));
-    let subject_token = required("subject_token")?;
-    if !TOKEN_TYPES.contains(&required("subject_token_type")?) {
-        return Err(OAuthError::InvalidRequest("unsupported subject_token_type".into()));
-    }
+    let subject_token = subject_param(params)?;
     let actor_token = match (params.one("actor_token")?, params.one("actor_token_type")?) {
         (Some(t), Some(ty)) if TOKEN_TYPES.contains(&ty) => Some(t),
         (Some(_), Some(_)) => return Err(OAuthError::InvalidRequest("unsupported actor_token_type".into())),
@@ -95,10 +113,7 @@ pub(crate) fn token_exchange(
         Some(_) => return Err(OAuthError::InvalidRequest("unsupported requested_token_type".into())),
     };
 
-    let subject = state
-        .key
-        .verify_own(subject_token, &state.issuer, now)
-        .ok_or(OAuthError::InvalidGrant("subject_token is not a valid, unexpired token of this server"))?;
+    let subject = check_subject(state, subject_token, now)?;
     let actor = match actor_token {
         Some(t) => Some(
             state
@@ -108,19 +123,10 @@ pub(crate) fn token_exchange(
         ),
         None => None,
     };
-    let sub = subject.get("sub").and_then(Value::as_str).ok_or(OAuthError::InvalidGrant("subject_token has no sub"))?;
-    if state.revocations.token_revoked(subject_token) {
-        return Err(OAuthError::InvalidGrant("subject_token was revoked"));
-    }
-    if let Some(at) = state.revocations.subject_revoked_at(sub) {
-        // No `iat` counts as issued before any revocation.
-        if subject.get("iat").and_then(Value::as_u64).unwrap_or(0) <= at {
-            return Err(OAuthError::InvalidGrant("subject's session was revoked"));
-        }
-    }
     if actor_token.is_some_and(|t| state.revocations.token_revoked(t)) {
         return Err(OAuthError::InvalidGrant("actor_token was revoked"));
     }
+    let (sub, subject) = (subject.sub.as_str(), &subject.claims);
     let actor_sub = match &actor {
         Some(a) => {
             Some(a.get("sub").and_then(Value::as_str).ok_or(OAuthError::InvalidGrant("actor_token has no sub"))?)
@@ -133,10 +139,8 @@ pub(crate) fn token_exchange(
 
     let aud = targets(client, params)?;
     let held = scope_list(subject.get("scope"));
-    let scope = narrow_scopes(requested_scopes(params)?, &held, |s| client.allows_scope(s)).map_err(|r| match r {
-        ScopeRefusal::NotHeld(s) => OAuthError::InvalidScope(format!("scope {s} is not held by the subject token")),
-        ScopeRefusal::NotAllowed(s) => OAuthError::InvalidScope(format!("scope {s} is not allowed for this client")),
-    })?;
+    let scope = narrow_scopes(requested_scopes(params)?, &held, |s| client.allows_scope(s))
+        .map_err(|r| r.into_error("the subject token"))?;
     let act = match actor_sub {
         Some(a) => Some(nest_act(a, subject.get("act").cloned())),
         // Impersonation of an already-delegated token keeps its delegation chain.
@@ -151,17 +155,59 @@ pub(crate) fn token_exchange(
     Ok(Issued {
         access_token,
         issued_token_type: Some(issued_token_type),
+        token_type: token_type(jkt),
         expires_in: exp.saturating_sub(now),
         scope,
         sub: sub.to_owned(),
         aud,
+        detail: None,
     })
+}
+
+/// The `subject_token` of an RFC 8693 request (token exchange, a
+/// Txn-Token), with a `subject_token_type` this server issues.
+pub(crate) fn subject_param(params: &Params) -> Result<&str, OAuthError> {
+    let required =
+        |name: &'static str| params.one(name)?.ok_or_else(|| OAuthError::InvalidRequest(format!("{name} is required")));
+    let subject_token = required("subject_token")?;
+    if !TOKEN_TYPES.contains(&required("subject_token_type")?) {
+        return Err(OAuthError::InvalidRequest("unsupported subject_token_type".into()));
+    }
+    Ok(subject_token)
+}
+
+/// A subject token that passed [`check_subject`]: its claims and `sub`.
+pub(crate) struct Subject {
+    pub claims: Value,
+    pub sub: String,
+}
+
+/// A subject token must be one of this server's own valid, unexpired
+/// access tokens, not revoked, and not issued at or before a revocation
+/// of its subject (`invalid_grant` otherwise).
+pub(crate) fn check_subject(state: &State, subject_token: &str, now: u64) -> Result<Subject, OAuthError> {
+    let claims = state
+        .key
+        .verify_own(subject_token, &state.issuer, now)
+        .ok_or(OAuthError::InvalidGrant("subject_token is not a valid, unexpired token of this server"))?;
+    let sub = claims.get("sub").and_then(Value::as_str).ok_or(OAuthError::InvalidGrant("subject_token has no sub"))?;
+    if state.revocations.token_revoked(subject_token) {
+        return Err(OAuthError::InvalidGrant("subject_token was revoked"));
+    }
+    if let Some(at) = state.revocations.subject_revoked_at(sub) {
+        // No `iat` counts as issued before any revocation.
+        if claims.get("iat").and_then(Value::as_u64).unwrap_or(0) <= at {
+            return Err(OAuthError::InvalidGrant("subject's session was revoked"));
+        }
+    }
+    let sub = sub.to_owned();
+    Ok(Subject { claims, sub })
 }
 
 /// The requested audiences and resources (RFC 8693 §2.1, RFC 8707), in
 /// order, without repeats; each must be allowed for the client. None
 /// requested → the client's listed audiences.
-fn targets(client: &Client, params: &Params) -> Result<Vec<String>, OAuthError> {
+pub(crate) fn targets(client: &Client, params: &Params) -> Result<Vec<String>, OAuthError> {
     let mut out: Vec<String> = Vec::new();
     for a in params.all("audience") {
         if !out.iter().any(|o| o == a) {
@@ -196,7 +242,7 @@ fn shorten(s: &str) -> String {
 
 /// The `scope` parameter as a list (space-delimited, RFC 6749 §3.3), or
 /// `None` when absent or blank.
-fn requested_scopes(params: &Params) -> Result<Option<Vec<String>>, OAuthError> {
+pub(crate) fn requested_scopes(params: &Params) -> Result<Option<Vec<String>>, OAuthError> {
     let Some(raw) = params.one("scope")? else { return Ok(None) };
     let mut out: Vec<String> = Vec::new();
     for s in raw.split(' ').filter(|s| !s.is_empty()) {
@@ -226,6 +272,19 @@ pub(crate) enum ScopeRefusal {
     NotAllowed(String),
 }
 
+impl ScopeRefusal {
+    /// The `invalid_scope` answer; `holder` names the presented token
+    /// ("the subject token", "the assertion").
+    pub(crate) fn into_error(self, holder: &str) -> OAuthError {
+        match self {
+            ScopeRefusal::NotHeld(s) => OAuthError::InvalidScope(format!("scope {s} is not held by {holder}")),
+            ScopeRefusal::NotAllowed(s) => {
+                OAuthError::InvalidScope(format!("scope {s} is not allowed for this client"))
+            }
+        }
+    }
+}
+
 /// Token-exchange scope narrowing: every requested scope must be held by
 /// the subject token and allowed for the client. Nothing requested → the
 /// subject's scopes that the client may hold.
@@ -247,6 +306,27 @@ pub(crate) fn narrow_scopes(
             }
             Ok(requested)
         }
+    }
+}
+
+/// Scopes of a token issued on a user's behalf from a presented token that
+/// may carry no `scope` (a Txn-Token's subject token, a jwt-bearer
+/// assertion): every requested scope must be allowed for the client and,
+/// when the presented token names scopes (`held`), held by it. Nothing
+/// requested → the held scopes that the client may hold (none when the
+/// presented token names none).
+pub(crate) fn delegated_scopes(
+    requested: Option<Vec<String>>,
+    held: Option<&[String]>,
+    allowed: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, ScopeRefusal> {
+    match (held, requested) {
+        (Some(held), requested) => narrow_scopes(requested, held, allowed),
+        (None, None) => Ok(Vec::new()),
+        (None, Some(requested)) => match requested.iter().find(|s| !allowed(s)) {
+            Some(s) => Err(ScopeRefusal::NotAllowed(s.clone())),
+            None => Ok(requested),
+        },
     }
 }
 
@@ -346,6 +426,32 @@ mod tests {
             Err(ScopeRefusal::NotAllowed("profile".into()))
         );
         assert_eq!(narrow_scopes(Some(v(&["x"])), &[], all), Err(ScopeRefusal::NotHeld("x".into())));
+    }
+
+    #[test]
+    fn delegated_scopes_need_the_client_and_any_named_holding() {
+        let only_orders = |s: &str| s.starts_with("orders:");
+        let held = v(&["orders:read", "profile"]);
+        assert_eq!(delegated_scopes(Some(v(&["orders:read"])), Some(&held), only_orders), Ok(v(&["orders:read"])));
+        assert_eq!(delegated_scopes(None, Some(&held), only_orders), Ok(v(&["orders:read"])));
+        assert_eq!(
+            delegated_scopes(Some(v(&["orders:write"])), Some(&held), only_orders),
+            Err(ScopeRefusal::NotHeld("orders:write".into()))
+        );
+        assert_eq!(
+            delegated_scopes(Some(v(&["orders:write"])), None, only_orders),
+            Ok(v(&["orders:write"])),
+            "a token without scope limits nothing"
+        );
+        assert_eq!(
+            delegated_scopes(Some(v(&["orders:read", "admin"])), None, only_orders),
+            Err(ScopeRefusal::NotAllowed("admin".into()))
+        );
+        assert_eq!(delegated_scopes(None, None, only_orders), Ok(vec![]), "nothing requested, nothing named");
+        assert_eq!(
+            ScopeRefusal::NotHeld("x".into()).into_error("the assertion").description(),
+            "scope x is not held by the assertion"
+        );
     }
 
     #[test]

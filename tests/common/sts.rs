@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
-use tokex::dev_sts::{self, ClientSpec, DevSts, DevStsConfig, JWT_BEARER};
+use tokex::dev_sts::{self, ClientSpec, DevSts, DevStsConfig, TrustedIssuer, JWT_BEARER};
 use tokio::net::TcpListener;
 
 use super::{client, now};
@@ -32,6 +32,23 @@ pub async fn start(bot_key_pem: Option<String>, issuer_path: &str, more: &[&str]
     dev_sts::start(DevStsConfig { issuer, clients, ..Default::default() }, listener).await.unwrap()
 }
 
+/// A dev-sts with exactly `clients`, accepting `jwt-bearer` assertions of
+/// `trusted` issuers, issuing tokens for `expires_in`.
+pub async fn start_trusting(
+    clients: Vec<ClientSpec>,
+    trusted: Vec<TrustedIssuer>,
+    expires_in: std::time::Duration,
+) -> DevSts {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = DevStsConfig { clients, trusted_issuers: trusted, expires_in, ..Default::default() };
+    dev_sts::start(cfg, listener).await.unwrap()
+}
+
+/// `sts` as a trusted issuer: its issuer and its JWKS URL.
+pub fn trust(sts: &DevSts) -> TrustedIssuer {
+    TrustedIssuer { issuer: sts.issuer().to_owned(), jwks_uri: sts.jwks_uri() }
+}
+
 pub enum Auth<'a> {
     Basic(&'a str, &'a str),
     Post(&'a str, &'a str),
@@ -46,6 +63,16 @@ pub fn gw() -> Auth<'static> {
 
 /// Posts `form` to `url` with `auth`; the status, headers and body text.
 pub async fn post(url: &str, auth: Auth<'_>, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    post_with(url, auth, form, &[]).await
+}
+
+/// Like [`post`], with extra request headers (e.g. `DPoP`).
+pub async fn post_with(
+    url: &str,
+    auth: Auth<'_>,
+    form: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
     let mut ser = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form {
         ser.append_pair(k, v);
@@ -62,6 +89,9 @@ pub async fn post(url: &str, auth: Auth<'_>, form: &[(&str, &str)]) -> (StatusCo
             ser.append_pair("client_assertion_type", JWT_BEARER).append_pair("client_assertion", &a);
         }
         Auth::None => {}
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = req.body(ser.finish()).send().await.unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
@@ -91,4 +121,11 @@ pub fn signed(key: &[u8], claims: &Value) -> String {
 /// `bot`'s client assertion for `aud`, valid for a minute.
 pub fn assertion(key: &[u8], aud: &str, jti: &str) -> String {
     signed(key, &json!({"iss": "bot", "sub": "bot", "aud": aud, "exp": now() + 60, "jti": jti}))
+}
+
+/// A `private_key_jwt` assertion of client `id` for `aud`, valid for a
+/// minute, with a fresh `jti`.
+pub fn client_assertion(key: &[u8], id: &str, aud: &str) -> String {
+    let jti = format!("{:032x}", fastrand::u128(..));
+    signed(key, &json!({"iss": id, "sub": id, "aud": aud, "exp": now() + 60, "jti": jti}))
 }
