@@ -48,8 +48,8 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
-    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, RFC 7009
-    /// revocation, JWKS, discovery); `dev-sts mint` gets a user token from a running one, `dev-sts
+    /// Run the DEVELOPMENT authorization server alone (RFC 8693, client_credentials, Txn-Tokens,
+    /// RFC 7523 jwt-bearer from trusted issuers, RFC 7009 revocation, JWKS, discovery); `dev-sts mint` gets a user token from a running one, `dev-sts
     /// revoke` revokes a subject there and pushes a Security Event Token to a receiver.
     DevSts(tokex::dev_sts::cli::DevStsArgs),
     /// Purge cached tokens of a running gateway (`POST /cache/purge` on its admin listener):

@@ -6,6 +6,7 @@
 mod common;
 
 mod chain;
+mod flows;
 mod mcp;
 mod metadata;
 mod txn;
