@@ -2,8 +2,10 @@
 //! development authorization server, an echo backend that shows what it
 //! received, a backend that takes only DPoP-bound tokens (`secure.rs`), and
 //! the gateway with a built-in configuration — followed by a walkthrough
-//! printed side by side. `--serve` keeps it running.
+//! printed side by side, then an MCP client's discovery and a Transaction
+//! Token route (`agents.rs`). `--serve` keeps it running.
 
+mod agents;
 mod secure;
 
 use std::net::SocketAddr;
@@ -86,12 +88,21 @@ impl Echo {
             Some(t) => (unverified::claims_json(t), self.verifier.claims(t).is_some()),
             None => (None, false),
         };
+        // A Transaction Token (`auth: transaction_token` routes).
+        let txn = req.headers().get("txn-token").and_then(|v| v.to_str().ok()).map(|t| {
+            json!({
+                "typ": jsonwebtoken::decode_header(t).ok().and_then(|h| h.typ),
+                "claims": unverified::claims_json(t),
+                "verified": self.verifier.claims(t).is_some(),
+            })
+        });
         json!({
             "path": req.uri().path(),
             "received_token": token.is_some(),
             "signature_verified": verified,
             "claims": claims,
             "headers": headers,
+            "txn": txn,
         })
     }
 }
@@ -123,6 +134,8 @@ pub struct Demo {
     secure: Arc<secure::Secure>,
     backend_stop: watch::Sender<Phase>,
     backend_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// tokex's private_key_jwt key for the Txn-Token service (removed at stop).
+    key_dir: std::path::PathBuf,
 }
 
 async fn bind() -> Result<TcpListener, DemoError> {
@@ -131,13 +144,14 @@ async fn bind() -> Result<TcpListener, DemoError> {
 
 /// Starts the dev authorization server, the echo backend and the gateway.
 pub async fn start() -> Result<Demo, DemoError> {
+    let txn_key = agents::TxnKey::new()?;
     let clients = vec![
         ClientSpec {
             id: GATEWAY_CLIENT.into(),
             secret: Some(GATEWAY_SECRET.into()),
             public_key_pem: None,
-            audiences: vec!["orders-api".into(), "billing-api".into(), "secure-api".into()],
-            scopes: vec!["orders:read".into(), "orders:write".into(), "billing:read".into()],
+            audiences: vec!["orders-api".into(), "billing-api".into(), "secure-api".into(), "files-api".into()],
+            scopes: vec!["orders:read".into(), "orders:write".into(), "billing:read".into(), "files:read".into()],
         },
         ClientSpec {
             id: CLI_CLIENT.into(),
@@ -145,6 +159,22 @@ pub async fn start() -> Result<Demo, DemoError> {
             public_key_pem: None,
             audiences: vec!["tokex".into()],
             scopes: BROAD_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        // An AI agent with a token of its own for the MCP server (step 8).
+        ClientSpec {
+            id: agents::AGENT_CLIENT.into(),
+            secret: Some(agents::AGENT_SECRET.into()),
+            public_key_pem: None,
+            audiences: vec![agents::MCP_RESOURCE.into()],
+            scopes: vec!["files:read".into()],
+        },
+        // tokex at the Txn-Token service: private_key_jwt (mutual authentication).
+        ClientSpec {
+            id: agents::TXN_CLIENT.into(),
+            secret: None,
+            public_key_pem: Some(txn_key.public_pem.clone()),
+            audiences: vec![agents::TRUST_DOMAIN.into()],
+            scopes: vec!["orders:read".into()],
         },
     ];
     let sts_cfg = DevStsConfig { issuer: None, clients, expires_in: Duration::from_secs(60), ..Default::default() };
@@ -183,6 +213,10 @@ authorization_servers:
     client_auth: {{ method: client_secret_basic, client_id: {GATEWAY_CLIENT}, client_secret: {GATEWAY_SECRET} }}
     timeout: 2s
     dpop: {{}}
+  txn:
+    token_endpoint: {token_endpoint}
+    client_auth: {{ method: private_key_jwt, client_id: {txn_client}, private_key_file: "{txn_key_file}" }}
+    timeout: 2s
 routes:
   - name: orders
     match: {{ path_prefix: /orders }}
@@ -200,7 +234,7 @@ routes:
     match: {{ path_prefix: /secure }}
     upstream: http://{secure_backend}
     exchange: {{ authorization_server: {DPOP_SERVER}, audience: [secure-api], scope: [orders:read] }}
-  - name: health
+{agent_routes}  - name: health
     match: {{ path: /health }}
     upstream: http://{backend}
     auth: none
@@ -214,10 +248,13 @@ revocation:
         token_endpoint = sts.token_endpoint(),
         issuer = sts.issuer(),
         jwks_uri = sts.jwks_uri(),
+        txn_client = agents::TXN_CLIENT,
+        txn_key_file = txn_key.file.display(),
+        agent_routes = agents::routes(&backend.to_string(), sts.issuer()),
     );
     let config = crate::config::parse(&yaml).map_err(|e| DemoError::Setup(format!("built-in config: {e}")))?;
     let gateway = crate::app::start(config).await.map_err(|e| DemoError::Setup(e.to_string()))?;
-    Ok(Demo { sts, backend, secure_backend, gateway, secure, backend_stop, backend_tasks })
+    Ok(Demo { sts, backend, secure_backend, gateway, secure, backend_stop, backend_tasks, key_dir: txn_key.dir })
 }
 
 impl Demo {
@@ -228,6 +265,7 @@ impl Demo {
             let _ = task.await;
         }
         self.sts.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.key_dir);
     }
 }
 
@@ -296,8 +334,12 @@ pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     out.push_str("     /orders  -> audience orders-api,  scope orders:read\n");
     out.push_str("     /billing -> audience billing-api, scope billing:read, actor agent-7 (delegation)\n");
     out.push_str(
-        "     /secure  -> audience secure-api,  scope orders:read, DPoP-bound to tokex's key (DPoP backend)\n\n",
+        "     /secure  -> audience secure-api,  scope orders:read, DPoP-bound to tokex's key (DPoP backend)\n",
     );
+    out.push_str(
+        "     /mcp     -> audience files-api,   scope files:read, described by RFC 9728 metadata (an MCP server)\n",
+    );
+    out.push_str("     /internal -> a Transaction Token per request for the trust domain demo.internal\n\n");
     out.push_str(&format!(
         "1. alice holds a broad token: sub alice, aud tokex, scope \"{}\", expires in 3600 s\n\n",
         BROAD_SCOPES.join(" ")
@@ -341,6 +383,10 @@ pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     out.push_str(&format!("     WWW-Authenticate: {}\n\n", challenge.as_deref().unwrap_or("-")));
     step += 1;
     secure::walkthrough_step(demo, &client, &gw, &broad, step, &mut out).await?;
+    step += 1;
+    agents::mcp_step(demo, step, &mut out).await?;
+    step += 1;
+    agents::txn_step(demo, &client, &gw, &broad, step, &mut out).await?;
     step += 1;
     revoke(demo, &client, &gw, &broad, step, &mut out).await?;
     Ok(out)
@@ -414,7 +460,9 @@ pub fn curl_help(demo: &Demo) -> String {
          # 2. call the backend through tokex: it receives a narrowed token\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/orders/1\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/billing/1\n\
-         curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/secure/1   # DPoP: bound to tokex's key, with a proof\n\n\
+         curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/secure/1   # DPoP: bound to tokex's key, with a proof\n\
+         curl -s -H \"Authorization: Bearer $TOKEN\" {gw}/internal/1 # a Transaction Token per request\n\
+         curl -s {gw}/.well-known/oauth-protected-resource/mcp       # the MCP route's RFC 9728 metadata\n\n\
          # 3. errors\n\
          curl -si {gw}/orders/1                       # 401, no token\n\
          curl -si -H 'Authorization: Bearer junk' {gw}/orders/1   # 401 invalid_token\n\

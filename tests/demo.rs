@@ -1,5 +1,6 @@
 //! `tokex demo` prints the walkthrough: narrowed tokens, the cache hit,
-//! the error answers, DPoP-bound tokens and revocation.
+//! the error answers, DPoP-bound tokens, an MCP client's discovery, a
+//! Transaction Token per request and revocation.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -89,8 +90,30 @@ fn demo_walkthrough() {
         )
     );
 
+    // An MCP client's discovery (RFC 9728): 401 → metadata → token for the resource → 200.
+    let mcp = text.split("8. an AI agent calls an MCP server").nth(1).expect("MCP step").split("\n9. ").next().unwrap();
+    assert!(mcp.contains("POST /mcp without a token -> 401\n     WWW-Authenticate: Bearer realm=\"tokex\", resource_metadata=\"http://mcp.demo.test/.well-known/oauth-protected-resource/mcp\", scope=\"files:read\"\n"), "{mcp}");
+    assert!(mcp.contains("GET /.well-known/oauth-protected-resource/mcp -> 200 (RFC 9728): resource http://mcp.demo.test/mcp, authorization server http://127.0.0.1:"), "{mcp}");
+    assert!(
+        mcp.contains("a token for the resource (RFC 8707): aud http://mcp.demo.test/mcp, scope files:read"),
+        "{mcp}"
+    );
+    assert!(
+        mcp.contains("POST /mcp with it -> 200; the MCP server received sub agent-42, aud files-api, scope files:read (verified: yes); the agent's own token: never"),
+        "{mcp}"
+    );
+    // A Transaction Token per request, never cached, no Authorization to the backend.
+    let txn = text.split("9. GET /internal/orders/42").nth(1).expect("txn step").split("\n10. ").next().unwrap();
+    assert!(
+        txn.contains("txn-token: typ txntoken+jwt, sub alice, aud demo.internal, scope orders:read; signature verified: yes; Authorization: none"),
+        "{txn}"
+    );
+    assert!(txn.contains("tctx {\"method\":\"GET\",\"path\":\"/internal/orders/42\"}"), "{txn}");
+    assert!(txn.contains("\"req_ip\":\"127.0.0.1\""), "{txn}");
+    assert!(txn.contains("(one transaction each; never cached: 2 requests to the token service for 2 calls)"), "{txn}");
+
     // Revocation: a signed CAEP event purges alice's tokens; the next call re-exchanges and is refused.
-    let revoked = text.split("8. alice's session is revoked").nth(1).expect("revocation step");
+    let revoked = text.split("10. alice's session is revoked").nth(1).expect("revocation step");
     assert!(revoked.contains("POST /.well-known/ssf/push -> 202 in "), "{revoked}");
     assert!(
         revoked.contains("GET /orders/42 with the same broad token -> 401 (not cached any more: tokex exchanged again, and the authorization server refused)"),
