@@ -14,6 +14,10 @@ saturation rps and CPU/request only, plus the rps scaling over one worker.
 "tokex DPoP hit, ES256|EdDSA (log off)": a hit on a route whose server has `dpop:`
 (the fast AS answers `token_type: DPoP` at /token-dpop), so every request carries a DPoP
 proof tokex signs for it: the per-request signing cost of issue 17.
+"tokex MCP route hit, RFC 9728 (log off)": a hit on a route with `resource_metadata`.
+"tokex Txn-Token per request (log off)": `auth: transaction_token`, the fast AS answering a
+Txn-Token at /token-txn: one token request (with an ES256 private_key_jwt assertion) per
+request, nothing cached (issue 18).
 
 Environment (run.sh sets the tool paths):
   BENCH_SECONDS (5)  ROUNDS (3)  BENCH_QUICK (0)  BENCH_RATE (5000)
@@ -336,6 +340,11 @@ def as_argv():
       default_type application/json;
       return 200 '{answer(ISSUED_TOKEN).replace('"Bearer"', '"DPoP"')}';
     }}
+    location = /token-txn {{
+      if ($request_method != POST) {{ return 405; }}
+      default_type application/json;
+      return 200 '{answer(ISSUED_TOKEN).replace("token-type:access_token", "token-type:txn_token").replace('"Bearer"', '"N_A"')}';
+    }}
     location = /token-jwt {{
       if ($request_method != POST) {{ return 405; }}
       default_type application/json;
@@ -415,6 +424,15 @@ static_resources:
             "--disable-hot-restart", "--use-dynamic-base-id"]
 
 
+def txn_client_key():
+    """tokex's private_key_jwt key at the Txn-Token service (EC P-256, made once)."""
+    path = WORK / "txn-client.pem"
+    if not path.exists():
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", str(path)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path
+
+
 def tokex_conf(name, port, admin, max_entries=200000, token_path="/token"):
     conf = f"""runtime:
   workers: 1
@@ -437,6 +455,9 @@ authorization_servers:
     token_endpoint: http://127.0.0.1:{PORTS['as']}/token-dpop
     client_auth: {{ method: none, client_id: bench }}
     dpop: {{ algorithm: EdDSA }}
+  txn:
+    token_endpoint: http://127.0.0.1:{PORTS['as']}/token-txn
+    client_auth: {{ method: private_key_jwt, client_id: bench, private_key_file: {txn_client_key()} }}
 cache:
   max_entries: {max_entries}
 routes:
@@ -461,6 +482,16 @@ routes:
     match: {{ path_prefix: /dpop-eddsa }}
     upstream: http://127.0.0.1:{PORTS['backend']}
     exchange: {{ authorization_server: dpop_eddsa, audience: [bench-api], max_ttl: 1h }}
+  - name: mcp
+    match: {{ path_prefix: /mcp }}
+    upstream: http://127.0.0.1:{PORTS['backend']}
+    resource_metadata: {{ resource: "http://127.0.0.1:{port}/mcp", authorization_servers: ["http://127.0.0.1:{PORTS['as']}"] }}
+    exchange: {{ authorization_server: fast, audience: [bench-api], scope: [read], max_ttl: 1h }}
+  - name: txn
+    match: {{ path_prefix: /txn }}
+    upstream: http://127.0.0.1:{PORTS['backend']}
+    auth: transaction_token
+    transaction_token: {{ authorization_server: txn, audience: bench.internal, scope: [read] }}
 """
     path = WORK / f"{name}.yaml"
     path.write_text(conf)
@@ -629,6 +660,12 @@ def targets(token, tokens_file, jwt_token="pending"):
             for alg in ("ES256", "EdDSA"):
                 add(f"tokex DPoP hit, {alg}" + sfx, "tokex-dpop", PORTS[tk], f"/dpop-{alg.lower()}/bench", tk,
                     h2port=PORTS[tk], log=tk)
+            # Issue 18: a hit on a route with RFC 9728 metadata (same path as any hit), and
+            # a Txn-Token route (one token request, with a private_key_jwt assertion, per request).
+            add("tokex MCP route hit, RFC 9728" + sfx, "tokex-mcp", PORTS[tk], "/mcp/bench", tk,
+                h2port=PORTS[tk], log=tk)
+            add("tokex Txn-Token per request" + sfx, "tokex-txn", PORTS[tk], "/txn/bench", tk, fixed=False,
+                c1=True, log=tk)
         add("tokex hit, 10k tokens" + sfx, "tokex-10k", PORTS[tk], "/x/bench", tk, mode=("tokens", tokens_file),
             header=None, fixed=False, log=tk)
         add("tokex miss, new token each" + sfx, "tokex-miss", PORTS[mk], "/x/bench", mk, mode=("miss",),

@@ -170,3 +170,68 @@ fn answer(method: &Method, body: &Bytes) -> Response<Body> {
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(scopes: &[&str]) -> Challenge {
+        Challenge::new(&ResourceMetadataConfig {
+            resource: url::Url::parse("https://gw.example.com/mcp/").unwrap(),
+            authorization_servers: vec!["https://as.example.com".into()],
+            scopes_supported: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            resource_name: None,
+            resource_documentation: None,
+        })
+    }
+
+    const RM: &str = "resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/mcp\"";
+
+    #[test]
+    fn parameters_join_each_bearer_or_dpop_challenge() {
+        let c = challenge(&["a", "b"]);
+        let ext = |v: &str, own| c.extended(v, own);
+        assert_eq!(ext("Bearer", false), Some(format!("Bearer {RM}")), "a bare scheme takes a space");
+        assert_eq!(ext("bearer realm=\"x\"", false), Some(format!("bearer realm=\"x\", {RM}")));
+        assert_eq!(
+            ext("Bearer realm=\"tokex\"", true),
+            Some(format!("Bearer realm=\"tokex\", {RM}, scope=\"a b\"")),
+            "tokex's own: the scopes too"
+        );
+        assert_eq!(
+            ext("Bearer error=\"insufficient_scope\", scope=\"x\"", true),
+            Some(format!("Bearer error=\"insufficient_scope\", scope=\"x\", {RM}")),
+            "a named scope stays the only one"
+        );
+        assert_eq!(ext("DPoP algs=\"ES256\"", true).unwrap(), format!("DPoP algs=\"ES256\", {RM}, scope=\"a b\""));
+        assert_eq!(ext("Basic realm=\"x\"", false), None, "other schemes are left alone");
+        assert_eq!(ext(&format!("Bearer {RM}"), false), None, "one there already");
+        assert_eq!(
+            challenge(&[]).extended("Bearer realm=\"tokex\"", true),
+            Some(format!("Bearer realm=\"tokex\", {RM}"))
+        );
+    }
+
+    #[test]
+    fn only_401s_and_own_403s_change() {
+        let c = challenge(&[]);
+        let mut h = HeaderMap::new();
+        c.apply(StatusCode::FORBIDDEN, &mut h, false);
+        assert!(h.is_empty(), "a backend's 403");
+        c.apply(StatusCode::OK, &mut h, true);
+        assert!(h.is_empty());
+        c.apply(StatusCode::UNAUTHORIZED, &mut h, false);
+        assert_eq!(h[WWW_AUTHENTICATE], format!("Bearer {RM}").as_str(), "a 401 without a challenge gets one");
+        let mut h = HeaderMap::new();
+        h.append(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"x\""));
+        h.append(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"y\""));
+        h.append(WWW_AUTHENTICATE, HeaderValue::from_bytes(b"Bearer \xff").unwrap());
+        c.apply(StatusCode::UNAUTHORIZED, &mut h, false);
+        let all: Vec<_> = h.get_all(WWW_AUTHENTICATE).iter().map(|v| v.as_bytes().to_vec()).collect();
+        assert_eq!(
+            all,
+            [b"Basic realm=\"x\"".to_vec(), format!("Bearer realm=\"y\", {RM}").into_bytes(), b"Bearer \xff".to_vec()],
+            "order kept; what is not text is kept as it was"
+        );
+    }
+}
