@@ -311,6 +311,16 @@ fn side_by_side(out: &mut String, broad: &Value, received: &Value) {
     }
 }
 
+/// What the later steps share: the demo, the HTTP client, the gateway's
+/// URL and alice's broad token.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+    gw: &'a str,
+    broad: &'a str,
+}
+
 /// Runs the walkthrough and returns what it printed.
 pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     let tls = crate::exchange::client::tls_config(None).map_err(DemoError::Setup)?;
@@ -382,27 +392,22 @@ pub async fn walkthrough(demo: &Demo) -> Result<String, DemoError> {
     out.push_str(&format!("{step}. GET /orders/42 with a forged token (payload edited, signature kept) -> {status}\n"));
     out.push_str(&format!("     WWW-Authenticate: {}\n\n", challenge.as_deref().unwrap_or("-")));
     step += 1;
-    secure::walkthrough_step(demo, &client, &gw, &broad, step, &mut out).await?;
+    let walk = Walk { demo, client: &client, gw: &gw, broad: &broad };
+    secure::walkthrough_step(&walk, step, &mut out).await?;
     step += 1;
     agents::mcp_step(demo, step, &mut out).await?;
     step += 1;
-    agents::txn_step(demo, &client, &gw, &broad, step, &mut out).await?;
+    agents::txn_step(&walk, step, &mut out).await?;
     step += 1;
-    revoke(demo, &client, &gw, &broad, step, &mut out).await?;
+    revoke(&walk, step, &mut out).await?;
     Ok(out)
 }
 
 /// alice's session is revoked at the authorization server, which pushes a
 /// CAEP session-revoked Security Event Token to tokex: her cached tokens
 /// go at once, and the next call re-exchanges — and is refused.
-async fn revoke(
-    demo: &Demo,
-    client: &reqwest::Client,
-    gw: &str,
-    broad: &str,
-    step: usize,
-    out: &mut String,
-) -> Result<(), DemoError> {
+async fn revoke(w: &Walk<'_>, step: usize, out: &mut String) -> Result<(), DemoError> {
+    let Walk { demo, client, gw, broad } = *w;
     demo.sts.revoke_subject("alice");
     let set = demo.sts.security_event("alice", SecurityEvent::SessionRevoked, SSF_AUDIENCE, SubjectFormat::IssSub);
     let started = std::time::Instant::now();

@@ -11,7 +11,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
 
-use super::{show, Demo, DemoError};
+use super::{show, Demo, DemoError, Walk};
 
 /// The MCP server's resource identifier: the URL agents are given
 /// (`mcp.demo.test` is tokex here).
@@ -173,14 +173,8 @@ pub(super) async fn mcp_step(demo: &Demo, step: usize, out: &mut String) -> Resu
 
 /// A Transaction Token per request: the backend gets a Txn-Token for this
 /// transaction in `txn-token`, and no `Authorization`.
-pub(super) async fn txn_step(
-    demo: &Demo,
-    client: &reqwest::Client,
-    gw: &str,
-    broad: &str,
-    step: usize,
-    out: &mut String,
-) -> Result<(), DemoError> {
+pub(super) async fn txn_step(w: &Walk<'_>, step: usize, out: &mut String) -> Result<(), DemoError> {
+    let Walk { demo, client, gw, broad } = *w;
     let path = "/internal/orders/42";
     let before = demo.sts.txn_token_count();
     let mut txns = Vec::new();

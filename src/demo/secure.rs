@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
-use super::{call, show, Demo, DemoError, Verifier, DPOP_SERVER};
+use super::{call, show, DemoError, Verifier, Walk, DPOP_SERVER};
 use crate::dpop::{self, Expect, ProofKey, ReplayCache};
 use crate::proxy::server::Handler;
 use crate::proxy::Body;
@@ -180,14 +180,8 @@ async fn direct(
 /// The DPoP step: alice's call on `/secure` (tokex asks dev-sts for a token
 /// bound to its own key and sends it with a fresh proof), then the token
 /// the backend received, stolen and replayed straight at the backend.
-pub(super) async fn walkthrough_step(
-    demo: &Demo,
-    client: &reqwest::Client,
-    gw: &str,
-    broad: &str,
-    step: usize,
-    out: &mut String,
-) -> Result<(), DemoError> {
+pub(super) async fn walkthrough_step(w: &Walk<'_>, step: usize, out: &mut String) -> Result<(), DemoError> {
+    let Walk { demo, client, gw, broad } = *w;
     let path = "/secure/42";
     let nonces_before = demo.sts.dpop_nonce_challenges();
     let (status, _, body) = call(client, &format!("{gw}{path}"), Some(broad)).await?;

@@ -160,28 +160,13 @@ pub(super) fn transaction_token(
         }
         scope.push(t.value);
     }
+    use http::header::{AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
     let header = match raw.header {
         None => Some(HeaderName::from_static("txn-token")),
-        Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
-            Ok(n)
-                if super::super::limits::is_hop_by_hop(&n)
-                    || [
-                        http::header::AUTHORIZATION,
-                        http::header::HOST,
-                        http::header::COOKIE,
-                        http::header::PROXY_AUTHORIZATION,
-                    ]
-                    .contains(&n) =>
-            {
-                cx.err(format!("{base}.header"), format!("{n} cannot carry the Txn-Token"));
-                None
-            }
-            Ok(n) => Some(n),
-            Err(_) => {
-                cx.err(format!("{base}.header"), format!("invalid header name {:?}", h.value));
-                None
-            }
-        },
+        Some(h) => {
+            let forbidden = [AUTHORIZATION, HOST, COOKIE, PROXY_AUTHORIZATION];
+            super::routes::header_name(cx, &format!("{base}.header"), &h, &forbidden, "carry the Txn-Token")
+        }
     };
     let subject_token_type = raw.subject_token_type.map_or_else(|| ACCESS_TOKEN_TYPE.to_owned(), |t| t.value);
     let cfg = TransactionTokenConfig {

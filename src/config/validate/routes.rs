@@ -112,20 +112,8 @@ pub(super) fn route(
             None
         }
         (None, Some(t)) => Some(t.header.clone()),
-        (forward_header, None) => match forward_header {
-            None => Some(http::header::AUTHORIZATION),
-            Some(h) => match HeaderName::from_bytes(h.as_str().as_bytes()) {
-                Ok(n) if super::super::limits::is_hop_by_hop(&n) => {
-                    cx.err(format!("{base}.forward.header"), format!("{n} is a hop-by-hop header"));
-                    None
-                }
-                Ok(n) => Some(n),
-                Err(_) => {
-                    cx.err(format!("{base}.forward.header"), format!("invalid header name {:?}", h.value));
-                    None
-                }
-            },
-        },
+        (None, None) => Some(http::header::AUTHORIZATION),
+        (Some(h), None) => header_name(cx, &format!("{base}.forward.header"), &h, &[], "carry the token"),
     };
     let timeout = r.timeout.map_or(Duration::from_secs(30), |d| d.0);
     let upstream_tls = super::ops::upstream_tls(cx, base, r.upstream_tls, upstream.as_ref());
@@ -147,6 +135,32 @@ pub(super) fn route(
         upstream_tls,
         max_body_bytes: super::ops::max_body(r.max_body_bytes),
     })
+}
+
+/// A header that carries a credential: a valid name, not hop-by-hop (it
+/// would not reach the backend), and none of `forbidden`.
+pub(super) fn header_name(
+    cx: &mut Ctx,
+    path: &str,
+    h: &Text,
+    forbidden: &[HeaderName],
+    what: &str,
+) -> Option<HeaderName> {
+    match HeaderName::from_bytes(h.as_str().as_bytes()) {
+        Ok(n) if super::super::limits::is_hop_by_hop(&n) => {
+            cx.err(path, format!("{n} is a hop-by-hop header"));
+            None
+        }
+        Ok(n) if forbidden.contains(&n) => {
+            cx.err(path, format!("{n} cannot {what}"));
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            cx.err(path, format!("invalid header name {:?}", h.value));
+            None
+        }
+    }
 }
 
 fn matcher(cx: &mut Ctx, base: &str, m: RawMatch) -> Option<Matcher> {
