@@ -468,7 +468,15 @@ async fn jwt_bearer_refusals_name_the_failed_check() {
         ("HS256", hs256, "alg is not accepted"),
         ("alg none", none, "alg is not accepted"),
         ("garbage", "garbage-not-a-jwt".into(), "not a well-formed JWT"),
+        ("expired within the leeway", ch.idp_assertion(json!({"exp": now - 2})), "the assertion has expired"),
     ];
+    // Typed JWTs of other kinds are no grants, whoever signed them.
+    for typ in ["txntoken+jwt", "secevent+jwt", "application/dpop+jwt"] {
+        let typed = jws(&json!({"alg": "ES256", "kid": "idp-1", "typ": typ}), &ch.idp_claims(json!({})), |m| {
+            ch.idp_key.sign(m)
+        });
+        refused(&ch.present(&typed, &[]).await, 400, "invalid_grant", "typ names another kind of JWT");
+    }
     for (what, assertion, says) in &cases {
         let got = ch.present(assertion, &[]).await;
         refused(&got, 400, "invalid_grant", says);

@@ -29,10 +29,13 @@ pub struct ResourceMetadataConfig {
 
 impl ResourceMetadataConfig {
     /// The path of the document for `resource` (RFC 9728 §3.1: the
-    /// well-known prefix, then the resource's path without a trailing `/`).
+    /// well-known prefix, then the resource's path; a path that is only the
+    /// `/` after the host is left out).
     pub fn well_known_path(&self) -> String {
-        let path = self.resource.path().trim_end_matches('/');
-        format!("{METADATA_PREFIX}{path}")
+        match self.resource.path() {
+            "/" => METADATA_PREFIX.to_owned(),
+            path => format!("{METADATA_PREFIX}{path}"),
+        }
     }
 
     /// Where the document is served: the resource's well-known path, and
@@ -40,7 +43,8 @@ impl ResourceMetadataConfig {
     pub fn paths(&self, route_path: &PathMatch) -> Vec<String> {
         let mut out = vec![self.well_known_path()];
         let own = match route_path {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => format!("{METADATA_PREFIX}{}", p.trim_end_matches('/')),
+            PathMatch::Exact(p) | PathMatch::Prefix(p) if p != "/" => format!("{METADATA_PREFIX}{p}"),
+            PathMatch::Exact(_) | PathMatch::Prefix(_) => METADATA_PREFIX.to_owned(),
             PathMatch::Any => METADATA_PREFIX.to_owned(),
         };
         if !out.contains(&own) {
@@ -81,4 +85,47 @@ pub struct ChainConfig {
     pub audience: Vec<String>,
     pub resource: Vec<String>,
     pub scope: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(resource: &str) -> ResourceMetadataConfig {
+        ResourceMetadataConfig {
+            resource: Url::parse(resource).unwrap(),
+            authorization_servers: vec![],
+            scopes_supported: vec![],
+            resource_name: None,
+            resource_documentation: None,
+        }
+    }
+
+    #[test]
+    fn documents_are_where_rfc_9728_puts_them() {
+        // §3.1: the prefix goes between the host and the path; only a
+        // terminating `/` right after the host is removed.
+        for (resource, path) in [
+            ("https://gw.example.com", METADATA_PREFIX),
+            ("https://gw.example.com/", METADATA_PREFIX),
+            ("https://gw.example.com/mcp", "/.well-known/oauth-protected-resource/mcp"),
+            ("https://gw.example.com/mcp/", "/.well-known/oauth-protected-resource/mcp/"),
+            ("https://gw.example.com:8443/a/b", "/.well-known/oauth-protected-resource/a/b"),
+        ] {
+            let m = metadata(resource);
+            assert_eq!(m.well_known_path(), path, "{resource}");
+            assert!(m.url().ends_with(path), "{}", m.url());
+        }
+        assert_eq!(
+            metadata("https://gw.example.com:8443/a").url(),
+            "https://gw.example.com:8443/.well-known/oauth-protected-resource/a"
+        );
+        let m = metadata("https://gw.example.com/v1/mail");
+        assert_eq!(
+            m.paths(&PathMatch::Prefix("/mail".into())),
+            ["/.well-known/oauth-protected-resource/v1/mail", "/.well-known/oauth-protected-resource/mail"]
+        );
+        assert_eq!(m.paths(&PathMatch::Prefix("/v1/mail".into())).len(), 1, "the same path once");
+        assert_eq!(m.paths(&PathMatch::Any)[1], METADATA_PREFIX);
+    }
 }

@@ -27,6 +27,20 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// `forward.remove_headers` when a route does not say.
 pub const DEFAULT_REMOVED: [HeaderName; 2] = [COOKIE, HeaderName::from_static("forwarded")];
 
+/// Headers tokex writes on every forwarded request (or on a DPoP-bound
+/// one): a credential header that is one of them would be overwritten, or
+/// would break the request (`host`, `content-length`).
+pub const SET_BY_TOKEX: [HeaderName; 8] = [
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("dpop"),
+];
+
 pub(crate) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(crate) const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

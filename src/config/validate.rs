@@ -149,6 +149,12 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
         if let Some(route) = routes::route(&mut cx, &path, r, &servers) {
             if let Some(t) = &route.transaction_token {
                 used_servers.insert(t.authorization_server.clone());
+                if !has_inbound {
+                    cx.warn(
+                        format!("{path}.auth"),
+                        "without inbound: (jwt or introspection), every request, valid token or not, costs a request to the Txn-Token service",
+                    );
+                }
             }
             if let Some(c) = route.exchange.as_ref().and_then(|x| x.chain.as_ref()) {
                 used_servers.insert(c.authorization_server.clone());

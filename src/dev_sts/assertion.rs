@@ -78,6 +78,8 @@ pub(crate) enum Refusal {
     NoSub,
     Act,
     Revoked,
+    /// A JWT of another kind: a Txn-Token, a Security Event Token, a DPoP proof.
+    Typ,
 }
 
 impl Refusal {
@@ -101,6 +103,9 @@ impl Refusal {
             Refusal::NoSub => "the assertion has no sub",
             Refusal::Act => "the assertion's act is not an object",
             Refusal::Revoked => "the assertion was revoked",
+            Refusal::Typ => {
+                "the assertion's typ names another kind of JWT (a Txn-Token, a security event or a DPoP proof)"
+            }
         }
     }
 }
@@ -125,6 +130,11 @@ pub(crate) async fn jwt_bearer(
     let scope = delegated_scopes(requested, held.as_deref(), |s| client.allows_scope(s))
         .map_err(|r| r.into_error("the assertion"))?;
     let assertion_exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+    // Within the leeway after its `exp`, an assertion is taken, but no token
+    // that is already expired is issued for it.
+    if assertion_exp <= now {
+        return Err(OAuthError::InvalidGrant(Refusal::Expired.describe()));
+    }
     let exp = now.saturating_add(state.expires_in.as_secs()).min(assertion_exp);
     let act = claims.get("act").cloned();
     let mut token = build_claims(&state.issuer, sub, &aud, &scope, Some(&client.id), now, exp, act);
@@ -151,6 +161,12 @@ async fn verify(state: &State, trusted: &TrustedIssuers, assertion: &str, now: u
     let (header, payload) = unverified(assertion).ok_or(Refusal::Malformed)?;
     let alg = header.get("alg").and_then(Value::as_str).ok_or(Refusal::Malformed)?;
     let alg = Algorithm::from_str(alg).ok().filter(|a| ASSERTION_GRANT_ALGS.contains(a)).ok_or(Refusal::Alg)?;
+    // Explicitly typed JWTs of other kinds are not grants (RFC 8725 §3.11).
+    let typ = header.get("typ").and_then(Value::as_str).unwrap_or("JWT").to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    if ["txntoken+jwt", "secevent+jwt", "dpop+jwt"].contains(&typ) {
+        return Err(Refusal::Typ);
+    }
     let iss = payload.get("iss").and_then(Value::as_str).ok_or(Refusal::NoIss)?;
     if !trusted.is_trusted(iss) {
         return Err(Refusal::Untrusted);

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use super::request::{Slot, Template};
+use crate::config::profile::JWT_BEARER_GRANT;
 use crate::config::{
     ActorSource, AsLocation, AssertionAudience, AuthMode, AuthServerConfig, ClientAuthConfig, Config, Outcome,
     SecretSource,
@@ -32,7 +33,17 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
                     format!("tokex's own client_credentials token from {}", m.authorization_server)
                 }
             });
-            (Template::exchange(x), &x.authorization_server, x.grant.name(), actor)
+            // A chain's first leg names the next server as it is configured.
+            let next =
+                x.chain.as_ref().and_then(|c| config.servers.get(&c.authorization_server)).map(|n| match &n.location {
+                    AsLocation::TokenEndpoint(u) => u.to_string(),
+                    AsLocation::Issuer(i) => i.clone(),
+                });
+            let template = match &next {
+                Some(next) => Template::exchange(&super::policy::first_leg(x, next)),
+                None => Template::exchange(x),
+            };
+            (template, &x.authorization_server, x.grant.name(), actor)
         }
         (AuthMode::ClientCredentials, _, Some(m), _) => {
             (Template::machine(m), &m.authorization_server, "client_credentials", None)
@@ -90,10 +101,12 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
         lines.push("  per request: request_context (req_ip, authn, the caller's sub and client_id), request_details (method, path); never cached".to_owned());
     }
     if let Some(c) = r.exchange.as_ref().and_then(|x| x.chain.as_ref()) {
-        lines.push(format!(
-            "  identity chaining: the audience starts with {}'s issuer (or token endpoint); then grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer at {} with assertion=<this JWT>, audience {:?}, scope {:?}",
-            c.authorization_server, c.authorization_server, c.audience, c.scope.join(" ")
-        ));
+        lines.push(format!("  then, at authorization server {} (identity chaining):", c.authorization_server));
+        lines.push(format!("  grant_type={JWT_BEARER_GRANT}"));
+        lines.push("  assertion=<the JWT grant above>".to_owned());
+        lines.extend(c.audience.iter().map(|a| format!("  audience={a}")));
+        lines.extend(c.resource.iter().map(|a| format!("  resource={a}")));
+        lines.push(format!("  scope={}", c.scope.join(" ")));
     }
     let json = json!({
         "route": r.name,

@@ -301,28 +301,22 @@ impl Exchanger {
                 .map_err(ExchangeError::ActorNotNamed),
             false => Ok(actor),
         });
-        // A chain's second leg: the first leg's JWT grant is the assertion.
-        let grant = match (&actor, &policy.first) {
-            (Ok(_), Some(first)) => Some(self.first_leg(first, subject, origin).await),
-            _ => None,
-        };
-        let form = match grant {
-            Some(Ok(assertion)) => policy.template.form(assertion.expose(), None),
-            Some(Err(e)) => return Err(e),
-            None => actor.and_then(|actor| policy.template.form(subject, actor.as_ref().map(|a| a.expose()))),
-        };
-        let result = match form {
-            Ok(form) => policy.client.request(form, deadline.into()).await,
-            Err(e) => Err(e),
+        let result = match (actor, &policy.first) {
+            (Err(e), _) => Err(e),
+            // A chain's second leg; a first leg that failed is that leg's
+            // answer (mapped and audited there), not this server's.
+            (Ok(_), Some(first)) => match self.second_leg(policy, first, subject, origin).await {
+                Ok(result) => result,
+                Err(first_leg) => return Err(first_leg),
+            },
+            (Ok(actor), None) => match policy.template.form(subject, actor.as_ref().map(|a| a.expose())) {
+                Ok(form) => policy.client.request(form, deadline.into()).await,
+                Err(e) => Err(e),
+            },
         };
         // An `invalid_grant` that is about the actor token is the gateway's
         // problem, not the caller's: no negative entry for the caller's
         // token, and tokex's own actor token is fetched anew next time.
-        // A refused grant is not used again: the next try asks for another.
-        if let (Err(ExchangeError::InvalidGrant(_)), Some(first)) = (&result, &policy.first) {
-            let hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-            self.cache.remove(&first.key(&hash)).await;
-        }
         let result = match result {
             Err(ExchangeError::InvalidGrant(r))
                 if policy.actor.is_some() && blames_actor(&r, actor_claims.as_ref()) =>
@@ -350,29 +344,64 @@ impl Exchanger {
         self.finish(audit, started, result, ttls, subject_exp, meta)
     }
 
+    /// A chain's second leg: the `jwt-bearer` request at `policy`'s server
+    /// with the first leg's grant, within this server's own budget from
+    /// when the grant is there. A refused grant is dropped (here and from
+    /// the shared store); one that came from a cache is replaced once by a
+    /// fresh one (a server may take each grant once, RFC 7523 §3 `jti`).
+    /// The outer error is the first leg's.
+    async fn second_leg(
+        &self,
+        policy: &Policy,
+        first: &Arc<Policy>,
+        subject: &str,
+        origin: Option<Origin<'_>>,
+    ) -> Result<Result<client::Issued, ExchangeError>, ExchangeError> {
+        let hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+        let mut fresh = false;
+        loop {
+            let (grant, hit) = self.first_leg(first, subject, &hash, origin).await?;
+            let deadline = Instant::now() + policy.client.timeout();
+            let result = match policy.template.form(grant.expose(), None) {
+                Ok(form) => policy.client.request(form, deadline.into()).await,
+                Err(e) => Err(e),
+            };
+            if !matches!(result, Err(ExchangeError::InvalidGrant(_))) {
+                return Ok(result);
+            }
+            self.cache.remove(&first.key(&hash)).await;
+            self.forget_shared(first, &hash).await;
+            if !hit || fresh {
+                return Ok(result);
+            }
+            fresh = true;
+        }
+    }
+
     /// The first leg of a chain: the JWT authorization grant for `subject`
-    /// from the home server (cached, audited and mapped as its own
-    /// exchange). A background refresh (no `origin`) stands for the caller
-    /// whose entry it refreshes.
+    /// (whose SHA-256 is `hash`) from the home server (cached, audited and
+    /// mapped as its own exchange), and whether it came from a cache. A
+    /// background refresh (no `origin`) stands for the caller whose entry
+    /// it refreshes.
     async fn first_leg(
         &self,
         first: &Arc<Policy>,
         subject: &str,
+        hash: &[u8; 32],
         origin: Option<Origin<'_>>,
-    ) -> Result<SecretString, ExchangeError> {
-        let hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
+    ) -> Result<(SecretString, bool), ExchangeError> {
         let origin = origin.unwrap_or(Origin {
             client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             request_id: "-",
             sub: None,
             proven: true,
         });
-        let lookup = Box::pin(self.token(first, subject, &hash, first.key(&hash), origin)).await?;
+        let lookup = Box::pin(self.token(first, subject, hash, first.key(hash), origin)).await?;
         match &lookup.entry.kind {
             EntryKind::Token(t) if t.bound.is_none() => t
                 .raw
                 .to_str()
-                .map(SecretString::new)
+                .map(|g| (SecretString::new(g), lookup.hit))
                 .map_err(|_| ExchangeError::BadAnswer("the JWT authorization grant is not text".into())),
             EntryKind::Token(_) => Err(ExchangeError::Config(
                 "the home server bound the JWT authorization grant to tokex's DPoP key: a chain needs a bearer grant"

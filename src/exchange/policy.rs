@@ -117,18 +117,7 @@ impl Policy {
         previous: Option<&Policy>,
     ) -> Result<Self, String> {
         let Some(chain) = cfg.chain.clone() else { return Self::new(route, cfg, home, machine, previous) };
-        let next_id = next.issuer().unwrap_or(next.endpoint().as_str()).to_owned();
-        let mut audience: Vec<String> = cfg.audience.iter().filter(|a| **a != next_id).cloned().collect();
-        audience.insert(0, next_id);
-        let first_cfg = ExchangeConfig {
-            audience,
-            requested_token_type: Some(crate::config::JWT_TOKEN_TYPE.to_owned()),
-            grant: Grant::TokenExchange,
-            chain: None,
-            // The route's rate limit counts the second leg only.
-            max_rate: RateConfig::default(),
-            ..cfg.clone()
-        };
+        let first_cfg = first_leg(&cfg, next.issuer().unwrap_or(next.endpoint().as_str()));
         let before = previous.and_then(|p| p.first.as_deref());
         let first = Arc::new(Self::build(route, first_cfg, home, machine, before, None)?);
         let second = ExchangeConfig {
@@ -188,6 +177,11 @@ impl Policy {
         // existed stay the same (a rolling upgrade keeps the shared store).
         if cfg.grant != Grant::TokenExchange {
             f.field("grant", cfg.grant.name());
+        }
+        // A route that refuses some subjects never shares their entries with
+        // one that does not (the check runs on a miss only).
+        if cfg.enforce_may_act {
+            f.field("enforce_may_act", "1");
         }
         for (name, value) in &cfg.extra_params {
             match value {
@@ -334,6 +328,23 @@ impl Policy {
             true => vec![*subject_hash],
             false => used.iter().map(|j| store_subject(subject_hash, Some(j))).collect(),
         }
+    }
+}
+
+/// A chain's first leg (`cfg` has `chain:`): an RFC 8693 exchange for a
+/// JWT grant whose audience is `next` (the chain server's issuer, or its
+/// token endpoint), then the route's own audiences.
+pub fn first_leg(cfg: &ExchangeConfig, next: &str) -> ExchangeConfig {
+    let mut audience = vec![next.to_owned()];
+    audience.extend(cfg.audience.iter().filter(|a| *a != next).cloned());
+    ExchangeConfig {
+        audience,
+        requested_token_type: Some(crate::config::JWT_TOKEN_TYPE.to_owned()),
+        grant: Grant::TokenExchange,
+        chain: None,
+        // The route's rate limit counts the second leg only.
+        max_rate: RateConfig::default(),
+        ..cfg.clone()
     }
 }
 

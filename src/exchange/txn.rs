@@ -46,7 +46,8 @@ pub struct TxnRequest<'a> {
     /// The caller proved possession of a DPoP key (RFC 9449), else Bearer.
     pub dpop: bool,
     pub method: &'a str,
-    /// The path, without the query (which may hold anything).
+    /// The path, without the query nor segment parameters (`;jsessionid=…`),
+    /// which may hold anything.
     pub path: &'a str,
 }
 
@@ -75,12 +76,23 @@ impl TxnRequest<'_> {
         Value::Object(rctx).to_string()
     }
 
-    /// `request_details` (the Txn-Token's `tctx`): the method and path.
+    /// `request_details` (the Txn-Token's `tctx`): the method and path,
+    /// the path cut so that its JSON form stays within [`MAX_PATH`] bytes.
     fn details(&self) -> String {
-        let mut end = self.path.len().min(MAX_PATH);
-        while !self.path.is_char_boundary(end) {
-            end -= 1;
-        }
+        let mut used = 0;
+        let end = self
+            .path
+            .char_indices()
+            .find(|(_, c)| {
+                // What serde_json writes for it: `\"`, `\\`, `\u00XX` or itself.
+                used += match c {
+                    '"' | '\\' => 2,
+                    c if c.is_control() => 6,
+                    c => c.len_utf8(),
+                };
+                used > MAX_PATH
+            })
+            .map_or(self.path.len(), |(i, _)| i);
         json!({ "method": self.method, "path": &self.path[..end] }).to_string()
     }
 }
@@ -169,11 +181,13 @@ mod tests {
         );
         let opaque: Value = serde_json::from_str(&TxnRequest { dpop: true, ..r }.context("opaque")).unwrap();
         assert_eq!(opaque, json!({"req_ip": "203.0.113.7", "authn": "urn:ietf:rfc:9449"}));
-        let long = "/é".repeat(2000);
-        let details: Value =
-            serde_json::from_str(&TxnRequest { path: &long, ..TxnRequest { ..r_clone() } }.details()).unwrap();
-        assert!(details["path"].as_str().unwrap().len() <= MAX_PATH);
-        assert_eq!(details["method"], "GET");
+        for long in ["/é".repeat(2000), "\"".repeat(3000), "\u{1}".repeat(3000)] {
+            let text = TxnRequest { path: &long, ..r_clone() }.details();
+            assert!(text.len() <= MAX_PATH + 40, "{}", text.len());
+            let details: Value = serde_json::from_str(&text).unwrap();
+            assert!(long.starts_with(details["path"].as_str().unwrap()));
+            assert_eq!(details["method"], "GET");
+        }
     }
 
     fn r_clone() -> TxnRequest<'static> {

@@ -67,11 +67,21 @@ pub fn may_act_names(subject: &str, actor: Option<&str>) -> Result<(), &'static 
         #[serde(default)]
         may_act: Option<serde_json::Value>,
     }
-    let Some(may_act) =
-        payload(subject).and_then(|p| serde_json::from_slice::<MayAct>(&p).ok()).and_then(|m| m.may_act)
-    else {
-        return Ok(());
+    let Some(payload) = payload(subject) else { return Ok(()) };
+    let may_act = match serde_json::from_slice::<MayAct>(&payload) {
+        Ok(m) => m.may_act,
+        // Unreadable (a repeated member, say) but naming it: refused, as
+        // the authorization server may read it otherwise.
+        Err(_) => {
+            let named =
+                serde_json::from_slice::<serde_json::Value>(&payload).map_or(true, |v| v.get("may_act").is_some());
+            match named || payload.windows(9).any(|w| w == b"\"may_act\"") {
+                true => return Err("may_act cannot be read"),
+                false => None,
+            }
+        }
     };
+    let Some(may_act) = may_act else { return Ok(()) };
     let serde_json::Value::Object(named) = may_act else { return Err("may_act is not an object") };
     if named.is_empty() {
         return Err("may_act names no one");
@@ -121,6 +131,11 @@ mod tests {
         assert!(may_act_names(&jws(r#"{"may_act":{}}"#), Some(&actor)).is_err(), "names no one");
         let typed = jws(r#"{"may_act":{"sub":1}}"#);
         assert!(may_act_names(&typed, Some(&jws(r#"{"sub":"1"}"#))).is_err(), "values compare as JSON");
+        let twice = jws(r#"{"sub":"alice","may_act":{"sub":"agent-1"},"may_act":{"sub":"agent-9"}}"#);
+        assert_eq!(may_act_names(&twice, Some(&actor)), Err("may_act cannot be read"), "fails closed");
+        let escaped = jws(r#"{"may_act":{"sub":"agent-1"},"may\u005fact":{"sub":"agent-9"}}"#);
+        assert!(may_act_names(&escaped, Some(&actor)).is_err(), "an escaped repeat too");
+        assert!(may_act_names(&jws("not json"), Some(&actor)).is_err(), "a payload that is no JSON");
     }
 
     #[test]

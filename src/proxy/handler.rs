@@ -497,7 +497,7 @@ impl Gateway {
                     request_id: request_id_str(&trace.request_id),
                     dpop: caller.proof.is_some(),
                     method: req.method.as_str(),
-                    path: req.uri.path(),
+                    path: &headers::without_params(req.uri.path()),
                 };
                 let child = trace.span.as_ref().map(|s| s.child("transaction token"));
                 let lookup = self.exchanger.transaction_token(txn, caller.subject, at).await;

@@ -61,6 +61,18 @@ impl Challenge {
         }
     }
 
+    /// A header field with the parameters added to each of its Bearer and
+    /// DPoP challenges, or `None` to keep it as it is.
+    fn extended_field(&self, field: &str, own: bool) -> Option<String> {
+        let parts = challenges(field);
+        let out: Vec<Option<String>> = parts.iter().map(|c| self.extended(c, own)).collect();
+        if out.iter().all(Option::is_none) {
+            return None;
+        }
+        let joined: Vec<&str> = parts.iter().zip(&out).map(|(c, o)| o.as_deref().unwrap_or(c)).collect();
+        Some(joined.join(", "))
+    }
+
     /// One challenge with the parameters added, or `None` to keep it.
     fn extended(&self, challenge: &str, own: bool) -> Option<String> {
         let scheme = challenge.split(' ').next().unwrap_or_default();
@@ -79,6 +91,48 @@ impl Challenge {
         }
         Some(out)
     }
+}
+
+/// The challenges of one `WWW-Authenticate` field (RFC 9110 §11.6.1: a
+/// comma-separated list whose members are challenges or, after a scheme,
+/// its `name=value` parameters). A comma outside a quoted string starts a
+/// new challenge when a token follows it that is not a parameter's name.
+fn challenges(field: &str) -> Vec<&str> {
+    let bytes = field.as_bytes();
+    let is_token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+.^_`|~-".contains(&b);
+    let mut out = Vec::new();
+    let (mut start, mut i, mut quoted) = (0, 0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                let mut j = i + 1;
+                while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b',') {
+                    j += 1;
+                }
+                let mut k = j;
+                while k < bytes.len() && is_token(bytes[k]) {
+                    k += 1;
+                }
+                let mut m = k;
+                while m < bytes.len() && matches!(bytes[m], b' ' | b'\t') {
+                    m += 1;
+                }
+                if k > j && bytes.get(m) != Some(&b'=') {
+                    out.push(field[start..i].trim_matches([' ', '\t', ',']));
+                    start = j;
+                    i = j;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(field[start..].trim_matches([' ', '\t', ',']));
+    out.retain(|c| !c.is_empty());
+    out
 }
 
 /// The documents of a configuration, with the routes they describe.
@@ -177,7 +231,7 @@ mod tests {
 
     fn challenge(scopes: &[&str]) -> Challenge {
         Challenge::new(&ResourceMetadataConfig {
-            resource: url::Url::parse("https://gw.example.com/mcp/").unwrap(),
+            resource: url::Url::parse("https://gw.example.com/mcp").unwrap(),
             authorization_servers: vec!["https://as.example.com".into()],
             scopes_supported: scopes.iter().map(|s| (*s).to_owned()).collect(),
             resource_name: None,
@@ -210,6 +264,31 @@ mod tests {
             challenge(&[]).extended("Bearer realm=\"tokex\"", true),
             Some(format!("Bearer realm=\"tokex\", {RM}"))
         );
+    }
+
+    #[test]
+    fn a_field_is_split_into_its_challenges() {
+        assert_eq!(challenges("Bearer"), ["Bearer"]);
+        assert_eq!(challenges("Bearer realm=\"a, b\", error=\"x\""), ["Bearer realm=\"a, b\", error=\"x\""]);
+        assert_eq!(
+            challenges("Bearer realm=\"api\", Basic realm=\"b\""),
+            ["Bearer realm=\"api\"", "Basic realm=\"b\""]
+        );
+        assert_eq!(challenges("Negotiate, Bearer x=\"1\""), ["Negotiate", "Bearer x=\"1\""]);
+        assert_eq!(challenges("Basic realm=\"q\\\", Bearer\", DPoP"), ["Basic realm=\"q\\\", Bearer\"", "DPoP"]);
+        assert_eq!(challenges("Newauth abc==, Bearer"), ["Newauth abc==", "Bearer"], "token68");
+        assert_eq!(challenges(" , Bearer a=1 ,, "), ["Bearer a=1"]);
+        let c = challenge(&[]);
+        assert_eq!(
+            c.extended_field("Bearer realm=\"api\", Basic realm=\"b\"", false),
+            Some(format!("Bearer realm=\"api\", {RM}, Basic realm=\"b\""))
+        );
+        assert_eq!(
+            c.extended_field("Basic realm=\"b\", Bearer realm=\"api\"", false),
+            Some(format!("Basic realm=\"b\", Bearer realm=\"api\", {RM}"))
+        );
+        assert_eq!(c.extended_field("Negotiate, Bearer", false), Some(format!("Negotiate, Bearer {RM}")));
+        assert_eq!(c.extended_field("Basic realm=\"b\"", false), None);
     }
 
     #[test]

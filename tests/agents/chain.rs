@@ -1,6 +1,8 @@
 //! Identity chaining (`exchange.chain`) on the wire, with two recording
 //! servers, and `exchange.enforce_may_act`.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::common::*;
@@ -73,6 +75,9 @@ async fn may_act_is_enforced_before_the_authorization_server_is_asked() {
     let routes = format!(
         "  - name: orders\n    upstream: http://{backend}\n    exchange:\n      authorization_server: corp\n      audience: [orders-api]\n      enforce_may_act: true\n      actor: {{ token: \"{actor}\" }}\n"
     );
+    // The same exchange without the check: its entries are not the enforced route's.
+    let routes = routes.replace("  - name: orders\n", "  - name: orders\n    match: { path_prefix: /orders }\n")
+        + &routes.replace("name: orders", "name: open").replace("      enforce_may_act: true\n", "");
     let gw = TestGateway::start(&config_with(&r#as.token_url(), BASIC_AUTH, &routes)).await;
     let url = format!("{}/orders/1", gw.url);
     let named = fake_jwt(json!({"sub": "alice", "may_act": {"sub": "agent-1", "iss": "https://as.example.com"}}));
@@ -92,6 +97,69 @@ async fn may_act_is_enforced_before_the_authorization_server_is_asked() {
         assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "access_denied");
     }
     assert_eq!(r#as.count(), 2, "refused locally");
+    // A token exchanged on the open route is no way around the check.
+    let carol = fake_jwt(json!({"sub": "carol", "may_act": {"sub": "agent-2"}}));
+    assert_eq!(get(&format!("{}/other", gw.url), Some(&carol)).await.0, 200);
+    assert_eq!(get(&url, Some(&carol)).await.0, 403, "not served from the open route's entry");
+}
+
+#[tokio::test]
+async fn each_leg_has_its_own_time_budget() {
+    let home = RecordingAs::start().await;
+    let partner = RecordingAs::start().await;
+    // The home server takes most of its 2 s; the partner has 1 s of its own.
+    home.set(|_, n| {
+        let grant = json!({"access_token": format!("grant-{n}"), "issued_token_type": JWT, "token_type": "N_A"});
+        Reply::Delay(Duration::from_millis(1300), Box::new(Reply::Json(200, grant)))
+    });
+    partner.set(|_, n| Reply::Json(200, json!({"access_token": format!("partner-{n}"), "token_type": "Bearer"})));
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "authorization_servers:\n  home:\n    token_endpoint: {}\n    timeout: 2s\n  partner:\n    token_endpoint: {}\n    timeout: 1s\nroutes:\n  - name: r\n    upstream: http://{backend}\n    exchange: {{ authorization_server: home, scope: [read], chain: {{ authorization_server: partner, scope: [read] }} }}\n",
+        home.token_url(),
+        partner.token_url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let (status, _, body) = get(&format!("{}/x", gw.url), Some(&fake_jwt(json!({"sub": "alice"})))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seen(&echoed(&body), "authorization"), ["Bearer partner-1"]);
+}
+
+#[tokio::test]
+async fn a_refused_cached_grant_is_replaced_once() {
+    let home = RecordingAs::start().await;
+    let partner = RecordingAs::start().await;
+    home.set(|_, n| {
+        Reply::Json(200, json!({"access_token": format!("grant-{n}"), "issued_token_type": JWT, "token_type": "N_A", "expires_in": 300}))
+    });
+    // The partner takes each grant once (a one-time `jti`), and its tokens live 1 s.
+    let used = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    partner.set(move |req, n| {
+        let grant = req.param("assertion").unwrap_or_default().to_owned();
+        match used.lock().unwrap().insert(grant) {
+            true => Reply::Json(
+                200,
+                json!({"access_token": format!("partner-{n}"), "token_type": "Bearer", "expires_in": 1}),
+            ),
+            false => Reply::Json(400, json!({"error": "invalid_grant", "error_description": "assertion already used"})),
+        }
+    });
+    let backend = echo_backend().await;
+    let yaml = format!(
+        "authorization_servers:\n  home:\n    token_endpoint: {}\n  partner:\n    token_endpoint: {}\ncache: {{ expiry_skew: 0s }}\nroutes:\n  - name: r\n    upstream: http://{backend}\n    exchange: {{ authorization_server: home, scope: [read], chain: {{ authorization_server: partner, scope: [read] }} }}\n",
+        home.token_url(),
+        partner.token_url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let alice = fake_jwt(json!({"sub": "alice", "exp": now() + 600}));
+    assert_eq!(get(&format!("{}/x", gw.url), Some(&alice)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The partner's token expired; the cached grant is refused as used, so a
+    // fresh one is asked for at once, and the caller never sees the refusal.
+    let (status, _, body) = get(&format!("{}/x", gw.url), Some(&alice)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((home.count(), partner.count()), (2, 3));
+    assert_eq!(partner.last().param("assertion"), Some("grant-2"));
 }
 
 #[test]

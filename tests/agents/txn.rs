@@ -118,6 +118,14 @@ fn a_token_service_must_authenticate_tokex_mutually() {
         ),
         ("    transaction_token: { authorization_server: corp, audience: td, header: connection }\n", "hop-by-hop"),
         (
+            "    transaction_token: { authorization_server: corp, audience: td, header: x-request-id }\n",
+            "cannot carry the Txn-Token",
+        ),
+        (
+            "    transaction_token: { authorization_server: corp, audience: td, header: dpop }\n",
+            "cannot carry the Txn-Token",
+        ),
+        (
             &format!("{good}    exchange: {{ authorization_server: corp }}\n"),
             "exchange: is not used with auth: transaction_token",
         ),
@@ -128,4 +136,8 @@ fn a_token_service_must_authenticate_tokex_mutually() {
     }
     let cfg = tokex::config::parse(&yaml(&key_auth(), good)).unwrap();
     assert_eq!(cfg.routes[0].forward_header, "txn-token");
+    assert!(cfg.warnings.iter().any(|w| w.message.contains("costs a request to the Txn-Token service")), "no inbound");
+    let dpop = key_auth().replace(" }", " }, dpop: {}");
+    let errors = config_errors(&yaml(&dpop, good));
+    assert!(errors.contains("a Txn-Token is not sender-constrained"), "{errors}");
 }

@@ -30,6 +30,18 @@ pub(super) fn resource_metadata(
             cx.err(format!("{base}.resource"), "a resource identifier has no query (RFC 9728 §1.2)");
             ok = false;
         }
+        if r.scheme() != "https" && !raw.resource.unresolved {
+            cx.warn(
+                format!("{base}.resource"),
+                "RFC 9728 resource identifiers are https URLs: clients may refuse this one",
+            );
+        }
+    }
+    if !cx.proxy_listener {
+        cx.warn(
+            &base,
+            "documents are served on the proxy listener (listen:) only: behind a front proxy, serve the document there (the 401s still name it)",
+        );
     }
     if raw.authorization_servers.is_empty() {
         cx.err(
@@ -139,6 +151,13 @@ pub(super) fn transaction_token(
             );
             ok = false;
         }
+        Some(s) if s.dpop.is_some() => {
+            cx.err(
+                format!("{base}.authorization_server"),
+                format!("{server} has dpop:, but a Txn-Token is not sender-constrained: use a server without it"),
+            );
+            ok = false;
+        }
         Some(_) => {}
     }
     let audience = match raw.audience {
@@ -160,11 +179,14 @@ pub(super) fn transaction_token(
         }
         scope.push(t.value);
     }
-    use http::header::{AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
     let header = match raw.header {
         None => Some(HeaderName::from_static("txn-token")),
         Some(h) => {
-            let forbidden = [AUTHORIZATION, HOST, COOKIE, PROXY_AUTHORIZATION];
+            // Credentials of their own, and what tokex sets on every request.
+            let forbidden = [http::header::AUTHORIZATION, http::header::COOKIE, http::header::PROXY_AUTHORIZATION]
+                .into_iter()
+                .chain(super::super::limits::SET_BY_TOKEX.iter().cloned())
+                .collect::<Vec<_>>();
             super::routes::header_name(cx, &format!("{base}.header"), &h, &forbidden, "carry the Txn-Token")
         }
     };

@@ -113,7 +113,13 @@ pub(super) fn route(
         }
         (None, Some(t)) => Some(t.header.clone()),
         (None, None) => Some(http::header::AUTHORIZATION),
-        (Some(h), None) => header_name(cx, &format!("{base}.forward.header"), &h, &[], "carry the token"),
+        (Some(h), None) => header_name(
+            cx,
+            &format!("{base}.forward.header"),
+            &h,
+            &super::super::limits::SET_BY_TOKEX,
+            "carry the token",
+        ),
     };
     let timeout = r.timeout.map_or(Duration::from_secs(30), |d| d.0);
     let upstream_tls = super::ops::upstream_tls(cx, base, r.upstream_tls, upstream.as_ref());
