@@ -55,7 +55,7 @@ impl Challenge {
             let out = value
                 .to_str()
                 .ok()
-                .and_then(|text| self.extended(text, own))
+                .and_then(|text| self.extended_field(text, own))
                 .and_then(|t| HeaderValue::try_from(t).ok());
             headers.append(WWW_AUTHENTICATE, out.unwrap_or(value));
         }
