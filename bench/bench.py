@@ -17,7 +17,10 @@ proof tokex signs for it: the per-request signing cost of issue 17.
 "tokex MCP route hit, RFC 9728 (log off)": a hit on a route with `resource_metadata`.
 "tokex Txn-Token per request (log off)": `auth: transaction_token`, the fast AS answering a
 Txn-Token at /token-txn: one token request (with an ES256 private_key_jwt assertion) per
-request, nothing cached (issue 18).
+request, nothing cached (issue 18). That route has no `inbound:` check, so every tokex
+server logs one config warning for it at start. "tokex chain miss, new token each (log
+off)": `exchange.chain` with both legs at the fast AS, a new subject token per request:
+two token requests, then a forward.
 
 Environment (run.sh sets the tool paths):
   BENCH_SECONDS (5)  ROUNDS (3)  BENCH_QUICK (0)  BENCH_RATE (5000)
@@ -455,6 +458,9 @@ authorization_servers:
     token_endpoint: http://127.0.0.1:{PORTS['as']}/token-dpop
     client_auth: {{ method: none, client_id: bench }}
     dpop: {{ algorithm: EdDSA }}
+  partner:
+    token_endpoint: http://127.0.0.1:{PORTS['as']}/token
+    client_auth: {{ method: none, client_id: bench }}
   txn:
     token_endpoint: http://127.0.0.1:{PORTS['as']}/token-txn
     client_auth: {{ method: private_key_jwt, client_id: bench, private_key_file: {txn_client_key()} }}
@@ -485,8 +491,12 @@ routes:
   - name: mcp
     match: {{ path_prefix: /mcp }}
     upstream: http://127.0.0.1:{PORTS['backend']}
-    resource_metadata: {{ resource: "http://127.0.0.1:{port}/mcp", authorization_servers: ["http://127.0.0.1:{PORTS['as']}"] }}
+    resource_metadata: {{ resource: "https://127.0.0.1:{port}/mcp", authorization_servers: ["http://127.0.0.1:{PORTS['as']}"] }}
     exchange: {{ authorization_server: fast, audience: [bench-api], scope: [read], max_ttl: 1h }}
+  - name: chain
+    match: {{ path_prefix: /chain }}
+    upstream: http://127.0.0.1:{PORTS['backend']}
+    exchange: {{ authorization_server: fast, scope: [read], max_ttl: 1h, chain: {{ authorization_server: partner, scope: [read] }} }}
   - name: txn
     match: {{ path_prefix: /txn }}
     upstream: http://127.0.0.1:{PORTS['backend']}
@@ -670,6 +680,10 @@ def targets(token, tokens_file, jwt_token="pending"):
             header=None, fixed=False, log=tk)
         add("tokex miss, new token each" + sfx, "tokex-miss", PORTS[mk], "/x/bench", mk, mode=("miss",),
             header=None, fixed=False, c1=log_on, log=mk, admin=PORTS[mk + "_admin"])
+        if not log_on:
+            # Identity chaining (issue 18): two token requests per new subject token.
+            add("tokex chain miss, new token each" + sfx, "tokex-chain-miss", PORTS[mk], "/chain/bench", mk,
+                mode=("miss",), header=None, fixed=False, c1=True, log=mk, admin=PORTS[mk + "_admin"])
     # Two workers, allowed on WORKERS_CPUS (default: both cores, shared with the load
     # generator and the backend): saturation rps and CPU/request only.
     add("nginx proxy, 2 workers", "nginx-2w", PORTS["nginx2"], "/bench", "nginx2", fixed=False, cores=WORKERS_CPUS)
