@@ -471,11 +471,17 @@ async fn jwt_bearer_refusals_name_the_failed_check() {
         ("expired within the leeway", ch.idp_assertion(json!({"exp": now - 2})), "the assertion has expired"),
     ];
     // Typed JWTs of other kinds are no grants, whoever signed them.
-    for typ in ["txntoken+jwt", "secevent+jwt", "application/dpop+jwt"] {
+    for typ in [json!("txntoken+jwt"), json!("secevent+jwt"), json!("application/dpop+jwt"), json!(1)] {
         let typed = jws(&json!({"alg": "ES256", "kid": "idp-1", "typ": typ}), &ch.idp_claims(json!({})), |m| {
             ch.idp_key.sign(m)
         });
         refused(&ch.present(&typed, &[]).await, 400, "invalid_grant", "typ names another kind of JWT");
+    }
+    for typ in ["JWT", "at+jwt", "application/at+jwt"] {
+        let typed = jws(&json!({"alg": "ES256", "kid": "idp-1", "typ": typ}), &ch.idp_claims(json!({})), |m| {
+            ch.idp_key.sign(m)
+        });
+        ok(&ch.present(&typed, &[]).await);
     }
     for (what, assertion, says) in &cases {
         let got = ch.present(assertion, &[]).await;

@@ -19,6 +19,9 @@ pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
 pub struct ResourceMetadataConfig {
     /// The resource identifier: an absolute http(s) URL without fragment.
     pub resource: Url,
+    /// The identifier as written: the document names it so (RFC 9728 §3.3
+    /// compares it with what the client used, character for character).
+    pub resource_id: String,
     /// Issuer URLs of the servers that issue tokens for it.
     pub authorization_servers: Vec<String>,
     /// Scopes clients may ask for (default: the route's `require_scopes`).
@@ -94,6 +97,7 @@ mod tests {
     fn metadata(resource: &str) -> ResourceMetadataConfig {
         ResourceMetadataConfig {
             resource: Url::parse(resource).unwrap(),
+            resource_id: resource.to_owned(),
             authorization_servers: vec![],
             scopes_supported: vec![],
             resource_name: None,

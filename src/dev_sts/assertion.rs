@@ -7,11 +7,14 @@
 //! `audience=<this issuer>`), and the client presents it here.
 //!
 //! The assertion must be a JWS with an asymmetric algorithm of
-//! [`ASSERTION_GRANT_ALGS`] (never HMAC, never `none`), whose `iss` is a
+//! [`ASSERTION_GRANT_ALGS`] (never HMAC, never `none`) and no `typ`, or
+//! `JWT` or `at+jwt` (a Txn-Token, a security event or a DPoP proof is no
+//! grant), whose `iss` is a
 //! trusted issuer (this server's own issuer only when listed), signed by the
 //! key of that issuer's JWK Set named by `kid`, with an `aud` naming this
-//! issuer or its token endpoint, an `exp` in the future, `nbf` and `iat`
-//! not in the future (leeway [`ASSERTION_GRANT_LEEWAY`] each way), a `sub`,
+//! issuer or its token endpoint, an `exp` in the future (no leeway: no
+//! token is issued already expired), `nbf` and `iat` not in the future
+//! (leeway [`ASSERTION_GRANT_LEEWAY`]), a `sub`,
 //! and not revoked here (`/revoke`). Any failure is `invalid_grant` naming
 //! the check; the assertion itself is never echoed or logged.
 //!
@@ -130,11 +133,6 @@ pub(crate) async fn jwt_bearer(
     let scope = delegated_scopes(requested, held.as_deref(), |s| client.allows_scope(s))
         .map_err(|r| r.into_error("the assertion"))?;
     let assertion_exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
-    // Within the leeway after its `exp`, an assertion is taken, but no token
-    // that is already expired is issued for it.
-    if assertion_exp <= now {
-        return Err(OAuthError::InvalidGrant(Refusal::Expired.describe()));
-    }
     let exp = now.saturating_add(state.expires_in.as_secs()).min(assertion_exp);
     let act = claims.get("act").cloned();
     let mut token = build_claims(&state.issuer, sub, &aud, &scope, Some(&client.id), now, exp, act);
@@ -161,10 +159,16 @@ async fn verify(state: &State, trusted: &TrustedIssuers, assertion: &str, now: u
     let (header, payload) = unverified(assertion).ok_or(Refusal::Malformed)?;
     let alg = header.get("alg").and_then(Value::as_str).ok_or(Refusal::Malformed)?;
     let alg = Algorithm::from_str(alg).ok().filter(|a| ASSERTION_GRANT_ALGS.contains(a)).ok_or(Refusal::Alg)?;
-    // Explicitly typed JWTs of other kinds are not grants (RFC 8725 §3.11).
-    let typ = header.get("typ").and_then(Value::as_str).unwrap_or("JWT").to_ascii_lowercase();
-    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
-    if ["txntoken+jwt", "secevent+jwt", "dpop+jwt"].contains(&typ) {
+    // Explicitly typed JWTs of other kinds (a Txn-Token, a security event,
+    // a DPoP proof) are not grants (RFC 8725 §3.11): no `typ`, `JWT` or
+    // `at+jwt` only.
+    let typ = match header.get("typ") {
+        None => Some("jwt".to_owned()),
+        Some(Value::String(t)) => Some(t.to_ascii_lowercase()),
+        Some(_) => None,
+    };
+    let typ = typ.as_deref().map(|t| t.strip_prefix("application/").unwrap_or(t));
+    if !matches!(typ, Some("jwt" | "at+jwt")) {
         return Err(Refusal::Typ);
     }
     let iss = payload.get("iss").and_then(Value::as_str).ok_or(Refusal::NoIss)?;
@@ -196,7 +200,7 @@ async fn verify(state: &State, trusted: &TrustedIssuers, assertion: &str, now: u
 }
 
 /// `aud` names one of `audiences`; `exp` present and not past, `nbf` and
-/// `iat` not ahead (each with the leeway); `sub` present; `act`, if any,
+/// `iat` not ahead (with the leeway); `sub` present; `act`, if any,
 /// an object.
 fn check_claims(claims: &Value, audiences: &[&str], now: u64) -> Result<(), Refusal> {
     let leeway = ASSERTION_GRANT_LEEWAY.as_secs();
@@ -209,7 +213,9 @@ fn check_claims(claims: &Value, audiences: &[&str], now: u64) -> Result<(), Refu
         return Err(Refusal::Audience);
     }
     let exp = claims.get("exp").ok_or(Refusal::NoExp)?.as_u64().ok_or(Refusal::Malformed)?;
-    if exp.saturating_add(leeway) <= now {
+    // No leeway here: a grant for an assertion already past its `exp` would
+    // be a token that has expired too.
+    if exp <= now {
         return Err(Refusal::Expired);
     }
     let ahead = |name: &str| match claims.get(name) {
@@ -276,7 +282,8 @@ mod tests {
         assert_eq!(at(claims(json!({"aud": null})), 950), Err(Refusal::Audience));
         assert_eq!(at(claims(json!({"exp": null})), 950), Err(Refusal::NoExp));
         assert_eq!(at(claims(json!({"exp": "soon"})), 950), Err(Refusal::Malformed));
-        assert_eq!(at(claims(json!({})), 1_004), Ok(()), "within the leeway after exp");
+        assert_eq!(at(claims(json!({})), 999), Ok(()));
+        assert_eq!(at(claims(json!({})), 1_000), Err(Refusal::Expired), "no leeway after exp");
         assert_eq!(at(claims(json!({})), 1_005), Err(Refusal::Expired));
         assert_eq!(at(claims(json!({"nbf": 955})), 950), Ok(()), "nbf within the leeway");
         assert_eq!(at(claims(json!({"nbf": 956})), 950), Err(Refusal::NotYetValid));

@@ -74,7 +74,8 @@
 //! [`JWKS_CACHE_TTL`], fetched again for an unknown `kid` at most once per
 //! [`JWKS_REFETCH_INTERVAL`]), its `aud` names this issuer or its token
 //! endpoint, `exp` is present and not past, `nbf` / `iat` not ahead (5 s
-//! leeway), `sub` is present, and it was not revoked here. Any failure is
+//! leeway), `sub` is present, its `typ` is absent, `JWT` or `at+jwt`, and
+//! it was not revoked here. Any failure is
 //! `400 invalid_grant` naming the check. The access token is shaped like an
 //! exchange's: the assertion's `sub`, `aud` / `resource` allowed for the
 //! client, scopes allowed for the client and held by the assertion when it

@@ -347,9 +347,9 @@ impl Exchanger {
     /// A chain's second leg: the `jwt-bearer` request at `policy`'s server
     /// with the first leg's grant, within this server's own budget from
     /// when the grant is there. A refused grant is dropped (here and from
-    /// the shared store); one that came from a cache is replaced once by a
-    /// fresh one (a server may take each grant once, RFC 7523 §3 `jti`).
-    /// The outer error is the first leg's.
+    /// the shared store) and replaced once by a fresh one: a grant read
+    /// from a cache may have been used already (a server may take each
+    /// grant once, RFC 7523 §3 `jti`). The outer error is the first leg's.
     async fn second_leg(
         &self,
         policy: &Policy,
@@ -358,9 +358,9 @@ impl Exchanger {
         origin: Option<Origin<'_>>,
     ) -> Result<Result<client::Issued, ExchangeError>, ExchangeError> {
         let hash: [u8; 32] = Sha256::digest(subject.as_bytes()).into();
-        let mut fresh = false;
+        let mut replaced = false;
         loop {
-            let (grant, hit) = self.first_leg(first, subject, &hash, origin).await?;
+            let (grant, entry) = self.first_leg(first, subject, &hash, origin).await?;
             let deadline = Instant::now() + policy.client.timeout();
             let result = match policy.template.form(grant.expose(), None) {
                 Ok(form) => policy.client.request(form, deadline.into()).await,
@@ -369,27 +369,27 @@ impl Exchanger {
             if !matches!(result, Err(ExchangeError::InvalidGrant(_))) {
                 return Ok(result);
             }
-            self.cache.remove(&first.key(&hash)).await;
+            // This grant only: one another request stored meanwhile stays.
+            self.cache.invalidate_entry(&first.key(&hash), &entry).await;
             self.forget_shared(first, &hash).await;
-            if !hit || fresh {
+            if replaced {
                 return Ok(result);
             }
-            fresh = true;
+            replaced = true;
         }
     }
 
     /// The first leg of a chain: the JWT authorization grant for `subject`
     /// (whose SHA-256 is `hash`) from the home server (cached, audited and
-    /// mapped as its own exchange), and whether it came from a cache. A
-    /// background refresh (no `origin`) stands for the caller whose entry
-    /// it refreshes.
+    /// mapped as its own exchange), and its cache entry. A background
+    /// refresh (no `origin`) stands for the caller whose entry it refreshes.
     async fn first_leg(
         &self,
         first: &Arc<Policy>,
         subject: &str,
         hash: &[u8; 32],
         origin: Option<Origin<'_>>,
-    ) -> Result<(SecretString, bool), ExchangeError> {
+    ) -> Result<(SecretString, Arc<Entry>), ExchangeError> {
         let origin = origin.unwrap_or(Origin {
             client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             request_id: "-",
@@ -401,7 +401,7 @@ impl Exchanger {
             EntryKind::Token(t) if t.bound.is_none() => t
                 .raw
                 .to_str()
-                .map(|g| (SecretString::new(g), lookup.hit))
+                .map(|g| (SecretString::new(g), lookup.entry.clone()))
                 .map_err(|_| ExchangeError::BadAnswer("the JWT authorization grant is not text".into())),
             EntryKind::Token(_) => Err(ExchangeError::Config(
                 "the home server bound the JWT authorization grant to tokex's DPoP key: a chain needs a bearer grant"

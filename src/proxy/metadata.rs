@@ -181,7 +181,7 @@ impl Documents {
 /// RFC 9728 §2; the DPoP members when callers may use DPoP.
 fn document(m: &ResourceMetadataConfig, dpop: &DpopInboundConfig) -> Value {
     let mut doc = json!({
-        "resource": m.resource.as_str(),
+        "resource": m.resource_id,
         "authorization_servers": m.authorization_servers,
         "bearer_methods_supported": ["header"],
     });
@@ -232,6 +232,7 @@ mod tests {
     fn challenge(scopes: &[&str]) -> Challenge {
         Challenge::new(&ResourceMetadataConfig {
             resource: url::Url::parse("https://gw.example.com/mcp").unwrap(),
+            resource_id: "https://gw.example.com/mcp".into(),
             authorization_servers: vec!["https://as.example.com".into()],
             scopes_supported: scopes.iter().map(|s| (*s).to_owned()).collect(),
             resource_name: None,

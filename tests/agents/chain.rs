@@ -48,19 +48,19 @@ async fn two_legs_each_with_its_own_server_authentication_and_cache_entry() {
     assert_eq!(leg2.param("scope"), Some("read"));
     assert_eq!(leg2.param("client_id"), Some("gw-partner"));
 
-    // The partner refuses the grant: 401 for the caller, and the grant is
-    // not used again (the next try asks the home server for a new one).
+    // The partner refuses the grant: a fresh one is tried once more, then
+    // 401 for the caller.
     let bob = fake_jwt(json!({"sub": "bob", "exp": now() + 600}));
     partner.set(|_, _| Reply::Json(400, json!({"error": "invalid_grant", "error_description": "assertion expired"})));
     let (status, _, _) = get(&format!("{}/files/1", gw.url), Some(&bob)).await;
     assert_eq!(status, 401);
-    assert_eq!((home.count(), partner.count()), (2, 2));
+    assert_eq!((home.count(), partner.count()), (3, 3));
     // The home server refuses the caller: the partner is never asked.
     let carol = fake_jwt(json!({"sub": "carol", "exp": now() + 600}));
     home.set(|_, _| Reply::Json(400, json!({"error": "invalid_scope"})));
     let (status, _, _) = get(&format!("{}/files/1", gw.url), Some(&carol)).await;
     assert_eq!(status, 403);
-    assert_eq!((home.count(), partner.count()), (3, 2));
+    assert_eq!((home.count(), partner.count()), (4, 3));
     // Each leg is its own exchange in the metrics.
     let metrics = gw.metrics().await;
     assert!(metrics.contains("server=\"home\""), "{metrics}");

@@ -98,7 +98,7 @@ async fn a_single_resource_is_also_at_the_root_and_dpop_is_advertised() {
         "files",
         "/mcp",
         backend,
-        "{ resource: \"https://gw.example.com/mcp\", authorization_servers: [\"https://as.example.com\"] }",
+        "{ resource: \"https://GW.example.com:443/mcp\", authorization_servers: [\"https://as.example.com\"] }",
     );
     let yaml = config_with(&r#as.token_url(), BASIC_AUTH, &routes) + "inbound: { dpop: require }\n";
     let gw = TestGateway::start(&yaml).await;
@@ -106,6 +106,7 @@ async fn a_single_resource_is_also_at_the_root_and_dpop_is_advertised() {
         let (status, _, body) = fetch(Method::GET, &format!("{}{path}", gw.url)).await;
         assert_eq!(status, 200, "{path}");
         let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["resource"], "https://GW.example.com:443/mcp", "as written (RFC 9728 §3.3)");
         assert_eq!(doc["dpop_bound_access_tokens_required"], true);
         assert_eq!(doc["dpop_signing_alg_values_supported"], json!(["ES256", "EdDSA"]));
     }

@@ -92,6 +92,7 @@ pub(super) fn resource_metadata(
     let resource = resource?;
     ok.then_some(ResourceMetadataConfig {
         resource,
+        resource_id: raw.resource.value,
         authorization_servers: servers,
         scopes_supported,
         resource_name,
