@@ -112,6 +112,9 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
         upstream_clients.push(client.clone());
         Ok(client)
     };
+    // A route's policy before a reload (its rate limit carries over).
+    let before_auth =
+        |name: &str| previous.and_then(|p| p.routes.iter().find(|old| old.name == name)).map(|old| &old.auth);
     let mut routes = Vec::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
         let exchange_path = format!("routes[{i}].exchange");
@@ -121,12 +124,10 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             AuthMode::Exchange => {
                 let x = r.exchange.as_ref().ok_or_else(missing)?;
                 let as_client = client(&r.name, &x.authorization_server).map_err(StartError::Setup)?;
-                let before = previous.and_then(|p| p.routes.iter().find(|old| old.name == r.name)).and_then(|old| {
-                    match &old.auth {
-                        RouteAuth::Exchange(p) => Some(p.clone()),
-                        _ => None,
-                    }
-                });
+                let before = match before_auth(&r.name) {
+                    Some(RouteAuth::Exchange(p)) => Some(p.clone()),
+                    _ => None,
+                };
                 let policy = match &x.chain {
                     None => Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m), before.as_deref()),
                     Some(c) => {
@@ -145,7 +146,11 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
             AuthMode::TransactionToken => {
                 let t = r.transaction_token.as_ref().ok_or_else(missing)?;
                 let as_client = client(&r.name, &t.authorization_server).map_err(StartError::Setup)?;
-                RouteAuth::Transaction(Arc::new(TxnPolicy::new(&r.name, t.clone(), as_client)))
+                let before = match before_auth(&r.name) {
+                    Some(RouteAuth::Transaction(p)) => Some(p.clone()),
+                    _ => None,
+                };
+                RouteAuth::Transaction(Arc::new(TxnPolicy::new(&r.name, t.clone(), as_client, before.as_deref())))
             }
             AuthMode::ClientCredentials => {
                 let m = r.machine.as_ref().ok_or_else(missing)?;

@@ -495,3 +495,27 @@ routes:
     assert_eq!(routes[0]["params"][1], serde_json::json!(["assertion", "<the caller's token>"]));
     assert!(!out.contains(secret));
 }
+
+/// `check --explain` shows both legs of identity chaining as they are sent.
+#[test]
+fn explain_shows_both_legs_of_a_chain() {
+    let yaml = "listen: { address: \"127.0.0.1:8080\" }\nauthorization_servers:\n  home: { token_endpoint: \"https://home.example/token\" }\n  partner: { issuer: \"https://as.partner.example\" }\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:2\n    exchange:\n      authorization_server: home\n      audience: [extra]\n      scope: [read]\n      chain: { authorization_server: partner, audience: [partner-api], scope: [read] }\n";
+    let (code, out) = check_file(yaml, &["--offline", "--explain"], &[]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "  requested_token_type=urn:ietf:params:oauth:token-type:jwt",
+        "  audience=https://as.partner.example\n  audience=extra",
+        "  then, at authorization server partner (identity chaining):\n  grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer\n  assertion=<the JWT grant above>\n  audience=partner-api\n  scope=read",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    let (code, out) = check_file(yaml, &["--offline", "--explain", "--log-format", "json"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let explained: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("explain").cloned())
+        .collect();
+    assert_eq!(explained[0]["chain"]["authorization_server"], "partner");
+    assert_eq!(explained[0]["chain"]["grant"], "jwt_bearer");
+}

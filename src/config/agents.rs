@@ -67,7 +67,7 @@ impl ResourceMetadataConfig {
 
 /// `routes[].transaction_token` (with `auth: transaction_token`): one
 /// Txn-Token per request from the token service, never cached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TransactionTokenConfig {
     pub authorization_server: String,
     /// The trust domain the token is for.
@@ -77,6 +77,8 @@ pub struct TransactionTokenConfig {
     pub subject_token_type: String,
     /// Where the Txn-Token goes (`txn-token` by default), as it is: no scheme.
     pub header: HeaderName,
+    /// Txn-Token requests this route may make (every request makes one).
+    pub max_rate: super::RateConfig,
 }
 
 /// `routes[].exchange.chain`: after the exchange at the route's server

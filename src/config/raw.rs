@@ -349,6 +349,8 @@ pub struct RawTransactionToken {
     pub subject_token_type: Option<Text>,
     #[serde(default)]
     pub header: Option<Text>,
+    #[serde(default)]
+    pub max_rate: Option<RawRate>,
 }
 
 /// `routes[].resource_metadata` (RFC 9728).

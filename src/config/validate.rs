@@ -152,7 +152,7 @@ pub(super) fn validate(raw: RawConfig, offline: Option<BTreeSet<String>>) -> Res
                 if !has_inbound {
                     cx.warn(
                         format!("{path}.auth"),
-                        "without inbound: (jwt or introspection), every request, valid token or not, costs a request to the Txn-Token service",
+                        "without inbound: (jwt or introspection), every request, valid token or not, costs a request to the Txn-Token service (transaction_token.max_rate bounds them)",
                     );
                 }
             }

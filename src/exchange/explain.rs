@@ -108,8 +108,19 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
         lines.extend(c.resource.iter().map(|a| format!("  resource={a}")));
         lines.push(format!("  scope={}", c.scope.join(" ")));
     }
+    let chain = r.exchange.as_ref().and_then(|x| x.chain.as_ref()).map(|c| {
+        json!({
+            "authorization_server": c.authorization_server,
+            "grant": "jwt_bearer",
+            "params": [["grant_type", JWT_BEARER_GRANT], ["assertion", "<the JWT grant above>"]],
+            "audience": c.audience,
+            "resource": c.resource,
+            "scope": c.scope.join(" "),
+        })
+    });
     let json = json!({
         "route": r.name,
+        "chain": chain,
         "grant": grant,
         "authorization_server": server,
         "profile": s.profile.name(),

@@ -361,20 +361,34 @@ impl Exchanger {
         let mut replaced = false;
         loop {
             let (grant, entry) = self.first_leg(first, subject, &hash, origin).await?;
-            let deadline = Instant::now() + policy.client.timeout();
+            let started = Instant::now();
             let result = match policy.template.form(grant.expose(), None) {
-                Ok(form) => policy.client.request(form, deadline.into()).await,
+                Ok(form) => policy.client.request(form, (started + policy.client.timeout()).into()).await,
                 Err(e) => Err(e),
             };
-            if !matches!(result, Err(ExchangeError::InvalidGrant(_))) {
-                return Ok(result);
-            }
+            let Err(refused @ ExchangeError::InvalidGrant(_)) = &result else { return Ok(result) };
             // This grant only: one another request stored meanwhile stays.
             self.cache.invalidate_entry(&first.key(&hash), &entry).await;
             self.forget_shared(first, &hash).await;
             if replaced {
                 return Ok(result);
             }
+            // The refusal that makes tokex ask again is a call like any other.
+            let elapsed = started.elapsed();
+            self.metrics.exchange(&policy.client.name, refused.reason(), elapsed);
+            let peeked = unverified::peek(subject);
+            Audit {
+                grant: policy.cfg.grant.audit_name(),
+                route: &policy.route,
+                server: &policy.client.name,
+                sub: peeked.as_ref().and_then(|c| c.sub.as_deref()),
+                actor: None,
+                audience: &policy.cfg.audience,
+                scope: &policy.scope,
+                token: Some(Fingerprint::of(&hash)),
+                request_id: origin.map(|o| o.request_id),
+            }
+            .record(refused.reason(), elapsed, Some(refused));
             replaced = true;
         }
     }

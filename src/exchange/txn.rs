@@ -13,9 +13,10 @@ use sha2::{Digest, Sha256};
 use super::audit::Audit;
 use super::client::{AsClient, Issued};
 use super::index::Meta;
+use super::rate::RateLimit;
 use super::request::Template;
 use super::{unverified, ExchangeError, Exchanger, Fingerprint, Lookup};
-use crate::config::{TransactionTokenConfig, TXN_TOKEN_TYPE};
+use crate::config::{RateConfig, TransactionTokenConfig, TXN_TOKEN_TYPE};
 
 /// A route's Txn-Token request, built once per configuration.
 pub struct TxnPolicy {
@@ -25,17 +26,22 @@ pub struct TxnPolicy {
     /// `scope` space-joined.
     pub scope: String,
     template: Template,
+    /// `max_rate`, when set.
+    limit: Option<Arc<RateLimit>>,
 }
 
 impl TxnPolicy {
-    pub fn new(route: &str, cfg: TransactionTokenConfig, client: Arc<AsClient>) -> Self {
-        TxnPolicy {
-            route: route.to_owned(),
-            client,
-            scope: cfg.scope.join(" "),
-            template: Template::transaction(&cfg),
-            cfg,
-        }
+    /// `previous` is the route's policy before a reload: its rate limit
+    /// carries over when unchanged.
+    pub fn new(route: &str, cfg: TransactionTokenConfig, client: Arc<AsClient>, previous: Option<&TxnPolicy>) -> Self {
+        let limit = (cfg.max_rate != RateConfig::default()).then(|| {
+            match previous.and_then(|p| p.limit.as_ref()).filter(|l| l.same_settings(&cfg.max_rate)) {
+                Some(l) => l.clone(),
+                None => Arc::new(RateLimit::new(cfg.max_rate)),
+            }
+        });
+        let template = Template::transaction(&cfg);
+        TxnPolicy { route: route.to_owned(), client, scope: cfg.scope.join(" "), template, limit, cfg }
     }
 }
 
@@ -110,8 +116,13 @@ impl Exchanger {
         let started = Instant::now();
         let peeked = unverified::peek(subject);
         // A sender-constrained token from a caller that proved nothing is a
-        // stolen copy; an open breaker refuses before any call.
-        let result = match (!r.dpop && unverified::dpop_bound(subject), p.client.guard().check()) {
+        // stolen copy; an open breaker refuses before any call (and before
+        // the route's rate limit spends anything on it).
+        let admitted = p.client.guard().check().and_then(|()| match &p.limit {
+            Some(limit) => limit.admit(r.client),
+            None => Ok(()),
+        });
+        let result = match (!r.dpop && unverified::dpop_bound(subject), admitted) {
             (true, _) => Err(ExchangeError::BoundAsBearer),
             (false, Err(e)) => Err(e),
             (false, Ok(())) => match p.template.form(subject, None) {

@@ -160,6 +160,12 @@ async fn a_refused_cached_grant_is_replaced_once() {
     assert_eq!(status, 200, "{body}");
     assert_eq!((home.count(), partner.count()), (2, 3));
     assert_eq!(partner.last().param("assertion"), Some("grant-2"));
+    // The refusal that made tokex ask again is counted like any call.
+    let metrics = gw.metrics().await;
+    let refused = metrics.lines().find(|l| {
+        l.starts_with("tokex_exchanges_total") && l.contains("server=\"partner\"") && l.contains("invalid_grant")
+    });
+    assert!(refused.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
 }
 
 #[test]

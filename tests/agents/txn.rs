@@ -98,6 +98,27 @@ async fn refusals_and_wrong_answers_from_the_token_service() {
     assert_eq!(seen(&echoed(&body), "x-txn").len(), 1);
 }
 
+#[tokio::test]
+async fn max_rate_bounds_the_requests_to_the_token_service() {
+    let r#as = RecordingAs::start().await;
+    r#as.set(|_, n| txn_answer(n));
+    let backend = echo_backend().await;
+    let route = txn_route(backend, ", max_rate: { per_second: 0.5, burst: 2 }");
+    let gw = TestGateway::start(&config_with(&r#as.token_url(), &key_auth(), &route)).await;
+    let caller = fake_jwt(json!({"sub": "alice"}));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, headers, _) = get(&format!("{}/internal/x", gw.url), Some(&caller)).await;
+        if status == 429 {
+            assert!(headers.contains_key("retry-after"));
+        }
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(r#as.count(), 2, "refused without asking the service");
+    assert!(gw.metrics().await.contains("tokex_exchanges_rate_limited_total{route=\"internal\""), "counted");
+}
+
 #[test]
 fn a_token_service_must_authenticate_tokex_mutually() {
     let yaml = |auth: &str, txn: &str| {

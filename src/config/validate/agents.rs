@@ -192,12 +192,15 @@ pub(super) fn transaction_token(
         }
     };
     let subject_token_type = raw.subject_token_type.map_or_else(|| ACCESS_TOKEN_TYPE.to_owned(), |t| t.value);
+    let max_rate =
+        raw.max_rate.map(|r| super::routes::rate(cx, &format!("{base}.max_rate"), r, &mut ok)).unwrap_or_default();
     let cfg = TransactionTokenConfig {
         authorization_server: server,
         audience: audience?,
         scope,
         subject_token_type,
         header: header?,
+        max_rate,
     };
     ok.then_some(cfg)
 }

@@ -384,7 +384,7 @@ fn exchange(
 
 /// `exchange.max_rate`: a route bucket and a per-client bucket, each
 /// optional; a burst defaults to its rate (at least 1).
-fn rate(cx: &mut Ctx, base: &str, r: RawRate, ok: &mut bool) -> RateConfig {
+pub(super) fn rate(cx: &mut Ctx, base: &str, r: RawRate, ok: &mut bool) -> RateConfig {
     let mut bucket = |rate: Option<f64>, burst: Option<f64>, keys: (&str, &str)| -> Option<Bucket> {
         let valid = |v: f64| v.is_finite() && v > 0.0 && v <= 1e6;
         if let Some(v) = rate.filter(|v| !valid(*v)) {
