@@ -132,10 +132,11 @@ pub fn build_runtime(config: &Config, metrics: &Metrics, previous: Option<&Runti
                     None => Policy::new(&r.name, x.clone(), as_client, |m| machine(&r.name, m), before.as_deref()),
                     Some(c) => {
                         let next = client(&r.name, &c.authorization_server).map_err(StartError::Setup)?;
+                        let next_id = config.servers.get(&c.authorization_server).map(|s| s.location.identifier());
                         Policy::chained(
                             &r.name,
                             x.clone(),
-                            (as_client, next),
+                            (as_client, next, next_id.as_deref().unwrap_or_default()),
                             |m| machine(&r.name, m),
                             before.as_deref(),
                         )

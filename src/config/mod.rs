@@ -210,6 +210,17 @@ pub enum AsLocation {
     Issuer(String),
 }
 
+impl AsLocation {
+    /// How another party names this server (an audience, identity
+    /// chaining's first leg): its issuer, else its token endpoint.
+    pub fn identifier(&self) -> String {
+        match self {
+            AsLocation::TokenEndpoint(u) => u.to_string(),
+            AsLocation::Issuer(i) => i.clone(),
+        }
+    }
+}
+
 /// Where an inbound endpoint (JWKS, introspection) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointSource {

@@ -34,11 +34,8 @@ fn route(config: &Config, r: &crate::config::RouteConfig) -> Explained {
                 }
             });
             // A chain's first leg names the next server as it is configured.
-            let next =
-                x.chain.as_ref().and_then(|c| config.servers.get(&c.authorization_server)).map(|n| match &n.location {
-                    AsLocation::TokenEndpoint(u) => u.to_string(),
-                    AsLocation::Issuer(i) => i.clone(),
-                });
+            let next = x.chain.as_ref().and_then(|c| config.servers.get(&c.authorization_server));
+            let next = next.map(|n| n.location.identifier());
             let template = match &next {
                 Some(next) => Template::exchange(&super::policy::first_leg(x, next)),
                 None => Template::exchange(x),

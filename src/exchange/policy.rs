@@ -109,15 +109,16 @@ impl Policy {
     /// (then the route's own audiences), then the RFC 7523 `jwt-bearer`
     /// grant at `next` for the chain's audience and scope. Each leg has
     /// its own cache entry; the second's key depends on the first's policy.
+    /// `next_id` names the next server (`AsLocation::identifier`).
     pub fn chained(
         route: &str,
         cfg: ExchangeConfig,
-        (home, next): (Arc<AsClient>, Arc<AsClient>),
+        (home, next, next_id): (Arc<AsClient>, Arc<AsClient>, &str),
         machine: impl FnOnce(&MachineConfig) -> Result<Arc<MachinePolicy>, String>,
         previous: Option<&Policy>,
     ) -> Result<Self, String> {
         let Some(chain) = cfg.chain.clone() else { return Self::new(route, cfg, home, machine, previous) };
-        let first_cfg = first_leg(&cfg, next.issuer().unwrap_or(next.endpoint().as_str()));
+        let first_cfg = first_leg(&cfg, next_id);
         let before = previous.and_then(|p| p.first.as_deref());
         let first = Arc::new(Self::build(route, first_cfg, home, machine, before, None)?);
         let second = ExchangeConfig {
@@ -145,12 +146,7 @@ impl Policy {
         previous: Option<&Policy>,
         first: Option<Arc<Policy>>,
     ) -> Result<Self, String> {
-        let limit = (cfg.max_rate != RateConfig::default()).then(|| {
-            match previous.and_then(|p| p.limit.as_ref()).filter(|l| l.same_settings(&cfg.max_rate)) {
-                Some(l) => l.clone(),
-                None => Arc::new(RateLimit::new(cfg.max_rate)),
-            }
-        });
+        let limit = RateLimit::carried(cfg.max_rate, previous.and_then(|p| p.limit.as_ref()));
         let actor = match cfg.actor.as_ref().map(|a| &a.source) {
             None => None,
             Some(ActorSource::Token(source)) => {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -107,6 +107,16 @@ impl RateLimit {
     /// True when a limit built from `cfg` would behave alike (a reload keeps this one).
     pub fn same_settings(&self, cfg: &RateConfig) -> bool {
         self.cfg == *cfg
+    }
+
+    /// The limit of a route's `max_rate` (none when unset): `previous`, the
+    /// route's before a reload, when its settings are unchanged (its buckets
+    /// carry over), else a new one.
+    pub fn carried(cfg: RateConfig, previous: Option<&Arc<RateLimit>>) -> Option<Arc<RateLimit>> {
+        (cfg != RateConfig::default()).then(|| match previous.filter(|l| l.same_settings(&cfg)) {
+            Some(l) => l.clone(),
+            None => Arc::new(RateLimit::new(cfg)),
+        })
     }
 
     /// Takes one exchange from the client's bucket and the route's, or says

@@ -16,7 +16,7 @@ use super::index::Meta;
 use super::rate::RateLimit;
 use super::request::Template;
 use super::{unverified, ExchangeError, Exchanger, Fingerprint, Lookup};
-use crate::config::{RateConfig, TransactionTokenConfig, TXN_TOKEN_TYPE};
+use crate::config::{TransactionTokenConfig, TXN_TOKEN_TYPE};
 
 /// A route's Txn-Token request, built once per configuration.
 pub struct TxnPolicy {
@@ -34,12 +34,7 @@ impl TxnPolicy {
     /// `previous` is the route's policy before a reload: its rate limit
     /// carries over when unchanged.
     pub fn new(route: &str, cfg: TransactionTokenConfig, client: Arc<AsClient>, previous: Option<&TxnPolicy>) -> Self {
-        let limit = (cfg.max_rate != RateConfig::default()).then(|| {
-            match previous.and_then(|p| p.limit.as_ref()).filter(|l| l.same_settings(&cfg.max_rate)) {
-                Some(l) => l.clone(),
-                None => Arc::new(RateLimit::new(cfg.max_rate)),
-            }
-        });
+        let limit = RateLimit::carried(cfg.max_rate, previous.and_then(|p| p.limit.as_ref()));
         let template = Template::transaction(&cfg);
         TxnPolicy { route: route.to_owned(), client, scope: cfg.scope.join(" "), template, limit, cfg }
     }

@@ -60,17 +60,8 @@ pub(super) fn resource_metadata(
     let scopes_supported = match raw.scopes_supported {
         None => require_scopes.to_vec(),
         Some(list) => {
-            let mut out = Vec::with_capacity(list.len());
-            for (i, t) in list.into_iter().enumerate() {
-                if !is_scope_token(&t.value) {
-                    cx.err(
-                        format!("{base}.scopes_supported[{i}]"),
-                        "a scope is printable ASCII without spaces, '\"' or '\\'",
-                    );
-                    ok = false;
-                }
-                out.push(t.value);
-            }
+            let (out, good) = scope_tokens(cx, &format!("{base}.scopes_supported"), list);
+            ok &= good;
             out
         }
     };
@@ -100,24 +91,37 @@ pub(super) fn resource_metadata(
     })
 }
 
-/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-pub(super) fn is_scope_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+/// Scope tokens (RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B /
+/// %x5D-7E )`) at `path[i]`, and whether every one is.
+pub(super) fn scope_tokens(cx: &mut Ctx, path: &str, list: Vec<Text>) -> (Vec<String>, bool) {
+    let mut ok = true;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.into_iter().enumerate() {
+        let token = !t.value.is_empty()
+            && t.value.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !token {
+            cx.err(format!("{path}[{i}]"), "a scope is printable ASCII without spaces, '\"' or '\\'");
+            ok = false;
+        }
+        out.push(t.value);
+    }
+    (out, ok)
 }
 
 /// Two routes must not publish their documents at one path for one host.
 pub(super) fn unique_metadata(cx: &mut Ctx, routes: &[RouteConfig]) {
-    let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+    let mut seen: Vec<(&HostMatch, String, &str)> = Vec::new();
     for (i, r) in routes.iter().enumerate() {
         let Some(m) = &r.resource_metadata else { continue };
-        let host = format!("{:?}", r.matcher.host);
         for path in m.paths(&r.matcher.path) {
-            if let Some(other) = seen.insert((host.clone(), path.clone()), &r.name) {
+            if let Some((_, _, other)) = seen.iter().find(|(h, p, _)| **h == r.matcher.host && *p == path) {
                 cx.err(
                     format!("routes[{i}].resource_metadata"),
                     format!("route {other} already publishes metadata at {path}"),
                 );
+                continue;
             }
+            seen.push((&r.matcher.host, path, &r.name));
         }
     }
 }
@@ -172,14 +176,8 @@ pub(super) fn transaction_token(
             None
         }
     };
-    let mut scope = Vec::with_capacity(raw.scope.len());
-    for (i, t) in raw.scope.into_iter().enumerate() {
-        if !is_scope_token(&t.value) {
-            cx.err(format!("{base}.scope[{i}]"), "a scope is printable ASCII without spaces, '\"' or '\\'");
-            ok = false;
-        }
-        scope.push(t.value);
-    }
+    let (scope, good) = scope_tokens(cx, &format!("{base}.scope"), raw.scope);
+    ok &= good;
     let header = match raw.header {
         None => Some(HeaderName::from_static("txn-token")),
         Some(h) => {
@@ -220,37 +218,18 @@ pub(super) fn chain(
         cx.unknown_server(format!("{path}.authorization_server"), &server);
         ok = false;
     }
-    let audience = tokens(cx, &format!("{path}.audience"), raw.audience);
-    let resource = tokens(cx, &format!("{path}.resource"), raw.resource);
-    for (i, r) in resource.iter().flatten().enumerate() {
-        if Url::parse(r).is_err() {
-            cx.err(format!("{path}.resource[{i}]"), "must be an absolute URI (RFC 8707)");
-            ok = false;
-        }
-    }
-    let scope = tokens(cx, &format!("{path}.scope"), raw.scope);
-    if scope.as_ref().is_some_and(|s| s.is_empty()) {
+    let target = super::routes::targets(cx, &path, raw.audience, raw.resource, raw.scope);
+    if target.as_ref().is_some_and(|t| t.scope.is_empty()) {
         cx.err(format!("{path}.scope"), "required: the jwt-bearer grant (RFC 7523) names the scope it asks for");
         ok = false;
     }
-    match (audience, resource, scope, ok) {
-        (Some(audience), Some(resource), Some(scope), true) => {
-            Ok(Some(ChainConfig { authorization_server: server, audience, resource, scope }))
-        }
+    match (target, ok) {
+        (Some(t), true) => Ok(Some(ChainConfig {
+            authorization_server: server,
+            audience: t.audience,
+            resource: t.resource,
+            scope: t.scope,
+        })),
         _ => Err(()),
     }
-}
-
-/// A list of non-empty values without spaces.
-fn tokens(cx: &mut Ctx, path: &str, items: Vec<Text>) -> Option<Vec<String>> {
-    let mut ok = true;
-    let mut out = Vec::with_capacity(items.len());
-    for (i, t) in items.into_iter().enumerate() {
-        if t.value.is_empty() || t.value.contains(char::is_whitespace) {
-            cx.err(format!("{path}[{i}]"), "must be non-empty and hold no spaces");
-            ok = false;
-        }
-        out.push(t.value);
-    }
-    ok.then_some(out)
 }

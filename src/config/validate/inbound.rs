@@ -305,18 +305,8 @@ pub(super) fn require_scopes(
         cx.err(&path, "list at least one scope, or remove require_scopes");
         ok = false;
     }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, t) in list.into_iter().enumerate() {
-        // scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        if t.value.is_empty()
-            || !t.value.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        {
-            cx.err(format!("{path}[{i}]"), "a scope is printable ASCII without spaces, '\"' or '\\'");
-            ok = false;
-        }
-        out.push(t.value);
-    }
-    ok.then_some(out)
+    let (out, good) = super::agents::scope_tokens(cx, &path, list);
+    (ok && good).then_some(out)
 }
 
 #[cfg(test)]

@@ -242,26 +242,9 @@ fn exchange(
         cx.unknown_server(format!("{base}.authorization_server"), &server);
         ok = false;
     }
-    let list = |cx: &mut Ctx, key: &str, items: Vec<Text>, ok: &mut bool| -> Vec<String> {
-        let mut out = Vec::with_capacity(items.len());
-        for (i, t) in items.into_iter().enumerate() {
-            if t.value.is_empty() || t.value.contains(char::is_whitespace) {
-                cx.err(format!("{base}.{key}[{i}]"), "must be non-empty and hold no spaces");
-                *ok = false;
-            }
-            out.push(t.value);
-        }
-        out
-    };
-    let audience = list(cx, "audience", x.audience, &mut ok);
-    let resource = list(cx, "resource", x.resource, &mut ok);
-    for (i, r) in resource.iter().enumerate() {
-        if Url::parse(r).is_err() {
-            cx.err(format!("{base}.resource[{i}]"), "must be an absolute URI (RFC 8707)");
-            ok = false;
-        }
-    }
-    let scope = list(cx, "scope", x.scope, &mut ok);
+    let target = targets(cx, base, x.audience, x.resource, x.scope);
+    ok &= target.is_some();
+    let Targets { audience, resource, scope } = target.unwrap_or_default();
     let actor = match x.actor {
         None => None,
         Some(a) => {
@@ -380,6 +363,47 @@ fn exchange(
         profile::provider_checks(cx, base, &cfg, profile, explicit);
     }
     ok.then_some(cfg)
+}
+
+/// The `audience`, `resource` and `scope` of a token request.
+#[derive(Default)]
+pub(super) struct Targets {
+    pub audience: Vec<String>,
+    pub resource: Vec<String>,
+    pub scope: Vec<String>,
+}
+
+/// `base.audience`, `base.resource` and `base.scope`: values without
+/// spaces, and resources absolute URIs (RFC 8707). `None` after an error.
+pub(super) fn targets(
+    cx: &mut Ctx,
+    base: &str,
+    audience: Vec<Text>,
+    resource: Vec<Text>,
+    scope: Vec<Text>,
+) -> Option<Targets> {
+    let mut ok = true;
+    let mut list = |cx: &mut Ctx, key: &str, items: Vec<Text>| -> Vec<String> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, t) in items.into_iter().enumerate() {
+            if t.value.is_empty() || t.value.contains(char::is_whitespace) {
+                cx.err(format!("{base}.{key}[{i}]"), "must be non-empty and hold no spaces");
+                ok = false;
+            }
+            out.push(t.value);
+        }
+        out
+    };
+    let audience = list(cx, "audience", audience);
+    let resource = list(cx, "resource", resource);
+    let scope = list(cx, "scope", scope);
+    for (i, r) in resource.iter().enumerate() {
+        if Url::parse(r).is_err() {
+            cx.err(format!("{base}.resource[{i}]"), "must be an absolute URI (RFC 8707)");
+            ok = false;
+        }
+    }
+    ok.then_some(Targets { audience, resource, scope })
 }
 
 /// `exchange.max_rate`: a route bucket and a per-client bucket, each
