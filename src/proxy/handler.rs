@@ -459,11 +459,11 @@ impl Gateway {
         let token = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Exchange(policy) => {
-                let caller = caller::caller(runtime, route, req, trace).await?;
+                let mut caller = caller::caller(runtime, route, req, trace).await?;
                 if req.body.is_some() {
                     caller_token = Some(caller.subject.to_owned());
                 }
-                introspected = caller.sub.clone();
+                introspected = caller.sub.take();
                 let key = policy.key(&caller.hash);
                 let origin = Origin {
                     client: peer.ip(),
